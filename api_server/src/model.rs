@@ -1,0 +1,254 @@
+//! Serde types for a microVM's configuration, field for field as Firecracker names them.
+//!
+//! Parsing is strict, as Firecracker's is: an unknown field is an error, never ignored. Sections
+//! of Firecracker's config file that ember knows but does not implement parse, and are refused
+//! with a named error by [`VmConfig::unsupported_sections`] rather than silently dropped.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Guest memory when a configuration does not say (Firecracker's default).
+pub const DEFAULT_MEM_SIZE_MIB: usize = 128;
+/// vCPUs when a configuration does not say (Firecracker's default).
+pub const DEFAULT_VCPU_COUNT: u8 = 1;
+
+/// A whole microVM, as in Firecracker's `--config-file` JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// The kernel, initrd and command line.
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSource>,
+    /// vCPUs and memory.
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    /// Block devices, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    /// Network interfaces.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    /// Firecracker sections ember does not implement; kept so they can be refused by name.
+    #[serde(flatten, skip_serializing)]
+    pub unsupported: UnsupportedSections,
+}
+
+/// Firecracker config-file sections that ember recognises but does not provide.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsupportedSections {
+    #[serde(default)]
+    balloon: Option<Value>,
+    #[serde(default)]
+    vsock: Option<Value>,
+    #[serde(default)]
+    logger: Option<Value>,
+    #[serde(default)]
+    metrics: Option<Value>,
+    #[serde(rename = "mmds-config", default)]
+    mmds_config: Option<Value>,
+    #[serde(default)]
+    entropy: Option<Value>,
+    #[serde(rename = "cpu-config", default)]
+    cpu_config: Option<Value>,
+}
+
+impl VmConfig {
+    /// Parses Firecracker's config-file JSON.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// Names of the sections present (and not `null`) that ember does not implement.
+    pub fn unsupported_sections(&self) -> Vec<&'static str> {
+        let u = &self.unsupported;
+        [
+            ("balloon", &u.balloon),
+            ("vsock", &u.vsock),
+            ("logger", &u.logger),
+            ("metrics", &u.metrics),
+            ("mmds-config", &u.mmds_config),
+            ("entropy", &u.entropy),
+            ("cpu-config", &u.cpu_config),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
+/// `boot-source`: what the guest boots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    /// Host path of the kernel: an ELF vmlinux or a bzImage.
+    pub kernel_image_path: String,
+    /// Host path of an initrd / initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    /// The kernel command line; ember's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// `machine-config`: the virtual hardware.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: usize,
+    /// Simultaneous multithreading (two threads per core); ember supports only `false`.
+    #[serde(default)]
+    pub smt: bool,
+    /// Firecracker's static CPU templates; ember supports only none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    /// Dirty-page tracking for snapshots; ember supports only `false`.
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge-page backing ("None" or "2M"); ember supports only "None".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: DEFAULT_VCPU_COUNT,
+            mem_size_mib: DEFAULT_MEM_SIZE_MIB,
+            smt: false,
+            cpu_template: None,
+            track_dirty_pages: false,
+            huge_pages: None,
+        }
+    }
+}
+
+/// One entry of `drives`: a virtio-blk disk backed by a host file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// Unique id; also the disk's serial number (GET_ID).
+    pub drive_id: String,
+    /// Host path of the raw disk image.
+    pub path_on_host: String,
+    /// The guest mounts this disk as its root filesystem.
+    pub is_root_device: bool,
+    /// The guest may not write to the disk.
+    #[serde(default)]
+    pub is_read_only: bool,
+    /// Partition UUID of the root partition, instead of the whole disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// "Unsafe" (flushes are no-ops) or "Writeback" (flushes reach the disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<String>,
+    /// Firecracker's I/O engine selection ("Sync" or "Async").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    /// Firecracker's rate limiter; not implemented by ember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Value>,
+    /// vhost-user socket; not implemented by ember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+}
+
+/// One entry of `network-interfaces`: a virtio-net device backed by a host TAP.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Unique id.
+    pub iface_id: String,
+    /// Name of an existing TAP device on the host.
+    pub host_dev_name: String,
+    /// The guest's MAC address, as `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    /// The MTU offered to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Firecracker's rate limiters; not implemented by ember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<Value>,
+    /// Firecracker's rate limiters; not implemented by ember.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_firecracker_config_file() {
+        let cfg = VmConfig::from_json(
+            r#"{
+              "boot-source": {"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0",
+                              "initrd_path": null},
+              "drives": [{"drive_id": "rootfs", "path_on_host": "rootfs.ext4",
+                          "is_root_device": true, "is_read_only": false}],
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false},
+              "logger": null
+            }"#,
+        )
+        .unwrap();
+        let boot = cfg.boot_source.as_ref().unwrap();
+        assert_eq!(boot.kernel_image_path, "vmlinux");
+        assert_eq!(boot.initrd_path, None);
+        assert_eq!(cfg.machine_config.vcpu_count, 2);
+        assert_eq!(cfg.machine_config.mem_size_mib, 256);
+        assert_eq!(cfg.drives[0].drive_id, "rootfs");
+        assert!(cfg.unsupported_sections().is_empty());
+    }
+
+    #[test]
+    fn absent_machine_config_takes_firecracker_defaults() {
+        let cfg = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
+        assert_eq!(cfg.machine_config, MachineConfig::default());
+        assert_eq!(cfg.machine_config.mem_size_mib, 128);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_that_name_the_field() {
+        for (json, field) in [
+            (r#"{"boot-sauce": {}}"#, "boot-sauce"),
+            (
+                r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 1, "vcpus": 2}}"#,
+                "vcpus",
+            ),
+            (
+                r#"{"boot-source": {"kernel_image_path": "k", "cmdline": ""}}"#,
+                "cmdline",
+            ),
+        ] {
+            let err = VmConfig::from_json(json).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn known_but_unsupported_sections_are_named() {
+        let cfg = VmConfig::from_json(r#"{"balloon": {"amount_mib": 1}, "vsock": null}"#).unwrap();
+        assert_eq!(cfg.unsupported_sections(), vec!["balloon"]);
+    }
+
+    #[test]
+    fn wrong_types_are_errors() {
+        assert!(
+            VmConfig::from_json(r#"{"machine-config": {"vcpu_count": "2", "mem_size_mib": 1}}"#)
+                .is_err()
+        );
+        assert!(
+            VmConfig::from_json(r#"{"machine-config": {"vcpu_count": 256, "mem_size_mib": 1}}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! From a validated configuration to a running VM and back to an exit status, as a list of
+//! short named steps: memory, KVM, guest images, boot structures, devices, vCPUs, event loop.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_server::model::VmConfig;
+use devices::IrqTrigger;
+use devices::bus::{Bus, BusError};
+use devices::legacy::{I8042, InputReadyEvent, SerialDevice};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use log::{info, warn};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, I8042_IRQ, I8042_PORT};
+use crate::arch::x86_64::{self as arch, ArchError};
+use crate::boot::{self, BootError};
+use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
+use crate::console::{
+    ConsoleDrain, ConsoleInput, ConsoleOutput, RawTerminal, SharedSerial, console_output,
+};
+use crate::controller::{Controller, Outcome, StopSignals};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
+use crate::vm::{Vm, VmError};
+
+/// Errors that keep the VM from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM could not be set up.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The boot structures could not be written.
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    /// A vCPU could not be set up or started.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A `--serial-out` file could not be created.
+    #[error("cannot create the serial output file '{}'", path.display())]
+    SerialOut {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Devices could not be placed on the bus.
+    #[error("cannot place the devices on the bus")]
+    Bus(#[from] BusError),
+    /// The host refused an event fd, thread, signal mask or epoll instance.
+    #[error("cannot set up ember's {what}")]
+    Host {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn host(what: &'static str) -> impl FnOnce(io::Error) -> BuildError {
+    move |source| BuildError::Host { what, source }
+}
+
+/// Options of one run that are not part of the VM's configuration.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Where console output goes: files, `-` for stdout; stdout when empty.
+    pub serial_out: Vec<PathBuf>,
+}
+
+/// Boots the VM `cfg` describes and runs it until it stops; returns how it ended.
+pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
+    config::validate(cfg)?;
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = StopSignals::block().map_err(host("signal handling"))?;
+    let mem_mib = cfg.machine_config.mem_size_mib;
+    let mem = memory::create_guest_memory(mem_mib)?;
+    let vm = Vm::new()?;
+    vm.register_memory(&mem)?;
+    let entry = load_guest(&mem, cfg)?;
+    let (output, drain) = open_console(&opts.serial_out)?;
+    let result = run_with_console(cfg, opts, &vm, output, signals, entry);
+    let dropped = drain.finish();
+    if dropped > 0 {
+        warn!(
+            "{dropped} bytes of guest console output were dropped because the output was too slow"
+        );
+    }
+    result
+}
+
+fn run_with_console(
+    cfg: &VmConfig,
+    opts: &RunOptions,
+    vm: &Vm,
+    output: ConsoleOutput,
+    signals: StopSignals,
+    entry: GuestAddress,
+) -> Result<Outcome, BuildError> {
+    let devices = LegacyDevices::new(vm, output)?;
+    let vcpus = create_vcpus(
+        vm,
+        cfg.machine_config.vcpu_count,
+        entry,
+        devices.pio.clone(),
+    )?;
+    let (tx, rx) = mpsc::channel();
+    let vcpu_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(host("vCPU exit event"))?;
+    let reset_evt = devices.reset_evt.try_clone().map_err(host("reset event"))?;
+    let controller = Arc::new(Mutex::new(
+        Controller::new(
+            reset_evt,
+            vcpu_evt.try_clone().map_err(host("vCPU exit event"))?,
+            rx,
+            signals,
+            opts.timeout,
+        )
+        .map_err(host("timeout timer"))?,
+    ));
+    let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
+    event_loop.add_subscriber(controller.clone());
+    let input = ConsoleInput::new(
+        devices.serial.clone(),
+        libc::STDIN_FILENO,
+        devices
+            .fifo_free
+            .try_clone()
+            .map_err(host("console input event"))?,
+    );
+    event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+
+    let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
+    let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
+    let mut started = Ok(());
+    for vcpu in vcpus {
+        match vcpu.start(tx.clone(), &vcpu_evt) {
+            Ok(handle) => handles.push(handle),
+            Err(err) => {
+                started = Err(err);
+                break;
+            }
+        }
+    }
+    info!("started {} vCPUs", handles.len());
+
+    let outcome = started.map_err(BuildError::from).and_then(|()| {
+        loop {
+            event_loop
+                .run()
+                .map_err(|e| host("event loop")(io::Error::other(e)))?;
+            if let Some(outcome) = devices::bus::lock(&controller).outcome() {
+                break Ok(outcome.clone());
+            }
+        }
+    });
+    for handle in &handles {
+        handle.stop();
+    }
+    handles.into_iter().for_each(VcpuHandle::join);
+    outcome
+}
+
+/// Loads the kernel, initrd and command line and writes the boot structures; returns the
+/// kernel's entry point.
+fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, BuildError> {
+    let boot_source = cfg.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
+    let mem_bytes = (cfg.machine_config.mem_size_mib as u64) << 20;
+    let cmdline = boot_source.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    let (entry, info) = boot::load(
+        mem,
+        mem_bytes,
+        Path::new(&boot_source.kernel_image_path),
+        boot_source.initrd_path.as_deref().map(Path::new),
+        cmdline,
+    )?;
+    arch::write_boot_tables(mem)?;
+    arch::write_mptable(mem, cfg.machine_config.vcpu_count)?;
+    arch::write_boot_params(mem, &arch::boot_params(&info))?;
+    info!("kernel entry {:#x}", entry.0);
+    Ok(entry)
+}
+
+/// Opens the console sinks and starts the output thread.
+fn open_console(targets: &[PathBuf]) -> Result<(ConsoleOutput, ConsoleDrain), BuildError> {
+    let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
+    for path in targets {
+        if path.as_os_str() == "-" {
+            sinks.push(Box::new(io::stdout()));
+        } else {
+            let file = File::create(path).map_err(|source| BuildError::SerialOut {
+                path: path.clone(),
+                source,
+            })?;
+            sinks.push(Box::new(file));
+        }
+    }
+    if sinks.is_empty() {
+        sinks.push(Box::new(io::stdout()));
+    }
+    console_output(sinks).map_err(host("console output thread"))
+}
+
+/// The legacy PC devices on the port bus.
+struct LegacyDevices {
+    pio: Arc<Bus>,
+    serial: SharedSerial,
+    fifo_free: EventFd,
+    reset_evt: EventFd,
+}
+
+impl LegacyDevices {
+    fn new(vm: &Vm, output: ConsoleOutput) -> Result<Self, BuildError> {
+        let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(host("device events"));
+        let com1_irq = IrqTrigger(event()?);
+        vm.register_irqfd(&com1_irq.0, COM1_IRQ)?;
+        let fifo_free = event()?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            com1_irq,
+            InputReadyEvent(fifo_free.try_clone().map_err(host("device events"))?),
+            output,
+        )));
+
+        let kbd_irq = IrqTrigger(event()?);
+        vm.register_irqfd(&kbd_irq.0, I8042_IRQ)?;
+        let reset_evt = event()?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            kbd_irq,
+            reset_evt.try_clone().map_err(host("device events"))?,
+        )));
+
+        let mut pio = Bus::new();
+        pio.insert(serial.clone(), COM1_PORT.into(), 8)?;
+        pio.insert(i8042, I8042_PORT.into(), 5)?;
+        Ok(Self {
+            pio: Arc::new(pio),
+            serial,
+            fifo_free,
+            reset_evt,
+        })
+    }
+}
+
+/// Creates and configures `count` vCPUs entering at `entry`.
+fn create_vcpus(
+    vm: &Vm,
+    count: u8,
+    entry: GuestAddress,
+    pio: Arc<Bus>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let max = vm.max_vcpus();
+    if usize::from(count) > max {
+        return Err(ConfigError::VcpuCount(count).into());
+    }
+    let cpuid = vm.supported_cpuid()?;
+    let mmio = Arc::new(Bus::new());
+    (0..count)
+        .map(|index| {
+            let vcpu = Vcpu::new(index, vm.create_vcpu(index)?, pio.clone(), mmio.clone());
+            vcpu.configure(entry.0, &cpuid, count)?;
+            Ok(vcpu)
+        })
+        .collect()
+}

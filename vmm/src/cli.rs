@@ -1,0 +1,265 @@
+//! The `ember` command line: flags that describe a microVM directly, or a Firecracker config
+//! file, turned into the same [`VmConfig`] the API uses, plus options for this run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api_server::model::{
+    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, VmConfig,
+};
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
+
+/// ember: a KVM microVM monitor.
+///
+/// Boots a Linux kernel (ELF vmlinux or bzImage) in a microVM whose serial console is this
+/// terminal. The exit status tells how the guest ended: 0 reboot/reset, 64 configuration
+/// error, 124 timeout, 125 guest crash, 128+N killed by signal N.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about, long_about)]
+pub struct Cli {
+    /// Guest kernel: an ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "PATH", conflicts_with = "config_file")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd or initramfs (cpio) to pass to the kernel.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0 reboot=k panic=1 pci=off i8042.noaux ...].
+    #[arg(long, value_name = "STR", requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VCPU_COUNT, requires = "kernel")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_SIZE_MIB, requires = "kernel")]
+    pub memory: usize,
+    /// A disk image: PATH[,ro][,root][,id=NAME]. Repeatable.
+    #[arg(long, value_name = "PATH[,ro]", requires = "kernel")]
+    pub disk: Vec<String>,
+    /// Where the serial console's output goes: a file, or - for stdout. Repeat to write to
+    /// several places. [default: stdout]
+    #[arg(long, value_name = "PATH")]
+    pub serial_out: Vec<PathBuf>,
+    /// Stop the guest after SECS seconds (decimals allowed) and exit with status 124.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Firecracker config-file JSON describing the microVM (boot-source, machine-config, ...).
+    #[arg(long, value_name = "PATH")]
+    pub config_file: Option<PathBuf>,
+    /// Accepted for Firecracker compatibility: ember serves no API unless asked to.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub no_api: bool,
+    /// Log level of ember's own messages (on stderr).
+    #[arg(long, value_enum, ignore_case = true, default_value = "warning")]
+    pub level: LogLevel,
+}
+
+/// Firecracker's log level names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// No logging.
+    Off,
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warning,
+    /// Also milestones.
+    Info,
+    /// Also device and exit details.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Off => Self::Off,
+            LogLevel::Error => Self::Error,
+            LogLevel::Warning => Self::Warn,
+            LogLevel::Info => Self::Info,
+            LogLevel::Debug => Self::Debug,
+            LogLevel::Trace => Self::Trace,
+        }
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("the timeout must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
+}
+
+/// Errors in a `--disk` value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiskArgError {
+    /// No path before the options.
+    #[error("--disk '{0}' has no path")]
+    NoPath(String),
+    /// An option ember does not know.
+    #[error("--disk '{arg}': unknown option '{option}' (expected ro, root or id=NAME)")]
+    UnknownOption {
+        /// The whole argument.
+        arg: String,
+        /// The bad option.
+        option: String,
+    },
+}
+
+/// Parses `PATH[,ro][,root][,id=NAME]`; `index` numbers disks without an id.
+pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, DiskArgError> {
+    let mut parts = arg.split(',');
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| DiskArgError::NoPath(arg.into()))?;
+    let mut drive = Drive {
+        drive_id: format!("disk{index}"),
+        path_on_host: path.into(),
+        ..Default::default()
+    };
+    for option in parts {
+        match option {
+            "ro" => drive.is_read_only = true,
+            "root" => drive.is_root_device = true,
+            _ => match option.strip_prefix("id=") {
+                Some(id) => drive.drive_id = id.into(),
+                None => {
+                    return Err(DiskArgError::UnknownOption {
+                        arg: arg.into(),
+                        option: option.into(),
+                    });
+                }
+            },
+        }
+    }
+    Ok(drive)
+}
+
+/// Errors turning the command line into a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A `--disk` value is malformed.
+    #[error(transparent)]
+    Disk(#[from] DiskArgError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl Cli {
+    /// The microVM the flags (or the config file) describe, validated.
+    pub fn vm_config(&self) -> Result<VmConfig, CliError> {
+        let cfg = match &self.config_file {
+            Some(path) => config::load_config_file(path)?,
+            None => VmConfig {
+                boot_source: self.kernel.as_ref().map(|kernel| BootSource {
+                    kernel_image_path: kernel.display().to_string(),
+                    initrd_path: self.initrd.as_ref().map(|p| p.display().to_string()),
+                    boot_args: Some(
+                        self.cmdline
+                            .clone()
+                            .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                    ),
+                }),
+                machine_config: MachineConfig {
+                    vcpu_count: self.vcpus,
+                    mem_size_mib: self.memory,
+                    ..Default::default()
+                },
+                drives: self
+                    .disk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| parse_disk(d, i))
+                    .collect::<Result<_, _>>()?,
+                ..Default::default()
+            },
+        };
+        config::validate(&cfg)?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ember").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_build_the_config_model() {
+        let cli = parse(&[
+            "--kernel", "vmlinux", "--vcpus", "2", "--memory", "256", "--initrd", "i.cpio",
+        ])
+        .unwrap();
+        let cfg = cli.vm_config();
+        // drives are not in this config, so it validates
+        let cfg = cfg.unwrap();
+        let boot = cfg.boot_source.unwrap();
+        assert_eq!(boot.kernel_image_path, "vmlinux");
+        assert_eq!(boot.initrd_path.as_deref(), Some("i.cpio"));
+        assert_eq!(boot.boot_args.as_deref(), Some(DEFAULT_CMDLINE));
+        assert_eq!(cfg.machine_config.vcpu_count, 2);
+        assert_eq!(cfg.machine_config.mem_size_mib, 256);
+    }
+
+    #[test]
+    fn config_file_conflicts_with_vm_flags() {
+        assert!(parse(&["--config-file", "c.json", "--kernel", "k"]).is_err());
+        assert!(parse(&["--config-file", "c.json", "--no-api", "--timeout", "3"]).is_ok());
+    }
+
+    #[test]
+    fn bad_numbers_are_rejected_by_the_parser() {
+        for args in [
+            &["--kernel", "k", "--vcpus", "-1"][..],
+            &["--kernel", "k", "--vcpus", "300"],
+            &["--kernel", "k", "--memory", "lots"],
+            &["--timeout", "0"],
+            &["--timeout", "soon"],
+            &["--level", "chatty"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+        assert_eq!(
+            parse(&["--timeout", "1.5"]).unwrap().timeout,
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse(&["--level", "debug"]).unwrap().level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn zero_vcpus_and_no_kernel_are_config_errors() {
+        let err = parse(&["--kernel", "k", "--vcpus", "0"])
+            .unwrap()
+            .vm_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("vcpu_count"), "{err}");
+        let err = parse(&[]).unwrap().vm_config().unwrap_err();
+        assert!(err.to_string().contains("--kernel"), "{err}");
+    }
+
+    #[test]
+    fn disk_arguments() {
+        let d = parse_disk("img,ro,root,id=data", 3).unwrap();
+        assert_eq!(
+            (d.path_on_host.as_str(), d.drive_id.as_str()),
+            ("img", "data")
+        );
+        assert!(d.is_read_only && d.is_root_device);
+        assert_eq!(parse_disk("img", 3).unwrap().drive_id, "disk3");
+        assert!(matches!(parse_disk(",ro", 0), Err(DiskArgError::NoPath(_))));
+        assert!(matches!(
+            parse_disk("img,rw", 0),
+            Err(DiskArgError::UnknownOption { .. })
+        ));
+    }
+}

@@ -1,0 +1,400 @@
+//! The host side of the serial console: where guest output goes and where guest input comes
+//! from.
+//!
+//! Output: the UART writes on a vCPU thread, byte by byte, and must never wait on a slow
+//! terminal, pipe or disk. [`ConsoleOutput`] appends to a bounded in-memory buffer that a
+//! `serial_out` thread drains to the sinks; if the sinks fall more than [`OUTPUT_BUFFER_LIMIT`]
+//! behind, further bytes are dropped and counted. [`ConsoleDrain::finish`] writes out whatever is
+//! buffered, so the log is complete when ember exits.
+//!
+//! Input: [`ConsoleInput`] is an event-loop subscriber that reads stdin only while the UART's
+//! receive FIFO has room, and waits for the UART's "FIFO drained" event otherwise, so a guest
+//! that never reads its console costs no host CPU. [`RawTerminal`] puts an interactive stdin in
+//! raw mode and restores it on every exit path.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+
+use devices::bus::lock;
+use devices::legacy::SerialDevice;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest output the sinks may fall behind by before bytes are dropped.
+pub const OUTPUT_BUFFER_LIMIT: usize = 1 << 20;
+
+#[derive(Default)]
+struct OutputState {
+    pending: VecDeque<u8>,
+    dropped: u64,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct OutputShared {
+    state: Mutex<OutputState>,
+    wake: Condvar,
+}
+
+/// The UART's writer: a bounded buffer in front of the real sinks. Never blocks on I/O.
+#[derive(Clone)]
+pub struct ConsoleOutput {
+    shared: Arc<OutputShared>,
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut state = lock(&self.shared.state);
+        let room = OUTPUT_BUFFER_LIMIT.saturating_sub(state.pending.len());
+        let taken = room.min(buf.len());
+        state.pending.extend(&buf[..taken]);
+        if taken < buf.len() {
+            if state.dropped == 0 {
+                warn!("console output is not being consumed; dropping guest output");
+            }
+            state.dropped += (buf.len() - taken) as u64;
+        }
+        drop(state);
+        self.shared.wake.notify_one();
+        // The bytes are accounted for (written or counted as dropped): the guest's UART must not
+        // see an error for a slow host.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The thread that writes buffered guest output to the sinks.
+pub struct ConsoleDrain {
+    shared: Arc<OutputShared>,
+    thread: JoinHandle<()>,
+}
+
+impl ConsoleDrain {
+    /// Writes out everything buffered so far, stops the thread and returns the number of bytes
+    /// that were dropped because the sinks were too slow.
+    pub fn finish(self) -> u64 {
+        lock(&self.shared.state).closed = true;
+        self.shared.wake.notify_one();
+        if self.thread.join().is_err() {
+            warn!("the console output thread panicked");
+        }
+        lock(&self.shared.state).dropped
+    }
+}
+
+/// Starts the output thread writing to `sinks` (each gets every byte).
+pub fn console_output(
+    sinks: Vec<Box<dyn Write + Send>>,
+) -> io::Result<(ConsoleOutput, ConsoleDrain)> {
+    let shared = Arc::new(OutputShared::default());
+    let thread_shared = shared.clone();
+    let thread = thread::Builder::new()
+        .name("ember_serial_out".into())
+        .spawn(move || drain_loop(&thread_shared, sinks))?;
+    Ok((
+        ConsoleOutput {
+            shared: shared.clone(),
+        },
+        ConsoleDrain { shared, thread },
+    ))
+}
+
+fn drain_loop(shared: &OutputShared, mut sinks: Vec<Box<dyn Write + Send>>) {
+    let mut chunk = Vec::new();
+    loop {
+        let closed = {
+            let mut state = lock(&shared.state);
+            while state.pending.is_empty() && !state.closed {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            chunk.clear();
+            chunk.extend(state.pending.drain(..));
+            state.closed
+        };
+        // A sink that fails (a closed pipe, a full disk) is dropped; the others keep going.
+        sinks.retain_mut(
+            |sink| match sink.write_all(&chunk).and_then(|()| sink.flush()) {
+                Ok(()) => true,
+                Err(err) => {
+                    warn!("console output sink failed, no more output goes there: {err}");
+                    false
+                }
+            },
+        );
+        if closed {
+            return;
+        }
+    }
+}
+
+/// The UART as the VMM shares it between vCPU threads and the event loop.
+pub type SharedSerial = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
+
+const TOKEN_STDIN: u32 = 0;
+const TOKEN_FIFO_FREE: u32 = 1;
+
+/// Feeds host input (stdin) to the UART, with back-pressure from the receive FIFO.
+pub struct ConsoleInput {
+    serial: SharedSerial,
+    input: RawFd,
+    fifo_free: EventFd,
+    reading: bool,
+    eof: bool,
+}
+
+impl ConsoleInput {
+    /// Reads `input` (a file descriptor the caller keeps open) into `serial`; `fifo_free` is the
+    /// UART's drained-FIFO event.
+    pub fn new(serial: SharedSerial, input: RawFd, fifo_free: EventFd) -> Self {
+        Self {
+            serial,
+            input,
+            fifo_free,
+            reading: false,
+            eof: false,
+        }
+    }
+
+    fn set_reading(&mut self, ops: &mut EventOps, on: bool) {
+        if self.reading == on || (on && self.eof) {
+            return;
+        }
+        let events = Events::with_data_raw(self.input, TOKEN_STDIN, EventSet::IN);
+        let result = if on {
+            ops.add(events)
+        } else {
+            ops.remove(events)
+        };
+        match result {
+            Ok(()) => self.reading = on,
+            Err(err) => {
+                // A regular file or a closed descriptor cannot be polled: no console input then.
+                debug!("console input not polled: {err}");
+                self.eof = true;
+            }
+        }
+    }
+
+    fn read_input(&mut self, ops: &mut EventOps) {
+        let mut serial = lock(&self.serial);
+        let room = serial.input_capacity();
+        if room == 0 {
+            drop(serial);
+            self.set_reading(ops, false);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let want = room.min(buf.len());
+        // SAFETY: reads at most `want` bytes into `buf`, which is at least that long and lives
+        // across the call; `self.input` is a descriptor the owner keeps open.
+        let n = unsafe { libc::read(self.input, buf.as_mut_ptr().cast(), want) };
+        match n {
+            0 => {
+                drop(serial);
+                self.eof = true;
+                let events = Events::with_data_raw(self.input, TOKEN_STDIN, EventSet::IN);
+                let _ = ops.remove(events);
+                self.reading = false;
+            }
+            n if n > 0 => {
+                serial.enqueue_input(&buf[..n as usize]);
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::WouldBlock
+                    && err.kind() != io::ErrorKind::Interrupted
+                {
+                    drop(serial);
+                    warn!("console input failed, no more input is read: {err}");
+                    self.eof = true;
+                    self.set_reading(ops, false);
+                }
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::with_data(
+            &self.fifo_free,
+            TOKEN_FIFO_FREE,
+            EventSet::IN,
+        )) {
+            warn!("console input disabled: {err}");
+            return;
+        }
+        self.set_reading(ops, true);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_STDIN => {
+                if events.event_set().intersects(EventSet::IN) {
+                    self.read_input(ops);
+                } else {
+                    // Hang-up or error with nothing to read.
+                    self.eof = true;
+                    self.set_reading(ops, false);
+                }
+            }
+            TOKEN_FIFO_FREE => {
+                let _ = self.fifo_free.read();
+                self.set_reading(ops, true);
+            }
+            _ => {}
+        }
+    }
+}
+
+static SAVED_TERMIOS: OnceLock<(RawFd, libc::termios)> = OnceLock::new();
+
+/// An interactive terminal in raw mode for as long as this guard lives (and restored by the
+/// panic hook too), so keys such as Ctrl-C reach the guest instead of the host's shell.
+pub struct RawTerminal {
+    fd: RawFd,
+}
+
+impl RawTerminal {
+    /// Puts `fd` in raw mode if it is a terminal; `None` otherwise.
+    pub fn enable(fd: &impl AsRawFd) -> io::Result<Option<Self>> {
+        let fd = fd.as_raw_fd();
+        // SAFETY: isatty only inspects the descriptor number.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return Ok(None);
+        }
+        // SAFETY: termios is plain data; all-zero is a valid value that tcgetattr overwrites.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` is a valid termios to write to; `fd` is an open terminal.
+        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw only edits the struct it is given.
+        unsafe { libc::cfmakeraw(&mut raw) };
+        // Keep output post-processing so host-side messages still start on a new line.
+        raw.c_oflag = saved.c_oflag;
+        // SAFETY: `raw` is a fully initialised termios for the open terminal `fd`.
+        if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let _ = SAVED_TERMIOS.set((fd, saved));
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+        Ok(Some(Self { fd }))
+    }
+}
+
+fn restore_terminal() {
+    if let Some((fd, saved)) = SAVED_TERMIOS.get() {
+        // SAFETY: restores settings read from this same terminal by `RawTerminal::enable`.
+        unsafe { libc::tcsetattr(*fd, libc::TCSANOW, saved) };
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        debug!("restoring terminal {}", self.fd);
+        restore_terminal();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink that blocks until released, like a terminal nobody reads.
+    struct Stuck(Arc<AtomicBool>);
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            while !self.0.load(Ordering::Acquire) {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_sink_gets_everything_before_finish_returns() {
+        let (a, b) = (Shared::default(), Shared::default());
+        let (mut out, drain) =
+            console_output(vec![Box::new(a.clone()), Box::new(b.clone())]).unwrap();
+        let text: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        for byte in &text {
+            out.write_all(&[*byte]).unwrap();
+        }
+        assert_eq!(drain.finish(), 0);
+        assert_eq!(*a.0.lock().unwrap(), text);
+        assert_eq!(*b.0.lock().unwrap(), text);
+    }
+
+    #[test]
+    fn a_stuck_sink_never_blocks_the_writer_and_drops_are_counted() {
+        let release = Arc::new(AtomicBool::new(false));
+        let (mut out, drain) = console_output(vec![Box::new(Stuck(release.clone()))]).unwrap();
+        let chunk = vec![b'x'; 4096];
+        let total = 3 * OUTPUT_BUFFER_LIMIT;
+        for _ in 0..total / chunk.len() {
+            assert_eq!(out.write(&chunk).unwrap(), chunk.len());
+        }
+        release.store(true, Ordering::Release);
+        let dropped = drain.finish();
+        // The drain thread holds at most one chunk outside the buffer, so at least
+        // total - 2 * limit bytes had nowhere to go.
+        assert!(
+            dropped >= (total - 2 * OUTPUT_BUFFER_LIMIT) as u64,
+            "{dropped}"
+        );
+        assert!(dropped < total as u64);
+    }
+
+    #[test]
+    fn a_failing_sink_does_not_stop_the_others() {
+        let good = Shared::default();
+        let (mut out, drain) =
+            console_output(vec![Box::new(Broken), Box::new(good.clone())]).unwrap();
+        out.write_all(b"one").unwrap();
+        out.write_all(b"two").unwrap();
+        drain.finish();
+        assert_eq!(*good.0.lock().unwrap(), b"onetwo");
+    }
+}

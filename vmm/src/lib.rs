@@ -1,0 +1,46 @@
+//! ember: a KVM microVM monitor.
+//!
+//! One process runs one microVM. [`builder::run`] turns a [`api_server::model::VmConfig`] into a
+//! running VM: guest memory, the kernel and its boot structures, the legacy devices, one thread
+//! per vCPU, and an event loop on the calling thread that feeds the console and waits for a
+//! reason to stop ([`controller`]). The [`ExitStatus`] it returns is ember's process exit status,
+//! which CI users script against.
+
+pub mod arch;
+pub mod boot;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod controller;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+/// How an ember process ends. The numbers are part of ember's interface (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The guest rebooted or reset the machine: 0.
+    GuestStopped,
+    /// The VM could not be configured or started (flags, files, KVM access): 64.
+    ConfigError,
+    /// `--timeout` expired before the guest stopped: 124.
+    Timeout,
+    /// The guest or a vCPU failed: triple fault, KVM internal error, vCPU failure: 125.
+    GuestCrash,
+    /// ember was asked to stop by a signal: 128 + the signal number.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::GuestStopped => 0,
+            Self::ConfigError => 64,
+            Self::Timeout => 124,
+            Self::GuestCrash => 125,
+            Self::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
+        }
+    }
+}
