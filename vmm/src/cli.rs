@@ -50,6 +50,10 @@ pub struct Cli {
     /// Accepted for Firecracker compatibility: ember serves no API unless asked to.
     #[arg(long, action = ArgAction::SetTrue)]
     pub no_api: bool,
+    /// Words for the guest's init, appended to the kernel command line after `--` (ember's
+    /// test initramfs runs them as one shell command).
+    #[arg(last = true, value_name = "INIT ARGS", requires = "kernel")]
+    pub init_args: Vec<String>,
     /// Log level of ember's own messages (on stderr).
     #[arg(long, value_enum, ignore_case = true, default_value = "warning")]
     pub level: LogLevel,
@@ -153,6 +157,27 @@ pub enum CliError {
 }
 
 impl Cli {
+    /// The kernel command line: `--cmdline` (or the default), then `--` and the init words,
+    /// each quoted if it has spaces so the kernel hands it to init as one argument.
+    fn boot_args(&self) -> String {
+        let mut args = self
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.into());
+        if !self.init_args.is_empty() {
+            args.push_str(" --");
+            for word in &self.init_args {
+                if word.contains(char::is_whitespace) {
+                    args.push_str(&format!(" \"{word}\""));
+                } else {
+                    args.push(' ');
+                    args.push_str(word);
+                }
+            }
+        }
+        args
+    }
+
     /// The microVM the flags (or the config file) describe, validated.
     pub fn vm_config(&self) -> Result<VmConfig, CliError> {
         let cfg = match &self.config_file {
@@ -161,11 +186,7 @@ impl Cli {
                 boot_source: self.kernel.as_ref().map(|kernel| BootSource {
                     kernel_image_path: kernel.display().to_string(),
                     initrd_path: self.initrd.as_ref().map(|p| p.display().to_string()),
-                    boot_args: Some(
-                        self.cmdline
-                            .clone()
-                            .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
-                    ),
+                    boot_args: Some(self.boot_args()),
                 }),
                 machine_config: MachineConfig {
                     vcpu_count: self.vcpus,
@@ -209,6 +230,25 @@ mod tests {
         assert_eq!(boot.boot_args.as_deref(), Some(DEFAULT_CMDLINE));
         assert_eq!(cfg.machine_config.vcpu_count, 2);
         assert_eq!(cfg.machine_config.mem_size_mib, 256);
+    }
+
+    #[test]
+    fn words_after_double_dash_go_to_init() {
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--cmdline",
+            "console=ttyS0",
+            "--",
+            "echo hi; reboot -f",
+            "x",
+        ])
+        .unwrap();
+        let boot = cli.vm_config().unwrap().boot_source.unwrap();
+        assert_eq!(
+            boot.boot_args.as_deref(),
+            Some("console=ttyS0 -- \"echo hi; reboot -f\" x")
+        );
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Helpers shared by the integration tests: finding KVM, building the tiny test guests, finding
+//! or building the Linux guest artifacts, and running ember with a deadline so that no test can
+//! hang.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_CONFIG: i32 = 64;
+pub const EXIT_TIMEOUT: i32 = 124;
+pub const EXIT_CRASH: i32 = 125;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The ember binary under test.
+pub fn ember() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// True if KVM can be used. Without it the test fails with an explanation, unless
+/// EMBER_SKIP_KVM_TESTS=1 asks to skip KVM tests (the caller then returns early, and says so).
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(err) => {
+            if std::env::var("EMBER_SKIP_KVM_TESTS").as_deref() == Ok("1") {
+                eprintln!("SKIPPED (EMBER_SKIP_KVM_TESTS=1): /dev/kvm is not usable: {err}");
+                false
+            } else {
+                panic!(
+                    "this test needs /dev/kvm, which cannot be opened ({err}); run on a host with \
+                     KVM, or set EMBER_SKIP_KVM_TESTS=1 to skip the tests that need it"
+                );
+            }
+        }
+    }
+}
+
+/// Builds tiny guest `name` (tests/guests/NAME.c) once per test process and returns its ELF.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<()>> = OnceLock::new();
+    let _lock = BUILT.get_or_init(|| Mutex::new(())).lock().unwrap();
+    let src = root().join("tests/guests");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("{name}.elf"));
+    let status = Command::new("gcc")
+        .args([
+            "-ffreestanding",
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-fno-pic",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-fno-stack-protector",
+            "-fno-asynchronous-unwind-tables",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+            "-Wl,-z,noexecstack",
+        ])
+        .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(src.join("start.S"))
+        .arg(src.join(format!("{name}.c")))
+        .status()
+        .expect("gcc is needed to build the tiny test guests (apt-get install gcc)");
+    assert!(status.success(), "building tiny guest {name} failed");
+    out
+}
+
+/// Runs `cmd` to completion, killing it (and failing the test) if it takes longer than `limit`.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start ember");
+    wait_with_deadline(child, limit)
+}
+
+/// Waits for `child`, collecting its output; kills it and fails the test after `limit`.
+pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
+            let err = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+            panic!("ember did not exit within {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// The exit code, failing on death by signal.
+pub fn code(status: &ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| panic!("ember was killed by a signal: {status:?}"))
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs ember, feeding each console line to `stop_when` as it arrives; when that returns true
+/// ember gets SIGTERM. Returns the console text and the exit status. Fails after `limit`.
+pub fn run_until(
+    cmd: &mut Command,
+    limit: Duration,
+    stop_when: impl Fn(&str) -> bool,
+) -> (String, ExitStatus, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start ember");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        text(&buf)
+    });
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = text(&line);
+            let _ = tx.send(line.clone());
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let pid = child.id() as libc::pid_t;
+    let start = Instant::now();
+    let mut signalled = false;
+    let status = loop {
+        while let Ok(line) = rx.try_recv() {
+            if !signalled && stop_when(&line) {
+                // SAFETY: `pid` is our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                signalled = true;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = reader.join().unwrap();
+            panic!(
+                "ember did not finish within {limit:?}\nconsole:\n{log}\nstderr:\n{}",
+                err_reader.join().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    (reader.join().unwrap(), status, err_reader.join().unwrap())
+}
+
+/// Runs a script from resources/ (once per test process per script), failing on error.
+fn resource(script: &str) {
+    static LOCK: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let mut done = LOCK.get_or_init(|| Mutex::new(Vec::new())).lock().unwrap();
+    if done.iter().any(|s| s == script) {
+        return;
+    }
+    let status = Command::new(root().join("resources").join(script))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run resources/{script}: {e}"));
+    assert!(status.success(), "resources/{script} failed");
+    done.push(script.into());
+}
+
+fn artifact(var: &str, script: &str, built: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        let path = PathBuf::from(path);
+        assert!(path.exists(), "{var}={} does not exist", path.display());
+        return path;
+    }
+    resource(script);
+    root().join("build/guest").join(built)
+}
+
+/// The Linux guest kernel as an ELF vmlinux: $EMBER_TEST_KERNEL, else built by resources/.
+pub fn linux_vmlinux() -> PathBuf {
+    artifact("EMBER_TEST_KERNEL", "build-kernel.sh", "vmlinux")
+}
+
+/// The same kernel as a bzImage: $EMBER_TEST_BZIMAGE, else built by resources/.
+pub fn linux_bzimage() -> PathBuf {
+    artifact("EMBER_TEST_BZIMAGE", "build-kernel.sh", "bzImage")
+}
+
+/// The test initramfs (uncompressed cpio), built by resources/.
+pub fn initramfs() -> PathBuf {
+    artifact("EMBER_TEST_INITRAMFS", "build-rootfs.sh", "initramfs.cpio")
+}

@@ -1,0 +1,148 @@
+//! Real Linux guests on ember: the lean kernel as vmlinux and as bzImage, 1 to 4 vCPUs, 128 MiB
+//! and 5 GiB, an initramfs whose init runs a command, a panic that reboots. Each boot is slow
+//! when the guest kernel is emulated (20-90 s), so every boot checks several things and the
+//! boots run concurrently. The kernel comes from $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or
+//! is built by resources/build-kernel.sh.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Generous: a 5 GiB guest initialises its memory map one emulated instruction at a time.
+const LIMIT: Duration = Duration::from_secs(900);
+const SIGTERM_STATUS: i32 = 128 + 15;
+const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
+const WAITING_FOR_ROOT: &str = "Waiting for root device /dev/vdz";
+
+/// The total of the kernel's "Memory: 115044K/130680K available" line, in KiB.
+fn memory_total_kib(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("] Memory: "))
+        .unwrap_or_else(|| panic!("no Memory: line in the boot log:\n{log}"));
+    let total = line
+        .split('/')
+        .nth(1)
+        .and_then(|t| t.split('K').next())
+        .unwrap();
+    total.parse().unwrap()
+}
+
+/// Asserts the guest saw `mib` MiB of RAM: all of it but the 384 KiB legacy hole below 1 MiB.
+fn assert_memory(log: &str, mib: u64) {
+    let total = memory_total_kib(log);
+    let expected = mib * 1024;
+    assert!(
+        total <= expected && expected - total <= 1024,
+        "the guest sees {total} KiB of RAM, configured {expected} KiB"
+    );
+}
+
+fn assert_contains(log: &str, needle: &str) {
+    assert!(
+        log.contains(needle),
+        "'{needle}' is not in the console log:\n{log}"
+    );
+}
+
+#[test]
+fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(linux_vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .args(["--vcpus", "4", "--memory", "128"])
+            .args(["--", "grep -c ^processor /proc/cpuinfo"]),
+        LIMIT,
+    );
+    let log = text(&out.stdout);
+    assert_eq!(
+        code(&out.status),
+        EXIT_OK,
+        "log:\n{log}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert_contains(&log, "smp: Brought up 1 node, 4 CPUs");
+    assert_contains(&log, "Run /init as init process");
+    assert_contains(&log, "EMBER-INIT");
+    assert_contains(&log, "EMBER-RUN: grep -c ^processor /proc/cpuinfo");
+    assert!(
+        log.lines().any(|l| l.trim() == "4"),
+        "/proc/cpuinfo does not list 4 CPUs:\n{log}"
+    );
+    assert_contains(&log, "EMBER-DONE: status=0");
+    assert_memory(&log, 128);
+}
+
+#[test]
+fn bzimage_with_5_gib_waits_for_its_root_device() {
+    if !kvm_available() {
+        return;
+    }
+    let (log, status, stderr) = run_until(
+        ember().arg("--kernel").arg(linux_bzimage()).args([
+            "--memory",
+            "5120",
+            "--cmdline",
+            ROOTWAIT,
+        ]),
+        LIMIT,
+        |line| line.contains(WAITING_FOR_ROOT),
+    );
+    assert_contains(&log, WAITING_FOR_ROOT);
+    assert_contains(&log, "smp: Brought up 1 node, 1 CPU");
+    assert_memory(&log, 5120);
+    // SIGTERM stops ember cleanly, with the conventional status.
+    assert_eq!(code(&status), SIGTERM_STATUS, "stderr: {stderr}");
+}
+
+#[test]
+fn vmlinux_on_2_vcpus_waits_for_its_root_device() {
+    if !kvm_available() {
+        return;
+    }
+    let (log, status, stderr) = run_until(
+        ember()
+            .arg("--kernel")
+            .arg(linux_vmlinux())
+            .args(["--vcpus", "2", "--cmdline", ROOTWAIT]),
+        LIMIT,
+        |line| line.contains(WAITING_FOR_ROOT),
+    );
+    assert_contains(&log, WAITING_FOR_ROOT);
+    assert_contains(&log, "smp: Brought up 1 node, 2 CPUs");
+    assert_contains(&log, "ttyS0 at I/O 0x3f8 (irq = 4");
+    assert_contains(&log, "serio: i8042 KBD port at 0x60,0x64 irq 1");
+    assert_memory(&log, 128);
+    assert_eq!(code(&status), SIGTERM_STATUS, "stderr: {stderr}");
+}
+
+#[test]
+fn a_panic_without_root_reboots_through_the_i8042_and_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(linux_vmlinux())
+            .args(["--cmdline", "console=ttyS0 reboot=k panic=1 pci=off"]),
+        LIMIT,
+    );
+    let log = text(&out.stdout);
+    assert_contains(&log, "Kernel panic - not syncing");
+    assert_contains(&log, "Rebooting in 1 seconds");
+    assert_eq!(
+        code(&out.status),
+        EXIT_OK,
+        "log:\n{log}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+}
