@@ -3,6 +3,7 @@
 //! when the guest kernel is emulated (20-90 s), so every boot checks several things and the
 //! boots run concurrently. The kernel comes from $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or
 //! is built by resources/build-kernel.sh.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! ember end to end with tiny ring-0 guests (tests/guests/*.c) booted through the ELF path:
 //! console output and input, reset, timeout, SMP start-up, crash reporting, config files and
 //! the errors users see for bad input. Each guest runs in milliseconds, even emulated.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -339,4 +340,53 @@ fn tempdir(name: &str) -> std::path::PathBuf {
         .join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn the_exit_port_code_is_ember_s_status() {
+    if !kvm_available() {
+        return;
+    }
+    for expected in [0, 1, 42, 255] {
+        let out = run(
+            ember()
+                .arg("run")
+                .arg("--kernel")
+                .arg(guest("exit_code"))
+                .args(["--cmdline", &expected.to_string()]),
+            LIMIT,
+        );
+        assert_eq!(text(&out.stdout), format!("exit code {expected}\n"));
+        assert_eq!(code(&out.status), expected, "stderr: {}", text(&out.stderr));
+    }
+    // A 32-bit write reports its low byte.
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(guest("exit_code"))
+            .args(["--cmdline", "7w"]),
+        LIMIT,
+    );
+    assert_eq!(code(&out.status), 7);
+}
+
+#[test]
+fn boot_timer_logs_the_guest_boot_time() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(guest("boot_timer"))
+            .arg("--boot-timer"),
+        LIMIT,
+    );
+    assert_eq!(code(&out.status), 0);
+    let err = text(&out.stderr);
+    assert!(err.contains("Guest-boot-time = "), "{err}");
+    // Without the flag there is no device at that address and nothing is logged.
+    let out = run(ember().arg("--kernel").arg(guest("boot_timer")), LIMIT);
+    assert_eq!(code(&out.status), 0);
+    assert!(!text(&out.stderr).contains("Guest-boot-time"));
 }

@@ -30,6 +30,21 @@ static inline char getc(void) {
     return (char)inb(COM1);
 }
 
+/* The kernel command line ember wrote, from the zero page (boot_params.hdr.cmd_line_ptr). */
+static inline const char *cmdline(const void *boot_params) {
+    return (const char *)(u64)*(const u32 *)((const u8 *)boot_params + 0x228);
+}
+
+/* Parses a decimal number at the start of s. */
+static inline u32 atou(const char *s) {
+    u32 v = 0;
+    while (*s >= '0' && *s <= '9') v = v * 10 + (u32)(*s++ - '0');
+    return v;
+}
+
+/* Reports a verdict through ember's exit port: ember exits with exactly this status. */
+static inline void exit_with(u8 code) { outb(0xf4, code); }
+
 /* Pulse the CPU reset line through the keyboard controller, as Linux's reboot=k does. */
 static inline void i8042_reset(void) { outb(0x64, 0xfe); }
 

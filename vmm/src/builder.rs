@@ -9,15 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::model::VmConfig;
-use devices::IrqTrigger;
 use devices::bus::{Bus, BusError};
-use devices::legacy::{I8042, InputReadyEvent, SerialDevice};
+use devices::legacy::{BootTimer, ExitPort, I8042, InputReadyEvent, SerialDevice};
+use devices::{ExitNotifier, IrqTrigger};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::layout::{COM1_IRQ, COM1_PORT, I8042_IRQ, I8042_PORT};
+use crate::arch::x86_64::layout::{
+    BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_IRQ, I8042_PORT,
+};
 use crate::arch::x86_64::{self as arch, ArchError};
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
@@ -84,6 +86,8 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Where console output goes: files, `-` for stdout; stdout when empty.
     pub serial_out: Vec<PathBuf>,
+    /// Provide Firecracker's boot-timer device.
+    pub boot_timer: bool,
 }
 
 /// Boots the VM `cfg` describes and runs it until it stops; returns how it ended.
@@ -91,13 +95,19 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     config::validate(cfg)?;
     // Before any thread exists, so that every thread inherits the mask.
     let signals = StopSignals::block().map_err(host("signal handling"))?;
-    let mem_mib = cfg.machine_config.mem_size_mib;
-    let mem = memory::create_guest_memory(mem_mib)?;
+    let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
     let vm = Vm::new()?;
     vm.register_memory(&mem)?;
     let entry = load_guest(&mem, cfg)?;
-    let (output, drain) = open_console(&opts.serial_out)?;
-    let result = run_with_console(cfg, opts, &vm, output, signals, entry);
+    let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
+    let (output, drain) = open_console(&opts.serial_out, &guest_exit)?;
+    let booted = Booted {
+        vm,
+        entry,
+        guest_exit,
+        signals,
+    };
+    let result = booted.run(cfg, opts, output);
     let dropped = drain.finish();
     if dropped > 0 {
         warn!(
@@ -107,76 +117,87 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     result
 }
 
-fn run_with_console(
-    cfg: &VmConfig,
-    opts: &RunOptions,
-    vm: &Vm,
-    output: ConsoleOutput,
-    signals: StopSignals,
+/// A VM with its memory loaded, ready for devices and vCPUs.
+struct Booted {
+    vm: Vm,
     entry: GuestAddress,
-) -> Result<Outcome, BuildError> {
-    let devices = LegacyDevices::new(vm, output)?;
-    let vcpus = create_vcpus(
-        vm,
-        cfg.machine_config.vcpu_count,
-        entry,
-        devices.pio.clone(),
-    )?;
-    let (tx, rx) = mpsc::channel();
-    let vcpu_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(host("vCPU exit event"))?;
-    let reset_evt = devices.reset_evt.try_clone().map_err(host("reset event"))?;
-    let controller = Arc::new(Mutex::new(
-        Controller::new(
-            reset_evt,
+    guest_exit: ExitNotifier,
+    signals: StopSignals,
+}
+
+impl Booted {
+    /// Adds the devices and vCPUs and runs the event loop until the VM must stop.
+    fn run(
+        self,
+        cfg: &VmConfig,
+        opts: &RunOptions,
+        output: ConsoleOutput,
+    ) -> Result<Outcome, BuildError> {
+        let Self {
+            vm,
+            entry,
+            guest_exit,
+            signals,
+        } = self;
+        let devices = LegacyDevices::new(&vm, output, &guest_exit)?;
+        let mmio = Arc::new(mmio_bus(opts)?);
+        let count = cfg.machine_config.vcpu_count;
+        let vcpus = create_vcpus(&vm, count, entry, devices.pio.clone(), mmio)?;
+        let stop = guest_exit.stop_flag();
+        let (tx, rx) = mpsc::channel();
+        let vcpu_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(host("vCPU exit event"))?;
+        let controller = Controller::new(
+            guest_exit,
             vcpu_evt.try_clone().map_err(host("vCPU exit event"))?,
             rx,
             signals,
             opts.timeout,
         )
-        .map_err(host("timeout timer"))?,
-    ));
-    let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
-        EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
-    event_loop.add_subscriber(controller.clone());
-    let input = ConsoleInput::new(
-        devices.serial.clone(),
-        libc::STDIN_FILENO,
-        devices
-            .fifo_free
-            .try_clone()
-            .map_err(host("console input event"))?,
-    );
-    event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        .map_err(host("timeout timer"))?;
+        let controller = Arc::new(Mutex::new(controller));
+        let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
+        event_loop.add_subscriber(controller.clone());
+        let input = ConsoleInput::new(
+            devices.serial.clone(),
+            libc::STDIN_FILENO,
+            devices
+                .fifo_free
+                .try_clone()
+                .map_err(host("console input event"))?,
+        );
+        event_loop.add_subscriber(Arc::new(Mutex::new(input)));
 
-    let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
-    let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
-    let mut started = Ok(());
-    for vcpu in vcpus {
-        match vcpu.start(tx.clone(), &vcpu_evt) {
-            Ok(handle) => handles.push(handle),
-            Err(err) => {
-                started = Err(err);
-                break;
+        let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
+        let mut started = Ok(());
+        for vcpu in vcpus {
+            match vcpu.start(tx.clone(), &vcpu_evt, stop.clone()) {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    started = Err(err);
+                    break;
+                }
             }
         }
-    }
-    info!("started {} vCPUs", handles.len());
+        info!("started {} vCPUs", handles.len());
 
-    let outcome = started.map_err(BuildError::from).and_then(|()| {
-        loop {
-            event_loop
-                .run()
-                .map_err(|e| host("event loop")(io::Error::other(e)))?;
-            if let Some(outcome) = devices::bus::lock(&controller).outcome() {
-                break Ok(outcome.clone());
+        let outcome = started.map_err(BuildError::from).and_then(|()| {
+            loop {
+                event_loop
+                    .run()
+                    .map_err(|e| host("event loop")(io::Error::other(e)))?;
+                if let Some(outcome) = devices::bus::lock(&controller).outcome() {
+                    break Ok(outcome.clone());
+                }
             }
+        });
+        for handle in &handles {
+            handle.stop();
         }
-    });
-    for handle in &handles {
-        handle.stop();
+        handles.into_iter().for_each(VcpuHandle::join);
+        outcome
     }
-    handles.into_iter().for_each(VcpuHandle::join);
-    outcome
 }
 
 /// Loads the kernel, initrd and command line and writes the boot structures; returns the
@@ -199,8 +220,11 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     Ok(entry)
 }
 
-/// Opens the console sinks and starts the output thread.
-fn open_console(targets: &[PathBuf]) -> Result<(ConsoleOutput, ConsoleDrain), BuildError> {
+/// Opens the console sinks and starts the output thread, which reports panics to `exit`.
+fn open_console(
+    targets: &[PathBuf],
+    exit: &ExitNotifier,
+) -> Result<(ConsoleOutput, ConsoleDrain), BuildError> {
     let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
     for path in targets {
         if path.as_os_str() == "-" {
@@ -216,7 +240,7 @@ fn open_console(targets: &[PathBuf]) -> Result<(ConsoleOutput, ConsoleDrain), Bu
     if sinks.is_empty() {
         sinks.push(Box::new(io::stdout()));
     }
-    console_output(sinks).map_err(host("console output thread"))
+    console_output(sinks, Some(exit.clone())).map_err(host("console output thread"))
 }
 
 /// The legacy PC devices on the port bus.
@@ -224,11 +248,10 @@ struct LegacyDevices {
     pio: Arc<Bus>,
     serial: SharedSerial,
     fifo_free: EventFd,
-    reset_evt: EventFd,
 }
 
 impl LegacyDevices {
-    fn new(vm: &Vm, output: ConsoleOutput) -> Result<Self, BuildError> {
+    fn new(vm: &Vm, output: ConsoleOutput, exit: &ExitNotifier) -> Result<Self, BuildError> {
         let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(host("device events"));
         let com1_irq = IrqTrigger(event()?);
         vm.register_irqfd(&com1_irq.0, COM1_IRQ)?;
@@ -241,22 +264,36 @@ impl LegacyDevices {
 
         let kbd_irq = IrqTrigger(event()?);
         vm.register_irqfd(&kbd_irq.0, I8042_IRQ)?;
-        let reset_evt = event()?;
-        let i8042 = Arc::new(Mutex::new(I8042::new(
-            kbd_irq,
-            reset_evt.try_clone().map_err(host("device events"))?,
-        )));
+        let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, exit.clone())));
 
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT.into(), 8)?;
         pio.insert(i8042, I8042_PORT.into(), 5)?;
+        pio.insert(
+            Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
+            EXIT_PORT.into(),
+            1,
+        )?;
         Ok(Self {
             pio: Arc::new(pio),
             serial,
             fifo_free,
-            reset_evt,
         })
     }
+}
+
+/// The MMIO bus. Built just before the vCPUs start, so the boot timer counts from then.
+fn mmio_bus(opts: &RunOptions) -> Result<Bus, BuildError> {
+    let mut mmio = Bus::new();
+    if opts.boot_timer {
+        let timer = BootTimer::new(std::time::Instant::now());
+        mmio.insert(
+            Arc::new(Mutex::new(timer)),
+            BOOT_TIMER_START,
+            BOOT_TIMER_LEN,
+        )?;
+    }
+    Ok(mmio)
 }
 
 /// Creates and configures `count` vCPUs entering at `entry`.
@@ -265,13 +302,13 @@ fn create_vcpus(
     count: u8,
     entry: GuestAddress,
     pio: Arc<Bus>,
+    mmio: Arc<Bus>,
 ) -> Result<Vec<Vcpu>, BuildError> {
     let max = vm.max_vcpus();
     if usize::from(count) > max {
         return Err(ConfigError::VcpuCount(count).into());
     }
     let cpuid = vm.supported_cpuid()?;
-    let mmio = Arc::new(Bus::new());
     (0..count)
         .map(|index| {
             let vcpu = Vcpu::new(index, vm.create_vcpu(index)?, pio.clone(), mmio.clone());

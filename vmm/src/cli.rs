@@ -1,5 +1,6 @@
 //! The `ember` command line: flags that describe a microVM directly, or a Firecracker config
-//! file, turned into the same [`VmConfig`] the API uses, plus options for this run.
+//! file, turned into the same [`VmConfig`] the API uses, plus options for this run. `ember run
+//! ...` is the same as `ember ...`, spelled for CI scripts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,18 +8,42 @@ use std::time::Duration;
 use api_server::model::{
     BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, VmConfig,
 };
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 
 /// ember: a KVM microVM monitor.
 ///
 /// Boots a Linux kernel (ELF vmlinux or bzImage) in a microVM whose serial console is this
-/// terminal. The exit status tells how the guest ended: 0 reboot/reset, 64 configuration
-/// error, 124 timeout, 125 guest crash, 128+N killed by signal N.
+/// terminal. The exit status tells how the guest ended: 0 reboot/reset/poweroff, the byte a
+/// guest wrote to port 0xf4, 64 configuration error, 123 guest kernel panic, 124 timeout,
+/// 125 guest crash, 128+N stopped by signal N.
 #[derive(Debug, Parser)]
-#[command(name = "ember", version, about, long_about)]
+#[command(
+    name = "ember",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// One-shot forms.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The microVM and this run.
+    #[command(flatten)]
+    args: VmArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot the microVM, run it to its end and exit with its status (same flags as `ember`).
+    Run(VmArgs),
+}
+
+/// Everything that describes one run of one microVM.
+#[derive(Debug, Args)]
+pub struct VmArgs {
     /// Guest kernel: an ELF vmlinux or a bzImage.
     #[arg(long, value_name = "PATH", conflicts_with = "config_file")]
     pub kernel: Option<PathBuf>,
@@ -50,13 +75,27 @@ pub struct Cli {
     /// Accepted for Firecracker compatibility: ember serves no API unless asked to.
     #[arg(long, action = ArgAction::SetTrue)]
     pub no_api: bool,
+    /// Firecracker's boot timer: log "Guest-boot-time = N us" when the guest writes 123 to
+    /// MMIO address 0xd0000000.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub boot_timer: bool,
+    /// Log level of ember's own messages (on stderr).
+    #[arg(long, value_enum, ignore_case = true, default_value = "warning")]
+    pub level: LogLevel,
     /// Words for the guest's init, appended to the kernel command line after `--` (ember's
     /// test initramfs runs them as one shell command).
     #[arg(last = true, value_name = "INIT ARGS", requires = "kernel")]
     pub init_args: Vec<String>,
-    /// Log level of ember's own messages (on stderr).
-    #[arg(long, value_enum, ignore_case = true, default_value = "warning")]
-    pub level: LogLevel,
+}
+
+impl Cli {
+    /// The arguments, whichever form was used.
+    pub fn args(&self) -> &VmArgs {
+        match &self.command {
+            Some(Command::Run(args)) => args,
+            None => &self.args,
+        }
+    }
 }
 
 /// Firecracker's log level names.
@@ -156,7 +195,7 @@ pub enum CliError {
     Config(#[from] ConfigError),
 }
 
-impl Cli {
+impl VmArgs {
     /// The kernel command line: `--cmdline` (or the default), then `--` and the init words,
     /// each quoted if it has spaces so the kernel hands it to init as one argument.
     fn boot_args(&self) -> String {
@@ -221,7 +260,7 @@ mod tests {
             "--kernel", "vmlinux", "--vcpus", "2", "--memory", "256", "--initrd", "i.cpio",
         ])
         .unwrap();
-        let cfg = cli.vm_config();
+        let cfg = cli.args().vm_config();
         // drives are not in this config, so it validates
         let cfg = cfg.unwrap();
         let boot = cfg.boot_source.unwrap();
@@ -244,7 +283,7 @@ mod tests {
             "x",
         ])
         .unwrap();
-        let boot = cli.vm_config().unwrap().boot_source.unwrap();
+        let boot = cli.args().vm_config().unwrap().boot_source.unwrap();
         assert_eq!(
             boot.boot_args.as_deref(),
             Some("console=ttyS0 -- \"echo hi; reboot -f\" x")
@@ -270,20 +309,24 @@ mod tests {
             assert!(parse(args).is_err(), "{args:?}");
         }
         assert_eq!(
-            parse(&["--timeout", "1.5"]).unwrap().timeout,
+            parse(&["--timeout", "1.5"]).unwrap().args().timeout,
             Some(Duration::from_millis(1500))
         );
-        assert_eq!(parse(&["--level", "debug"]).unwrap().level, LogLevel::Debug);
+        assert_eq!(
+            parse(&["--level", "debug"]).unwrap().args().level,
+            LogLevel::Debug
+        );
     }
 
     #[test]
     fn zero_vcpus_and_no_kernel_are_config_errors() {
         let err = parse(&["--kernel", "k", "--vcpus", "0"])
             .unwrap()
+            .args()
             .vm_config()
             .unwrap_err();
         assert!(err.to_string().contains("vcpu_count"), "{err}");
-        let err = parse(&[]).unwrap().vm_config().unwrap_err();
+        let err = parse(&[]).unwrap().args().vm_config().unwrap_err();
         assert!(err.to_string().contains("--kernel"), "{err}");
     }
 

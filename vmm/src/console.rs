@@ -7,6 +7,12 @@
 //! behind, further bytes are dropped and counted. [`ConsoleDrain::finish`] writes out whatever is
 //! buffered, so the log is complete when ember exits.
 //!
+//! The output is also watched for Linux's panic banner, so that a panic ends the VM even when
+//! the guest kernel has no pvpanic driver: "Kernel panic - not syncing" marks the guest as
+//! panicking (a reset that follows, from `panic=N`, is reported as the panic) and the final
+//! "---[ end Kernel panic - not syncing" line, which a kernel without `panic=N` prints before it
+//! halts for good, ends the VM with the panic status.
+//!
 //! Input: [`ConsoleInput`] is an event-loop subscriber that reads stdin only while the UART's
 //! receive FIFO has room, and waits for the UART's "FIFO drained" event otherwise, so a guest
 //! that never reads its console costs no host CPU. [`RawTerminal`] puts an interactive stdin in
@@ -20,6 +26,7 @@ use std::thread::{self, JoinHandle};
 
 use devices::bus::lock;
 use devices::legacy::SerialDevice;
+use devices::{ExitNotifier, GuestExit};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -41,13 +48,16 @@ struct OutputShared {
 }
 
 /// The UART's writer: a bounded buffer in front of the real sinks. Never blocks on I/O.
-#[derive(Clone)]
 pub struct ConsoleOutput {
     shared: Arc<OutputShared>,
+    panic_watch: Option<PanicWatch>,
 }
 
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(watch) = &mut self.panic_watch {
+            buf.iter().for_each(|b| watch.feed(*b));
+        }
         let mut state = lock(&self.shared.state);
         let room = OUTPUT_BUFFER_LIMIT.saturating_sub(state.pending.len());
         let taken = room.min(buf.len());
@@ -89,21 +99,22 @@ impl ConsoleDrain {
     }
 }
 
-/// Starts the output thread writing to `sinks` (each gets every byte).
+/// Starts the output thread writing to `sinks` (each gets every byte). Panic banners are
+/// reported to `panics`, if given.
 pub fn console_output(
     sinks: Vec<Box<dyn Write + Send>>,
+    panics: Option<ExitNotifier>,
 ) -> io::Result<(ConsoleOutput, ConsoleDrain)> {
     let shared = Arc::new(OutputShared::default());
     let thread_shared = shared.clone();
     let thread = thread::Builder::new()
         .name("ember_serial_out".into())
         .spawn(move || drain_loop(&thread_shared, sinks))?;
-    Ok((
-        ConsoleOutput {
-            shared: shared.clone(),
-        },
-        ConsoleDrain { shared, thread },
-    ))
+    let output = ConsoleOutput {
+        shared: shared.clone(),
+        panic_watch: panics.map(PanicWatch::new),
+    };
+    Ok((output, ConsoleDrain { shared, thread }))
 }
 
 fn drain_loop(shared: &OutputShared, mut sinks: Vec<Box<dyn Write + Send>>) {
@@ -133,6 +144,78 @@ fn drain_loop(shared: &OutputShared, mut sinks: Vec<Box<dyn Write + Send>>) {
         );
         if closed {
             return;
+        }
+    }
+}
+
+/// Finds a fixed byte string in a stream, one byte at a time (Knuth-Morris-Pratt).
+struct Matcher {
+    pattern: &'static [u8],
+    /// For each prefix length, the length of its longest proper prefix that is also a suffix.
+    fallback: Vec<usize>,
+    matched: usize,
+}
+
+impl Matcher {
+    fn new(pattern: &'static [u8]) -> Self {
+        let mut fallback = vec![0; pattern.len() + 1];
+        let mut k = 0;
+        for i in 1..pattern.len() {
+            while k > 0 && pattern[i] != pattern[k] {
+                k = fallback[k];
+            }
+            if pattern[i] == pattern[k] {
+                k += 1;
+            }
+            fallback[i + 1] = k;
+        }
+        Self {
+            pattern,
+            fallback,
+            matched: 0,
+        }
+    }
+
+    /// True when `byte` completes the pattern.
+    fn feed(&mut self, byte: u8) -> bool {
+        while self.matched > 0 && self.pattern[self.matched] != byte {
+            self.matched = self.fallback[self.matched];
+        }
+        if self.pattern[self.matched] == byte {
+            self.matched += 1;
+        }
+        if self.matched == self.pattern.len() {
+            self.matched = self.fallback[self.matched];
+            return true;
+        }
+        false
+    }
+}
+
+const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+const PANIC_END_BANNER: &[u8] = b"---[ end Kernel panic - not syncing";
+
+struct PanicWatch {
+    exit: ExitNotifier,
+    start: Matcher,
+    end: Matcher,
+}
+
+impl PanicWatch {
+    fn new(exit: ExitNotifier) -> Self {
+        Self {
+            exit,
+            start: Matcher::new(PANIC_BANNER),
+            end: Matcher::new(PANIC_END_BANNER),
+        }
+    }
+
+    fn feed(&mut self, byte: u8) {
+        if self.start.feed(byte) {
+            self.exit.note_panicking();
+        }
+        if self.end.feed(byte) {
+            self.exit.notify(GuestExit::Panic);
         }
     }
 }
@@ -357,7 +440,7 @@ mod tests {
     fn every_sink_gets_everything_before_finish_returns() {
         let (a, b) = (Shared::default(), Shared::default());
         let (mut out, drain) =
-            console_output(vec![Box::new(a.clone()), Box::new(b.clone())]).unwrap();
+            console_output(vec![Box::new(a.clone()), Box::new(b.clone())], None).unwrap();
         let text: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for byte in &text {
             out.write_all(&[*byte]).unwrap();
@@ -370,7 +453,8 @@ mod tests {
     #[test]
     fn a_stuck_sink_never_blocks_the_writer_and_drops_are_counted() {
         let release = Arc::new(AtomicBool::new(false));
-        let (mut out, drain) = console_output(vec![Box::new(Stuck(release.clone()))]).unwrap();
+        let (mut out, drain) =
+            console_output(vec![Box::new(Stuck(release.clone()))], None).unwrap();
         let chunk = vec![b'x'; 4096];
         let total = 3 * OUTPUT_BUFFER_LIMIT;
         for _ in 0..total / chunk.len() {
@@ -391,10 +475,56 @@ mod tests {
     fn a_failing_sink_does_not_stop_the_others() {
         let good = Shared::default();
         let (mut out, drain) =
-            console_output(vec![Box::new(Broken), Box::new(good.clone())]).unwrap();
+            console_output(vec![Box::new(Broken), Box::new(good.clone())], None).unwrap();
         out.write_all(b"one").unwrap();
         out.write_all(b"two").unwrap();
         drain.finish();
         assert_eq!(*good.0.lock().unwrap(), b"onetwo");
+    }
+
+    #[test]
+    fn matcher_finds_overlapping_and_split_occurrences() {
+        let mut m = Matcher::new(b"abab");
+        let hits: Vec<usize> = b"xabababab"
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| m.feed(*b).then_some(i))
+            .collect();
+        assert_eq!(hits, vec![4, 6, 8]);
+        let mut m = Matcher::new(b"aab");
+        assert!(!b"aaa".iter().any(|b| m.feed(*b)));
+        assert!(m.feed(b'b'));
+    }
+
+    fn watched(output: &[&[u8]]) -> Option<GuestExit> {
+        let exit = ExitNotifier::new().unwrap();
+        let (mut out, drain) =
+            console_output(vec![Box::new(io::sink())], Some(exit.clone())).unwrap();
+        for chunk in output {
+            out.write_all(chunk).unwrap();
+        }
+        exit.notify(GuestExit::Reset);
+        drain.finish();
+        exit.requested()
+    }
+
+    #[test]
+    fn panic_banners_are_recognised_byte_by_byte() {
+        assert_eq!(watched(&[b"all fine\n"]), Some(GuestExit::Reset));
+        assert_eq!(
+            watched(&[b"[ 1.0] Kernel pa", b"nic - not syncing: VFS\n"]),
+            Some(GuestExit::Panic),
+            "a reset after the banner is the panic reboot"
+        );
+        assert_eq!(
+            watched(&[
+                b"Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x ]---"
+            ]),
+            Some(GuestExit::Panic)
+        );
+        assert_eq!(
+            watched(&[b"Kernel panic - not syncin"]),
+            Some(GuestExit::Reset)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The VMM thread's view of the running VM: an event-loop subscriber that learns why the VM
-//! must stop (a guest reset through the i8042, a vCPU that ended, the `--timeout` deadline, a
-//! termination signal) and records the [`Outcome`] the process exits with. It decides, it does
+//! must stop (an exit the guest asked a device for, a vCPU that ended, the `--timeout`
+//! deadline, a termination signal) and records the [`Outcome`] the process exits with. It decides, it does
 //! not act: tearing down vCPUs and devices is the caller's job once an outcome is set.
 
 use std::io;
@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+use devices::{ExitNotifier, GuestExit};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -25,7 +26,7 @@ pub struct Outcome {
     pub message: String,
 }
 
-const TOKEN_RESET: u32 = 0;
+const TOKEN_GUEST_EXIT: u32 = 0;
 const TOKEN_VCPU: u32 = 1;
 const TOKEN_TIMER: u32 = 2;
 const TOKEN_SIGNAL: u32 = 3;
@@ -74,7 +75,7 @@ impl StopSignals {
 
 /// The subscriber that decides when and how the VM ends.
 pub struct Controller {
-    reset_evt: EventFd,
+    guest_exit: ExitNotifier,
     vcpu_evt: EventFd,
     vcpu_events: Receiver<VcpuEvent>,
     timer: Option<(TimerFd, Duration)>,
@@ -83,10 +84,10 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Watches `reset_evt` (the i8042's), `vcpu_evt` with its channel, `signals`, and a deadline
-    /// of `timeout` from now if given.
+    /// Watches the devices' `guest_exit`, `vcpu_evt` with its channel, `signals`, and a
+    /// deadline of `timeout` from now if given.
     pub fn new(
-        reset_evt: EventFd,
+        guest_exit: ExitNotifier,
         vcpu_evt: EventFd,
         vcpu_events: Receiver<VcpuEvent>,
         signals: StopSignals,
@@ -100,7 +101,7 @@ impl Controller {
             })
             .transpose()?;
         Ok(Self {
-            reset_evt,
+            guest_exit,
             vcpu_evt,
             vcpu_events,
             timer,
@@ -152,8 +153,8 @@ impl MutEventSubscriber for Controller {
             }
         };
         add(Events::with_data(
-            &self.reset_evt,
-            TOKEN_RESET,
+            self.guest_exit.event(),
+            TOKEN_GUEST_EXIT,
             EventSet::IN,
         ));
         add(Events::with_data(&self.vcpu_evt, TOKEN_VCPU, EventSet::IN));
@@ -169,10 +170,19 @@ impl MutEventSubscriber for Controller {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
-            TOKEN_RESET => {
-                let _ = self.reset_evt.read();
-                self.finish(ExitStatus::GuestStopped, String::new());
-            }
+            TOKEN_GUEST_EXIT => match self.guest_exit.requested() {
+                Some(GuestExit::Reset | GuestExit::PowerOff) => {
+                    self.finish(ExitStatus::GuestStopped, String::new())
+                }
+                Some(GuestExit::Code(code)) => self.finish(
+                    ExitStatus::GuestCode(code),
+                    format!("the guest reported exit code {code}"),
+                ),
+                Some(GuestExit::Panic) => {
+                    self.finish(ExitStatus::GuestPanic, "the guest kernel panicked".into())
+                }
+                None => {}
+            },
             TOKEN_VCPU => self.on_vcpu_events(),
             TOKEN_TIMER => {
                 if let Some((timer, after)) = &mut self.timer {

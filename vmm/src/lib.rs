@@ -20,8 +20,12 @@ pub mod vm;
 /// How an ember process ends. The numbers are part of ember's interface (see the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
-    /// The guest rebooted or reset the machine: 0.
+    /// The guest rebooted, reset or powered off the machine: 0.
     GuestStopped,
+    /// The guest wrote this code to the exit port: the code itself.
+    GuestCode(u8),
+    /// The guest kernel panicked: 123.
+    GuestPanic,
     /// The VM could not be configured or started (flags, files, KVM access): 64.
     ConfigError,
     /// `--timeout` expired before the guest stopped: 124.
@@ -37,6 +41,8 @@ impl ExitStatus {
     pub fn code(self) -> u8 {
         match self {
             Self::GuestStopped => 0,
+            Self::GuestCode(code) => code,
+            Self::GuestPanic => 123,
             Self::ConfigError => 64,
             Self::Timeout => 124,
             Self::GuestCrash => 125,

@@ -20,16 +20,21 @@ fn main() -> ExitCode {
             };
         }
     };
-    env_logger::Builder::new()
-        .filter_level(cli.level.into())
-        .format_target(false)
-        .init();
+    let args = cli.args();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(args.level.into()).format_target(false);
+    if args.boot_timer {
+        // The boot time is the point of the flag: show it whatever the log level.
+        logger.filter_module("devices::legacy::boot_timer", log::LevelFilter::Info);
+    }
+    logger.init();
 
     let opts = RunOptions {
-        timeout: cli.timeout,
-        serial_out: cli.serial_out.clone(),
+        timeout: args.timeout,
+        serial_out: args.serial_out.clone(),
+        boot_timer: args.boot_timer,
     };
-    let result = cli
+    let result = args
         .vm_config()
         .map_err(|e| Box::new(e) as Box<dyn Error>)
         .and_then(|cfg| builder::run(&cfg, &opts).map_err(|e| Box::new(e) as Box<dyn Error>));

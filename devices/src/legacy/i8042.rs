@@ -13,10 +13,9 @@ use std::collections::VecDeque;
 
 use log::{debug, warn};
 use vm_superio::Trigger;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::IrqTrigger;
 use crate::bus::BusDevice;
+use crate::{ExitNotifier, GuestExit, IrqTrigger};
 
 /// Offset of the data port (0x60) within the device's range.
 const DATA: u64 = 0;
@@ -85,20 +84,20 @@ pub struct I8042 {
     /// A command waiting for its parameter byte on the data port.
     pending: Option<u8>,
     irq: IrqTrigger,
-    reset_evt: EventFd,
+    exit: ExitNotifier,
 }
 
 impl I8042 {
-    /// Creates a controller that raises `irq` (IRQ 1) for keyboard data and writes `reset_evt`
-    /// when the guest resets the machine.
-    pub fn new(irq: IrqTrigger, reset_evt: EventFd) -> Self {
+    /// Creates a controller that raises `irq` (IRQ 1) for keyboard data and tells `exit` when
+    /// the guest resets the machine.
+    pub fn new(irq: IrqTrigger, exit: ExitNotifier) -> Self {
         Self {
             config: CONFIG_DEFAULT,
             status: STATUS_SYSTEM_FLAG | STATUS_KBD_UNLOCKED,
             output: VecDeque::with_capacity(OUTPUT_QUEUE_LEN),
             pending: None,
             irq,
-            reset_evt,
+            exit,
         }
     }
 
@@ -132,9 +131,7 @@ impl I8042 {
     }
 
     fn reset(&self) {
-        if let Err(err) = self.reset_evt.write(1) {
-            warn!("i8042: cannot signal the guest's reset: {err}");
-        }
+        self.exit.notify(GuestExit::Reset);
     }
 
     fn command(&mut self, cmd: u8) {
@@ -234,10 +231,7 @@ mod tests {
     use super::*;
 
     fn device() -> I8042 {
-        I8042::new(
-            IrqTrigger::new().unwrap(),
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        )
+        I8042::new(IrqTrigger::new().unwrap(), ExitNotifier::new().unwrap())
     }
 
     fn read(dev: &mut I8042, offset: u64) -> u8 {
@@ -257,9 +251,9 @@ mod tests {
     #[test]
     fn pulse_reset_fires_the_reset_event() {
         let mut dev = device();
-        assert!(dev.reset_evt.read().is_err(), "no reset before the command");
+        assert_eq!(dev.exit.requested(), None, "no reset before the command");
         dev.write(COMMAND, &[CMD_PULSE_RESET]);
-        assert_eq!(dev.reset_evt.read().unwrap(), 1);
+        assert_eq!(dev.exit.requested(), Some(GuestExit::Reset));
     }
 
     #[test]
@@ -267,10 +261,10 @@ mod tests {
         let mut dev = device();
         dev.write(COMMAND, &[CMD_WRITE_OUTPUT_PORT]);
         dev.write(DATA, &[OUTPUT_PORT_RESET_HIGH]);
-        assert!(dev.reset_evt.read().is_err());
+        assert_eq!(dev.exit.requested(), None);
         dev.write(COMMAND, &[CMD_WRITE_OUTPUT_PORT]);
         dev.write(DATA, &[0]);
-        assert_eq!(dev.reset_evt.read().unwrap(), 1);
+        assert_eq!(dev.exit.requested(), Some(GuestExit::Reset));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! KVM's supported set describes the host; a guest must instead see its own APIC id and a
 //! topology of `count` single-threaded cores in one package, matching the MP table, and the
 //! hypervisor bit, so Linux takes its paravirtual paths (kvm-clock). Leaves are edited in
-//! place; KVM's own feature filtering is kept.
+//! place; KVM's own feature filtering is kept, less one paravirtual feature (see
+//! [`KVM_FEATURE_PV_SEND_IPI`]).
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -25,7 +26,14 @@ const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// KVM's paravirtual send-IPI hypercall. ember does not offer it: it only saves VM exits for
+/// multicast IPIs in large guests, and a KVM that emulates guest kernel code (nested PVM)
+/// loses IPIs and NMIs sent through it, so a 4-vCPU Linux guest hangs in `reboot`. Guests
+/// then send IPIs through the x2APIC, as on hardware.
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
 const ECX_THERMAL_EPB: u32 = 1 << 3;
@@ -89,6 +97,7 @@ pub fn configure(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology) {
                 e.ebx = (e.ebx & !0xffff) | apic_id;
                 e.ecx &= !0x7ff;
             }
+            LEAF_KVM_FEATURES => e.eax &= !KVM_FEATURE_PV_SEND_IPI,
             _ => {}
         }
     }
@@ -127,6 +136,7 @@ mod tests {
             entry(0x8000_0008, 0),
             entry(0x8000_001e, 0),
             entry(0x7, 0),
+            entry(0x4000_0001, 0),
         ];
         entries[1].eax = 0x0000_0021; // an L1 data cache descriptor
         configure(&mut entries, VcpuTopology { index, count });

@@ -51,8 +51,12 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// First address above 4 GiB, where RAM resumes after the hole.
 pub const MMIO_GAP_END: u64 = 1 << 32;
-/// Where virtio-mmio devices are placed, one page apart.
-pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// Firecracker's boot-timer page, where a guest's init reports "booted" (`--boot-timer`).
+pub const BOOT_TIMER_START: u64 = 0xd000_0000;
+/// Length of the boot-timer page.
+pub const BOOT_TIMER_LEN: u64 = 0x1000;
+/// Where virtio-mmio devices are placed, one page apart, after the boot timer.
+pub const VIRTIO_MMIO_START: u64 = BOOT_TIMER_START + BOOT_TIMER_LEN;
 /// The IOAPIC's MMIO base (KVM's in-kernel IOAPIC).
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// The local APICs' MMIO base.
@@ -68,5 +72,7 @@ pub const COM1_IRQ: u32 = 4;
 pub const COM1_PORT: u16 = 0x3f8;
 /// The i8042's data port; its command port is four above.
 pub const I8042_PORT: u16 = 0x60;
+/// The test-exit port (QEMU's isa-debug-exit default).
+pub const EXIT_PORT: u16 = 0xf4;
 /// Number of interrupt pins on KVM's in-kernel IOAPIC.
 pub const IOAPIC_PINS: u8 = 24;

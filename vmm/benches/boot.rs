@@ -1,0 +1,200 @@
+//! ember's own costs at boot, printed as figures (median, min, max over several runs):
+//!
+//! - setup: from just before the process is spawned to vCPU 0's first KVM_RUN (memory mapping,
+//!   kernel load, boot structures, devices, vCPU setup), for the vmlinux and the bzImage, with a
+//!   1-vCPU 128 MiB guest;
+//! - memory overhead: ember's RSS minus the guest memory the guest touched, with a Linux guest
+//!   idling at its root-device wait;
+//! - emulated guest boot: from spawn to the initramfs init's EMBER-INIT marker. On a host whose
+//!   KVM emulates guest kernel code (PVM) this measures the emulator, not ember, and is labelled.
+//!
+//! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p vmm --bench boot`
+//! (without them the kernel is built by resources/build-kernel.sh).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm::vcpu::monotonic_ns;
+
+const RUNS: usize = 15;
+const EMULATED_RUNS: usize = 3;
+const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn artifact(var: &str, built: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let ok = Command::new(root().join("resources").join(script))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "resources/{script} failed");
+    root().join("build/guest").join(built)
+}
+
+fn ember() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+}
+
+/// Spawns ember on `kernel` (stopping it at its first KVM_RUN) and returns the setup time.
+fn setup_time(kernel: &Path) -> Duration {
+    let start = monotonic_ns();
+    let mut child = ember()
+        .arg("--kernel")
+        .arg(kernel)
+        .args([
+            "--memory",
+            "128",
+            "--level",
+            "info",
+            "--timeout",
+            "30",
+            "--cmdline",
+            ROOTWAIT,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut entered = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("entering the guest at monotonic ").nth(1) {
+            entered = Some(rest.trim_end_matches(" ns").parse::<u64>().unwrap());
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    Duration::from_nanos(entered.expect("ember never entered the guest") - start)
+}
+
+/// Boots Linux to its root-device wait and returns (ember's RSS, guest-touched RSS) in KiB.
+fn memory_overhead(kernel: &Path) -> (u64, u64) {
+    let mut child = ember()
+        .arg("--kernel")
+        .arg(kernel)
+        .args(["--memory", "128", "--timeout", "600", "--cmdline", ROOTWAIT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for line in out.split(b'\n') {
+        if String::from_utf8_lossy(&line.unwrap()).contains("Waiting for root device") {
+            break;
+        }
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (mut total, mut guest) = (0, 0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let field = |name: &str| -> Option<u64> {
+            line.strip_prefix(name)?
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .ok()
+        };
+        if let Some(size) = field("Size:") {
+            // The guest RAM mapping is the one anonymous mapping of exactly 128 MiB.
+            in_guest = size == 128 * 1024;
+        } else if let Some(rss) = field("Rss:") {
+            total += rss;
+            if in_guest {
+                guest += rss;
+            }
+        }
+    }
+    (total, guest)
+}
+
+/// Wall time from spawn to the initramfs init's marker.
+fn time_to_init(kernel: &Path, initramfs: &Path) -> Duration {
+    let start = Instant::now();
+    let mut child = ember()
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initramfs)
+        .args(["--memory", "128", "--timeout", "600", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut took = None;
+    for line in out.split(b'\n') {
+        if String::from_utf8_lossy(&line.unwrap()).contains("EMBER-INIT") {
+            took = Some(start.elapsed());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    took.expect("the guest never printed EMBER-INIT")
+}
+
+fn report(name: &str, mut samples: Vec<f64>, unit: &str) {
+    samples.sort_by(f64::total_cmp);
+    let median = samples[samples.len() / 2];
+    println!(
+        "{name:<58} median {median:>9.2} {unit}  min {:>9.2}  max {:>9.2}  (n={})",
+        samples[0],
+        samples[samples.len() - 1],
+        samples.len()
+    );
+}
+
+fn main() {
+    let vmlinux = artifact("EMBER_TEST_KERNEL", "vmlinux", "build-kernel.sh");
+    let bzimage = artifact("EMBER_TEST_BZIMAGE", "bzImage", "build-kernel.sh");
+    let initramfs = artifact("EMBER_TEST_INITRAMFS", "initramfs.cpio", "build-rootfs.sh");
+    let emulated = Path::new("/sys/module/kvm_pvm").exists();
+    let label = if emulated {
+        " [emulated guest: measures the host's emulator]"
+    } else {
+        ""
+    };
+
+    for (name, kernel) in [("vmlinux", &vmlinux), ("bzImage", &bzimage)] {
+        let ms = (0..RUNS)
+            .map(|_| setup_time(kernel).as_secs_f64() * 1e3)
+            .collect();
+        report(
+            &format!("setup: spawn to first KVM_RUN, {name}, 128 MiB"),
+            ms,
+            "ms",
+        );
+    }
+    let (total, guest) = memory_overhead(&vmlinux);
+    println!(
+        "memory: ember RSS {total} KiB, guest-touched {guest} KiB, overhead {} KiB ({:.2} MiB)",
+        total - guest,
+        (total - guest) as f64 / 1024.0
+    );
+    let secs = (0..EMULATED_RUNS)
+        .map(|_| time_to_init(&vmlinux, &initramfs).as_secs_f64())
+        .collect();
+    report(
+        &format!("guest: spawn to EMBER-INIT, vmlinux, 1 vCPU, 128 MiB{label}"),
+        secs,
+        "s",
+    );
+}
