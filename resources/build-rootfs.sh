@@ -3,7 +3,8 @@
 # mounts:
 #   build/guest/initramfs.cpio  uncompressed newc cpio (the kernel unpacks it without gunzip)
 #   build/guest/rootfs.ext4     the same tree as an ext4 image (mkfs.ext4 -d), for virtio-blk
-# Both run resources/rootfs/init; see there for the EMBER-INIT / EMBER-DONE markers.
+# Both run resources/rootfs/init; see there for the EMBER-INIT / EMBER-DONE markers, and
+# resources/rootfs/ember-exit, which test scripts call to set ember's exit status.
 # Cached: a second run with the same inputs does nothing.
 set -euo pipefail
 
@@ -26,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 busybox=/bin/busybox
-key=$(cat "$0" "$here/rootfs/init" "$here/rootfs/inittab" "$busybox" | sha256sum | cut -c1-16)
+key=$(cat "$0" "$here"/rootfs/* "$busybox" | sha256sum | cut -c1-16)
 if [ -f "$out/initramfs.cpio" ] && [ -f "$out/rootfs.ext4" ] && [ "$(cat "$out/rootfs.key" 2>/dev/null)" = "$key" ]; then
   echo "build-rootfs: up to date ($out)" >&2
   exit 0
@@ -44,6 +45,7 @@ for applet in sh ash cat cp dd df dmesg echo false free grep head hexdump hostna
 done
 ln -s ../bin/busybox "$tree/sbin/devmem"
 install -m 0755 "$here/rootfs/init" "$tree/init"
+install -m 0755 "$here/rootfs/ember-exit" "$tree/bin/ember-exit"
 ln -sf /init "$tree/sbin/init"
 install -m 0644 "$here/rootfs/inittab" "$tree/etc/inittab"
 echo "root::0:0:root:/root:/bin/sh" > "$tree/etc/passwd"

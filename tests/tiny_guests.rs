@@ -390,3 +390,33 @@ fn boot_timer_logs_the_guest_boot_time() {
     assert_eq!(code(&out.status), 0);
     assert!(!text(&out.stderr).contains("Guest-boot-time"));
 }
+
+#[test]
+fn acpi_power_off_exits_0() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(ember().arg("--kernel").arg(guest("poweroff")), LIMIT);
+    assert_eq!(text(&out.stdout), "powering off\n");
+    assert_eq!(code(&out.status), EXIT_OK, "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn pvpanic_ends_the_vm_with_the_panic_status() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(ember().arg("--kernel").arg(guest("pvpanic")), LIMIT);
+    assert_eq!(text(&out.stdout), "panicking\n");
+    assert_eq!(
+        code(&out.status),
+        EXIT_PANIC,
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}

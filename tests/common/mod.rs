@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_CONFIG: i32 = 64;
+pub const EXIT_PANIC: i32 = 123;
 pub const EXIT_TIMEOUT: i32 = 124;
 pub const EXIT_CRASH: i32 = 125;
 
@@ -238,6 +239,15 @@ pub fn linux_vmlinux() -> PathBuf {
 /// The same kernel as a bzImage: $EMBER_TEST_BZIMAGE, else built by resources/.
 pub fn linux_bzimage() -> PathBuf {
     artifact("EMBER_TEST_BZIMAGE", "build-kernel.sh", "bzImage")
+}
+
+/// Debian's stock cloud kernel (a bzImage), fetched by resources/.
+pub fn debian_kernel() -> PathBuf {
+    artifact(
+        "EMBER_TEST_DEBIAN_KERNEL",
+        "fetch-debian-kernel.sh",
+        "debian-vmlinuz",
+    )
 }
 
 /// The test initramfs (uncompressed cpio), built by resources/.

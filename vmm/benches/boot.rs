@@ -6,7 +6,10 @@
 //! - memory overhead: ember's RSS minus the guest memory the guest touched, with a Linux guest
 //!   idling at its root-device wait;
 //! - emulated guest boot: from spawn to the initramfs init's EMBER-INIT marker. On a host whose
-//!   KVM emulates guest kernel code (PVM) this measures the emulator, not ember, and is labelled.
+//!   KVM emulates guest kernel code (PVM) this measures the emulator, not ember, and is labelled;
+//! - a kernel-CI run: `ember run` of a trivial test in the initramfs, start to exit status, and
+//!   ember's own share of it: setup (spawn to first KVM_RUN) plus teardown (vCPU 0 leaving the
+//!   guest after the exit-port write, to the parent reaping ember).
 //!
 //! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p vmm --bench boot`
 //! (without them the kernel is built by resources/build-kernel.sh).
@@ -21,6 +24,7 @@ use vmm::vcpu::monotonic_ns;
 
 const RUNS: usize = 15;
 const EMULATED_RUNS: usize = 3;
+const CI_RUNS: usize = 5;
 const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
 
 fn root() -> PathBuf {
@@ -151,6 +155,50 @@ fn time_to_init(kernel: &Path, initramfs: &Path) -> Duration {
     took.expect("the guest never printed EMBER-INIT")
 }
 
+/// One `ember run` of a trivial test: (wall time, ember's setup, ember's teardown).
+fn ci_run(kernel: &Path, initramfs: &Path) -> (Duration, Duration, Duration) {
+    let start = monotonic_ns();
+    let out = ember()
+        .arg("run")
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initramfs)
+        .args([
+            "--memory",
+            "128",
+            "--timeout",
+            "600",
+            "--level",
+            "info",
+            "--serial-out",
+        ])
+        .arg("/dev/null")
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let end = monotonic_ns();
+    assert!(
+        out.status.success(),
+        "the trivial CI test failed: {:?}",
+        out.status
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stamp = |marker: &str| -> u64 {
+        let line = stderr.lines().find(|l| l.contains(marker)).unwrap();
+        let rest = line.split("monotonic ").nth(1).unwrap();
+        rest.trim_end_matches(" ns").parse().unwrap()
+    };
+    let entered = stamp("entering the guest");
+    let left = stamp("left the guest");
+    (
+        Duration::from_nanos(end - start),
+        Duration::from_nanos(entered - start),
+        Duration::from_nanos(end - left),
+    )
+}
+
 fn report(name: &str, mut samples: Vec<f64>, unit: &str) {
     samples.sort_by(f64::total_cmp);
     let median = samples[samples.len() / 2];
@@ -196,5 +244,24 @@ fn main() {
         &format!("guest: spawn to EMBER-INIT, vmlinux, 1 vCPU, 128 MiB{label}"),
         secs,
         "s",
+    );
+
+    let runs: Vec<_> = (0..CI_RUNS).map(|_| ci_run(&vmlinux, &initramfs)).collect();
+    report(
+        &format!("ci: `ember run -- true` start to exit status{label}"),
+        runs.iter().map(|r| r.0.as_secs_f64()).collect(),
+        "s",
+    );
+    report(
+        "ci: ember's share, setup + teardown",
+        runs.iter()
+            .map(|r| (r.1 + r.2).as_secs_f64() * 1e3)
+            .collect(),
+        "ms",
+    );
+    report(
+        "ci: ember's teardown, guest exit write to process reaped",
+        runs.iter().map(|r| r.2.as_secs_f64() * 1e3).collect(),
+        "ms",
     );
 }

@@ -9,16 +9,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::model::VmConfig;
-use devices::bus::{Bus, BusError};
-use devices::legacy::{BootTimer, ExitPort, I8042, InputReadyEvent, SerialDevice};
+use devices::bus::{Bus, BusError, SharedDevice};
+use devices::legacy::{
+    AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
+};
 use devices::{ExitNotifier, IrqTrigger};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::acpi;
 use crate::arch::x86_64::layout::{
-    BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_PORT, EXIT_PORT, I8042_IRQ, I8042_PORT,
+    ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_PORT, EXIT_PORT,
+    I8042_IRQ, I8042_PORT, PVPANIC_PORT,
 };
 use crate::arch::x86_64::{self as arch, ArchError};
 use crate::boot::{self, BootError};
@@ -215,6 +219,7 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, cfg.machine_config.vcpu_count)?;
+    arch::write_acpi(mem, cfg.machine_config.vcpu_count)?;
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)
@@ -266,14 +271,26 @@ impl LegacyDevices {
         vm.register_irqfd(&kbd_irq.0, I8042_IRQ)?;
         let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, exit.clone())));
 
+        let sleep = AcpiSleep::new(acpi::SLEEP_TYPE_S5, exit.clone());
+        let devices: [(SharedDevice, u16, u64); 5] = [
+            (serial.clone(), COM1_PORT, 8),
+            (i8042, I8042_PORT, 5),
+            (
+                Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
+                EXIT_PORT,
+                1,
+            ),
+            (Arc::new(Mutex::new(sleep)), ACPI_SLEEP_CONTROL_PORT, 2),
+            (
+                Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+                PVPANIC_PORT,
+                1,
+            ),
+        ];
         let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_PORT.into(), 8)?;
-        pio.insert(i8042, I8042_PORT.into(), 5)?;
-        pio.insert(
-            Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
-            EXIT_PORT.into(),
-            1,
-        )?;
+        for (device, port, len) in devices {
+            pio.insert(device, port.into(), len)?;
+        }
         Ok(Self {
             pio: Arc::new(pio),
             serial,

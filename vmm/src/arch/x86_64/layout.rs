@@ -44,6 +44,10 @@ pub const MPTABLE_START: u64 = 0x9fc00;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of the 640 KiB of conventional ("base") memory.
 pub const BASE_MEMORY_END: u64 = 0xa0000;
+/// The ACPI tables, in the BIOS area where Linux also scans for the RSDP.
+pub const ACPI_START: u64 = 0xe0000;
+/// Room for the ACPI tables, up to the end of the BIOS area.
+pub const ACPI_MAX_SIZE: usize = 0x20000;
 /// First byte above the legacy area: kernels load here or higher.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -74,5 +78,9 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const I8042_PORT: u16 = 0x60;
 /// The test-exit port (QEMU's isa-debug-exit default).
 pub const EXIT_PORT: u16 = 0xf4;
+/// The ACPI sleep control register (hardware-reduced ACPI); the status register follows.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+/// The pvpanic device's port (QEMU's default).
+pub const PVPANIC_PORT: u16 = 0x505;
 /// Number of interrupt pins on KVM's in-kernel IOAPIC.
 pub const IOAPIC_PINS: u8 = 24;

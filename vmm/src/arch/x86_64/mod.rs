@@ -3,6 +3,7 @@
 //! Everything here is a pure function of the VM's configuration or a write into guest memory,
 //! so all of it is unit-tested without KVM; the vCPU ioctls live in [`regs`].
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
@@ -29,6 +30,9 @@ pub enum ArchError {
     /// The MP table cannot be built.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// The ACPI tables cannot be built.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
 }
 
 fn write_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> ArchError {
@@ -98,6 +102,15 @@ pub fn write_mptable<M: GuestMemoryBackend>(mem: &M, cpus: u8) -> Result<(), Arc
         .map_err(write_err("MP table"))
 }
 
+/// Writes the ACPI tables for `cpus` vCPUs.
+pub fn write_acpi<M: GuestMemoryBackend>(mem: &M, cpus: u8) -> Result<(), ArchError> {
+    for (addr, table) in acpi::build(cpus)? {
+        mem.write_slice(&table, GuestAddress(addr))
+            .map_err(write_err("ACPI tables"))?;
+    }
+    Ok(())
+}
+
 /// What the loader found and placed, to be described in the zero page.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BootInfo {
@@ -131,6 +144,7 @@ pub fn boot_params(info: &BootInfo) -> boot_params {
         }
     }
     bp.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    bp.acpi_rsdp_addr = acpi::RSDP_ADDR;
     bp.hdr.cmd_line_ptr = CMDLINE_START as u32;
     bp.hdr.cmdline_size = info.cmdline_len as u32;
     if let Some((addr, size)) = info.initrd {
@@ -231,6 +245,7 @@ mod tests {
         assert_eq!({ hdr.ramdisk_image }, 0x700_0000);
         assert_eq!({ hdr.ramdisk_size }, 0x1234);
         assert_eq!(bp.e820_entries, 2);
+        assert_eq!({ bp.acpi_rsdp_addr }, acpi::RSDP_ADDR);
         let second = bp.e820_table[1];
         assert_eq!(({ second.addr }, { second.size }), (MIB, 127 * MIB));
     }
@@ -278,6 +293,7 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * MIB as usize)]).unwrap();
         write_boot_tables(&mem).unwrap();
         write_mptable(&mem, 2).unwrap();
+        write_acpi(&mem, 2).unwrap();
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(),
             gdt::BOOT_GDT[1]
@@ -294,5 +310,9 @@ mod tests {
         mem.read_slice(&mut sig, GuestAddress(MPTABLE_START))
             .unwrap();
         assert_eq!(&sig, b"_MP_");
+        let mut rsdp = [0u8; 8];
+        mem.read_slice(&mut rsdp, GuestAddress(acpi::RSDP_ADDR))
+            .unwrap();
+        assert_eq!(&rsdp, b"RSD PTR ");
     }
 }
