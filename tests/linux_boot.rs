@@ -206,7 +206,10 @@ fn debian_s_stock_kernel_boots_on_ember_s_acpi_tables() {
         .arg(initramfs())
         .args(["--memory", "512", "--timeout", "800"])
         // earlyprintk: the console from the first line, not only once its driver is up.
-        .args(["--cmdline", "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1 pci=off"])
+        .args([
+            "--cmdline",
+            "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1 pci=off",
+        ])
         .args(["--", "true"]);
     // On a KVM that emulates guest kernel code (PVM), an unpatched kernel stops early (on
     // xsave and friends), so there the test follows the boot as far as the ACPI/SMP set-up.

@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

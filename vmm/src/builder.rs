@@ -8,11 +8,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::VmConfig;
+use api_server::model::{Drive, VmConfig};
 use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::virtio::mmio::MMIO_WINDOW;
 use devices::{ExitNotifier, IrqTrigger};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
@@ -33,6 +34,7 @@ use crate::console::{
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
+use crate::virtio_devices::{self, VirtioError};
 use crate::vm::{Vm, VmError};
 
 /// Errors that keep the VM from starting.
@@ -65,6 +67,9 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    /// A virtio device could not be built.
+    #[error(transparent)]
+    Virtio(#[from] VirtioError),
     /// Devices could not be placed on the bus.
     #[error("cannot place the devices on the bus")]
     Bus(#[from] BusError),
@@ -107,6 +112,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     let (output, drain) = open_console(&opts.serial_out, &guest_exit)?;
     let booted = Booted {
         vm,
+        mem,
         entry,
         guest_exit,
         signals,
@@ -121,9 +127,13 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     result
 }
 
+/// An event-loop subscriber as the VMM holds it.
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
 /// A VM with its memory loaded, ready for devices and vCPUs.
 struct Booted {
     vm: Vm,
+    mem: GuestMemoryMmap,
     entry: GuestAddress,
     guest_exit: ExitNotifier,
     signals: StopSignals,
@@ -139,12 +149,20 @@ impl Booted {
     ) -> Result<Outcome, BuildError> {
         let Self {
             vm,
+            mem,
             entry,
             guest_exit,
             signals,
         } = self;
         let devices = LegacyDevices::new(&vm, output, &guest_exit)?;
-        let mmio = Arc::new(mmio_bus(opts)?);
+        let mut mmio = mmio_bus(opts)?;
+        let mut handlers: Vec<Subscriber> = Vec::new();
+        for (drive, slot) in virtio_devices::drive_slots(&cfg.drives) {
+            let (block, handler) = virtio_devices::build_block(&vm, &mem, drive, slot)?;
+            mmio.insert(block, slot.base, MMIO_WINDOW)?;
+            handlers.push(Arc::new(Mutex::new(handler)));
+        }
+        let mmio = Arc::new(mmio);
         let count = cfg.machine_config.vcpu_count;
         let vcpus = create_vcpus(&vm, count, entry, devices.pio.clone(), mmio)?;
         let stop = guest_exit.stop_flag();
@@ -159,7 +177,7 @@ impl Booted {
         )
         .map_err(host("timeout timer"))?;
         let controller = Arc::new(Mutex::new(controller));
-        let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        let mut event_loop: EventManager<Subscriber> =
             EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
         event_loop.add_subscriber(controller.clone());
         let input = ConsoleInput::new(
@@ -171,6 +189,9 @@ impl Booted {
                 .map_err(host("console input event"))?,
         );
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        for handler in handlers {
+            event_loop.add_subscriber(handler);
+        }
 
         let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
@@ -209,13 +230,16 @@ impl Booted {
 fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, BuildError> {
     let boot_source = cfg.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
     let mem_bytes = (cfg.machine_config.mem_size_mib as u64) << 20;
-    let cmdline = boot_source.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    let cmdline = kernel_cmdline(
+        boot_source.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE),
+        &cfg.drives,
+    );
     let (entry, info) = boot::load(
         mem,
         mem_bytes,
         Path::new(&boot_source.kernel_image_path),
         boot_source.initrd_path.as_deref().map(Path::new),
-        cmdline,
+        &cmdline,
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, cfg.machine_config.vcpu_count)?;
@@ -223,6 +247,19 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)
+}
+
+/// The user's command line with the virtio devices (and root) added. Kernel parameters must
+/// come before `--`, after which words belong to init.
+fn kernel_cmdline(user: &str, drives: &[Drive]) -> String {
+    let devices = virtio_devices::cmdline_params(drives);
+    if devices.is_empty() {
+        return user.to_owned();
+    }
+    match user.split_once(" -- ") {
+        Some((kernel, init)) => format!("{kernel} {devices} -- {init}"),
+        None => format!("{user} {devices}"),
+    }
 }
 
 /// Opens the console sinks and starts the output thread, which reports panics to `exit`.

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use api_server::model::VmConfig;
+use api_server::model::{Drive, VmConfig};
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::virtio_devices::MAX_DEVICES;
 
 /// The kernel command line when none is given: a serial console, reboot through the i8042
 /// (`reboot=k`, which ember turns into its exit), reboot one second after a panic, no PCI bus to
@@ -57,6 +58,33 @@ pub enum ConfigError {
     /// A device type that this build of ember cannot provide yet.
     #[error("{0} are not supported by ember yet; remove them from the configuration")]
     UnsupportedDevice(&'static str),
+    /// Too many devices.
+    #[error("{count} virtio devices asked for; ember provides at most {MAX_DEVICES}")]
+    TooManyDevices {
+        /// How many were asked for.
+        count: usize,
+    },
+    /// A drive id is empty or has characters other than letters, digits and '_'.
+    #[error("invalid drive id '{0}': use letters, digits and '_' only")]
+    DriveId(String),
+    /// Two drives share an id.
+    #[error("two drives have the id '{0}'; drive ids must be unique")]
+    DuplicateDrive(String),
+    /// More than one root drive.
+    #[error("drives '{0}' and '{1}' are both root devices; only one can be")]
+    TwoRoots(String, String),
+    /// A drive field has a value ember does not implement.
+    #[error("drive '{id}': {field} = {value} is not supported (only {supported})")]
+    DriveUnsupported {
+        /// The drive.
+        id: String,
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// What ember accepts.
+        supported: &'static str,
+    },
 }
 
 /// Reads a Firecracker-style config file.
@@ -112,13 +140,71 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
             "\"None\"",
         ));
     }
-    if !cfg.drives.is_empty() {
-        return Err(ConfigError::UnsupportedDevice("drives (virtio-blk)"));
-    }
+    validate_drives(&cfg.drives)?;
     if !cfg.network_interfaces.is_empty() {
         return Err(ConfigError::UnsupportedDevice(
             "network interfaces (virtio-net)",
         ));
+    }
+    Ok(())
+}
+
+/// Firecracker's resource id rule: non-empty, ASCII letters, digits and '_'.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn validate_drives(drives: &[Drive]) -> Result<(), ConfigError> {
+    if drives.len() > MAX_DEVICES {
+        return Err(ConfigError::TooManyDevices {
+            count: drives.len(),
+        });
+    }
+    let mut root: Option<&str> = None;
+    for (i, d) in drives.iter().enumerate() {
+        let id = &d.drive_id;
+        if !valid_id(id) {
+            return Err(ConfigError::DriveId(id.clone()));
+        }
+        if drives[..i].iter().any(|other| &other.drive_id == id) {
+            return Err(ConfigError::DuplicateDrive(id.clone()));
+        }
+        if d.is_root_device {
+            if let Some(first) = root {
+                return Err(ConfigError::TwoRoots(first.into(), id.clone()));
+            }
+            root = Some(id);
+        }
+        let unsupported = |field, value: String, supported| ConfigError::DriveUnsupported {
+            id: id.clone(),
+            field,
+            value,
+            supported,
+        };
+        if let Some(c) = d
+            .cache_type
+            .as_deref()
+            .filter(|c| !["Unsafe", "Writeback"].contains(c))
+        {
+            return Err(unsupported(
+                "cache_type",
+                c.into(),
+                "\"Unsafe\" or \"Writeback\"",
+            ));
+        }
+        if let Some(e) = d.io_engine.as_deref().filter(|e| *e != "Sync") {
+            return Err(unsupported("io_engine", e.into(), "\"Sync\""));
+        }
+        if d.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(unsupported("rate_limiter", "set".into(), "none"));
+        }
+        if let Some(s) = &d.socket {
+            return Err(unsupported(
+                "socket",
+                s.clone(),
+                "none: vhost-user is not implemented",
+            ));
+        }
     }
     Ok(())
 }
@@ -169,6 +255,44 @@ mod tests {
         let c = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#)
             .unwrap();
         assert!(validate(&c).unwrap_err().to_string().contains("'vsock'"));
+    }
+
+    fn with_drives(ids: &[(&str, bool)]) -> VmConfig {
+        let mut c = valid();
+        c.drives = ids
+            .iter()
+            .map(|(id, root)| Drive {
+                drive_id: (*id).into(),
+                path_on_host: "disk.img".into(),
+                is_root_device: *root,
+                ..Default::default()
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn drive_problems_are_named() {
+        validate(&with_drives(&[("rootfs", true), ("data_1", false)])).unwrap();
+        let err = |ids: &[(&str, bool)]| validate(&with_drives(ids)).unwrap_err().to_string();
+        assert!(err(&[("a", false), ("a", false)]).contains("two drives have the id 'a'"));
+        assert!(err(&[("a", true), ("b", true)]).contains("'a' and 'b' are both root"));
+        assert!(err(&[("", false)]).contains("invalid drive id ''"));
+        assert!(err(&[("my-disk", false)]).contains("invalid drive id 'my-disk'"));
+        let many: Vec<(String, bool)> = (0..20).map(|i| (format!("d{i}"), false)).collect();
+        let many: Vec<(&str, bool)> = many.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+        assert!(err(&many).contains("at most 19"));
+        let mut c = with_drives(&[("a", false)]);
+        c.drives[0].io_engine = Some("Async".into());
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("io_engine = Async")
+        );
+        c.drives[0].io_engine = None;
+        c.drives[0].cache_type = Some("Writethrough".into());
+        assert!(validate(&c).unwrap_err().to_string().contains("cache_type"));
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl MutEventSubscriber for Controller {
                 Some(GuestExit::Reset | GuestExit::PowerOff) => {
                     self.finish(ExitStatus::GuestStopped, String::new())
                 }
+                Some(GuestExit::Code(0)) => self.finish(ExitStatus::GuestCode(0), String::new()),
                 Some(GuestExit::Code(code)) => self.finish(
                     ExitStatus::GuestCode(code),
                     format!("the guest reported exit code {code}"),

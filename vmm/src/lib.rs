@@ -15,6 +15,7 @@ pub mod console;
 pub mod controller;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 
 /// How an ember process ends. The numbers are part of ember's interface (see the README).

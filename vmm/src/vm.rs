@@ -6,7 +6,7 @@ use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -114,6 +114,19 @@ impl Vm {
         self.fd
             .register_irqfd(evt, irq)
             .map_err(ioctl("register an irqfd"))
+    }
+
+    /// Makes 4-byte guest writes of `datamatch` to MMIO address `addr` signal `evt` inside KVM,
+    /// without an exit to the VMM.
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(ioctl("register an ioeventfd"))
     }
 
     /// The CPUID leaves KVM can give a guest on this host.

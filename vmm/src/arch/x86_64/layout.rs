@@ -82,5 +82,10 @@ pub const EXIT_PORT: u16 = 0xf4;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
 /// The pvpanic device's port (QEMU's default).
 pub const PVPANIC_PORT: u16 = 0x505;
+/// The first interrupt line for virtio devices (one each): after the PIT, keyboard, cascade,
+/// COM2/COM1 lines.
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// The last interrupt line virtio devices may use (the IOAPIC's last pin).
+pub const VIRTIO_IRQ_MAX: u32 = 23;
 /// Number of interrupt pins on KVM's in-kernel IOAPIC.
 pub const IOAPIC_PINS: u8 = 24;

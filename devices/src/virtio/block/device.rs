@@ -1,0 +1,618 @@
+//! The virtio-blk device: one request queue served from the VMM's event loop.
+//!
+//! Each queue notification serves at most a budget of requests; if more are waiting the caller
+//! is told, so it can yield to other events and come back (a guest cannot starve the event
+//! loop). A malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and
+//! returned with nothing written when it has none; either way it is logged and counted, and the
+//! device keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted
+//! any more: the device stops and waits for a reset.
+
+use std::sync::Arc;
+
+use log::warn;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::disk::Disk;
+use super::request::{self, S_OK};
+use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
+use crate::virtio::{
+    ActivateError, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioInterrupt,
+};
+
+/// Size of `struct virtio_blk_config` as far as ember fills it.
+const CONFIG_LEN: usize = 60;
+/// Discard/write-zeroes limits offered: 2 GiB per request, 4 KiB granularity.
+const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+
+/// Counters a block device keeps, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStats {
+    /// Requests completed with VIRTIO_BLK_S_OK.
+    pub ok: u64,
+    /// Requests refused or failed.
+    pub errors: u64,
+    /// Bytes read from the disk.
+    pub read_bytes: u64,
+    /// Bytes written to the disk.
+    pub write_bytes: u64,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Disk,
+    id: [u8; ID_LEN],
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue: Option<Queue>,
+    stats: BlockStats,
+}
+
+impl Block {
+    /// A device serving `disk`, with `id` (truncated to 20 bytes) as its serial number.
+    pub fn new(
+        disk: Disk,
+        id: &str,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
+        let mut serial = [0u8; ID_LEN];
+        let n = id.len().min(ID_LEN);
+        serial[..n].copy_from_slice(&id.as_bytes()[..n]);
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << features::SEG_MAX)
+            | (1 << features::BLK_SIZE);
+        if disk.read_only() {
+            features |= 1 << features::RO;
+        } else {
+            features |= 1 << features::WRITE_ZEROES;
+            if disk.can_punch_holes() {
+                features |= 1 << features::DISCARD;
+            }
+        }
+        if disk.writeback() {
+            features |= 1 << features::FLUSH;
+        }
+        let config = Self::config_space(&disk);
+        Self {
+            disk,
+            id: serial,
+            mem,
+            interrupt,
+            features,
+            config,
+            queue: None,
+            stats: BlockStats::default(),
+        }
+    }
+
+    fn config_space(disk: &Disk) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &(disk.size() / SECTOR_SIZE).to_le_bytes()); // capacity, in sectors
+        put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max: header and status aside
+        put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &request::MAX_RANGES.to_le_bytes());
+        put(44, &DISCARD_ALIGNMENT_SECTORS.to_le_bytes());
+        put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(52, &request::MAX_RANGES.to_le_bytes());
+        put(56, &[u8::from(disk.can_punch_holes())]); // write_zeroes_may_unmap
+        c
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> BlockStats {
+        self.stats
+    }
+
+    /// Serves up to `budget` requests from the queue; returns true if more are waiting.
+    pub fn process_queue(&mut self, budget: usize) -> bool {
+        let Some(queue) = self.queue.as_mut() else {
+            return false;
+        };
+        let mem = &self.mem;
+        let mut served = 0;
+        let mut more = false;
+        let mut empty_rounds = 0;
+        'drain: loop {
+            if let Err(err) = queue.disable_notification(mem) {
+                warn!("virtio-blk: the queue is unusable ({err}); waiting for a reset");
+                self.queue = None;
+                return false;
+            }
+            let served_before = served;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let used = match request::parse(mem, chain, self.disk.size()) {
+                    Ok(req) => {
+                        let (used, status) = req.execute(mem, &self.disk, &self.id);
+                        if status == S_OK {
+                            self.stats.ok += 1;
+                            match req.kind {
+                                request::Kind::In => self.stats.read_bytes += u64::from(used - 1),
+                                request::Kind::Out => self.stats.write_bytes += req.data_len(),
+                                _ => {}
+                            }
+                        } else {
+                            self.stats.errors += 1;
+                        }
+                        used
+                    }
+                    Err((status, err)) => {
+                        warn!("virtio-blk: bad request: {err}");
+                        self.stats.errors += 1;
+                        status.map_or(0, |addr| request::fail(mem, addr))
+                    }
+                };
+                if let Err(err) = queue.add_used(mem, head, used) {
+                    warn!("virtio-blk: cannot return a request ({err}); waiting for a reset");
+                    self.queue = None;
+                    return false;
+                }
+                served += 1;
+                if served >= budget {
+                    more = true;
+                    break 'drain;
+                }
+            }
+            // Buffers announced but none could be taken twice in a row: the available index
+            // is corrupt (pop_descriptor_chain refuses it), so stop rather than spin.
+            empty_rounds = if served == served_before {
+                empty_rounds + 1
+            } else {
+                0
+            };
+            match queue.enable_notification(mem) {
+                Ok(true) if empty_rounds > 1 => {
+                    warn!(
+                        "virtio-blk: the guest corrupted the available ring; waiting for a reset"
+                    );
+                    self.queue = None;
+                    return false;
+                }
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(err) => {
+                    warn!("virtio-blk: the queue is unusable ({err}); waiting for a reset");
+                    self.queue = None;
+                    return false;
+                }
+            }
+        }
+        if served > 0 && queue.needs_notification(mem).unwrap_or(true) {
+            if let Err(err) = self.interrupt.trigger(INTERRUPT_USED_RING) {
+                warn!("virtio-blk: cannot raise the interrupt: {err}");
+            }
+        }
+        more
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The writeback toggle (VIRTIO_BLK_F_CONFIG_WCE) is not offered; nothing is writable.
+    }
+
+    fn activate(&mut self, mut queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
+        let mut queue = queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
+        queue.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        self.queue = Some(queue);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.queue = None;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::virtio::block::request::{S_IOERR, S_UNSUPP};
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const QSIZE: u16 = 64;
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+    const MIB: usize = 1 << 20;
+    const HDR: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x8_0000;
+
+    pub(crate) fn image(name: &str, len: usize) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("ember-blk-{}-{name}", std::process::id()));
+        let pattern: Vec<u8> = (0..len).map(|i| (i / 512) as u8).collect();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&pattern)
+            .unwrap();
+        path
+    }
+
+    struct Rig<'a> {
+        mem: &'a GuestMemoryMmap,
+        vq: MockSplitQueue<'a, GuestMemoryMmap>,
+        block: Block,
+        next_desc: u16,
+    }
+
+    impl<'a> Rig<'a> {
+        fn new(mem: &'a GuestMemoryMmap, path: &std::path::Path, read_only: bool) -> Self {
+            let vq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
+            let irq = Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ));
+            let disk = Disk::open(path, read_only, true).unwrap();
+            let mut block = Block::new(disk, "ember-disk-0", mem.clone(), irq);
+            let queue: Queue = vq.create_queue().unwrap();
+            block.activate(vec![queue], block.features()).unwrap();
+            Self {
+                mem,
+                vq,
+                block,
+                next_desc: 0,
+            }
+        }
+
+        /// Queues a chain of (address, length, device-writable) descriptors.
+        fn chain(&mut self, descs: &[(u64, u32, bool)]) {
+            if self.next_desc as usize + descs.len() > usize::from(QSIZE) {
+                self.next_desc = 0;
+            }
+            let start = self.next_desc;
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, write))| {
+                    let last = i == descs.len() - 1;
+                    let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+                    let next = start + i as u16 + 1;
+                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+                })
+                .collect();
+            self.vq.add_desc_chains(&raw, start).unwrap();
+            self.next_desc += descs.len() as u16;
+        }
+
+        fn header(&self, kind: u32, sector: u64) {
+            self.mem.write_obj(kind, GuestAddress(HDR)).unwrap();
+            self.mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
+            self.mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
+            self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        }
+
+        /// Runs one request; returns (status byte, used length).
+        fn request(&mut self, descs: &[(u64, u32, bool)]) -> (u8, u32) {
+            self.chain(descs);
+            self.block.process_queue(usize::MAX);
+            let used = self.vq.used().idx().load();
+            let slot = usize::from(used.wrapping_sub(1) % QSIZE);
+            let elem = self.vq.used().ring().ref_at(slot).unwrap().load();
+            let status = self.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
+            (status, elem.len())
+        }
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MIB)]).unwrap()
+    }
+
+    const HDR_D: (u64, u32, bool) = (HDR, 16, false);
+    const STATUS_D: (u64, u32, bool) = (STATUS, 1, true);
+
+    #[test]
+    fn writes_and_reads_sectors() {
+        let mem = mem();
+        let path = image("rw", 64 * 1024);
+        let mut rig = Rig::new(&mem, &path, false);
+        mem.write_slice(&[0xab; 1024], GuestAddress(DATA)).unwrap();
+        rig.header(1, 4);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 1024, false), STATUS_D]),
+            (S_OK, 1)
+        );
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[2048..3072].iter().all(|b| *b == 0xab));
+        assert_eq!(file[3072], 6, "the neighbouring sector is untouched");
+
+        mem.write_slice(&[0; 2048], GuestAddress(DATA)).unwrap();
+        rig.header(0, 3);
+        // The data split over two descriptors, one of them not sector-sized on its own.
+        let descs = [HDR_D, (DATA, 700, true), (DATA + 700, 1348, true), STATUS_D];
+        assert_eq!(rig.request(&descs), (S_OK, 2049));
+        let mut back = [0u8; 2048];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert!(back[..512].iter().all(|b| *b == 3));
+        assert!(back[512..1536].iter().all(|b| *b == 0xab));
+        assert!(back[1536..].iter().all(|b| *b == 6));
+        assert_eq!(rig.block.stats().ok, 2);
+    }
+
+    #[test]
+    fn header_data_and_status_may_share_descriptors() {
+        let mem = mem();
+        let path = image("framing", 8192);
+        let mut rig = Rig::new(&mem, &path, false);
+        // Header and data in one readable descriptor, status in the writable one.
+        mem.write_obj(1u32, GuestAddress(DATA)).unwrap();
+        mem.write_obj(2u64, GuestAddress(DATA + 8)).unwrap();
+        mem.write_slice(&[0x5a; 512], GuestAddress(DATA + 16))
+            .unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        assert_eq!(rig.request(&[(DATA, 528, false), STATUS_D]), (S_OK, 1));
+        assert!(
+            std::fs::read(&path).unwrap()[1024..1536]
+                .iter()
+                .all(|b| *b == 0x5a)
+        );
+    }
+
+    #[test]
+    fn flush_and_get_id() {
+        let mem = mem();
+        let path = image("id", 4096);
+        let mut rig = Rig::new(&mem, &path, false);
+        rig.header(4, 0);
+        assert_eq!(rig.request(&[HDR_D, STATUS_D]), (S_OK, 1));
+        rig.header(8, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 20, true), STATUS_D]),
+            (S_OK, 21)
+        );
+        let mut id = [0u8; 20];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"ember-disk-0\0\0\0\0\0\0\0\0");
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes_and_stay_unchanged() {
+        let mem = mem();
+        let path = image("ro", 4096);
+        let before = std::fs::read(&path).unwrap();
+        let mut rig = Rig::new(&mem, &path, true);
+        assert_ne!(rig.block.features() & (1 << features::RO), 0);
+        rig.header(1, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, false), STATUS_D]).0,
+            S_IOERR
+        );
+        rig.header(11, 0);
+        mem.write_obj([0u64, 1], GuestAddress(DATA)).unwrap();
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_IOERR
+        );
+        assert!(std::fs::read(&path).unwrap() == before, "the image changed");
+    }
+
+    #[test]
+    fn malformed_chains_get_ioerr_or_nothing_and_never_touch_the_file() {
+        let mem = mem();
+        let path = image("hostile", 8192);
+        let before = std::fs::read(&path).unwrap();
+        let mut rig = Rig::new(&mem, &path, false);
+        let outside = 2 * MIB as u64;
+
+        rig.header(0, 0);
+        // Data outside guest memory: no trustworthy layout, nothing written.
+        assert_eq!(rig.request(&[HDR_D, (outside, 512, true), STATUS_D]).1, 0);
+        // Status outside guest memory.
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), (outside, 1, true)])
+                .1,
+            0
+        );
+        // No writable status byte at all.
+        assert_eq!(rig.request(&[HDR_D, (DATA, 512, false)]).1, 0);
+        // A readable descriptor after a writable one.
+        assert_eq!(rig.request(&[HDR_D, STATUS_D, (DATA, 512, false)]).1, 0);
+        // A header too short.
+        rig.header(0, 0);
+        assert_eq!(rig.request(&[(HDR, 8, false), STATUS_D]), (S_IOERR, 1));
+        // A read into device-readable buffers (wrong direction).
+        rig.header(0, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, false), STATUS_D]).0,
+            S_IOERR
+        );
+        // A write from device-writable buffers (wrong direction).
+        rig.header(1, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]).0,
+            S_IOERR
+        );
+        // Not a whole number of sectors.
+        rig.header(1, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 100, false), STATUS_D]).0,
+            S_IOERR
+        );
+        // Past the end of the disk, and a sector number that overflows.
+        rig.header(1, 16);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, false), STATUS_D]).0,
+            S_IOERR
+        );
+        rig.header(0, u64::MAX / 256);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]).0,
+            S_IOERR
+        );
+        // Too long (but inside guest memory thanks to overlapping descriptors).
+        rig.header(0, 0);
+        let mut huge = vec![HDR_D];
+        huge.extend(std::iter::repeat_n((DATA, 16 << 20, true), 5));
+        huge.push(STATUS_D);
+        let big_mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 32 * MIB)]).unwrap();
+        let mut big = Rig::new(&big_mem, &path, false);
+        big.header(0, 0);
+        assert_eq!(big.request(&huge).0, S_IOERR);
+        // An unknown request type.
+        rig.header(99, 0);
+        assert_eq!(rig.request(&[HDR_D, STATUS_D]), (S_UNSUPP, 1));
+        // Discard with a malformed payload (not whole ranges, or flags set).
+        rig.header(11, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 10, false), STATUS_D]).0,
+            S_IOERR
+        );
+
+        assert!(std::fs::read(&path).unwrap() == before, "the image changed");
+        assert!(rig.block.stats().errors >= 12);
+        // The device still works.
+        rig.header(0, 1);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]),
+            (S_OK, 513)
+        );
+    }
+
+    #[test]
+    fn a_descriptor_loop_ends() {
+        let mem = mem();
+        let path = image("loop", 4096);
+        let mut rig = Rig::new(&mem, &path, false);
+        rig.header(0, 0);
+        // Descriptor 0 chains to itself.
+        let looped = RawDescriptor::from(SplitDescriptor::new(HDR, 16, F_NEXT, 0));
+        rig.vq.add_desc_chains(&[looped], 0).unwrap();
+        rig.next_desc = 1;
+        rig.block.process_queue(usize::MAX);
+        assert_eq!(
+            rig.vq.used().idx().load(),
+            1,
+            "the looping chain was returned"
+        );
+        rig.header(0, 0);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]),
+            (S_OK, 513)
+        );
+    }
+
+    #[test]
+    fn work_per_notification_is_bounded() {
+        let mem = mem();
+        let path = image("budget", 4096);
+        let mut rig = Rig::new(&mem, &path, false);
+        rig.header(4, 0);
+        for _ in 0..5 {
+            rig.chain(&[HDR_D, STATUS_D]);
+        }
+        assert!(rig.block.process_queue(2), "more requests are waiting");
+        assert_eq!(rig.vq.used().idx().load(), 2);
+        assert!(rig.block.process_queue(2));
+        assert!(!rig.block.process_queue(2));
+        assert_eq!(rig.vq.used().idx().load(), 5);
+    }
+
+    #[test]
+    fn a_corrupt_avail_ring_stops_the_device_without_panicking() {
+        let mem = mem();
+        let path = image("corrupt", 4096);
+        let mut rig = Rig::new(&mem, &path, false);
+        // An available index 1000 entries ahead of the device on a 16-entry queue.
+        rig.vq.avail().idx().store(1000);
+        assert!(!rig.block.process_queue(usize::MAX));
+        rig.block.process_queue(usize::MAX);
+    }
+
+    #[test]
+    fn discard_deallocates_and_write_zeroes_zeroes() {
+        let mem = mem();
+        let path = image("discard", 1 << 20);
+        let mut rig = Rig::new(&mem, &path, false);
+        if !rig.block.disk.can_punch_holes() {
+            // This filesystem cannot deallocate: the feature must not be offered.
+            assert_eq!(rig.block.features() & (1 << features::DISCARD), 0);
+            return;
+        }
+        let blocks = |p: &PathBuf| std::fs::metadata(p).unwrap().blocks();
+        let before = blocks(&path);
+        rig.header(11, 0);
+        mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(1024u32, GuestAddress(DATA + 8)).unwrap(); // 512 KiB
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0, S_OK);
+        assert!(blocks(&path) < before, "{} -> {}", before, blocks(&path));
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[..512 * 1024].iter().all(|b| *b == 0));
+        assert_eq!(file[512 * 1024], 0, "sector 1024 held 1024/256's low byte");
+        assert_eq!(file[513 * 1024], 2);
+
+        rig.header(13, 0);
+        mem.write_obj(1500u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(2u32, GuestAddress(DATA + 8)).unwrap();
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0, S_OK);
+        let file = std::fs::read(&path).unwrap();
+        assert!(file[1500 * 512..1502 * 512].iter().all(|b| *b == 0));
+        assert_eq!(file[1502 * 512], (1502 % 256) as u8);
+        // The last two sectors of the disk are in range, one more is not.
+        mem.write_obj(2046u64, GuestAddress(DATA)).unwrap();
+        assert_eq!(rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0, S_OK);
+        mem.write_obj(2047u64, GuestAddress(DATA)).unwrap();
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_IOERR
+        );
+        // Unknown flags are refused.
+        mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(4u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_UNSUPP
+        );
+    }
+
+    #[test]
+    fn config_space_reports_capacity_and_is_bounds_checked() {
+        let mem = mem();
+        let path = image("config", 1 << 20);
+        let rig = Rig::new(&mem, &path, false);
+        let mut cap = [0u8; 8];
+        rig.block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 2048);
+        let mut tail = [0xffu8; 8];
+        rig.block.read_config(56, &mut tail);
+        assert_eq!(&tail[4..], &[0; 4]);
+        rig.block.read_config(u64::MAX, &mut tail);
+        assert_eq!(tail, [0; 8]);
+    }
+}

@@ -1,0 +1,115 @@
+//! virtio devices on the virtio-mmio transport (virtio 1.2, "modern" register layout only).
+//!
+//! A device implements [`VirtioDevice`]: its identity, features, configuration space, and what
+//! to do when the driver activates or resets it. [`mmio::MmioTransport`] owns everything the
+//! driver negotiates (status, features, queue addresses) and hands the device its queues on
+//! DRIVER_OK. Queue notifications reach a device as writes to its queue `EventFd`s (which the
+//! VMM registers as KVM ioeventfds, so vCPUs never run device code for a notify); interrupts
+//! leave through [`VirtioInterrupt`] (an irqfd).
+
+pub mod block;
+pub mod mmio;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: the device complies with virtio 1.x.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: the used/avail event index scheme suppresses notifications.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Interrupt status bit: a queue has new used buffers.
+pub const INTERRUPT_USED_RING: u32 = 1;
+/// Interrupt status bit: the configuration space changed.
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// Device status bits, set by the driver as it brings the device up.
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready to drive it.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 128;
+}
+
+/// Errors activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up the queues the device needs.
+    #[error("the driver did not make queue {0} ready")]
+    QueueNotReady(usize),
+    /// A queue's rings lie outside guest memory or are misaligned.
+    #[error("queue {0} is not valid (rings outside guest memory or misaligned)")]
+    InvalidQueue(usize),
+}
+
+/// What a device model provides to the transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (2 for block, 1 for net).
+    fn device_type(&self) -> u32;
+    /// Every feature bit the device offers.
+    fn features(&self) -> u64;
+    /// The most descriptors each queue may have; also the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the configuration space at `offset`; out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the configuration space (most devices ignore it).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start serving `queues` with `features` negotiated.
+    fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), ActivateError>;
+    /// The driver reset the device: forget the queues and features, keep the backend.
+    fn reset(&mut self);
+}
+
+/// A device's interrupt line and its interrupt status register, shared between the transport
+/// (which the guest reads and acknowledges) and the device (which raises it).
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised by writing `irq` (an irqfd).
+    pub fn new(irq: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// The irqfd, for the VMM to register.
+    pub fn irq(&self) -> &EventFd {
+        &self.irq
+    }
+
+    /// Sets `bits` in the interrupt status and raises the interrupt.
+    pub fn trigger(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::AcqRel);
+        self.irq.write(1)
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// The driver acknowledged `bits`.
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::Release);
+    }
+}
