@@ -1,6 +1,6 @@
 //! Real Linux guests on ember: the lean kernel as vmlinux and as bzImage, 1 to 4 vCPUs, 128 MiB
 //! and 5 GiB, an initramfs whose init runs a command and reports its status, panics with and
-//! without `panic=`, and Debian's stock kernel. Each boot is slow when the guest kernel is
+//! without `panic=`, Debian's stock kernel, and ext4 roots on virtio-blk with up to 8 disks. Each boot is slow when the guest kernel is
 //! emulated (20-90 s), so every boot checks several things and the boots run concurrently. The
 //! kernel comes from $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -228,4 +228,108 @@ fn debian_s_stock_kernel_boots_on_ember_s_acpi_tables() {
     } else {
         assert_eq!(code(&status), SIGTERM_STATUS, "stderr: {stderr}");
     }
+}
+
+/// Runs an e2fsprogs tool on `image` and returns its output.
+fn e2fs(tool: &str, args: &[&str], image: &std::path::Path) -> String {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(image)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool} (apt-get install e2fsprogs): {e}"));
+    text(&out.stdout)
+}
+
+#[test]
+fn ext4_root_on_virtio_blk_with_8_disks() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("linux-8-disks");
+    let root = dir.join("rootfs.ext4");
+    std::fs::copy(rootfs_image(), &root).unwrap();
+    assert!(e2fs("dumpe2fs", &["-h"], &root).contains("Last mount time:          n/a"));
+    let mut cmd = ember();
+    cmd.arg("--kernel").arg(linux_vmlinux());
+    cmd.arg("--disk")
+        .arg(format!("{},root,id=rootfs", root.display()));
+    for i in 1..8u64 {
+        let disk = dir.join(format!("data{i}.img"));
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(i << 20)
+            .unwrap();
+        cmd.arg("--disk").arg(&disk);
+    }
+    cmd.args([
+        "--timeout",
+        "600",
+        "--",
+        "echo ember-block-data > /data.txt; sync",
+    ]);
+    let out = run(&mut cmd, LIMIT);
+    let log = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out.status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
+    assert_contains(&log, "EXT4-fs (vda): mounted filesystem");
+    assert_contains(&log, "VFS: Mounted root (ext4 filesystem) on device 254:0");
+    assert_contains(&log, "[vda] 65536 512-byte logical blocks");
+    for (i, letter) in "bcdefgh".chars().enumerate() {
+        let sectors = (i as u64 + 1) * 2048;
+        assert_contains(
+            &log,
+            &format!("[vd{letter}] {sectors} 512-byte logical blocks"),
+        );
+    }
+    assert_contains(&log, "EMBER-DONE: status=0");
+    // The host sees the mount and the file the guest wrote.
+    let header = e2fs("dumpe2fs", &["-h"], &root);
+    assert!(header.contains("Mount count:              1"), "{header}");
+    assert!(
+        !header.contains("Last mount time:          n/a"),
+        "{header}"
+    );
+    assert_eq!(
+        e2fs("debugfs", &["-R", "cat /data.txt"], &root),
+        "ember-block-data\n"
+    );
+}
+
+#[test]
+fn a_read_only_root_mounts_read_only_and_the_image_is_unchanged() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("linux-ro-root");
+    let root = dir.join("rootfs.ext4");
+    std::fs::copy(rootfs_image(), &root).unwrap();
+    let before = std::fs::read(&root).unwrap();
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": linux_vmlinux(),
+            "boot_args": "console=ttyS0 reboot=k panic=1 pci=off -- \"grep ' / ' /proc/mounts\""
+        },
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true,
+                    "is_read_only": true, "cache_type": "Unsafe"}]
+    });
+    let cfg = dir.join("vm.json");
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let out = run(
+        ember()
+            .arg("--no-api")
+            .arg("--config-file")
+            .arg(&cfg)
+            .args(["--timeout", "600"]),
+        LIMIT,
+    );
+    let log = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out.status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
+    assert_contains(&log, "VFS: Mounted root (ext4 filesystem) readonly");
+    assert_contains(&log, "/dev/root / ext4 ro");
+    assert!(
+        std::fs::read(&root).unwrap() == before,
+        "the read-only image changed"
+    );
 }

@@ -330,18 +330,6 @@ fn no_permission_on_dev_kvm_is_explained() {
     assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn the_exit_port_code_is_ember_s_status() {
     if !kvm_available() {

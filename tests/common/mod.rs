@@ -148,11 +148,22 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// Runs ember, feeding each console line to `stop_when` as it arrives; when that returns true
-/// ember gets SIGTERM. Returns the console text and the exit status. Fails after `limit`.
+/// ember gets SIGTERM. Returns the console text, the exit status and stderr. Fails after
+/// `limit`.
 pub fn run_until(
     cmd: &mut Command,
     limit: Duration,
     stop_when: impl Fn(&str) -> bool,
+) -> (String, ExitStatus, String) {
+    run_until_signal(cmd, limit, stop_when, libc::SIGTERM)
+}
+
+/// As [`run_until`], sending `signal` instead.
+pub fn run_until_signal(
+    cmd: &mut Command,
+    limit: Duration,
+    stop_when: impl Fn(&str) -> bool,
+    signal: libc::c_int,
 ) -> (String, ExitStatus, String) {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -186,7 +197,7 @@ pub fn run_until(
         while let Ok(line) = rx.try_recv() {
             if !signalled && stop_when(&line) {
                 // SAFETY: `pid` is our own child, not yet reaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+                unsafe { libc::kill(pid, signal) };
                 signalled = true;
             }
         }
@@ -205,6 +216,19 @@ pub fn run_until(
         thread::sleep(Duration::from_millis(20));
     };
     (reader.join().unwrap(), status, err_reader.join().unwrap())
+}
+
+/// A fresh directory for one test's files.
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Runs a script from resources/ (once per test process per script), failing on error.
@@ -248,6 +272,11 @@ pub fn debian_kernel() -> PathBuf {
         "fetch-debian-kernel.sh",
         "debian-vmlinuz",
     )
+}
+
+/// The test root filesystem (ext4 image), built by resources/. Tests copy it before use.
+pub fn rootfs_image() -> PathBuf {
+    artifact("EMBER_TEST_ROOTFS", "build-rootfs.sh", "rootfs.ext4")
 }
 
 /// The test initramfs (uncompressed cpio), built by resources/.

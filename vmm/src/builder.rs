@@ -13,6 +13,7 @@ use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::virtio::block::Disk;
 use devices::virtio::mmio::MMIO_WINDOW;
 use devices::{ExitNotifier, IrqTrigger};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -34,7 +35,7 @@ use crate::console::{
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
-use crate::virtio_devices::{self, VirtioError};
+use crate::virtio_devices::{self, Slot, VirtioError};
 use crate::vm::{Vm, VmError};
 
 /// Errors that keep the VM from starting.
@@ -104,6 +105,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     config::validate(cfg)?;
     // Before any thread exists, so that every thread inherits the mask.
     let signals = StopSignals::block().map_err(host("signal handling"))?;
+    let disks = virtio_devices::open_drives(&cfg.drives)?;
     let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
     let vm = Vm::new()?;
     vm.register_memory(&mem)?;
@@ -113,6 +115,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     let booted = Booted {
         vm,
         mem,
+        disks,
         entry,
         guest_exit,
         signals,
@@ -134,6 +137,7 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 struct Booted {
     vm: Vm,
     mem: GuestMemoryMmap,
+    disks: Vec<(String, Disk, Slot)>,
     entry: GuestAddress,
     guest_exit: ExitNotifier,
     signals: StopSignals,
@@ -150,6 +154,7 @@ impl Booted {
         let Self {
             vm,
             mem,
+            disks,
             entry,
             guest_exit,
             signals,
@@ -157,8 +162,8 @@ impl Booted {
         let devices = LegacyDevices::new(&vm, output, &guest_exit)?;
         let mut mmio = mmio_bus(opts)?;
         let mut handlers: Vec<Subscriber> = Vec::new();
-        for (drive, slot) in virtio_devices::drive_slots(&cfg.drives) {
-            let (block, handler) = virtio_devices::build_block(&vm, &mem, drive, slot)?;
+        for (id, disk, slot) in disks {
+            let (block, handler) = virtio_devices::build_block(&vm, &mem, &id, disk, slot)?;
             mmio.insert(block, slot.base, MMIO_WINDOW)?;
             handlers.push(Arc::new(Mutex::new(handler)));
         }

@@ -100,31 +100,41 @@ pub fn cmdline_params(drives: &[Drive]) -> String {
 /// A block device as the VMM holds it.
 pub type SharedBlock = Arc<Mutex<MmioTransport<Block>>>;
 
-/// Builds the block device for `drive` at `slot`: opens its image, and wires its notify
-/// ioeventfd and irqfd. Returns the transport (for the MMIO bus) and its event handler.
+/// The drives' images, opened in guest order, each with its slot. Done before anything else
+/// is built, so a bad image is reported before KVM is touched.
+pub fn open_drives(drives: &[Drive]) -> Result<Vec<(String, Disk, Slot)>, VirtioError> {
+    drive_slots(drives)
+        .into_iter()
+        .map(|(drive, slot)| {
+            // Firecracker's "Unsafe" cache type acknowledges flushes without syncing.
+            let writeback = drive.cache_type.as_deref() != Some("Unsafe");
+            let path = std::path::Path::new(&drive.path_on_host);
+            let disk = Disk::open(path, drive.is_read_only, writeback).map_err(|source| {
+                VirtioError::Drive {
+                    id: drive.drive_id.clone(),
+                    source,
+                }
+            })?;
+            Ok((drive.drive_id.clone(), disk, slot))
+        })
+        .collect()
+}
+
+/// Builds the block device `id` serving `disk` at `slot`, and wires its notify ioeventfd and
+/// irqfd. Returns the transport (for the MMIO bus) and its event handler.
 pub fn build_block(
     vm: &Vm,
     mem: &GuestMemoryMmap,
-    drive: &Drive,
+    id: &str,
+    disk: Disk,
     slot: Slot,
 ) -> Result<(SharedBlock, BlockHandler), VirtioError> {
-    // Firecracker's "Unsafe" cache type acknowledges flushes without syncing.
-    let writeback = drive.cache_type.as_deref() != Some("Unsafe");
-    let disk = Disk::open(
-        std::path::Path::new(&drive.path_on_host),
-        drive.is_read_only,
-        writeback,
-    )
-    .map_err(|source| VirtioError::Drive {
-        id: drive.drive_id.clone(),
-        source,
-    })?;
     let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::Event);
     let interrupt = Arc::new(VirtioInterrupt::new(event()?));
     vm.register_irqfd(interrupt.irq(), slot.irq)?;
     let notify = event()?;
     vm.register_ioevent(&notify, slot.base + REG_QUEUE_NOTIFY, 0)?;
-    let block = Block::new(disk, &drive.drive_id, mem.clone(), interrupt.clone());
+    let block = Block::new(disk, id, mem.clone(), interrupt.clone());
     let forward = notify.try_clone().map_err(VirtioError::Event)?;
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         block,

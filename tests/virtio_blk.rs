@@ -1,0 +1,209 @@
+//! virtio-blk end to end with a tiny guest that carries its own minimal virtio-mmio block
+//! driver (tests/guests/virtio_blk.c): data integrity, flush durability across SIGKILL,
+//! GET_ID, discard, read-only disks, malformed chains, and the errors users get for bad drives.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const MIB: usize = 1 << 20;
+
+/// A fully allocated image of `mib` MiB of pseudo-random bytes.
+fn image(dir: &Path, name: &str, mib: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..mib * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn driver(mode: &str) -> std::process::Command {
+    let mut cmd = ember();
+    cmd.arg("--kernel")
+        .arg(guest("virtio_blk"))
+        .args(["--cmdline", mode]);
+    cmd
+}
+
+#[test]
+fn data_is_durable_after_flush_even_when_ember_is_killed() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("blk-rw");
+    let disk = image(&dir, "disk.img", 4);
+    let before = std::fs::read(&disk).unwrap();
+    let blocks_before = std::fs::metadata(&disk).unwrap().blocks();
+    let mut cmd = driver("rw");
+    cmd.arg("--disk")
+        .arg(format!("{},id=tinydisk", disk.display()));
+    let (log, status, stderr) =
+        run_until_signal(&mut cmd, LIMIT, |l| l.contains("FLUSHED"), libc::SIGKILL);
+    assert!(log.contains("RW OK"), "{log}\n{stderr}");
+    assert!(log.contains("ID tinydisk"), "{log}");
+    assert!(log.contains("DISCARD OK"), "{log}");
+    assert_eq!(status.code(), None, "ember was killed, it did not exit");
+
+    let after = std::fs::read(&disk).unwrap();
+    // The pattern the guest wrote to sectors 10-17, acknowledged by a flush.
+    let written: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    assert_eq!(&after[10 * 512..18 * 512], &written[..]);
+    // Discarded (sectors 2048-3071) and zeroed (3072-3079) ranges read as zero.
+    assert!(after[2048 * 512..3080 * 512].iter().all(|b| *b == 0));
+    // Everything else is as it was.
+    assert_eq!(&after[..10 * 512], &before[..10 * 512]);
+    assert_eq!(&after[18 * 512..2048 * 512], &before[18 * 512..2048 * 512]);
+    assert_eq!(&after[3080 * 512..], &before[3080 * 512..]);
+    // The discard gave 512 KiB back to the host filesystem.
+    let blocks_after = std::fs::metadata(&disk).unwrap().blocks();
+    assert!(
+        blocks_after + 1000 <= blocks_before,
+        "allocated 512-byte blocks: {blocks_before} -> {blocks_after}"
+    );
+}
+
+#[test]
+fn a_read_only_disk_refuses_writes_and_is_unchanged() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("blk-ro");
+    let disk = image(&dir, "disk.img", 1);
+    let before = std::fs::read(&disk).unwrap();
+    let out = run(
+        driver("ro")
+            .arg("--disk")
+            .arg(format!("{},ro", disk.display())),
+        LIMIT,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "RO WRITE REFUSED\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(code(&out.status), EXIT_OK);
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "the read-only image changed"
+    );
+}
+
+#[test]
+fn malformed_chains_are_refused_and_ember_keeps_serving() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("blk-hostile");
+    let disk = image(&dir, "disk.img", 1);
+    let before = std::fs::read(&disk).unwrap();
+    let out = run(driver("hostile").arg("--disk").arg(&disk), LIMIT);
+    let log = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    // With a status byte: VIRTIO_BLK_S_IOERR. Without a usable one: returned untouched.
+    for line in [
+        "outside-memory status=255 len=0",
+        "loop status=255 len=0",
+        "writable-header status=1 len=1",
+        "unaligned-length status=1 len=1",
+        "past-the-end status=1 len=1",
+        "huge-length status=255 len=0",
+        "no-status status=255 len=0",
+        "STILL SERVING",
+        "HOSTILE DONE",
+    ] {
+        assert!(log.contains(line), "'{line}' missing:\n{log}\n{stderr}");
+    }
+    assert_eq!(code(&out.status), EXIT_OK, "{stderr}");
+    assert!(
+        stderr.contains("bad request"),
+        "malformed requests are logged: {stderr}"
+    );
+    assert!(stderr.contains("corrupted the available ring"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+    assert!(std::fs::read(&disk).unwrap() == before, "the image changed");
+}
+
+fn drive_error(args: &[&str], needle: &str) {
+    let out = run(
+        ember().arg("--kernel").arg(guest("hello")).args(args),
+        LIMIT,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(code(&out.status), EXIT_CONFIG, "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in: {err}"
+    );
+}
+
+#[test]
+fn bad_drives_get_clear_errors() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("blk-bad");
+    let good = image(&dir, "good.img", 1);
+    let good = good.to_str().unwrap();
+    drive_error(
+        &["--disk", "/nonexistent/disk.img,id=data"],
+        "drive 'data': cannot open",
+    );
+    drive_error(&["--disk", dir.to_str().unwrap()], "drive 'disk0'");
+    let odd = dir.join("odd.img");
+    std::fs::write(&odd, [0u8; 1000]).unwrap();
+    drive_error(&["--disk", odd.to_str().unwrap()], "not a multiple of 512");
+    let twice = format!("{good},id=a");
+    drive_error(
+        &["--disk", &twice, "--disk", &twice],
+        "two drives have the id 'a'",
+    );
+    let root = format!("{good},root");
+    drive_error(&["--disk", &root, "--disk", &root], "are both root devices");
+    drive_error(
+        &["--disk", "x.img,id=no-dashes"],
+        "invalid drive id 'no-dashes'",
+    );
+    drive_error(&["--disk", "x.img,rw"], "unknown option 'rw'");
+
+    // An image the user may not open for writing (as an unprivileged user: root may open
+    // anything). The image is reported before /dev/kvm is touched.
+    assert!(
+        is_root(),
+        "run the suite as root (as CI does) to test file permissions"
+    );
+    let private = image(&dir, "private.img", 1);
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ember"))
+        .arg("--kernel")
+        .arg(guest("hello"))
+        .arg("--disk")
+        .arg(format!("{},id=private", private.display()));
+    let out = run(&mut cmd, LIMIT);
+    let err = text(&out.stderr);
+    assert_eq!(code(&out.status), EXIT_CONFIG, "{err}");
+    assert!(
+        err.contains("drive 'private': cannot open the disk image")
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+}
