@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Boots a demo microVM whose serial console is this terminal: builds ember, the guest kernel
-# (first run only: several minutes) and the busybox initramfs, then starts a shell in the guest.
+# (first run only: several minutes) and the busybox root filesystem, then boots with the root
+# filesystem on a virtio-blk disk (a fresh copy each time) and starts a shell in the guest.
 # Type `reboot` (or `poweroff`) in the guest to end it. Extra arguments go to ember, e.g.
 #   resources/demo.sh --vcpus 2 --memory 512
 # Set EMBER_KERNEL to boot another kernel instead of building one.
@@ -15,5 +16,6 @@ if [ -z "$kernel" ]; then
   kernel="$root/build/guest/vmlinux"
 fi
 "$root/resources/build-rootfs.sh"
-exec "$root/target/release/ember" --kernel "$kernel" --initrd "$root/build/guest/initramfs.cpio" \
-  --memory 256 "$@"
+cp "$root/build/guest/rootfs.ext4" "$root/build/guest/demo-rootfs.ext4"
+exec "$root/target/release/ember" --kernel "$kernel" \
+  --disk "$root/build/guest/demo-rootfs.ext4,root,id=rootfs" --memory 256 "$@"

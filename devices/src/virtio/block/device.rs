@@ -1,8 +1,8 @@
 //! The virtio-blk device: one request queue served from the VMM's event loop.
 //!
-//! Each queue notification serves at most a budget of requests; if more are waiting the caller
-//! is told, so it can yield to other events and come back (a guest cannot starve the event
-//! loop). A malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and
+//! Each call serves at most a budget of requests and [`MAX_BYTES_PER_CALL`] bytes; if more are
+//! waiting the caller is told, so it can yield to other events and come back (a guest cannot
+//! starve the event loop with a deep queue of large requests). A malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and
 //! returned with nothing written when it has none; either way it is logged and counted, and the
 //! device keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted
 //! any more: the device stops and waits for a reset.
@@ -26,6 +26,9 @@ const CONFIG_LEN: usize = 60;
 /// Discard/write-zeroes limits offered: 2 GiB per request, 4 KiB granularity.
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+
+/// Data one `process_queue` call moves at most before yielding (a few ms on a slow disk).
+pub const MAX_BYTES_PER_CALL: u64 = 8 << 20;
 
 /// Counters a block device keeps, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,7 @@ impl Block {
         };
         let mem = &self.mem;
         let mut served = 0;
+        let mut bytes = 0;
         let mut more = false;
         let mut empty_rounds = 0;
         'drain: loop {
@@ -132,6 +136,7 @@ impl Block {
                 let used = match request::parse(mem, chain, self.disk.size()) {
                     Ok(req) => {
                         let (used, status) = req.execute(mem, &self.disk, &self.id);
+                        bytes += req.data_len();
                         if status == S_OK {
                             self.stats.ok += 1;
                             match req.kind {
@@ -156,7 +161,7 @@ impl Block {
                     return false;
                 }
                 served += 1;
-                if served >= budget {
+                if served >= budget || bytes >= MAX_BYTES_PER_CALL {
                     more = true;
                     break 'drain;
                 }
@@ -251,6 +256,7 @@ pub(crate) mod tests {
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
     const MIB: usize = 1 << 20;
+    const USED: u64 = 0x8000;
     const HDR: u64 = 0x1_0000;
     const DATA: u64 = 0x2_0000;
     const STATUS: u64 = 0x8_0000;
@@ -280,7 +286,10 @@ pub(crate) mod tests {
             ));
             let disk = Disk::open(path, read_only, true).unwrap();
             let mut block = Block::new(disk, "ember-disk-0", mem.clone(), irq);
-            let queue: Queue = vq.create_queue().unwrap();
+            let mut queue: Queue = vq.create_queue().unwrap();
+            // The mock lays its used ring over the upper half of its avail ring (virtio-queue
+            // 0.18); use a separate one.
+            queue.set_used_ring_address(Some(USED as u32), Some(0));
             block.activate(vec![queue], block.features()).unwrap();
             Self {
                 mem,
@@ -321,11 +330,18 @@ pub(crate) mod tests {
         fn request(&mut self, descs: &[(u64, u32, bool)]) -> (u8, u32) {
             self.chain(descs);
             self.block.process_queue(usize::MAX);
-            let used = self.vq.used().idx().load();
-            let slot = usize::from(used.wrapping_sub(1) % QSIZE);
-            let elem = self.vq.used().ring().ref_at(slot).unwrap().load();
+            let used = self.used_idx();
+            let slot = u64::from(used.wrapping_sub(1) % QSIZE);
+            let len = self
+                .mem
+                .read_obj::<u32>(GuestAddress(USED + 4 + slot * 8 + 4))
+                .unwrap();
             let status = self.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
-            (status, elem.len())
+            (status, len)
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
         }
     }
 
@@ -514,11 +530,7 @@ pub(crate) mod tests {
         rig.vq.add_desc_chains(&[looped], 0).unwrap();
         rig.next_desc = 1;
         rig.block.process_queue(usize::MAX);
-        assert_eq!(
-            rig.vq.used().idx().load(),
-            1,
-            "the looping chain was returned"
-        );
+        assert_eq!(rig.used_idx(), 1, "the looping chain was returned");
         rig.header(0, 0);
         assert_eq!(
             rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]),
@@ -536,10 +548,26 @@ pub(crate) mod tests {
             rig.chain(&[HDR_D, STATUS_D]);
         }
         assert!(rig.block.process_queue(2), "more requests are waiting");
-        assert_eq!(rig.vq.used().idx().load(), 2);
+        assert_eq!(rig.used_idx(), 2);
         assert!(rig.block.process_queue(2));
         assert!(!rig.block.process_queue(2));
-        assert_eq!(rig.vq.used().idx().load(), 5);
+        assert_eq!(rig.used_idx(), 5);
+    }
+
+    #[test]
+    fn large_requests_yield_after_the_byte_budget() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 * MIB)]).unwrap();
+        let path = image("bytes", 16 * MIB);
+        let mut rig = Rig::new(&mem, &path, false);
+        rig.header(0, 0);
+        let four_mib = (MAX_BYTES_PER_CALL / 2) as u32;
+        for _ in 0..3 {
+            rig.chain(&[HDR_D, (DATA, four_mib, true), STATUS_D]);
+        }
+        assert!(rig.block.process_queue(usize::MAX), "yields after 8 MiB");
+        assert_eq!(rig.used_idx(), 2);
+        assert!(!rig.block.process_queue(usize::MAX));
+        assert_eq!(rig.used_idx(), 3);
     }
 
     #[test]
