@@ -107,9 +107,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     let signals = StopSignals::block().map_err(host("signal handling"))?;
     let disks = virtio_devices::open_drives(&cfg.drives)?;
     let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
-    let vm = Vm::new()?;
-    vm.register_memory(&mem)?;
-    let entry = load_guest(&mem, cfg)?;
+    let (vm, entry) = create_vm_and_load_guest(&mem, cfg)?;
     let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
     let (output, drain) = open_console(&opts.serial_out, &guest_exit)?;
     let booted = Booted {
@@ -228,6 +226,31 @@ impl Booted {
         handles.into_iter().for_each(VcpuHandle::join);
         outcome
     }
+}
+
+/// Creates the KVM VM with its memory on a helper thread while this one loads the guest: the
+/// two are independent, and on some hosts registering memory with KVM takes milliseconds.
+/// A problem with the guest images is reported before one with KVM.
+fn create_vm_and_load_guest(
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+) -> Result<(Vm, GuestAddress), BuildError> {
+    std::thread::scope(|scope| {
+        let kvm = std::thread::Builder::new()
+            .name("ember_kvm_setup".into())
+            .spawn_scoped(scope, || -> Result<Vm, VmError> {
+                let vm = Vm::new()?;
+                vm.register_memory(mem)?;
+                Ok(vm)
+            })
+            .map_err(host("KVM set-up thread"))?;
+        let entry = load_guest(mem, cfg);
+        let vm = kvm
+            .join()
+            .map_err(|_| host("KVM set-up thread")(io::Error::other("panicked")))?;
+        let entry = entry?;
+        Ok((vm?, entry))
+    })
 }
 
 /// Loads the kernel, initrd and command line and writes the boot structures; returns the
