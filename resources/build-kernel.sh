@@ -16,19 +16,7 @@ mkdir -p "$out" "$work"
 pvm=no
 [ -d /sys/module/kvm_pvm ] && pvm=yes
 
-need=()
-for pkg in linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev python3 xz-utils; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "build-kernel: missing packages: ${need[*]} (install them with apt-get as root)" >&2
-    exit 1
-  fi
-  echo "build-kernel: installing ${need[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$here/setup-host.sh" linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev python3 xz-utils
 
 tarball=$(ls /usr/src/linux-source-6.1*.tar.xz | head -n 1)
 key=$( { sha256sum "$tarball" | cut -d' ' -f1; sha256sum "$here/kernel/ember.config";

@@ -13,18 +13,7 @@ root=$(dirname "$here")
 out="$root/build/guest"
 mkdir -p "$out"
 
-need=()
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
-command -v cpio >/dev/null || need+=(cpio)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "build-rootfs: missing packages: ${need[*]} (install them with apt-get as root)" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$here/setup-host.sh" busybox-static cpio e2fsprogs
 
 busybox=/bin/busybox
 key=$(cat "$0" "$here"/rootfs/* "$busybox" | sha256sum | cut -c1-16)
@@ -53,7 +42,7 @@ echo "root::0:0:root:/root:/bin/sh" > "$tree/etc/passwd"
 (cd "$tree" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) > "$out/initramfs.cpio.tmp"
 mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 rm -f "$out/rootfs.ext4.tmp"
-mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$tree" "$out/rootfs.ext4.tmp" 32M
+mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$tree" "$out/rootfs.ext4.tmp" 32M >/dev/null
 mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
 echo "$key" > "$out/rootfs.key"
 echo "build-rootfs: built $out/initramfs.cpio and $out/rootfs.ext4" >&2

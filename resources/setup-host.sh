@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages ember's demo and tests need on the host, if any is missing:
-# gcc (tiny test guests), busybox-static, cpio and e2fsprogs (guest user space), util-linux
-# (setpriv, for the /dev/kvm permission test). Needs root only when something is missing.
+# Installs Debian packages that are missing: the ones named, or by default what ember's demo and
+# tests need on the host: gcc (tiny test guests), busybox-static, cpio and e2fsprogs (guest user
+# space), util-linux (setpriv, for the permission tests). Needs root only when something is
+# missing.
 set -euo pipefail
+pkgs=("$@")
+[ ${#pkgs[@]} -gt 0 ] || pkgs=(gcc libc6-dev busybox-static cpio e2fsprogs util-linux)
 need=()
-for pkg in gcc libc6-dev busybox-static cpio e2fsprogs util-linux; do
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

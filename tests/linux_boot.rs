@@ -144,40 +144,13 @@ fn vmlinux_on_2_vcpus_waits_for_its_root_device() {
     assert_eq!(code(&status), SIGTERM_STATUS, "stderr: {stderr}");
 }
 
-#[test]
-fn a_panic_reboot_with_panic_1_is_reported_as_a_panic() {
-    if !kvm_available() {
-        return;
-    }
-    let out = run(
-        ember()
-            .arg("--kernel")
-            .arg(linux_vmlinux())
-            .args(["--cmdline", "console=ttyS0 reboot=k panic=1 pci=off"]),
-        LIMIT,
-    );
-    let log = text(&out.stdout);
-    let stderr = text(&out.stderr);
-    assert_contains(&log, "Kernel panic - not syncing");
-    // The kernel reboots through the i8042 a second later; ember knows why.
-    assert_contains(&log, "Rebooting in 1 seconds");
-    assert_eq!(
-        code(&out.status),
-        EXIT_PANIC,
-        "log:\n{log}\nstderr:\n{stderr}"
-    );
-}
-
-#[test]
-fn a_panic_without_a_panic_option_ends_ember() {
-    if !kvm_available() {
-        return;
-    }
-    // No root device and no panic=: the kernel panics and then halts for good.
+/// Boots the kernel with no root device and `cmdline`, so that it panics; returns its log
+/// after checking ember reported the panic.
+fn boot_to_panic(cmdline: &str) -> String {
     let out = run(
         ember().arg("--kernel").arg(linux_vmlinux()).args([
             "--cmdline",
-            "console=ttyS0 reboot=k pci=off",
+            cmdline,
             "--timeout",
             "600",
         ]),
@@ -185,12 +158,33 @@ fn a_panic_without_a_panic_option_ends_ember() {
     );
     let log = text(&out.stdout);
     let stderr = text(&out.stderr);
-    assert_contains(&log, "---[ end Kernel panic - not syncing");
+    assert_contains(&log, "Kernel panic - not syncing");
     assert_eq!(
         code(&out.status),
         EXIT_PANIC,
         "log:\n{log}\nstderr:\n{stderr}"
     );
+    log
+}
+
+#[test]
+fn a_panic_reboot_with_panic_1_is_reported_as_a_panic() {
+    if !kvm_available() {
+        return;
+    }
+    // The kernel reboots through the i8042 a second later; ember knows why.
+    let log = boot_to_panic("console=ttyS0 reboot=k panic=1 pci=off");
+    assert_contains(&log, "Rebooting in 1 seconds");
+}
+
+#[test]
+fn a_panic_without_a_panic_option_ends_ember() {
+    if !kvm_available() {
+        return;
+    }
+    // No panic=: after the panic the kernel halts for good.
+    let log = boot_to_panic("console=ttyS0 reboot=k pci=off");
+    assert_contains(&log, "---[ end Kernel panic - not syncing");
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //!   KVM emulates guest kernel code (PVM) this measures the emulator, not ember, and is labelled;
 //! - a kernel-CI run: `ember run` of a trivial test in the initramfs, start to exit status, and
 //!   ember's own share of it: setup (spawn to first KVM_RUN) plus teardown (vCPU 0 leaving the
-//!   guest after the exit-port write, to the parent reaping ember).
+//!   guest after the exit-port write, to ember returning from main); the host kernel's process
+//!   exit (freeing guest memory, destroying the VM) is reported apart.
 //!
 //! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p vmm --bench boot`
 //! (without them the kernel is built by resources/build-kernel.sh).
@@ -24,6 +25,8 @@ use vmm::vcpu::monotonic_ns;
 
 const RUNS: usize = 15;
 const EMULATED_RUNS: usize = 3;
+/// EMBER_BENCH_QUICK=1 skips the emulated-guest parts (minutes on a PVM host).
+const QUICK: &str = "EMBER_BENCH_QUICK";
 const CI_RUNS: usize = 5;
 const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
 
@@ -50,6 +53,15 @@ fn ember() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ember"))
 }
 
+/// Reads `stream` until a line contains `needle`; returns that line.
+fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String> {
+    BufReader::new(stream)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|line| String::from_utf8_lossy(&line).into_owned())
+        .find(|line| line.contains(needle))
+}
+
 /// Spawns ember on `kernel` (stopping it at its first KVM_RUN) and returns the setup time.
 fn setup_time(kernel: &Path) -> Duration {
     let start = monotonic_ns();
@@ -71,18 +83,21 @@ fn setup_time(kernel: &Path) -> Duration {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut entered = None;
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split("entering the guest at monotonic ").nth(1) {
-            entered = Some(rest.trim_end_matches(" ns").parse::<u64>().unwrap());
-            let _ = child.kill();
-            break;
-        }
-    }
+    let line = wait_for_line(
+        child.stderr.take().unwrap(),
+        "entering the guest at monotonic ",
+    );
+    let _ = child.kill();
     let _ = child.wait();
-    Duration::from_nanos(entered.expect("ember never entered the guest") - start)
+    let line = line.expect("ember never entered the guest");
+    let entered: u64 = line
+        .rsplit("monotonic ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" ns")
+        .parse()
+        .unwrap();
+    Duration::from_nanos(entered - start)
 }
 
 /// Boots Linux to its root-device wait and returns (ember's RSS, guest-touched RSS) in KiB.
@@ -96,12 +111,7 @@ fn memory_overhead(kernel: &Path) -> (u64, u64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    for line in out.split(b'\n') {
-        if String::from_utf8_lossy(&line.unwrap()).contains("Waiting for root device") {
-            break;
-        }
-    }
+    wait_for_line(child.stdout.take().unwrap(), "Waiting for root device");
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();
@@ -142,21 +152,27 @@ fn time_to_init(kernel: &Path, initramfs: &Path) -> Duration {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut took = None;
-    for line in out.split(b'\n') {
-        if String::from_utf8_lossy(&line.unwrap()).contains("EMBER-INIT") {
-            took = Some(start.elapsed());
-            break;
-        }
-    }
+    let seen = wait_for_line(child.stdout.take().unwrap(), "EMBER-INIT");
+    let took = seen.map(|_| start.elapsed());
     let _ = child.kill();
     let _ = child.wait();
     took.expect("the guest never printed EMBER-INIT")
 }
 
-/// One `ember run` of a trivial test: (wall time, ember's setup, ember's teardown).
-fn ci_run(kernel: &Path, initramfs: &Path) -> (Duration, Duration, Duration) {
+/// One `ember run` of a trivial test.
+struct CiRun {
+    /// Start to exit status.
+    wall: Duration,
+    /// Spawn to the first KVM_RUN.
+    setup: Duration,
+    /// vCPU 0 leaving the guest to ember returning from main.
+    teardown: Duration,
+    /// ember returning from main to the parent reaping it (the host kernel tearing down the
+    /// process, its guest memory and the KVM VM).
+    exit: Duration,
+}
+
+fn ci_run(kernel: &Path, initramfs: &Path) -> CiRun {
     let start = monotonic_ns();
     let out = ember()
         .arg("run")
@@ -192,11 +208,13 @@ fn ci_run(kernel: &Path, initramfs: &Path) -> (Duration, Duration, Duration) {
     };
     let entered = stamp("entering the guest");
     let left = stamp("left the guest");
-    (
-        Duration::from_nanos(end - start),
-        Duration::from_nanos(entered - start),
-        Duration::from_nanos(end - left),
-    )
+    let exiting = stamp("ember exiting");
+    CiRun {
+        wall: Duration::from_nanos(end - start),
+        setup: Duration::from_nanos(entered - start),
+        teardown: Duration::from_nanos(exiting - left),
+        exit: Duration::from_nanos(end - exiting),
+    }
 }
 
 fn report(name: &str, mut samples: Vec<f64>, unit: &str) {
@@ -237,6 +255,9 @@ fn main() {
         total - guest,
         (total - guest) as f64 / 1024.0
     );
+    if std::env::var(QUICK).as_deref() == Ok("1") {
+        return;
+    }
     let secs = (0..EMULATED_RUNS)
         .map(|_| time_to_init(&vmlinux, &initramfs).as_secs_f64())
         .collect();
@@ -247,21 +268,32 @@ fn main() {
     );
 
     let runs: Vec<_> = (0..CI_RUNS).map(|_| ci_run(&vmlinux, &initramfs)).collect();
+    let each = |f: fn(&CiRun) -> Duration, scale: f64| -> Vec<f64> {
+        runs.iter().map(|r| f(r).as_secs_f64() * scale).collect()
+    };
     report(
         &format!("ci: `ember run -- true` start to exit status{label}"),
-        runs.iter().map(|r| r.0.as_secs_f64()).collect(),
+        each(|r| r.wall, 1.0),
         "s",
     );
     report(
         "ci: ember's share, setup + teardown",
-        runs.iter()
-            .map(|r| (r.1 + r.2).as_secs_f64() * 1e3)
-            .collect(),
+        each(|r| r.setup + r.teardown, 1e3),
         "ms",
     );
     report(
-        "ci: ember's teardown, guest exit write to process reaped",
-        runs.iter().map(|r| r.2.as_secs_f64() * 1e3).collect(),
+        "ci: ember's setup, spawn to first KVM_RUN",
+        each(|r| r.setup, 1e3),
+        "ms",
+    );
+    report(
+        "ci: ember's teardown, guest exit write to return from main",
+        each(|r| r.teardown, 1e3),
+        "ms",
+    );
+    report(
+        "ci: host process exit, return from main to reaped",
+        each(|r| r.exit, 1e3),
         "ms",
     );
 }

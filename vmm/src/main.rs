@@ -38,6 +38,11 @@ fn main() -> ExitCode {
         .vm_config()
         .map_err(|e| Box::new(e) as Box<dyn Error>)
         .and_then(|cfg| builder::run(&cfg, &opts).map_err(|e| Box::new(e) as Box<dyn Error>));
+    // The end of ember's own teardown; benches/boot.rs reads this line.
+    log::info!(
+        "ember exiting at monotonic {} ns",
+        vmm::vcpu::monotonic_ns()
+    );
     match result {
         Ok(outcome) => {
             if !outcome.message.is_empty() {
