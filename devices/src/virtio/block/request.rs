@@ -303,7 +303,9 @@ impl Request {
     }
 
     fn run(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> Result<u64, u8> {
-        let offset = self.sector * SECTOR_SIZE;
+        // Only reads and writes use the header's sector, and `parse` checked it for them; other
+        // types may carry any value there.
+        let offset = self.sector.wrapping_mul(SECTOR_SIZE);
         match self.kind {
             Kind::In => {
                 let mut iov = iovecs(mem, &self.data).map_err(|_| S_IOERR)?;
