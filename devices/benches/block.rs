@@ -5,9 +5,9 @@
 //! Workloads: 4 KiB random, 64 KiB and 1 MiB sequential, reads and writes, on a 256 MiB file in
 //! the target directory (page cache warm for both sides). The host loop reuses one buffer; the
 //! device's guest memory is faulted in first and requests cycle through 8 guest buffers. The
-//! host loop runs before and after the device and the faster run counts. "CPU/req" is the
-//! serving thread's CPU time per request: for the device, `process_queue` only (not the mock
-//! driver filling the queue); "overhead" is the device's CPU per request beyond the host's.
+//! host loop runs before and after the device and the faster run counts. "ember us" is the
+//! serving thread's user-space CPU time per request inside `process_queue` (not the mock driver
+//! filling the queue): ember's own work beyond the syscalls, whose kernel time is shown apart.
 //!
 //! Run: `cargo bench -p devices --bench block`
 #![allow(clippy::unwrap_used)] // benchmark code
@@ -38,14 +38,20 @@ const MEM: usize = 96 << 20;
 /// Guest data buffers the requests cycle through, like a guest reusing its page cache.
 const DATA_BUFFERS: usize = 8;
 
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+/// This thread's CPU time so far: (user, system).
+fn thread_cpu() -> (Duration, Duration) {
+    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write to.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (tv(ru.ru_utime), tv(ru.ru_stime))
+}
+
+/// CPU time used since `start`: (user, system).
+fn since(start: (Duration, Duration)) -> (Duration, Duration) {
+    let now = thread_cpu();
+    (now.0 - start.0, now.1 - start.1)
 }
 
 struct Workload {
@@ -77,7 +83,10 @@ fn offsets(w: &Workload) -> Vec<u64> {
 
 struct Result {
     wall: Duration,
-    cpu: Duration,
+    /// User-space CPU: the serving code itself.
+    user: Duration,
+    /// Kernel CPU: the syscalls (file I/O and copies).
+    system: Duration,
 }
 
 fn host(file: &File, w: &Workload, offs: &[u64]) -> Result {
@@ -90,9 +99,11 @@ fn host(file: &File, w: &Workload, offs: &[u64]) -> Result {
             file.read_exact_at(&mut buf, *off).unwrap();
         }
     }
+    let (user, system) = since(cpu0);
     Result {
         wall: start.elapsed(),
-        cpu: thread_cpu() - cpu0,
+        user,
+        system,
     }
 }
 
@@ -115,7 +126,7 @@ fn device(path: &Path, w: &Workload, offs: &[u64]) -> Result {
         mem.write_slice(&zeroes, GuestAddress(at as u64)).unwrap();
     }
     let batch = usize::from(QUEUE / 3);
-    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    let (mut wall, mut user, mut system) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for chunk in offs.chunks(batch) {
         let mut avail = vq.avail().idx().load();
         for (i, off) in chunk.iter().enumerate() {
@@ -144,7 +155,9 @@ fn device(path: &Path, w: &Workload, offs: &[u64]) -> Result {
         let (start, cpu0) = (Instant::now(), thread_cpu());
         while block.process_queue(usize::MAX) {}
         wall += start.elapsed();
-        cpu += thread_cpu() - cpu0;
+        let (u, k) = since(cpu0);
+        user += u;
+        system += k;
         assert_eq!(
             mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
             0,
@@ -152,7 +165,7 @@ fn device(path: &Path, w: &Workload, offs: &[u64]) -> Result {
         );
     }
     assert_eq!(block.stats().ok, offs.len() as u64, "{:?}", block.stats());
-    Result { wall, cpu }
+    Result { wall, user, system }
 }
 
 fn main() {
@@ -219,7 +232,7 @@ fn main() {
     ];
     println!(
         "{:<26} {:>12} {:>12} {:>11} {:>11} {:>7} {:>10}",
-        "workload", "host MB/s", "device MB/s", "host req/s", "dev req/s", "ratio", "overhead"
+        "workload", "host MB/s", "device MB/s", "host req/s", "dev req/s", "ratio", "ember us"
     );
     for w in &workloads {
         let offs = offsets(w);
@@ -235,18 +248,19 @@ fn main() {
         let bytes = n * w.size as f64;
         let mbps = |r: &Result| bytes / r.wall.as_secs_f64() / 1e6;
         let rps = |r: &Result| n / r.wall.as_secs_f64();
-        let cpu_us = |r: &Result| r.cpu.as_secs_f64() * 1e6 / n;
+        let per_req = |t: Duration| t.as_secs_f64() * 1e6 / n;
         println!(
-            "{:<26} {:>12.0} {:>12.0} {:>11.0} {:>11.0} {:>6.0}% {:>7.2} us   (CPU/req host {:.2} us, device {:.2} us)",
+            "{:<26} {:>12.0} {:>12.0} {:>11.0} {:>11.0} {:>6.0}% {:>8.2}   (kernel us/req: host {:.2}, device {:.2}; host user {:.2})",
             w.name,
             mbps(&h),
             mbps(&d),
             rps(&h),
             rps(&d),
             100.0 * mbps(&d) / mbps(&h),
-            cpu_us(&d) - cpu_us(&h),
-            cpu_us(&h),
-            cpu_us(&d),
+            per_req(d.user),
+            per_req(h.system),
+            per_req(d.system),
+            per_req(h.user),
         );
     }
     std::fs::remove_file(&path).unwrap();
