@@ -59,6 +59,9 @@ impl Write for ConsoleOutput {
             buf.iter().for_each(|b| watch.feed(*b));
         }
         let mut state = lock(&self.shared.state);
+        // The drain thread only sleeps on an empty buffer: wake it on that transition alone,
+        // not for every byte.
+        let was_empty = state.pending.is_empty();
         let room = OUTPUT_BUFFER_LIMIT.saturating_sub(state.pending.len());
         let taken = room.min(buf.len());
         state.pending.extend(&buf[..taken]);
@@ -69,7 +72,9 @@ impl Write for ConsoleOutput {
             state.dropped += (buf.len() - taken) as u64;
         }
         drop(state);
-        self.shared.wake.notify_one();
+        if was_empty && taken > 0 {
+            self.shared.wake.notify_one();
+        }
         // The bytes are accounted for (written or counted as dropped): the guest's UART must not
         // see an error for a slow host.
         Ok(buf.len())

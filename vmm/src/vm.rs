@@ -31,6 +31,9 @@ pub enum VmError {
     /// KVM lacks a capability ember needs.
     #[error("this host's KVM lacks {0}, which ember needs")]
     MissingCapability(&'static str),
+    /// A guest memory region has no host mapping (a vm-memory invariant broke).
+    #[error("guest memory at {0:#x} has no host mapping")]
+    Unmapped(u64),
     /// A VM-level ioctl failed.
     #[error("KVM refused to {what}")]
     Ioctl {
@@ -92,7 +95,7 @@ impl Vm {
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
-                .map_err(|_| VmError::MissingCapability("a host mapping for guest memory"))?;
+                .map_err(|_| VmError::Unmapped(region.start_addr().raw_value()))?;
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().raw_value(),
