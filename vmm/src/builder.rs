@@ -159,11 +159,12 @@ impl Booted {
         } = self;
         let devices = LegacyDevices::new(&vm, output, &guest_exit)?;
         let mut mmio = mmio_bus(opts)?;
-        let mut handlers: Vec<Subscriber> = Vec::new();
-        for (id, disk, slot) in disks {
-            let (block, handler) = virtio_devices::build_block(&vm, &mem, &id, disk, slot)?;
-            mmio.insert(block, slot.base, MMIO_WINDOW)?;
-            handlers.push(Arc::new(Mutex::new(handler)));
+        let mut io = IoThreads::new()?;
+        for disk in disks {
+            let base = disk.2.base;
+            let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop)?;
+            io.threads.push(thread);
+            mmio.insert(block, base, MMIO_WINDOW)?;
         }
         let mmio = Arc::new(mmio);
         let count = cfg.machine_config.vcpu_count;
@@ -192,9 +193,6 @@ impl Booted {
                 .map_err(host("console input event"))?,
         );
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
-        for handler in handlers {
-            event_loop.add_subscriber(handler);
-        }
 
         let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
@@ -287,6 +285,35 @@ fn kernel_cmdline(user: &str, drives: &[Drive]) -> String {
     match user.split_once(" -- ") {
         Some((kernel, init)) => format!("{kernel} {devices} -- {init}"),
         None => format!("{user} {devices}"),
+    }
+}
+
+/// The device I/O threads, stopped and joined when this is dropped, on every exit path.
+struct IoThreads {
+    stop: EventFd,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl IoThreads {
+    fn new() -> Result<Self, BuildError> {
+        Ok(Self {
+            stop: EventFd::new(libc::EFD_NONBLOCK).map_err(host("device I/O stop event"))?,
+            threads: Vec::new(),
+        })
+    }
+}
+
+impl Drop for IoThreads {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop.write(1) {
+            warn!("cannot stop the device I/O threads: {err}");
+            return;
+        }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                warn!("a device I/O thread panicked");
+            }
+        }
     }
 }
 

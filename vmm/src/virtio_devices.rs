@@ -1,18 +1,24 @@
 //! Placing virtio-mmio devices: which MMIO window and IRQ each gets (a pure function of the
 //! configuration, so the kernel command line can announce them before anything is built), and
-//! building each device with its ioeventfd, irqfd and event-loop handler.
+//! building each device with its ioeventfd and irqfd.
+//!
+//! Each block device is served by its own I/O thread (`ember_blk_<id>`), woken by the queue's
+//! ioeventfd: disk I/O, however slow, never holds up the event loop (console input, other
+//! devices) or a vCPU, and one thread per queue keeps requests, flushes included, in the
+//! guest's order.
 //!
 //! Order: the root drive first (so it is /dev/vda, as Firecracker does), then the other drives
 //! in the order given.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use api_server::model::Drive;
-use devices::bus::lock;
 use devices::virtio::VirtioInterrupt;
+use devices::virtio::block::device::QueueServer;
 use devices::virtio::block::{Block, Disk, DiskError};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -24,7 +30,7 @@ use crate::vm::{Vm, VmError};
 /// last IOAPIC pin.
 pub const MAX_DEVICES: usize = (VIRTIO_IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
 
-/// Requests a block device serves per notification before yielding to other events.
+/// Requests a block device serves per turn of its I/O thread.
 const BLOCK_BUDGET: usize = 256;
 
 /// Errors building virtio devices.
@@ -120,21 +126,22 @@ pub fn open_drives(drives: &[Drive]) -> Result<Vec<(String, Disk, Slot)>, Virtio
         .collect()
 }
 
-/// Builds the block device `id` serving `disk` at `slot`, and wires its notify ioeventfd and
-/// irqfd. Returns the transport (for the MMIO bus) and its event handler.
+/// Builds the block device `id` serving `disk` at `slot`, wires its notify ioeventfd and
+/// irqfd, and starts its I/O thread, which ends when `stop` is written. Returns the transport
+/// (for the MMIO bus) and the thread.
 pub fn build_block(
     vm: &Vm,
     mem: &GuestMemoryMmap,
-    id: &str,
-    disk: Disk,
-    slot: Slot,
-) -> Result<(SharedBlock, BlockHandler), VirtioError> {
+    (id, disk, slot): (String, Disk, Slot),
+    stop: &EventFd,
+) -> Result<(SharedBlock, JoinHandle<()>), VirtioError> {
     let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::Event);
     let interrupt = Arc::new(VirtioInterrupt::new(event()?));
     vm.register_irqfd(interrupt.irq(), slot.irq)?;
     let notify = event()?;
     vm.register_ioevent(&notify, slot.base + REG_QUEUE_NOTIFY, 0)?;
-    let block = Block::new(disk, id, mem.clone(), interrupt.clone());
+    let block = Block::new(disk, &id, mem.clone(), interrupt.clone());
+    let server = block.queue_server();
     let forward = notify.try_clone().map_err(VirtioError::Event)?;
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         block,
@@ -142,37 +149,40 @@ pub fn build_block(
         interrupt,
         vec![forward],
     )));
-    let handler = BlockHandler {
-        block: transport.clone(),
-        notify,
-    };
-    Ok((transport, handler))
+    let stop = stop.try_clone().map_err(VirtioError::Event)?;
+    let thread = std::thread::Builder::new()
+        .name(format!("ember_blk_{id}"))
+        .spawn(move || serve_block(&server, &notify, &stop))
+        .map_err(VirtioError::Event)?;
+    Ok((transport, thread))
 }
 
-/// Serves a block device's queue from the event loop when the guest notifies it.
-pub struct BlockHandler {
-    block: SharedBlock,
-    notify: EventFd,
-}
-
-impl MutEventSubscriber for BlockHandler {
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(err) = ops.add(Events::new(&self.notify, EventSet::IN)) {
-            warn!("virtio-blk: cannot watch the queue: {err}");
-        }
-    }
-
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.notify.read();
-        let mut transport = lock(&self.block);
-        if !transport.is_active() {
+/// Serves a block queue each time the guest notifies it, until `stop` is written.
+fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd) {
+    loop {
+        let mut fds = [notify, stop].map(|evt| libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `fds` is a valid array of two pollfds for descriptors owned by the caller.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            warn!("virtio-blk: the I/O thread stops: {err}");
             return;
         }
-        if transport.device_mut().process_queue(BLOCK_BUDGET) {
-            // More requests are waiting: come back after the other ready events.
-            if let Err(err) = self.notify.write(1) {
-                warn!("virtio-blk: cannot requeue work: {err}");
-            }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            let _ = notify.read();
+            // The budget bounds how long the device's lock is held (activation and reset wait
+            // for it), not how long the thread works.
+            while server.process_queue(BLOCK_BUDGET) {}
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The virtio-blk device: one request queue served from the VMM's event loop.
+//! The virtio-blk device: one request queue, served by whichever thread holds its
+//! [`QueueServer`] (the VMM gives each disk an I/O thread).
 //!
 //! Each call serves at most a budget of requests and [`MAX_BYTES_PER_CALL`] bytes; if more are
 //! waiting the caller is told, so it can yield to other events and come back (a guest cannot
@@ -7,7 +8,7 @@
 //! device keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted
 //! any more: the device stops and waits for a reset.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::warn;
 use virtio_queue::{Queue, QueueT};
@@ -16,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
+use crate::bus::lock;
 use crate::virtio::{
     ActivateError, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
     VirtioInterrupt,
@@ -43,16 +45,35 @@ pub struct BlockStats {
     pub write_bytes: u64,
 }
 
-/// A virtio-blk device.
+/// A virtio-blk device, as the transport sees it: identity, features and configuration. The
+/// serving side (backend, queue, counters) has its own lock, so that register accesses from
+/// vCPUs never wait for disk I/O; only activation and reset take it.
 pub struct Block {
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    serving: Arc<Mutex<Serving>>,
+}
+
+/// What serving the queue needs.
+struct Serving {
     disk: Disk,
     id: [u8; ID_LEN],
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
-    features: u64,
-    config: [u8; CONFIG_LEN],
     queue: Option<Queue>,
     stats: BlockStats,
+}
+
+/// A handle for the thread that serves a block device's queue.
+#[derive(Clone)]
+pub struct QueueServer(Arc<Mutex<Serving>>);
+
+impl QueueServer {
+    /// Serves up to `budget` requests (and [`MAX_BYTES_PER_CALL`] bytes); returns true if more
+    /// are waiting. Does nothing before the driver activates the device.
+    pub fn process_queue(&self, budget: usize) -> bool {
+        lock(&self.0).process_queue(budget)
+    }
 }
 
 impl Block {
@@ -82,15 +103,18 @@ impl Block {
             features |= 1 << features::FLUSH;
         }
         let config = Self::config_space(&disk);
-        Self {
+        let serving = Serving {
             disk,
             id: serial,
             mem,
             interrupt,
-            features,
-            config,
             queue: None,
             stats: BlockStats::default(),
+        };
+        Self {
+            features,
+            config,
+            serving: Arc::new(Mutex::new(serving)),
         }
     }
 
@@ -111,11 +135,22 @@ impl Block {
 
     /// The counters.
     pub fn stats(&self) -> BlockStats {
-        self.stats
+        lock(&self.serving).stats
     }
 
-    /// Serves up to `budget` requests from the queue; returns true if more are waiting.
-    pub fn process_queue(&mut self, budget: usize) -> bool {
+    /// The handle the serving thread uses.
+    pub fn queue_server(&self) -> QueueServer {
+        QueueServer(self.serving.clone())
+    }
+
+    /// Serves the queue on the calling thread (see [`QueueServer::process_queue`]).
+    pub fn process_queue(&self, budget: usize) -> bool {
+        lock(&self.serving).process_queue(budget)
+    }
+}
+
+impl Serving {
+    fn process_queue(&mut self, budget: usize) -> bool {
         let Some(queue) = self.queue.as_mut() else {
             return false;
         };
@@ -230,12 +265,14 @@ impl VirtioDevice for Block {
     fn activate(&mut self, mut queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
         let mut queue = queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
         queue.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        self.queue = Some(queue);
+        lock(&self.serving).queue = Some(queue);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.queue = None;
+        // Waits for a batch in progress; afterwards the serving thread no longer touches the
+        // guest's rings.
+        lock(&self.serving).queue = None;
     }
 }
 
@@ -582,7 +619,7 @@ pub(crate) mod tests {
     fn a_corrupt_avail_ring_stops_the_device_without_panicking() {
         let mem = mem();
         let path = image("corrupt", 4096);
-        let mut rig = Rig::new(&mem, &path, false);
+        let rig = Rig::new(&mem, &path, false);
         // An available index 1000 entries ahead of the device on a 16-entry queue.
         rig.vq.avail().idx().store(1000);
         assert!(!rig.block.process_queue(usize::MAX));
@@ -594,7 +631,7 @@ pub(crate) mod tests {
         let mem = mem();
         let path = image("discard", 1 << 20);
         let mut rig = Rig::new(&mem, &path, false);
-        if !rig.block.disk.can_punch_holes() {
+        if !rig.block.serving.lock().unwrap().disk.can_punch_holes() {
             // This filesystem cannot deallocate: the feature must not be offered.
             assert_eq!(rig.block.features() & (1 << features::DISCARD), 0);
             return;
