@@ -97,17 +97,21 @@ fn timeout_stops_a_spinning_guest_on_time() {
     if !kvm_available() {
         return;
     }
+    let log = tempdir("timeout").join("console.log");
     let start = Instant::now();
     let out = run(
         ember()
             .arg("--kernel")
             .arg(guest("spin"))
-            .args(["--timeout", "2"]),
+            .args(["--timeout", "2", "--serial-out", "-", "--serial-out"])
+            .arg(&log),
         LIMIT,
     );
     let took = start.elapsed();
     assert_eq!(code(&out.status), EXIT_TIMEOUT);
     assert_eq!(text(&out.stdout), "spinning\n");
+    // Everything the guest printed is in the log file when ember has exited.
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "spinning\n");
     assert!(
         text(&out.stderr).contains("timeout"),
         "{}",
