@@ -350,3 +350,155 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::block::device::tests::image;
+    use crate::virtio::block::{Block, Disk};
+    use vm_memory::GuestAddress;
+
+    const DESC: u32 = 0x1000;
+    const AVAIL: u32 = 0x2000;
+    const USED: u32 = 0x3000;
+
+    fn transport(name: &str) -> MmioTransport<Block> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        let disk = Disk::open(&image(name, 4096), false, true).unwrap();
+        let block = Block::new(disk, "t", mem.clone(), irq.clone());
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        MmioTransport::new(block, mem, irq, vec![notify])
+    }
+
+    fn read(t: &mut MmioTransport<Block>, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        t.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write(t: &mut MmioTransport<Block>, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// The driver's bring-up sequence; `features_hi` is the upper feature page it accepts.
+    fn bring_up(t: &mut MmioTransport<Block>, features_hi: u32, desc: u32) {
+        write(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        write(t, REG_DRIVER_FEATURES_SEL, 1);
+        write(t, REG_DRIVER_FEATURES, features_hi);
+        write(
+            t,
+            REG_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        write(t, REG_QUEUE_SEL, 0);
+        write(t, REG_QUEUE_NUM, 16);
+        write(t, REG_QUEUE_DESC_LOW, desc);
+        write(t, REG_QUEUE_DRIVER_LOW, AVAIL);
+        write(t, REG_QUEUE_DEVICE_LOW, USED);
+        write(t, REG_QUEUE_READY, 1);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        write(t, REG_STATUS, all);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let mut t = transport("mmio-id");
+        assert_eq!(read(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(read(&mut t, REG_VERSION), 2);
+        assert_eq!(read(&mut t, REG_DEVICE_ID), 2);
+        assert_eq!(read(&mut t, REG_QUEUE_NUM_MAX), 256);
+        write(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read(&mut t, REG_DEVICE_FEATURES) & 1,
+            1,
+            "VERSION_1 offered"
+        );
+    }
+
+    #[test]
+    fn a_proper_bring_up_activates_the_device() {
+        let mut t = transport("mmio-up");
+        bring_up(&mut t, 1, DESC);
+        assert!(t.is_active());
+        assert_eq!(t.status() & status::DRIVER_OK, status::DRIVER_OK);
+    }
+
+    #[test]
+    fn features_without_version_1_or_not_offered_are_refused() {
+        let mut t = transport("mmio-features");
+        bring_up(&mut t, 0, DESC);
+        assert_eq!(
+            t.status() & status::FEATURES_OK,
+            0,
+            "legacy drivers are refused"
+        );
+        assert!(!t.is_active());
+        let mut t = transport("mmio-features2");
+        bring_up(&mut t, 1 | (1 << 20), DESC);
+        assert_eq!(
+            t.status() & status::FEATURES_OK,
+            0,
+            "a feature the device never offered"
+        );
+    }
+
+    #[test]
+    fn an_invalid_queue_needs_a_reset_and_a_reset_makes_the_device_reusable() {
+        let mut t = transport("mmio-reset");
+        bring_up(&mut t, 1, 0xfff0_0000); // a descriptor table outside guest memory
+        assert!(!t.is_active());
+        assert_ne!(t.status() & status::DEVICE_NEEDS_RESET, 0);
+        assert_ne!(
+            read(&mut t, REG_INTERRUPT_STATUS) & 2,
+            0,
+            "config interrupt raised"
+        );
+
+        write(&mut t, REG_STATUS, 0);
+        assert_eq!(t.status(), 0);
+        assert_eq!(read(&mut t, REG_INTERRUPT_STATUS), 0);
+        assert_eq!(read(&mut t, REG_QUEUE_READY), 0);
+        bring_up(&mut t, 1, DESC);
+        assert!(t.is_active(), "the device works again after a reset");
+        // And once more, resetting an active device.
+        write(&mut t, REG_STATUS, 0);
+        assert!(!t.is_active());
+        bring_up(&mut t, 1, DESC);
+        assert!(t.is_active());
+    }
+
+    #[test]
+    fn queue_registers_are_frozen_after_driver_ok_and_status_bits_cannot_be_cleared() {
+        let mut t = transport("mmio-frozen");
+        bring_up(&mut t, 1, DESC);
+        write(&mut t, REG_QUEUE_NUM, 8);
+        write(&mut t, REG_QUEUE_READY, 0);
+        assert!(t.is_active());
+        let before = t.status();
+        write(&mut t, REG_STATUS, status::ACKNOWLEDGE);
+        assert_eq!(t.status(), before);
+    }
+
+    #[test]
+    fn random_register_traffic_never_panics() {
+        let mut t = transport("mmio-random");
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let offset = (x >> 8) % 0x180;
+            let width = [1usize, 2, 4, 8][(x % 4) as usize];
+            let value = (x >> 32).to_le_bytes();
+            if x & 0x10 == 0 {
+                let mut data = vec![0u8; width];
+                t.read(offset, &mut data);
+            } else {
+                t.write(offset, &value[..width]);
+            }
+        }
+    }
+}
