@@ -207,3 +207,28 @@ fn bad_drives_get_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn random_port_and_mmio_traffic_cannot_hurt_ember() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("fuzz");
+    let disk = image(&dir, "disk.img", 1);
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(guest("fuzz"))
+            .args(["--cmdline", "20000"])
+            .arg("--disk")
+            .arg(&disk),
+        LIMIT,
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        text(&out.stdout).ends_with("SURVIVED\n"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(code(&out.status), EXIT_OK, "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -55,6 +55,14 @@ const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
 
+/// Every status bit virtio defines.
+const STATUS_BITS: u32 = status::ACKNOWLEDGE
+    | status::DRIVER
+    | status::DRIVER_OK
+    | status::FEATURES_OK
+    | status::DEVICE_NEEDS_RESET
+    | status::FAILED;
+
 /// A virtio device behind its MMIO registers.
 pub struct MmioTransport<D: VirtioDevice> {
     device: D,
@@ -234,6 +242,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
+        // Bits virtio does not define are reserved: never stored.
+        let value = value & STATUS_BITS;
         // The driver only ever adds bits until it resets the device.
         if value & self.status != self.status {
             debug!(
@@ -480,6 +490,15 @@ mod tests {
         let before = t.status();
         write(&mut t, REG_STATUS, status::ACKNOWLEDGE);
         assert_eq!(t.status(), before);
+    }
+
+    #[test]
+    fn undefined_status_bits_are_not_stored() {
+        let mut t = transport("mmio-bits");
+        write(&mut t, REG_STATUS, 0xb04c_b501);
+        assert_eq!(t.status(), 0x01);
+        write(&mut t, REG_STATUS, 0x0000_0003);
+        assert_eq!(t.status(), 0x03, "the driver can still make progress");
     }
 
     #[test]
