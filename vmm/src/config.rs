@@ -150,7 +150,7 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
 }
 
 /// Firecracker's resource id rule: non-empty, ASCII letters, digits and '_'.
-pub fn valid_id(id: &str) -> bool {
+fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 

@@ -63,8 +63,8 @@ impl<W: Write + Send> SerialDevice<W> {
         }
     }
 
-    /// The output writer, for flushing at exit.
-    pub fn writer_mut(&mut self) -> &mut W {
+    #[cfg(test)]
+    fn writer_mut(&mut self) -> &mut W {
         self.serial.writer_mut()
     }
 }

@@ -105,11 +105,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    /// The device model.
-    pub fn device(&self) -> &D {
-        &self.device
-    }
-
     /// The device model, for the VMM's queue handling.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device

@@ -623,6 +623,10 @@ pub(crate) mod tests {
         // An available index 1000 entries ahead of the device on a 16-entry queue.
         rig.vq.avail().idx().store(1000);
         assert!(!rig.block.process_queue(usize::MAX));
+        assert!(
+            rig.block.serving.lock().unwrap().queue.is_none(),
+            "the device stopped"
+        );
         rig.block.process_queue(usize::MAX);
     }
 
