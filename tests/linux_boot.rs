@@ -41,12 +41,8 @@ fn assert_memory(log: &str, mib: u64) {
     );
 }
 
-fn assert_contains(log: &str, needle: &str) {
-    assert!(
-        log.contains(needle),
-        "'{needle}' is not in the console log:\n{log}"
-    );
-}
+const CPUINFO: &str =
+    "for i in 1 2 3; do grep -c ^processor /proc/cpuinfo && break; done; reboot -f";
 
 #[test]
 fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
@@ -60,7 +56,8 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
             .arg("--initrd")
             .arg(initramfs())
             .args(["--vcpus", "4", "--memory", "128"])
-            .args(["--", "grep -c ^processor /proc/cpuinfo; reboot -f"]),
+            // Retried: see the note on secondary vCPUs in resources/rootfs/init.
+            .args(["--", CPUINFO]),
         LIMIT,
     );
     let log = text(&out.stdout);
@@ -69,10 +66,7 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
     assert_contains(&log, "smp: Brought up 1 node, 4 CPUs");
     assert_contains(&log, "Run /init as init process");
     assert_contains(&log, "EMBER-INIT");
-    assert_contains(
-        &log,
-        "EMBER-RUN: grep -c ^processor /proc/cpuinfo; reboot -f",
-    );
+    assert_contains(&log, &format!("EMBER-RUN: {CPUINFO}"));
     let cpus = log.lines().any(|l| l.trim() == "4");
     assert!(cpus, "/proc/cpuinfo does not list 4 CPUs:\n{log}");
     assert_contains(&log, "reboot: Restarting system");

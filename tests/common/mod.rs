@@ -165,6 +165,24 @@ pub fn run_until_signal(
     stop_when: impl Fn(&str) -> bool,
     signal: libc::c_int,
 ) -> (String, ExitStatus, String) {
+    let mut signalled = false;
+    run_watching(cmd, limit, |line, pid| {
+        if !signalled && stop_when(line) {
+            // SAFETY: `pid` is our own child, not yet reaped.
+            unsafe { libc::kill(pid, signal) };
+            signalled = true;
+        }
+    })
+}
+
+/// Runs ember, handing each console line (and ember's pid) to `on_line` as it arrives, so a
+/// test can act on the guest's progress. Returns the console text, the exit status and
+/// stderr. Fails after `limit`.
+pub fn run_watching(
+    cmd: &mut Command,
+    limit: Duration,
+    mut on_line: impl FnMut(&str, libc::pid_t),
+) -> (String, ExitStatus, String) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -192,14 +210,9 @@ pub fn run_until_signal(
     });
     let pid = child.id() as libc::pid_t;
     let start = Instant::now();
-    let mut signalled = false;
     let status = loop {
         while let Ok(line) = rx.try_recv() {
-            if !signalled && stop_when(&line) {
-                // SAFETY: `pid` is our own child, not yet reaped.
-                unsafe { libc::kill(pid, signal) };
-                signalled = true;
-            }
+            on_line(&line, pid);
         }
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -216,6 +229,98 @@ pub fn run_until_signal(
         thread::sleep(Duration::from_millis(20));
     };
     (reader.join().unwrap(), status, err_reader.join().unwrap())
+}
+
+/// True if the network tests can run (they need root for namespaces and TAPs). Otherwise the
+/// test fails with an explanation, unless EMBER_SKIP_NET_TESTS=1 asks to skip them.
+pub fn net_available() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("EMBER_SKIP_NET_TESTS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED (EMBER_SKIP_NET_TESTS=1): network tests need root");
+        return false;
+    }
+    panic!(
+        "this test creates a network namespace and TAP devices, which needs root; run the \
+         suite as root, or set EMBER_SKIP_NET_TESTS=1 to skip the network tests"
+    );
+}
+
+/// A network namespace of the test's own with TAP devices in it, deleted with its TAPs when
+/// dropped, also when the test fails.
+pub struct NetNs {
+    /// The namespace's name.
+    pub name: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("cannot run ip (install iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        text(&out.stderr)
+    );
+}
+
+impl NetNs {
+    /// Creates namespace `ember-TAG-PID` with one TAP per (name, address/prefix), up.
+    pub fn new(tag: &str, taps: &[(&str, &str)]) -> Self {
+        let name = format!("ember-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        for (tap, addr) in taps {
+            ip(&["-n", &ns.name, "tuntap", "add", tap, "mode", "tap"]);
+            ip(&["-n", &ns.name, "addr", "add", addr, "dev", tap]);
+            ip(&["-n", &ns.name, "link", "set", tap, "up"]);
+        }
+        ns
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (sockets it opens live there).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a namespace file we just opened; it changes only this thread.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Fails, showing the log, unless `needle` is in it.
+pub fn assert_contains(log: &str, needle: &str) {
+    assert!(
+        log.contains(needle),
+        "'{needle}' is not in the console log:\n{log}"
+    );
 }
 
 /// A fresh directory for one test's files.

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::{Drive, VmConfig};
+use api_server::model::VmConfig;
 use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
@@ -35,7 +35,7 @@ use crate::console::{
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
-use crate::virtio_devices::{self, Slot, VirtioError};
+use crate::virtio_devices::{self, NetPlan, Slot, VirtioError};
 use crate::vm::{Vm, VmError};
 
 /// Errors that keep the VM from starting.
@@ -106,6 +106,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
     // Before any thread exists, so that every thread inherits the mask.
     let signals = StopSignals::block().map_err(host("signal handling"))?;
     let disks = virtio_devices::open_drives(&cfg.drives)?;
+    let nics = virtio_devices::open_taps(cfg)?;
     let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
     let (vm, entry) = create_vm_and_load_guest(&mem, cfg)?;
     let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
@@ -114,6 +115,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
         vm,
         mem,
         disks,
+        nics,
         entry,
         guest_exit,
         signals,
@@ -136,6 +138,7 @@ struct Booted {
     vm: Vm,
     mem: GuestMemoryMmap,
     disks: Vec<(String, Disk, Slot)>,
+    nics: Vec<NetPlan>,
     entry: GuestAddress,
     guest_exit: ExitNotifier,
     signals: StopSignals,
@@ -153,6 +156,7 @@ impl Booted {
             vm,
             mem,
             disks,
+            nics,
             entry,
             guest_exit,
             signals,
@@ -165,6 +169,12 @@ impl Booted {
             let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop)?;
             io.threads.push(thread);
             mmio.insert(block, base, MMIO_WINDOW)?;
+        }
+        for nic in nics {
+            let base = nic.base();
+            let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop)?;
+            io.threads.push(thread);
+            mmio.insert(net, base, MMIO_WINDOW)?;
         }
         let mmio = Arc::new(mmio);
         let count = cfg.machine_config.vcpu_count;
@@ -258,7 +268,7 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     let mem_bytes = (cfg.machine_config.mem_size_mib as u64) << 20;
     let cmdline = kernel_cmdline(
         boot_source.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE),
-        &cfg.drives,
+        cfg,
     );
     let (entry, info) = boot::load(
         mem,
@@ -277,8 +287,8 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
 
 /// The user's command line with the virtio devices (and root) added. Kernel parameters must
 /// come before `--`, after which words belong to init.
-fn kernel_cmdline(user: &str, drives: &[Drive]) -> String {
-    let devices = virtio_devices::cmdline_params(drives);
+fn kernel_cmdline(user: &str, cfg: &VmConfig) -> String {
+    let devices = virtio_devices::cmdline_params(cfg);
     if devices.is_empty() {
         return user.to_owned();
     }

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{
-    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, VmConfig,
+    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, NetworkInterface,
+    VmConfig,
 };
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
@@ -62,6 +63,10 @@ pub struct VmArgs {
     /// A disk image: PATH[,ro][,root][,id=NAME]. Repeatable.
     #[arg(long, value_name = "PATH[,ro]", requires = "kernel")]
     pub disk: Vec<String>,
+    /// A network interface on an existing host TAP: tap=NAME[,mac=MAC][,mtu=N][,id=NAME].
+    /// Repeatable; without mac= the guest gets a stable address derived from id and TAP.
+    #[arg(long, value_name = "tap=NAME[,..]", requires = "kernel")]
+    pub net: Vec<String>,
     /// Where the serial console's output goes: a file, or - for stdout. Repeat to write to
     /// several places. [default: stdout]
     #[arg(long, value_name = "PATH")]
@@ -138,9 +143,9 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("'{s}': {e}"))
 }
 
-/// Errors in a `--disk` value.
+/// Errors in a `--disk` or `--net` value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DiskArgError {
+pub enum ArgError {
     /// No path before the options.
     #[error("--disk '{0}' has no path")]
     NoPath(String),
@@ -152,15 +157,31 @@ pub enum DiskArgError {
         /// The bad option.
         option: String,
     },
+    /// A `--net` option ember does not know.
+    #[error(
+        "--net '{arg}': unknown option '{option}' (expected tap=NAME, mac=MAC, mtu=N or id=NAME)"
+    )]
+    UnknownNetOption {
+        /// The whole argument.
+        arg: String,
+        /// The bad option.
+        option: String,
+    },
+    /// `--net` without `tap=`.
+    #[error("--net '{0}' names no TAP (expected tap=NAME[,mac=MAC][,mtu=N][,id=NAME])")]
+    NoTap(String),
+    /// An MTU that is not a number.
+    #[error("--net '{0}': mtu must be a number from 68 to 65535")]
+    Mtu(String),
 }
 
 /// Parses `PATH[,ro][,root][,id=NAME]`; `index` numbers disks without an id.
-pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, DiskArgError> {
+pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, ArgError> {
     let mut parts = arg.split(',');
     let path = parts
         .next()
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| DiskArgError::NoPath(arg.into()))?;
+        .ok_or_else(|| ArgError::NoPath(arg.into()))?;
     let mut drive = Drive {
         drive_id: format!("disk{index}"),
         path_on_host: path.into(),
@@ -173,7 +194,7 @@ pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, DiskArgError> {
             _ => match option.strip_prefix("id=") {
                 Some(id) => drive.drive_id = id.into(),
                 None => {
-                    return Err(DiskArgError::UnknownOption {
+                    return Err(ArgError::UnknownOption {
                         arg: arg.into(),
                         option: option.into(),
                     });
@@ -184,12 +205,39 @@ pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, DiskArgError> {
     Ok(drive)
 }
 
+/// Parses `tap=NAME[,mac=MAC][,mtu=N][,id=NAME]`; `index` names interfaces without an id
+/// (`eth0`, `eth1`, ... as the guest will probably call them).
+pub fn parse_net(arg: &str, index: usize) -> Result<NetworkInterface, ArgError> {
+    let mut iface = NetworkInterface {
+        iface_id: format!("eth{index}"),
+        ..Default::default()
+    };
+    for option in arg.split(',') {
+        let unknown = || ArgError::UnknownNetOption {
+            arg: arg.into(),
+            option: option.into(),
+        };
+        let (key, value) = option.split_once('=').ok_or_else(unknown)?;
+        match key {
+            "tap" => iface.host_dev_name = value.into(),
+            "mac" => iface.guest_mac = Some(value.into()),
+            "mtu" => iface.mtu = Some(value.parse().map_err(|_| ArgError::Mtu(arg.into()))?),
+            "id" => iface.iface_id = value.into(),
+            _ => return Err(unknown()),
+        }
+    }
+    if iface.host_dev_name.is_empty() {
+        return Err(ArgError::NoTap(arg.into()));
+    }
+    Ok(iface)
+}
+
 /// Errors turning the command line into a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// A `--disk` value is malformed.
     #[error(transparent)]
-    Disk(#[from] DiskArgError),
+    Disk(#[from] ArgError),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -237,6 +285,12 @@ impl VmArgs {
                     .iter()
                     .enumerate()
                     .map(|(i, d)| parse_disk(d, i))
+                    .collect::<Result<_, _>>()?,
+                network_interfaces: self
+                    .net
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| parse_net(n, i))
                     .collect::<Result<_, _>>()?,
                 ..Default::default()
             },
@@ -339,10 +393,55 @@ mod tests {
         );
         assert!(d.is_read_only && d.is_root_device);
         assert_eq!(parse_disk("img", 3).unwrap().drive_id, "disk3");
-        assert!(matches!(parse_disk(",ro", 0), Err(DiskArgError::NoPath(_))));
+        assert!(matches!(parse_disk(",ro", 0), Err(ArgError::NoPath(_))));
         assert!(matches!(
             parse_disk("img,rw", 0),
-            Err(DiskArgError::UnknownOption { .. })
+            Err(ArgError::UnknownOption { .. })
         ));
+    }
+
+    #[test]
+    fn net_arguments() {
+        let n = parse_net("tap=tap0,mac=06:00:00:00:00:01,mtu=9000,id=lan", 0).unwrap();
+        assert_eq!(
+            (
+                n.iface_id.as_str(),
+                n.host_dev_name.as_str(),
+                n.guest_mac.as_deref(),
+                n.mtu
+            ),
+            ("lan", "tap0", Some("06:00:00:00:00:01"), Some(9000))
+        );
+        assert_eq!(parse_net("tap=t", 2).unwrap().iface_id, "eth2");
+        assert_eq!(
+            parse_net("mac=06:00:00:00:00:01", 0),
+            Err(ArgError::NoTap("mac=06:00:00:00:00:01".into()))
+        );
+        assert!(matches!(
+            parse_net("tap0", 0),
+            Err(ArgError::UnknownNetOption { .. })
+        ));
+        assert!(matches!(
+            parse_net("tap=t,speed=10", 0),
+            Err(ArgError::UnknownNetOption { .. })
+        ));
+        assert_eq!(
+            parse_net("tap=t,mtu=big", 0),
+            Err(ArgError::Mtu("tap=t,mtu=big".into()))
+        );
+        let cli = parse(&[
+            "--kernel",
+            "k",
+            "--net",
+            "tap=tap0",
+            "--net",
+            "tap=tap1,mac=zz",
+        ])
+        .unwrap();
+        let err = cli.args().vm_config().unwrap_err().to_string();
+        assert!(
+            err.contains("network interface 'eth1': guest_mac 'zz' is not a MAC address"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use api_server::model::{Drive, VmConfig};
+use api_server::model::{Drive, NetworkInterface, VmConfig};
+use devices::virtio::net::MacAddr;
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::virtio_devices::MAX_DEVICES;
@@ -55,9 +56,6 @@ pub enum ConfigError {
     /// A config-file section ember does not implement.
     #[error("the config file's '{0}' section is not supported by ember; remove it")]
     UnsupportedSection(&'static str),
-    /// A device type that this build of ember cannot provide yet.
-    #[error("{0} are not supported by ember yet; remove them from the configuration")]
-    UnsupportedDevice(&'static str),
     /// Too many devices.
     #[error("{count} virtio devices asked for; ember provides at most {MAX_DEVICES}")]
     TooManyDevices {
@@ -73,6 +71,58 @@ pub enum ConfigError {
     /// More than one root drive.
     #[error("drives '{0}' and '{1}' are both root devices; only one can be")]
     TwoRoots(String, String),
+    /// A network interface id is empty or has characters other than letters, digits and '_'.
+    #[error("invalid network interface id '{0}': use letters, digits and '_' only")]
+    IfaceId(String),
+    /// Two network interfaces share an id.
+    #[error("two network interfaces have the id '{0}'; interface ids must be unique")]
+    DuplicateIface(String),
+    /// Two network interfaces name the same TAP.
+    #[error(
+        "network interfaces '{first}' and '{second}' both use TAP '{tap}'; give each its own TAP"
+    )]
+    SharedTap {
+        /// The TAP.
+        tap: String,
+        /// The first interface.
+        first: String,
+        /// The second interface.
+        second: String,
+    },
+    /// Two network interfaces have the same MAC address.
+    #[error("network interfaces '{first}' and '{second}' both have MAC address {mac}")]
+    SharedMac {
+        /// The address.
+        mac: String,
+        /// The first interface.
+        first: String,
+        /// The second interface.
+        second: String,
+    },
+    /// A guest MAC address cannot be used.
+    #[error("network interface '{id}': guest_mac {reason}")]
+    GuestMac {
+        /// The interface.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An MTU below what IPv4 needs.
+    #[error("network interface '{id}': mtu {mtu} is too small (at least {MIN_MTU})")]
+    Mtu {
+        /// The interface.
+        id: String,
+        /// The MTU given.
+        mtu: u16,
+    },
+    /// A network interface field ember does not implement.
+    #[error("network interface '{id}': {field} is not supported by ember; remove it")]
+    IfaceUnsupported {
+        /// The interface.
+        id: String,
+        /// The field.
+        field: &'static str,
+    },
     /// A drive field has a value ember does not implement.
     #[error("drive '{id}': {field} = {value} is not supported (only {supported})")]
     DriveUnsupported {
@@ -140,11 +190,76 @@ pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
             "\"None\"",
         ));
     }
+    let count = cfg.drives.len() + cfg.network_interfaces.len();
+    if count > MAX_DEVICES {
+        return Err(ConfigError::TooManyDevices { count });
+    }
     validate_drives(&cfg.drives)?;
-    if !cfg.network_interfaces.is_empty() {
-        return Err(ConfigError::UnsupportedDevice(
-            "network interfaces (virtio-net)",
-        ));
+    validate_network_interfaces(&cfg.network_interfaces)?;
+    Ok(())
+}
+
+/// Smallest MTU an IPv4 host must support (RFC 791).
+const MIN_MTU: u16 = 68;
+
+/// The guest MAC of `iface`: the configured one, or one derived from its id and TAP so that it
+/// is the same every time the VM starts.
+pub fn guest_mac(iface: &NetworkInterface) -> Result<MacAddr, ConfigError> {
+    match &iface.guest_mac {
+        Some(mac) => mac.parse().map_err(|reason| ConfigError::GuestMac {
+            id: iface.iface_id.clone(),
+            reason,
+        }),
+        None => Ok(MacAddr::stable(&format!(
+            "{}/{}",
+            iface.iface_id, iface.host_dev_name
+        ))),
+    }
+}
+
+fn validate_network_interfaces(ifaces: &[NetworkInterface]) -> Result<(), ConfigError> {
+    for (i, n) in ifaces.iter().enumerate() {
+        let id = &n.iface_id;
+        if !valid_id(id) {
+            return Err(ConfigError::IfaceId(id.clone()));
+        }
+        if ifaces[..i].iter().any(|other| &other.iface_id == id) {
+            return Err(ConfigError::DuplicateIface(id.clone()));
+        }
+        if let Some(other) = ifaces[..i]
+            .iter()
+            .find(|other| other.host_dev_name == n.host_dev_name)
+        {
+            return Err(ConfigError::SharedTap {
+                tap: n.host_dev_name.clone(),
+                first: other.iface_id.clone(),
+                second: id.clone(),
+            });
+        }
+        let mac = guest_mac(n)?;
+        if let Some(other) = ifaces[..i]
+            .iter()
+            .find(|other| guest_mac(other).is_ok_and(|m| m == mac))
+        {
+            return Err(ConfigError::SharedMac {
+                mac: mac.to_string(),
+                first: other.iface_id.clone(),
+                second: id.clone(),
+            });
+        }
+        if let Some(mtu) = n.mtu.filter(|m| *m < MIN_MTU) {
+            return Err(ConfigError::Mtu {
+                id: id.clone(),
+                mtu,
+            });
+        }
+        let limited = |r: &Option<serde_json::Value>| r.as_ref().is_some_and(|r| !r.is_null());
+        if limited(&n.rx_rate_limiter) || limited(&n.tx_rate_limiter) {
+            return Err(ConfigError::IfaceUnsupported {
+                id: id.clone(),
+                field: "rx_rate_limiter/tx_rate_limiter",
+            });
+        }
     }
     Ok(())
 }
@@ -155,11 +270,6 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn validate_drives(drives: &[Drive]) -> Result<(), ConfigError> {
-    if drives.len() > MAX_DEVICES {
-        return Err(ConfigError::TooManyDevices {
-            count: drives.len(),
-        });
-    }
     let mut root: Option<&str> = None;
     for (i, d) in drives.iter().enumerate() {
         let id = &d.drive_id;
@@ -293,6 +403,88 @@ mod tests {
         c.drives[0].io_engine = None;
         c.drives[0].cache_type = Some("Writethrough".into());
         assert!(validate(&c).unwrap_err().to_string().contains("cache_type"));
+    }
+
+    fn with_nics(nics: &[(&str, &str, Option<&str>)]) -> VmConfig {
+        let mut c = valid();
+        c.network_interfaces = nics
+            .iter()
+            .map(|(id, tap, mac)| NetworkInterface {
+                iface_id: (*id).into(),
+                host_dev_name: (*tap).into(),
+                guest_mac: mac.map(Into::into),
+                ..Default::default()
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn network_interface_problems_are_named() {
+        validate(&with_nics(&[
+            ("eth0", "tap0", Some("06:00:00:00:00:01")),
+            ("eth1", "tap1", None),
+        ]))
+        .unwrap();
+        let err = |nics: &[(&str, &str, Option<&str>)]| {
+            validate(&with_nics(nics)).unwrap_err().to_string()
+        };
+        assert!(err(&[("eth-0", "tap0", None)]).contains("invalid network interface id 'eth-0'"));
+        assert!(
+            err(&[("a", "tap0", None), ("a", "tap1", None)])
+                .contains("two network interfaces have the id 'a'")
+        );
+        assert!(err(&[("a", "tap0", None), ("b", "tap0", None)]).contains("both use TAP 'tap0'"));
+        let mac = Some("06:00:00:00:00:01");
+        assert!(
+            err(&[("a", "tap0", mac), ("b", "tap1", mac)])
+                .contains("both have MAC address 06:00:00:00:00:01")
+        );
+        let bad = err(&[("a", "tap0", Some("06:00:00:00:00"))]);
+        assert!(
+            bad.contains("network interface 'a': guest_mac '06:00:00:00:00' is not a MAC address"),
+            "{bad}"
+        );
+        let mut c = with_nics(&[("a", "tap0", None)]);
+        c.network_interfaces[0].mtu = Some(40);
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("mtu 40 is too small")
+        );
+        c.network_interfaces[0].mtu = Some(9000);
+        c.network_interfaces[0].rx_rate_limiter = Some(serde_json::json!({"bandwidth": {}}));
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("rate_limiter")
+        );
+        // Drives and NICs share the device slots.
+        let mut c = with_nics(&[("a", "tap0", None)]);
+        c.drives = with_drives(&[("d0", false); 1]).drives;
+        for i in 1..19 {
+            c.drives.push(Drive {
+                drive_id: format!("d{i}"),
+                path_on_host: "x".into(),
+                ..Default::default()
+            });
+        }
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("20 virtio devices")
+        );
+    }
+
+    #[test]
+    fn generated_macs_depend_on_the_interface_and_tap() {
+        let c = with_nics(&[("eth0", "tap0", None), ("eth0", "tap1", None)]);
+        let a = guest_mac(&c.network_interfaces[0]).unwrap();
+        assert_eq!(a, guest_mac(&c.network_interfaces[0]).unwrap());
+        assert_ne!(a, guest_mac(&c.network_interfaces[1]).unwrap());
     }
 
     #[test]

@@ -7,18 +7,24 @@
 //! devices) or a vCPU, and one thread per queue keeps requests, flushes included, in the
 //! guest's order.
 //!
+//! Each network device has an I/O thread too (`ember_net_<id>`): it polls the TAP for exactly
+//! the readiness the device waits for (a frame to read only while the guest has room for it,
+//! writability only after a refused transmit) plus the queues' ioeventfds, so an idle or
+//! back-pressured NIC sleeps.
+//!
 //! Order: the root drive first (so it is /dev/vda, as Firecracker does), then the other drives
-//! in the order given.
+//! in the order given, then the network interfaces in the order given (eth0, eth1, ...).
 
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use api_server::model::Drive;
+use api_server::model::{Drive, NetworkInterface, VmConfig};
 use devices::virtio::VirtioInterrupt;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::block::{Block, Disk, DiskError};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{MacAddr, Net, NetServer, Tap, TapError};
 use log::warn;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -32,6 +38,8 @@ pub const MAX_DEVICES: usize = (VIRTIO_IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
 
 /// Requests a block device serves per turn of its I/O thread.
 const BLOCK_BUDGET: usize = 256;
+/// Frames a network device moves per direction per turn, so receive and transmit alternate.
+const NET_BUDGET: usize = 64;
 
 /// Errors building virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,18 @@ pub enum VirtioError {
         #[source]
         source: DiskError,
     },
+    /// A network interface's TAP cannot be used.
+    #[error("network interface '{id}'")]
+    Tap {
+        /// The interface id.
+        id: String,
+        /// What is wrong with its TAP.
+        #[source]
+        source: TapError,
+    },
+    /// A network interface's configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// KVM refused an eventfd or irqfd.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -86,11 +106,23 @@ pub fn drive_slots(drives: &[Drive]) -> Vec<(&Drive, Slot)> {
         .collect()
 }
 
-/// The kernel command-line additions for the drives: the devices, and `root=` for a root drive.
-pub fn cmdline_params(drives: &[Drive]) -> String {
+/// The network interfaces in guest order, with their slots (after the drives').
+pub fn net_slots<'a>(cfg: &'a VmConfig) -> Vec<(&'a NetworkInterface, Slot)> {
+    let first = cfg.drives.len();
+    cfg.network_interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n, Slot::nth(first + i)))
+        .collect()
+}
+
+/// The kernel command-line additions for the devices, and `root=` for a root drive.
+pub fn cmdline_params(cfg: &VmConfig) -> String {
+    let drives = &cfg.drives;
     let mut params: Vec<String> = drive_slots(drives)
         .iter()
         .map(|(_, slot)| slot.cmdline_param())
+        .chain(net_slots(cfg).iter().map(|(_, slot)| slot.cmdline_param()))
         .collect();
     if let Some(root) = drives.iter().find(|d| d.is_root_device) {
         let device = match &root.partuuid {
@@ -124,6 +156,182 @@ pub fn open_drives(drives: &[Drive]) -> Result<Vec<(String, Disk, Slot)>, Virtio
             Ok((drive.drive_id.clone(), disk, slot))
         })
         .collect()
+}
+
+/// A network interface with its TAP open, ready to become a device.
+pub struct NetPlan {
+    id: String,
+    tap: Tap,
+    mac: MacAddr,
+    mtu: Option<u16>,
+    slot: Slot,
+}
+
+/// Attaches to every interface's TAP, in guest order. Done before KVM is touched, so a missing
+/// or busy TAP is reported first.
+pub fn open_taps(cfg: &VmConfig) -> Result<Vec<NetPlan>, VirtioError> {
+    net_slots(cfg)
+        .into_iter()
+        .map(|(iface, slot)| {
+            let tap = Tap::open(&iface.host_dev_name).map_err(|source| VirtioError::Tap {
+                id: iface.iface_id.clone(),
+                source,
+            })?;
+            Ok(NetPlan {
+                id: iface.iface_id.clone(),
+                tap,
+                mac: crate::config::guest_mac(iface)?,
+                mtu: iface.mtu,
+                slot,
+            })
+        })
+        .collect()
+}
+
+impl NetPlan {
+    /// Where its MMIO window starts.
+    pub fn base(&self) -> u64 {
+        self.slot.base
+    }
+}
+
+/// A network device as the VMM holds it.
+pub type SharedNet = Arc<Mutex<MmioTransport<Net<Tap>>>>;
+
+/// Builds the network device `plan` describes, wires its ioeventfds and irqfd, and starts its
+/// I/O thread, which ends when `stop` is written.
+pub fn build_net(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    plan: NetPlan,
+    stop: &EventFd,
+) -> Result<(SharedNet, JoinHandle<()>), VirtioError> {
+    let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::Event);
+    let interrupt = Arc::new(VirtioInterrupt::new(event()?));
+    vm.register_irqfd(interrupt.irq(), plan.slot.irq)?;
+    // One ioeventfd per queue, matched on the queue index the driver writes.
+    let (rx, tx) = (event()?, event()?);
+    vm.register_ioevent(&rx, plan.slot.base + REG_QUEUE_NOTIFY, 0)?;
+    vm.register_ioevent(&tx, plan.slot.base + REG_QUEUE_NOTIFY, 1)?;
+    let wake = event()?;
+    let tap_fd = plan.tap.as_raw_fd();
+    let net = Net::new(
+        &plan.id,
+        plan.tap,
+        plan.mac,
+        plan.mtu,
+        mem.clone(),
+        interrupt.clone(),
+        wake.try_clone().map_err(VirtioError::Event)?,
+    );
+    let server = net.server();
+    let forward = vec![
+        rx.try_clone().map_err(VirtioError::Event)?,
+        tx.try_clone().map_err(VirtioError::Event)?,
+    ];
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        net,
+        mem.clone(),
+        interrupt,
+        forward,
+    )));
+    let stop = stop.try_clone().map_err(VirtioError::Event)?;
+    let events = NetEvents {
+        rx,
+        tx,
+        wake,
+        stop,
+        tap: tap_fd,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("ember_net_{}", plan.id))
+        .spawn(move || serve_net(&server, &events))
+        .map_err(VirtioError::Event)?;
+    Ok((transport, thread))
+}
+
+/// What a network device's I/O thread waits on. `tap` stays open as long as the device,
+/// which the thread's [`NetServer`] keeps alive.
+struct NetEvents {
+    rx: EventFd,
+    tx: EventFd,
+    wake: EventFd,
+    stop: EventFd,
+    tap: std::os::fd::RawFd,
+}
+
+/// Waits for any of `fds`; `timeout_ms` -1 waits for ever. Interruptions are not errors.
+fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfds of the given length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+        fds.iter_mut().for_each(|fd| fd.revents = 0);
+    }
+    Ok(())
+}
+
+fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// Moves frames whenever the guest or the TAP is ready, until `stop` is written.
+fn serve_net(server: &NetServer<Tap>, ev: &NetEvents) {
+    let (mut rx_more, mut tx_more) = (false, false);
+    loop {
+        let interest = server.interest();
+        let mut tap_events = 0;
+        if interest.readable {
+            tap_events |= libc::POLLIN;
+        }
+        if interest.writable {
+            tap_events |= libc::POLLOUT;
+        }
+        // A negative descriptor is skipped by poll: the TAP is not watched at all when the
+        // device waits for nothing from it.
+        let tap = if tap_events == 0 { -1 } else { ev.tap };
+        let mut fds = [
+            pollfd(ev.stop.as_raw_fd(), libc::POLLIN),
+            pollfd(ev.wake.as_raw_fd(), libc::POLLIN),
+            pollfd(ev.rx.as_raw_fd(), libc::POLLIN),
+            pollfd(ev.tx.as_raw_fd(), libc::POLLIN),
+            pollfd(tap, tap_events),
+        ];
+        let timeout = if rx_more || tx_more { 0 } else { -1 };
+        if let Err(err) = poll(&mut fds, timeout) {
+            warn!("virtio-net: the I/O thread stops: {err}");
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        for (i, evt) in [(1, &ev.wake), (2, &ev.rx), (3, &ev.tx)] {
+            if fds[i].revents != 0 {
+                let _ = evt.read();
+            }
+        }
+        let tap = fds[4].revents;
+        // An error or hang-up on the TAP reaches the device through its next read or write,
+        // which reports it and stops using the TAP.
+        let tap_failed = tap & (libc::POLLERR | libc::POLLHUP) != 0;
+        rx_more |=
+            fds[1].revents != 0 || fds[2].revents != 0 || tap & libc::POLLIN != 0 || tap_failed;
+        tx_more |=
+            fds[1].revents != 0 || fds[3].revents != 0 || tap & libc::POLLOUT != 0 || tap_failed;
+        if tx_more {
+            tx_more = server.process_tx(NET_BUDGET);
+        }
+        if rx_more {
+            rx_more = server.process_rx(NET_BUDGET);
+        }
+    }
 }
 
 /// Builds the block device `id` serving `disk` at `slot`, wires its notify ioeventfd and
@@ -160,18 +368,8 @@ pub fn build_block(
 /// Serves a block queue each time the guest notifies it, until `stop` is written.
 fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd) {
     loop {
-        let mut fds = [notify, stop].map(|evt| libc::pollfd {
-            fd: evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: `fds` is a valid array of two pollfds for descriptors owned by the caller.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
+        let mut fds = [notify, stop].map(|evt| pollfd(evt.as_raw_fd(), libc::POLLIN));
+        if let Err(err) = poll(&mut fds, -1) {
             warn!("virtio-blk: the I/O thread stops: {err}");
             return;
         }
@@ -221,25 +419,56 @@ mod tests {
         assert_eq!(slots[2].1.irq, VIRTIO_IRQ_BASE + 2);
     }
 
+    fn with(drives: Vec<Drive>, taps: &[&str]) -> VmConfig {
+        VmConfig {
+            drives,
+            network_interfaces: taps
+                .iter()
+                .map(|t| NetworkInterface {
+                    iface_id: format!("if_{t}"),
+                    host_dev_name: (*t).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn cmdline_announces_devices_and_root() {
         let mut root = drive("rootfs", true);
         assert_eq!(
-            cmdline_params(std::slice::from_ref(&root)),
+            cmdline_params(&with(vec![root.clone()], &[])),
             format!(
                 "virtio_mmio.device=4K@{VIRTIO_MMIO_START:#x}:{VIRTIO_IRQ_BASE} root=/dev/vda rw"
             )
         );
         root.is_read_only = true;
         root.partuuid = Some("abcd-01".into());
-        assert!(cmdline_params(&[root]).ends_with("root=PARTUUID=abcd-01 ro"));
+        assert!(cmdline_params(&with(vec![root], &[])).ends_with("root=PARTUUID=abcd-01 ro"));
         assert_eq!(
-            cmdline_params(&[drive("data", false)])
+            cmdline_params(&with(vec![drive("data", false)], &[]))
                 .matches("virtio_mmio")
                 .count(),
             1
         );
-        assert_eq!(cmdline_params(&[]), "");
+        assert_eq!(cmdline_params(&VmConfig::default()), "");
+    }
+
+    #[test]
+    fn network_interfaces_follow_the_drives() {
+        let cfg = with(
+            vec![drive("data", false), drive("rootfs", true)],
+            &["tap0", "tap1"],
+        );
+        let nets = net_slots(&cfg);
+        assert_eq!(nets[0].0.host_dev_name, "tap0");
+        assert_eq!(nets[0].1, Slot::nth(2));
+        assert_eq!(nets[1].1, Slot::nth(3));
+        let params = cmdline_params(&cfg);
+        assert_eq!(params.matches("virtio_mmio.device=").count(), 4);
+        assert!(params.contains(&Slot::nth(3).cmdline_param()));
+        assert!(params.ends_with("root=/dev/vda rw"));
     }
 
     #[test]

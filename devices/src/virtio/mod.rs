@@ -8,12 +8,17 @@
 //! leave through [`VirtioInterrupt`] (an irqfd).
 
 pub mod block;
+pub mod chain;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit: the device complies with virtio 1.x.
@@ -111,5 +116,91 @@ impl VirtioInterrupt {
 
     fn clear(&self) {
         self.status.store(0, Ordering::Release);
+    }
+}
+
+/// What a device did with one descriptor chain (see [`serve_chains`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Done: return it with this many bytes written, and go on.
+    Used(u32),
+    /// Done, and this call has done enough: return it and stop (more may be waiting).
+    UsedLast(u32),
+    /// The backend cannot take it now: leave it available and stop.
+    Retry,
+}
+
+/// What a [`serve_chains`] call got through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Chains returned to the driver.
+    pub count: usize,
+    /// More chains may be waiting (the budget ran out or the device asked to stop).
+    pub more: bool,
+}
+
+/// Errors that make a queue unusable until the driver resets the device.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The rings cannot be read or written.
+    #[error("the queue is unusable ({0}); waiting for a reset")]
+    Unusable(#[from] virtio_queue::Error),
+    /// The available index announces buffers that cannot be taken.
+    #[error("the guest corrupted the available ring; waiting for a reset")]
+    CorruptAvail,
+}
+
+/// Pops chains and hands each to `serve` until the queue is empty, `budget` chains are done or
+/// `serve` says stop, with notifications re-enabled and re-checked so no buffer the driver
+/// adds meanwhile is missed. An available index that announces buffers which cannot be popped
+/// twice in a row is corrupt, reported rather than spun on.
+pub fn serve_chains(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    budget: usize,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Step,
+) -> Result<Served, QueueError> {
+    let mut count = 0;
+    let mut empty_rounds = 0;
+    loop {
+        queue.disable_notification(mem)?;
+        let before = count;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let (len, last) = match serve(chain) {
+                Step::Used(len) => (len, false),
+                Step::UsedLast(len) => (len, true),
+                Step::Retry => {
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    return Ok(Served { count, more: true });
+                }
+            };
+            queue.add_used(mem, head, len)?;
+            count += 1;
+            if last || count >= budget {
+                return Ok(Served { count, more: true });
+            }
+        }
+        empty_rounds = if count == before { empty_rounds + 1 } else { 0 };
+        match queue.enable_notification(mem)? {
+            true if empty_rounds > 1 => return Err(QueueError::CorruptAvail),
+            true => {}
+            false => return Ok(Served { count, more: false }),
+        }
+    }
+}
+
+/// Raises the used-buffer interrupt after `count` chains were returned, unless the driver
+/// suppressed it.
+pub fn signal_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+    count: usize,
+) {
+    if count > 0 && queue.needs_notification(mem).unwrap_or(true) {
+        if let Err(err) = interrupt.trigger(INTERRUPT_USED_RING) {
+            log::warn!("virtio: cannot raise the interrupt: {err}");
+        }
     }
 }

@@ -19,8 +19,8 @@ use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
 use crate::bus::lock;
 use crate::virtio::{
-    ActivateError, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
-    VirtioInterrupt,
+    ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioInterrupt, serve_chains, signal_used,
 };
 
 /// Size of `struct virtio_blk_config` as far as ember fills it.
@@ -154,83 +154,48 @@ impl Serving {
         let Some(queue) = self.queue.as_mut() else {
             return false;
         };
-        let mem = &self.mem;
-        let mut served = 0;
+        let (mem, disk, id, stats) = (&self.mem, &self.disk, &self.id, &mut self.stats);
         let mut bytes = 0;
-        let mut more = false;
-        let mut empty_rounds = 0;
-        'drain: loop {
-            if let Err(err) = queue.disable_notification(mem) {
-                warn!("virtio-blk: the queue is unusable ({err}); waiting for a reset");
-                self.queue = None;
-                return false;
-            }
-            let served_before = served;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let used = match request::parse(mem, chain, self.disk.size()) {
-                    Ok(req) => {
-                        let (used, status) = req.execute(mem, &self.disk, &self.id);
-                        bytes += req.data_len();
-                        if status == S_OK {
-                            self.stats.ok += 1;
-                            match req.kind {
-                                request::Kind::In => self.stats.read_bytes += u64::from(used - 1),
-                                request::Kind::Out => self.stats.write_bytes += req.data_len(),
-                                _ => {}
-                            }
-                        } else {
-                            self.stats.errors += 1;
+        let served = serve_chains(queue, mem, budget, |chain| {
+            let used = match request::parse(mem, chain, disk.size()) {
+                Ok(req) => {
+                    let (used, status) = req.execute(mem, disk, id);
+                    bytes += req.data_len();
+                    if status == S_OK {
+                        stats.ok += 1;
+                        match req.kind {
+                            request::Kind::In => stats.read_bytes += u64::from(used - 1),
+                            request::Kind::Out => stats.write_bytes += req.data_len(),
+                            _ => {}
                         }
-                        used
+                    } else {
+                        stats.errors += 1;
                     }
-                    Err((status, err)) => {
-                        warn!("virtio-blk: bad request: {err}");
-                        self.stats.errors += 1;
-                        status.map_or(0, |addr| request::fail(mem, addr))
-                    }
-                };
-                if let Err(err) = queue.add_used(mem, head, used) {
-                    warn!("virtio-blk: cannot return a request ({err}); waiting for a reset");
-                    self.queue = None;
-                    return false;
+                    used
                 }
-                served += 1;
-                if served >= budget || bytes >= MAX_BYTES_PER_CALL {
-                    more = true;
-                    break 'drain;
+                Err((status, err)) => {
+                    warn!("virtio-blk: bad request: {err}");
+                    stats.errors += 1;
+                    status.map_or(0, |addr| request::fail(mem, addr))
                 }
-            }
-            // Buffers announced but none could be taken twice in a row: the available index
-            // is corrupt (pop_descriptor_chain refuses it), so stop rather than spin.
-            empty_rounds = if served == served_before {
-                empty_rounds + 1
-            } else {
-                0
             };
-            match queue.enable_notification(mem) {
-                Ok(true) if empty_rounds > 1 => {
-                    warn!(
-                        "virtio-blk: the guest corrupted the available ring; waiting for a reset"
-                    );
-                    self.queue = None;
-                    return false;
-                }
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(err) => {
-                    warn!("virtio-blk: the queue is unusable ({err}); waiting for a reset");
-                    self.queue = None;
-                    return false;
-                }
+            if bytes >= MAX_BYTES_PER_CALL {
+                Step::UsedLast(used)
+            } else {
+                Step::Used(used)
+            }
+        });
+        match served {
+            Ok(served) => {
+                signal_used(queue, mem, &self.interrupt, served.count);
+                served.more
+            }
+            Err(err) => {
+                warn!("virtio-blk: {err}");
+                self.queue = None;
+                false
             }
         }
-        if served > 0 && queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(err) = self.interrupt.trigger(INTERRUPT_USED_RING) {
-                warn!("virtio-blk: cannot raise the interrupt: {err}");
-            }
-        }
-        more
     }
 }
 

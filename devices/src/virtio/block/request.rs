@@ -7,13 +7,12 @@
 //! writable one: the header is the first 16 readable bytes, the status the last writable byte,
 //! and the data whatever lies between, in the direction the request type needs.
 
-use std::io;
-
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::Disk;
 use super::{ID_LEN, SECTOR_SIZE};
+use crate::virtio::chain::{Segment, iovecs, read_bytes, split, total};
 
 /// virtio-blk request types.
 const T_IN: u32 = 0;
@@ -80,13 +79,6 @@ pub enum RequestError {
     BadRanges,
 }
 
-/// A run of guest memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Segment {
-    addr: GuestAddress,
-    len: u64,
-}
-
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -117,50 +109,6 @@ pub struct Request {
     status: GuestAddress,
 }
 
-/// Splits `segments` after `n` bytes.
-fn split(segments: &[Segment], n: u64) -> (Vec<Segment>, Vec<Segment>) {
-    let (mut front, mut back) = (Vec::new(), Vec::new());
-    let mut left = n;
-    for s in segments {
-        if left >= s.len {
-            front.push(*s);
-            left -= s.len;
-        } else if left > 0 {
-            front.push(Segment {
-                addr: s.addr,
-                len: left,
-            });
-            back.push(Segment {
-                addr: s.addr.unchecked_add(left),
-                len: s.len - left,
-            });
-            left = 0;
-        } else {
-            back.push(*s);
-        }
-    }
-    (front, back)
-}
-
-fn total(segments: &[Segment]) -> u64 {
-    segments.iter().map(|s| s.len).sum()
-}
-
-/// Copies out the bytes of `segments` (at most `max`).
-fn read_bytes(mem: &GuestMemoryMmap, segments: &[Segment], max: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in segments {
-        let want = s.len.min(max - out.len() as u64) as usize;
-        let start = out.len();
-        out.resize(start + want, 0);
-        if mem.read_slice(&mut out[start..], s.addr).is_err() {
-            out.truncate(start);
-            break;
-        }
-    }
-    out
-}
-
 /// Parses a chain. On failure, the status byte's address, if there is one, comes back with the
 /// error so the guest can be told.
 pub fn parse(
@@ -172,12 +120,8 @@ pub fn parse(
     let mut seen_writable = false;
     for desc in chain {
         let (addr, len) = (desc.addr(), desc.len());
-        if len > 0 && !mem.check_range(addr, len as usize) {
+        let Some(seg) = Segment::checked(mem, addr, len) else {
             return Err((None, RequestError::OutOfMemory { addr: addr.0, len }));
-        }
-        let seg = Segment {
-            addr,
-            len: u64::from(len),
         };
         if desc.is_write_only() {
             seen_writable = true;
@@ -258,22 +202,6 @@ fn check_range(sector: u64, bytes: u64, disk_size: u64) -> Result<(), RequestErr
         Some(end) if end <= disk_size => Ok(()),
         _ => Err(RequestError::OutOfRange { sector, bytes }),
     }
-}
-
-/// The host addresses of `segments`, for vectored I/O.
-fn iovecs(mem: &GuestMemoryMmap, segments: &[Segment]) -> io::Result<Vec<libc::iovec>> {
-    let mut out = Vec::with_capacity(segments.len());
-    for s in segments {
-        for slice in mem.get_slices(s.addr, s.len as usize) {
-            let slice = slice.map_err(io::Error::other)?;
-            out.push(libc::iovec {
-                // No dirty-page tracking is enabled, so the guard has nothing to record.
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// Answers a request that could not be parsed with VIRTIO_BLK_S_IOERR at `status`; returns

@@ -1,0 +1,950 @@
+//! The virtio-net device: a receive queue fed from the backend and a transmit queue drained
+//! into it, served by whichever thread holds the [`NetServer`] (the VMM gives each NIC an I/O
+//! thread that polls the TAP and the queues' notifications).
+//!
+//! Back-pressure: a frame read from the TAP that finds no room in the guest's receive buffers
+//! stays in the device's one-frame buffer and the TAP is not read again until the driver adds
+//! buffers; a transmit the TAP refuses (EAGAIN) stays in the ring until the TAP is writable.
+//! [`NetServer::interest`] tells the I/O thread which of those it waits for, so nothing spins.
+//!
+//! Frames are transmitted straight from guest memory (writev); received frames pass through
+//! the buffer once, because with mergeable buffers (VIRTIO_NET_F_MRG_RXBUF) a frame's size
+//! decides how many chains it takes, and it is known only after the read.
+//!
+//! Hostile input: a malformed chain, a frame too short or too long, or a header that lies is
+//! dropped, logged and counted; a corrupt ring stops that queue until the driver resets the
+//! device. Nothing the guest writes can panic the thread or make it spin.
+
+use std::io;
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use log::warn;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::frame::{self, VnetHeader};
+use super::tap::Backend;
+use super::{DEVICE_TYPE_NET, MAX_FRAME_LEN, MacAddr, QUEUE_SIZE, VNET_HDR_LEN, features};
+use crate::bus::lock;
+use crate::virtio::chain::{self, Segment};
+use crate::virtio::{
+    ActivateError, QueueError, Step, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
+    serve_chains, signal_used,
+};
+
+/// Size of `struct virtio_net_config` up to `mtu`.
+const CONFIG_LEN: usize = 12;
+const RX: usize = 0;
+const TX: usize = 1;
+/// A frame with its header, as read from or written to the backend.
+const BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
+
+/// Counters a network device keeps, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    /// Frames delivered to the guest.
+    pub rx_frames: u64,
+    /// Their bytes (without the virtio-net header).
+    pub rx_bytes: u64,
+    /// Frames from the host dropped: they did not fit the guest's buffers, or a receive chain
+    /// was malformed.
+    pub rx_dropped: u64,
+    /// Frames the guest sent to the backend.
+    pub tx_frames: u64,
+    /// Their bytes (without the virtio-net header).
+    pub tx_bytes: u64,
+    /// Frames from the guest dropped: malformed chains or headers, or refused by the host.
+    pub tx_dropped: u64,
+}
+
+/// What the serving thread should wait for on the backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    /// A frame to read (the guest has room for it).
+    pub readable: bool,
+    /// Room to write (a transmit was refused).
+    pub writable: bool,
+}
+
+/// A virtio-net device as the transport sees it. The serving side has its own lock, so
+/// register accesses from vCPUs never wait for frame I/O.
+pub struct Net<B: Backend> {
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    serving: Arc<Mutex<Serving<B>>>,
+    wake: EventFd,
+}
+
+/// What serving the queues needs.
+struct Serving<B> {
+    backend: B,
+    name: String,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    rx: Option<Queue>,
+    tx: Option<Queue>,
+    acked: u64,
+    /// The frame read from the backend and not yet delivered: `pending` bytes of `buf`.
+    buf: Box<[u8]>,
+    pending: usize,
+    /// The guest's available index when a frame last found too little room; reading resumes
+    /// when it moves.
+    rx_starved_at: Option<Wrapping<u16>>,
+    tx_blocked: bool,
+    backend_failed: bool,
+    stats: NetStats,
+}
+
+/// A handle for the thread that serves a network device.
+pub struct NetServer<B>(Arc<Mutex<Serving<B>>>);
+
+impl<B> Clone for NetServer<B> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<B: Backend> NetServer<B> {
+    /// What to wait for on the backend before calling [`NetServer::process_rx`] or
+    /// [`NetServer::process_tx`] again.
+    pub fn interest(&self) -> Interest {
+        let s = lock(&self.0);
+        Interest {
+            readable: s.rx.is_some() && s.rx_starved_at.is_none() && !s.backend_failed,
+            writable: s.tx.is_some() && s.tx_blocked && !s.backend_failed,
+        }
+    }
+
+    /// Moves frames from the backend into the guest (at most `budget`); true if more may be
+    /// waiting. Also the answer to the driver adding receive buffers.
+    pub fn process_rx(&self, budget: usize) -> bool {
+        lock(&self.0).process_rx(budget)
+    }
+
+    /// Moves frames from the guest to the backend (at most `budget`); true if more may be
+    /// waiting.
+    pub fn process_tx(&self, budget: usize) -> bool {
+        let mut s = lock(&self.0);
+        s.tx_blocked = false;
+        s.process_tx(budget)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> NetStats {
+        lock(&self.0).stats
+    }
+}
+
+impl<B: Backend> Net<B> {
+    /// A device named `name` (for logs) moving frames between the guest and `backend`, with
+    /// MAC address `mac` and, if given, an MTU to announce. `wake` is written whenever the
+    /// driver activates or resets the device, as that changes what the serving thread waits
+    /// for.
+    pub fn new(
+        name: &str,
+        backend: B,
+        mac: MacAddr,
+        mtu: Option<u16>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        wake: EventFd,
+    ) -> Self {
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << features::MAC)
+            | (1 << features::CSUM)
+            | (1 << features::GUEST_CSUM)
+            | (1 << features::GUEST_TSO4)
+            | (1 << features::GUEST_TSO6)
+            | (1 << features::HOST_TSO4)
+            | (1 << features::HOST_TSO6)
+            | (1 << features::MRG_RXBUF);
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&mac.0);
+        if let Some(mtu) = mtu {
+            features |= 1 << features::MTU;
+            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        }
+        let serving = Serving {
+            backend,
+            name: name.into(),
+            mem,
+            interrupt,
+            rx: None,
+            tx: None,
+            acked: 0,
+            buf: vec![0; BUF_LEN].into_boxed_slice(),
+            pending: 0,
+            rx_starved_at: None,
+            tx_blocked: false,
+            backend_failed: false,
+            stats: NetStats::default(),
+        };
+        Self {
+            features,
+            config,
+            serving: Arc::new(Mutex::new(serving)),
+            wake,
+        }
+    }
+
+    /// The handle the serving thread uses.
+    pub fn server(&self) -> NetServer<B> {
+        NetServer(self.serving.clone())
+    }
+
+    fn wake(&self) {
+        if let Err(err) = self.wake.write(1) {
+            warn!("virtio-net: cannot wake the I/O thread: {err}");
+        }
+    }
+}
+
+/// The TAP offloads (`TUN_F_*`) matching what the driver can receive.
+fn tap_offloads(acked: u64) -> u32 {
+    let has = |bit: u32| acked & (1 << bit) != 0;
+    let mut flags = 0;
+    if has(features::GUEST_CSUM) {
+        flags |= libc::TUN_F_CSUM;
+        if has(features::GUEST_TSO4) {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if has(features::GUEST_TSO6) {
+            flags |= libc::TUN_F_TSO6;
+        }
+    }
+    flags
+}
+
+/// A receive chain's buffers, or why it cannot take data.
+fn writable_segments(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<Vec<Segment>, &'static str> {
+    let mut segments = Vec::new();
+    for desc in chain {
+        if !desc.is_write_only() {
+            return Err("a receive buffer is device-readable");
+        }
+        let seg = Segment::checked(mem, desc.addr(), desc.len())
+            .ok_or("a receive buffer lies outside guest memory")?;
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+/// A transmit chain's frame, or why it is dropped.
+fn readable_segments(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    for desc in chain {
+        if desc.is_write_only() {
+            return Err("a transmit buffer is device-writable".into());
+        }
+        let seg = Segment::checked(mem, desc.addr(), desc.len()).ok_or_else(|| {
+            format!(
+                "transmit buffer {:#x}+{} lies outside guest memory",
+                desc.addr().0,
+                desc.len()
+            )
+        })?;
+        segments.push(seg);
+    }
+    Ok(segments)
+}
+
+/// How delivering the pending frame went.
+enum Delivery {
+    Done,
+    /// Too little room now; wait for the driver to add buffers.
+    Starved,
+    /// The frame cannot be delivered; it is dropped.
+    Dropped(&'static str),
+}
+
+impl<B: Backend> Serving<B> {
+    fn has(&self, bit: u32) -> bool {
+        self.acked & (1 << bit) != 0
+    }
+
+    fn process_rx(&mut self, budget: usize) -> bool {
+        if self.rx.is_none() || self.backend_failed {
+            return false;
+        }
+        if let Some(seen) = self.rx_starved_at {
+            // Woken by a notification: go on only if the driver really added buffers.
+            match self.avail_idx() {
+                Some(now) if now != seen => self.rx_starved_at = None,
+                Some(_) => return false,
+                None => return false,
+            }
+        }
+        let mut delivered = 0;
+        let mut more = false;
+        loop {
+            if self.pending == 0 && !self.read_frame() {
+                break;
+            }
+            match self.deliver() {
+                Delivery::Done => delivered += 1,
+                Delivery::Starved => {
+                    let Some(seen) = self.avail_idx() else { break };
+                    self.rx_starved_at = Some(seen);
+                    // Ask for a notification, then look once more: buffers the driver added
+                    // in between would not notify.
+                    let Some(queue) = self.rx.as_mut() else { break };
+                    if let Err(err) = queue.enable_notification(&self.mem) {
+                        self.queue_failed(RX, err.into());
+                        break;
+                    }
+                    match self.avail_idx() {
+                        Some(now) if now != seen => self.rx_starved_at = None,
+                        _ => break,
+                    }
+                }
+                Delivery::Dropped(why) => {
+                    warn!("virtio-net {}: received frame dropped: {why}", self.name);
+                    self.stats.rx_dropped += 1;
+                    self.pending = 0;
+                }
+            }
+            if delivered >= budget {
+                more = true;
+                break;
+            }
+        }
+        if let Some(queue) = self.rx.as_mut() {
+            signal_used(queue, &self.mem, &self.interrupt, delivered);
+        }
+        more
+    }
+
+    fn avail_idx(&mut self) -> Option<Wrapping<u16>> {
+        let queue = self.rx.as_ref()?;
+        match queue.avail_idx(&self.mem, Ordering::Acquire) {
+            Ok(idx) => Some(idx),
+            Err(err) => {
+                self.queue_failed(RX, err.into());
+                None
+            }
+        }
+    }
+
+    /// Reads the next frame from the backend; false if there is none.
+    fn read_frame(&mut self) -> bool {
+        loop {
+            match self.backend.recv(&mut self.buf) {
+                Ok(n) if n >= VNET_HDR_LEN => {
+                    self.pending = n;
+                    return true;
+                }
+                Ok(n) => {
+                    warn!("virtio-net {}: the host sent a {n}-byte frame", self.name);
+                    self.stats.rx_dropped += 1;
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    warn!(
+                        "virtio-net {}: cannot read from the host ({err}); receiving stops",
+                        self.name
+                    );
+                    self.backend_failed = true;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Writes the pending frame into as many receive chains as it needs (one without
+    /// mergeable buffers) and returns them to the driver.
+    fn deliver(&mut self) -> Delivery {
+        let mergeable = self.has(features::MRG_RXBUF);
+        let Some(queue) = self.rx.as_mut() else {
+            return Delivery::Starved;
+        };
+        let mem = &self.mem;
+        let start = queue.next_avail();
+        let mut used: Vec<(u16, u32)> = Vec::new();
+        let mut first: Vec<Segment> = Vec::new();
+        let mut written = 0;
+        let frame = &self.buf[..self.pending];
+        while written < frame.len() {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // Nothing is returned: the chains taken so far stay available.
+                queue.set_next_avail(start);
+                if used.len() >= usize::from(queue.size()) {
+                    return Delivery::Dropped("larger than all the receive buffers together");
+                }
+                return Delivery::Starved;
+            };
+            let head = chain.head_index();
+            let segments = match writable_segments(mem, chain) {
+                Ok(segments) => segments,
+                Err(why) => {
+                    // Returned empty with the chains before it, so the ring moves on.
+                    used.push((head, 0));
+                    for (head, _) in used {
+                        if let Err(err) = queue.add_used(mem, head, 0) {
+                            self.queue_failed(RX, err.into());
+                            break;
+                        }
+                    }
+                    return Delivery::Dropped(why);
+                }
+            };
+            let room = chain::total(&segments);
+            if !mergeable && room < frame.len() as u64 {
+                queue.set_next_avail(start);
+                return Delivery::Dropped("larger than the receive buffer");
+            }
+            let n = match chain::write_bytes(mem, &segments, 0, &frame[written..]) {
+                Ok(n) => n,
+                Err(_) => 0,
+            };
+            if used.is_empty() {
+                first = segments;
+            }
+            used.push((head, n as u32));
+            written += n;
+            if n == 0 && room > 0 {
+                queue.set_next_avail(start);
+                return Delivery::Dropped("a receive buffer cannot be written");
+            }
+        }
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr.copy_from_slice(&frame[..VNET_HDR_LEN]);
+        frame::prepare_rx(&mut hdr, used.len() as u16, self.acked);
+        // The header is the first bytes of the first chain, which holds at least them (frames
+        // are longer than the header and the first chain took as much as it could).
+        if chain::write_bytes(mem, &first, 0, &hdr).is_err() {
+            queue.set_next_avail(start);
+            return Delivery::Dropped("a receive buffer cannot be written");
+        }
+        for &(head, len) in &used {
+            if let Err(err) = queue.add_used(mem, head, len) {
+                self.queue_failed(RX, err.into());
+                return Delivery::Starved;
+            }
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += (self.pending - VNET_HDR_LEN) as u64;
+        self.pending = 0;
+        Delivery::Done
+    }
+
+    fn process_tx(&mut self, budget: usize) -> bool {
+        if self.backend_failed {
+            return false;
+        }
+        let Some(queue) = self.tx.as_mut() else {
+            return false;
+        };
+        let (mem, backend, stats, name, acked) = (
+            &self.mem,
+            &mut self.backend,
+            &mut self.stats,
+            &self.name,
+            self.acked,
+        );
+        let mut blocked = false;
+        let served = serve_chains(queue, mem, budget, |chain| {
+            match transmit(mem, backend, chain, acked) {
+                Ok(len) => {
+                    stats.tx_frames += 1;
+                    stats.tx_bytes += len as u64;
+                }
+                Err(TxError::Full) => {
+                    blocked = true;
+                    return Step::Retry;
+                }
+                Err(TxError::Drop(why)) => {
+                    warn!("virtio-net {name}: transmitted frame dropped: {why}");
+                    stats.tx_dropped += 1;
+                }
+            }
+            Step::Used(0)
+        });
+        self.tx_blocked = blocked;
+        match served {
+            Ok(served) => {
+                signal_used(queue, mem, &self.interrupt, served.count);
+                served.more && !blocked
+            }
+            Err(err) => {
+                self.queue_failed(TX, err);
+                false
+            }
+        }
+    }
+
+    fn queue_failed(&mut self, index: usize, err: QueueError) {
+        let which = if index == RX { "receive" } else { "transmit" };
+        warn!("virtio-net {}: {which} queue: {err}", self.name);
+        if index == RX {
+            self.rx = None;
+        } else {
+            self.tx = None;
+        }
+    }
+}
+
+/// Why a transmit did not happen.
+enum TxError {
+    /// The backend is full; try again when it is writable.
+    Full,
+    /// The frame is dropped.
+    Drop(String),
+}
+
+/// Checks one transmit chain and writes its frame to the backend; returns the frame's length.
+fn transmit<B: Backend>(
+    mem: &GuestMemoryMmap,
+    backend: &mut B,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    acked: u64,
+) -> Result<usize, TxError> {
+    let segments = readable_segments(mem, chain).map_err(TxError::Drop)?;
+    let total = chain::total(&segments);
+    let len = total.saturating_sub(VNET_HDR_LEN as u64);
+    if len > MAX_FRAME_LEN as u64 {
+        return Err(TxError::Drop(frame::FrameError::TooLong(len).to_string()));
+    }
+    let len = len as usize;
+    let bytes = chain::read_bytes(mem, &segments, VNET_HDR_LEN as u64);
+    let hdr = <[u8; VNET_HDR_LEN]>::try_from(bytes.as_slice())
+        .map_err(|_| TxError::Drop(frame::FrameError::TooShort(0).to_string()))?;
+    frame::check_tx(&VnetHeader::parse(&hdr), len, acked)
+        .map_err(|e| TxError::Drop(e.to_string()))?;
+    let iovecs = chain::iovecs(mem, &segments).map_err(|e| TxError::Drop(e.to_string()))?;
+    if iovecs.len() > libc::UIO_MAXIOV as usize {
+        return Err(TxError::Drop(format!(
+            "the frame is split into {} pieces",
+            iovecs.len()
+        )));
+    }
+    loop {
+        // SAFETY: the iovecs cover guest memory checked against the memory map, which stays
+        // mapped for as long as `mem` lives, longer than this call; the kernel only reads it.
+        match unsafe { backend.send(&iovecs) } {
+            Ok(n) if n as u64 == total => return Ok(len),
+            Ok(n) => return Err(TxError::Drop(format!("the host took {n} of {total} bytes"))),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(TxError::Full),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(TxError::Drop(format!("the host refused it: {err}"))),
+        }
+    }
+}
+
+impl<B: Backend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_NET
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The MAC is set by the host; VIRTIO_NET_F_CTRL_MAC_ADDR is not offered.
+    }
+
+    fn activate(&mut self, mut queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
+        let tx = queues.pop().ok_or(ActivateError::QueueNotReady(TX))?;
+        let rx = queues.pop().ok_or(ActivateError::QueueNotReady(RX))?;
+        let mut s = lock(&self.serving);
+        if let Err(err) = s.backend.set_offload(tap_offloads(features)) {
+            warn!(
+                "virtio-net {}: cannot set the TAP's offloads: {err}",
+                s.name
+            );
+        }
+        s.acked = features;
+        s.rx = Some(rx);
+        s.tx = Some(tx);
+        s.rx_starved_at = None;
+        s.tx_blocked = false;
+        drop(s);
+        self.wake();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        let mut s = lock(&self.serving);
+        s.rx = None;
+        s.tx = None;
+        s.pending = 0;
+        s.acked = 0;
+        if let Err(err) = s.backend.set_offload(0) {
+            warn!(
+                "virtio-net {}: cannot clear the TAP's offloads: {err}",
+                s.name
+            );
+        }
+        drop(s);
+        self.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::virtio::testing::Driver;
+
+    const RXQ: u64 = 0x1_0000;
+    const TXQ: u64 = 0x2_0000;
+    const BUFS: u64 = 0x10_0000;
+
+    /// A backend that records what was sent and hands out queued frames.
+    #[derive(Default)]
+    struct Mock {
+        inbound: VecDeque<Vec<u8>>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+        full: Arc<Mutex<bool>>,
+        offload: Arc<Mutex<u32>>,
+    }
+
+    impl Backend for Mock {
+        fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let frame = self.inbound.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+            buf[..frame.len()].copy_from_slice(&frame);
+            Ok(frame.len())
+        }
+
+        unsafe fn send(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
+            if *self.full.lock().unwrap() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut frame = Vec::new();
+            for iov in iovecs {
+                // SAFETY: the device built these iovecs over live guest memory.
+                let part =
+                    unsafe { std::slice::from_raw_parts(iov.iov_base.cast::<u8>(), iov.iov_len) };
+                frame.extend_from_slice(part);
+            }
+            self.sent.lock().unwrap().push(frame);
+            Ok(iovecs.iter().map(|i| i.iov_len).sum())
+        }
+
+        fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+            *self.offload.lock().unwrap() = flags;
+            Ok(())
+        }
+    }
+
+    struct Rig {
+        mem: GuestMemoryMmap,
+        rx: Driver,
+        tx: Driver,
+        net: Net<Mock>,
+        server: NetServer<Mock>,
+        sent: Arc<Mutex<Vec<Vec<u8>>>>,
+        full: Arc<Mutex<bool>>,
+        offload: Arc<Mutex<u32>>,
+        irq: Arc<VirtioInterrupt>,
+    }
+
+    impl Rig {
+        fn new(features: u64) -> Self {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+            let mock = Mock::default();
+            let (sent, full, offload) =
+                (mock.sent.clone(), mock.full.clone(), mock.offload.clone());
+            let irq = Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ));
+            let wake = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let mac = MacAddr([6, 1, 2, 3, 4, 5]);
+            let mut net = Net::new(
+                "eth0",
+                mock,
+                mac,
+                Some(1400),
+                mem.clone(),
+                irq.clone(),
+                wake,
+            );
+            let (rx, tx) = (Driver::new(RXQ, 16), Driver::new(TXQ, 16));
+            net.activate(vec![rx.queue(), tx.queue()], features & net.features())
+                .unwrap();
+            let server = net.server();
+            Self {
+                mem,
+                rx,
+                tx,
+                net,
+                server,
+                sent,
+                full,
+                offload,
+                irq,
+            }
+        }
+
+        fn inbound(&self, frame: Vec<u8>) {
+            lock(&self.net.serving).backend.inbound.push_back(frame);
+        }
+
+        fn stats(&self) -> NetStats {
+            self.server.stats()
+        }
+    }
+
+    fn all() -> u64 {
+        u64::MAX
+    }
+
+    /// A header followed by `len` bytes of frame whose byte i is i % 251.
+    fn frame(hdr: [u8; VNET_HDR_LEN], len: usize) -> Vec<u8> {
+        let mut f = hdr.to_vec();
+        f.extend((0..len).map(|i| (i % 251) as u8));
+        f
+    }
+
+    #[test]
+    fn offers_mac_mtu_and_offloads_and_applies_what_was_negotiated() {
+        let rig = Rig::new(all());
+        let mut cfg = [0u8; 12];
+        rig.net.read_config(0, &mut cfg);
+        assert_eq!(&cfg[..6], &[6, 1, 2, 3, 4, 5]);
+        assert_eq!(u16::from_le_bytes([cfg[10], cfg[11]]), 1400);
+        let mut past = [0xffu8; 4];
+        rig.net.read_config(100, &mut past);
+        assert_eq!(past, [0; 4]);
+        assert_eq!(
+            *rig.offload.lock().unwrap(),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+        let rig = Rig::new(1 << VIRTIO_F_VERSION_1 | 1 << features::GUEST_TSO4);
+        assert_eq!(
+            *rig.offload.lock().unwrap(),
+            0,
+            "TSO without checksum offload is meaningless"
+        );
+        assert_eq!(tap_offloads(1 << features::GUEST_CSUM), libc::TUN_F_CSUM);
+    }
+
+    #[test]
+    fn transmits_frames_split_across_descriptors() {
+        let mut rig = Rig::new(all());
+        let f = frame([0; VNET_HDR_LEN], 1500);
+        rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
+        // Header split in the middle, then the rest.
+        rig.tx.add(
+            &rig.mem,
+            &[
+                (BUFS, 5, false),
+                (BUFS + 5, 700, false),
+                (BUFS + 705, (f.len() - 705) as u32, false),
+            ],
+        );
+        assert!(!rig.server.process_tx(64));
+        assert_eq!(rig.sent.lock().unwrap().as_slice(), &[f]);
+        assert_eq!(rig.tx.take_used(&rig.mem), [(0, 0)]);
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_bytes, s.tx_dropped), (1, 1500, 0));
+        assert_eq!(rig.irq.status() & 1, 1);
+    }
+
+    #[test]
+    fn hostile_transmits_are_dropped_counted_and_the_queue_keeps_working() {
+        let mut rig = Rig::new(1 << VIRTIO_F_VERSION_1);
+        let good = frame([0; VNET_HDR_LEN], 60);
+        rig.mem.write_slice(&good, GuestAddress(BUFS)).unwrap();
+        let mut lying = [0u8; VNET_HDR_LEN];
+        lying[0] = frame::F_NEEDS_CSUM; // not negotiated
+        rig.mem
+            .write_slice(&lying, GuestAddress(BUFS + 0x1000))
+            .unwrap();
+        let mut tso = [0u8; VNET_HDR_LEN];
+        tso[0] = frame::F_NEEDS_CSUM;
+        tso[1] = frame::GSO_TCPV4;
+        rig.mem
+            .write_slice(&tso, GuestAddress(BUFS + 0x2000))
+            .unwrap();
+        let len = good.len() as u32;
+        let cases: [&[(u64, u32, bool)]; 8] = [
+            &[(BUFS, len, true)],                          // device-writable
+            &[(0x7fff_0000_0000, len, false)],             // outside memory
+            &[(BUFS, 11, false)],                          // shorter than the header
+            &[(BUFS, 20, false)],                          // shorter than an Ethernet header
+            &[(BUFS, 0xffff_fff0, false)],                 // 4 GiB
+            &[(BUFS, 65000, false), (BUFS, 65000, false)], // longer than any frame
+            &[(BUFS + 0x1000, 100, false)],                // checksum not negotiated
+            &[(BUFS + 0x2000, 9000, false)],               // TSO not negotiated
+        ];
+        for case in cases {
+            rig.tx.add(&rig.mem, case);
+        }
+        rig.tx.add(&rig.mem, &[(BUFS, len, false)]);
+        rig.server.process_tx(64);
+        assert_eq!(
+            rig.sent.lock().unwrap().as_slice(),
+            &[good],
+            "only the good frame left"
+        );
+        assert_eq!(
+            rig.tx.take_used(&rig.mem).len(),
+            9,
+            "every chain is returned"
+        );
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_dropped), (1, 8));
+    }
+
+    #[test]
+    fn a_full_tap_holds_transmits_until_it_is_writable() {
+        let mut rig = Rig::new(all());
+        let f = frame([0; VNET_HDR_LEN], 100);
+        rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
+        rig.tx.add(&rig.mem, &[(BUFS, f.len() as u32, false)]);
+        rig.tx.add(&rig.mem, &[(BUFS, f.len() as u32, false)]);
+        *rig.full.lock().unwrap() = true;
+        assert!(!rig.server.process_tx(64));
+        assert!(
+            rig.tx.take_used(&rig.mem).is_empty(),
+            "nothing is returned unsent"
+        );
+        assert!(rig.server.interest().writable);
+        *rig.full.lock().unwrap() = false;
+        rig.server.process_tx(64);
+        assert_eq!(rig.tx.take_used(&rig.mem).len(), 2);
+        assert_eq!(rig.sent.lock().unwrap().len(), 2);
+        assert!(!rig.server.interest().writable);
+    }
+
+    #[test]
+    fn receives_into_one_buffer_without_mergeable_buffers() {
+        let mut rig = Rig::new(1 << VIRTIO_F_VERSION_1);
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[0] = frame::F_DATA_VALID; // not negotiated: cleared
+        rig.inbound(frame(hdr, 1000));
+        rig.rx
+            .add(&rig.mem, &[(BUFS, 8, true), (BUFS + 8, 2000, true)]);
+        assert!(!rig.server.process_rx(64));
+        assert_eq!(rig.rx.take_used(&rig.mem), [(0, 1012)]);
+        let mut got = vec![0u8; 1012];
+        rig.mem.read_slice(&mut got, GuestAddress(BUFS)).unwrap();
+        let mut want = frame([0; VNET_HDR_LEN], 1000);
+        want[frame::NUM_BUFFERS_OFFSET] = 1;
+        assert_eq!(got, want);
+        assert_eq!(rig.stats().rx_bytes, 1000);
+    }
+
+    #[test]
+    fn mergeable_buffers_take_a_large_frame_across_chains() {
+        let mut rig = Rig::new(all());
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        hdr[0] = frame::F_DATA_VALID;
+        rig.inbound(frame(hdr, 4000));
+        for i in 0..4 {
+            rig.rx.add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)]);
+        }
+        rig.server.process_rx(64);
+        let used = rig.rx.take_used(&rig.mem);
+        assert_eq!(used, [(0, 1536), (1, 1536), (2, 4012 - 3072)]);
+        let mut got = Vec::new();
+        for (i, (_, len)) in used.iter().enumerate() {
+            let mut part = vec![0u8; *len as usize];
+            rig.mem
+                .read_slice(&mut part, GuestAddress(BUFS + i as u64 * 0x1000))
+                .unwrap();
+            got.extend(part);
+        }
+        let mut want = frame(hdr, 4000);
+        want[frame::NUM_BUFFERS_OFFSET] = 3;
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn with_no_receive_buffers_the_frame_waits_and_the_tap_is_not_read() {
+        let mut rig = Rig::new(all());
+        rig.inbound(frame([0; VNET_HDR_LEN], 3000));
+        rig.inbound(frame([0; VNET_HDR_LEN], 60));
+        assert!(rig.server.interest().readable);
+        rig.rx.add(&rig.mem, &[(BUFS, 1536, true)]);
+        rig.server.process_rx(64);
+        // Half the room the first frame needs: nothing is returned, reading stops.
+        assert!(rig.rx.take_used(&rig.mem).is_empty());
+        assert!(!rig.server.interest().readable);
+        assert_eq!(lock(&rig.net.serving).backend.inbound.len(), 1);
+        // A notification without new buffers changes nothing.
+        rig.server.process_rx(64);
+        assert!(!rig.server.interest().readable);
+        rig.rx.add(&rig.mem, &[(BUFS + 0x1000, 1536, true)]);
+        rig.rx.add(&rig.mem, &[(BUFS + 0x2000, 1536, true)]);
+        rig.server.process_rx(64);
+        assert_eq!(
+            rig.rx.take_used(&rig.mem).len(),
+            3,
+            "two chains for the first frame, one for the second"
+        );
+        assert_eq!(rig.stats().rx_frames, 2);
+        assert!(rig.server.interest().readable);
+    }
+
+    #[test]
+    fn hostile_receive_chains_drop_the_frame_not_the_device() {
+        let mut rig = Rig::new(1 << VIRTIO_F_VERSION_1);
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.inbound(frame([0; VNET_HDR_LEN], 3000));
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, false)]); // device-readable
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]); // too small for 3000 bytes, kept
+        rig.server.process_rx(64);
+        assert_eq!(rig.rx.take_used(&rig.mem), [(0, 0), (1, 112)]);
+        let s = rig.stats();
+        assert_eq!((s.rx_frames, s.rx_dropped), (1, 2));
+        // Outside guest memory.
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.rx.add(&rig.mem, &[(0x7fff_0000_0000, 2000, true)]);
+        rig.server.process_rx(64);
+        assert_eq!(rig.rx.take_used(&rig.mem), [(2, 0)]);
+        assert_eq!(rig.stats().rx_dropped, 3);
+    }
+
+    #[test]
+    fn a_corrupt_available_index_stops_the_queue_without_spinning() {
+        let mut rig = Rig::new(all());
+        rig.tx.set_avail_idx(&rig.mem, 1000);
+        assert!(!rig.server.process_tx(64));
+        assert!(!rig.server.interest().writable);
+        assert!(lock(&rig.net.serving).tx.is_none());
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.rx.set_avail_idx(&rig.mem, 1000);
+        rig.server.process_rx(64);
+        rig.server.process_rx(64);
+        assert_eq!(rig.stats().rx_frames, 0);
+        // A reset and a fresh activation bring it back.
+        rig.net.reset();
+        assert_eq!(*rig.offload.lock().unwrap(), 0);
+        let (rx, tx) = (Driver::new(RXQ + 0x8000, 16), Driver::new(TXQ + 0x8000, 16));
+        rig.net
+            .activate(vec![rx.queue(), tx.queue()], all() & rig.net.features())
+            .unwrap();
+        assert!(rig.server.interest().readable);
+    }
+}

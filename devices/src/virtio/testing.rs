@@ -1,0 +1,91 @@
+//! A driver's side of a split virtqueue in plain guest memory, for device unit tests: chains
+//! go in through the available ring (with wrapping indices, which virtio-queue's own mock does
+//! not do) and come back through the used ring.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+/// One queue of `size` descriptors with its rings from `base`.
+pub struct Driver {
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    used_seen: u16,
+}
+
+impl Driver {
+    /// Lays out the rings at `base` (16 KiB suffice for 256 descriptors).
+    pub fn new(base: u64, size: u16) -> Self {
+        let desc = base;
+        let avail = desc + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+        Self {
+            size,
+            desc,
+            avail,
+            used,
+            next_desc: 0,
+            avail_idx: 0,
+            used_seen: 0,
+        }
+    }
+
+    /// A ready device-side queue over these rings.
+    pub fn queue(&self) -> Queue {
+        let mut q = Queue::new(self.size).unwrap();
+        q.set_size(self.size);
+        q.set_desc_table_address(Some(self.desc as u32), Some(0));
+        q.set_avail_ring_address(Some(self.avail as u32), Some(0));
+        q.set_used_ring_address(Some(self.used as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    /// Makes a chain of (address, length, device-writable) buffers available.
+    pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) {
+        let head = self.next_desc;
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let index = (head + i as u16) % self.size;
+            let next = (index + 1) % self.size;
+            let last = i + 1 == bufs.len();
+            let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            let at = GuestAddress(self.desc + 16 * u64::from(index));
+            mem.write_obj(addr, at).unwrap();
+            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
+            mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+        }
+        self.next_desc = (head + bufs.len() as u16) % self.size;
+        let slot = u64::from(self.avail_idx % self.size);
+        mem.write_obj(head % self.size, GuestAddress(self.avail + 4 + 2 * slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.set_avail_idx(mem, self.avail_idx);
+    }
+
+    /// Writes the available index as a (possibly hostile) driver would.
+    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
+    }
+
+    /// The used elements (head, length) returned since the last call.
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        let mut out = Vec::new();
+        while self.used_seen != idx {
+            let slot = u64::from(self.used_seen % self.size);
+            let at = self.used + 4 + 8 * slot;
+            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+            out.push((id as u16, len));
+            self.used_seen = self.used_seen.wrapping_add(1);
+        }
+        out
+    }
+}

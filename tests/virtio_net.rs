@@ -1,0 +1,309 @@
+//! virtio-net over a TAP: every test makes its own network namespace with its TAPs (removed
+//! when the test ends, even on failure) and runs ember inside it. A tiny guest with a minimal
+//! driver checks exact frames both ways and hostile chains; one Linux boot checks what users
+//! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TINY_LIMIT: Duration = Duration::from_secs(60);
+const LINUX_LIMIT: Duration = Duration::from_secs(900);
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+
+fn tap_mac(ns: &NetNs, tap: &str) -> String {
+    let out = ns
+        .command("cat")
+        .arg(format!("/sys/class/net/{tap}/address"))
+        .output()
+        .unwrap();
+    text(&out.stdout).trim().to_owned()
+}
+
+/// Runs the tiny virtio-net guest in `mode` against a TAP whose host side answers its UDP
+/// datagram; returns (console, exit code, stderr, datagrams the host received, with the host's
+/// neighbour entry for the guest after the first).
+fn tiny_exchange(
+    tag: &str,
+    mode: &str,
+    expected: usize,
+) -> (NetNs, String, i32, String, Vec<String>) {
+    let ns = NetNs::new(tag, &[("tap0", "10.0.2.1/24")]);
+    let host = ns.spawn(move || {
+        let sock = UdpSocket::bind((HOST, 7777)).unwrap();
+        sock.set_read_timeout(Some(TINY_LIMIT)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < expected + 1 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                break;
+            };
+            assert_eq!(from.to_string(), "10.0.2.2:7778");
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if got.len() == 1 {
+                // What the host learned from the guest's ARP request, while the TAP is up.
+                let neigh = std::process::Command::new("ip")
+                    .args(["neigh", "show", "10.0.2.2"])
+                    .output()
+                    .unwrap();
+                got.push(text(&neigh.stdout));
+                sock.send_to(b"hello-guest", from).unwrap();
+            }
+        }
+        got
+    });
+    let out = run(
+        ns.command(env!("CARGO_BIN_EXE_ember"))
+            .arg("--kernel")
+            .arg(guest("virtio_net"))
+            .args(["--cmdline", mode, "--net", "tap=tap0,mac=06:00:0a:00:02:02"]),
+        TINY_LIMIT,
+    );
+    let received = host.join().unwrap();
+    (
+        ns,
+        text(&out.stdout),
+        code(&out.status),
+        text(&out.stderr),
+        received,
+    )
+}
+
+#[test]
+fn a_tiny_driver_exchanges_exact_frames_with_the_host() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let (ns, log, status, stderr, received) = tiny_exchange("tiny", "net", 1);
+    assert_eq!(status, EXIT_OK, "console:\n{log}\nstderr:\n{stderr}");
+    // The host kernel read the ARP request and answered with the TAP's address.
+    assert_contains(&log, &format!("ARP REPLY {}", tap_mac(&ns, "tap0")));
+    assert_eq!(received[0], "ember-tiny-net");
+    assert_contains(&log, "UDP hello-guest");
+    // The host learned the guest's configured MAC from its frame.
+    assert!(
+        received[1].contains("lladdr 06:00:0a:00:02:02"),
+        "{}",
+        received[1]
+    );
+}
+
+#[test]
+fn hostile_transmit_chains_are_dropped_and_counted_and_the_nic_keeps_working() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let (_ns, log, status, stderr, received) = tiny_exchange("hostile", "hostile", 2);
+    assert_eq!(status, EXIT_OK, "console:\n{log}\nstderr:\n{stderr}");
+    assert_contains(&log, "HOSTILE SENT 7");
+    assert_contains(&log, "STILL SENDING");
+    assert_eq!(
+        (received[0].as_str(), received[2].as_str()),
+        ("ember-tiny-net", "still-alive")
+    );
+    assert!(
+        !received.iter().any(|d| d == "dropped"),
+        "a malformed frame reached the host"
+    );
+    let drops = stderr.matches("transmitted frame dropped").count();
+    assert_eq!(drops, 7, "stderr:\n{stderr}");
+    for why in [
+        "device-writable",
+        "outside guest memory",
+        "shorter than an Ethernet header",
+        "exceeds the 65550-byte limit",
+        "checksum offload was not negotiated",
+        "segmentation type 0x1 was not negotiated",
+    ] {
+        assert!(stderr.contains(why), "no drop for '{why}' in:\n{stderr}");
+    }
+}
+
+#[test]
+fn missing_busy_and_misaddressed_taps_are_clear_errors() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new("errors", &[("tap0", "10.0.2.1/24")]);
+    let ember_with = |net: &str| {
+        let out = run(
+            ns.command(env!("CARGO_BIN_EXE_ember"))
+                .arg("--kernel")
+                .arg(guest("spin"))
+                .args(["--net", net, "--timeout", "30"]),
+            TINY_LIMIT,
+        );
+        (code(&out.status), text(&out.stderr))
+    };
+    let (status, err) = ember_with("tap=tap9");
+    assert_eq!(status, EXIT_CONFIG);
+    assert!(
+        err.contains("network interface 'eth0': there is no network interface 'tap9'"),
+        "{err}"
+    );
+    let (status, err) = ember_with("tap=lo");
+    assert_eq!(status, EXIT_CONFIG);
+    assert!(err.contains("'lo' is not a TAP device"), "{err}");
+    let (status, err) = ember_with("tap=tap0,mac=06:00:0a:00:02");
+    assert_eq!(status, EXIT_CONFIG);
+    assert!(
+        err.contains("guest_mac '06:00:0a:00:02' is not a MAC address"),
+        "{err}"
+    );
+
+    // A first ember holds the TAP; a second one is refused while the first runs.
+    let first = ns
+        .command(env!("CARGO_BIN_EXE_ember"))
+        .arg("--kernel")
+        .arg(guest("spin"))
+        .args(["--net", "tap=tap0", "--timeout", "60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let holder = Child(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let (status, err) = ember_with("tap=tap0");
+        if err.contains("in use by another process") || Instant::now() > deadline {
+            break (status, err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(busy.0, EXIT_CONFIG);
+    assert!(
+        busy.1.contains("TAP 'tap0' is in use by another process"),
+        "{}",
+        busy.1
+    );
+    drop(holder);
+}
+
+/// Kills and reaps a child when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    let path = tempdir("net-sha").join("data");
+    std::fs::write(&path, data).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// One Linux boot with two NICs. The guest's init configures eth0 and eth1 from `ip=` words;
+/// its script pings the host (56, 1400 and 60000 bytes), sends 1 MiB over TCP, receives 1 MiB
+/// and prints checksums, while the host pings it on both addresses.
+#[test]
+fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new("linux", &[("tap0", "10.0.2.1/24"), ("tap1", "10.0.3.1/24")]);
+    // Guest to host: the host keeps what arrives on port 5000.
+    let inbound = ns.spawn(|| {
+        let listener = TcpListener::bind((HOST, 5000)).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(LINUX_LIMIT)).unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        conn.read_exact(&mut data).unwrap();
+        data
+    });
+    let outbound: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sent_sum = sha256(&outbound);
+    let mut host_side = Vec::new();
+    let script = "nc -l -p 5001 > /tmp/in & echo NET-UP; \
+        ping -c 2 -W 20 10.0.2.1 >/dev/null && echo CHECK ping-ok; \
+        ping -c 1 -W 30 -s 1400 10.0.2.1 >/dev/null && echo CHECK ping1400-ok; \
+        ping -c 1 -W 60 -s 60000 10.0.2.1 >/dev/null && echo CHECK ping60000-ok; \
+        ping -c 1 -W 20 10.0.3.1 >/dev/null && echo CHECK ping-eth1-ok; \
+        head -c 1048576 /bin/busybox > /tmp/out; echo OUT $(sha256sum /tmp/out); \
+        nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in)";
+    let cmdline = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
+        ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off ip=10.0.3.2:::255.255.255.0::eth1:off";
+    let (log, status, stderr) = run_watching(
+        ns.command(env!("CARGO_BIN_EXE_ember"))
+            .arg("--kernel")
+            .arg(linux_vmlinux())
+            .arg("--initrd")
+            .arg(initramfs())
+            .args(["--memory", "128", "--cmdline", cmdline])
+            .args(["--net", "tap=tap0", "--net", "tap=tap1"])
+            .args(["--", script]),
+        LINUX_LIMIT,
+        |line, _| {
+            if line.trim() != "NET-UP" {
+                return;
+            }
+            let data = outbound.clone();
+            host_side.push(ns.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(300);
+                let mut conn = loop {
+                    match TcpStream::connect((Ipv4Addr::new(10, 0, 2, 2), 5001)) {
+                        Ok(conn) => break conn,
+                        Err(err) if Instant::now() > deadline => {
+                            panic!("cannot reach the guest: {err}")
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                    }
+                };
+                conn.write_all(&data).unwrap();
+                "sent".to_owned()
+            }));
+            for (size, addr) in [
+                ("1400", "10.0.2.2"),
+                ("60000", "10.0.2.2"),
+                ("56", "10.0.3.2"),
+            ] {
+                let mut ping = ns.command("ping");
+                ping.args(["-c", "1", "-W", "60", "-s", size, addr]);
+                host_side.push(std::thread::spawn(move || {
+                    let out = ping.output().unwrap();
+                    format!("host ping {size} {addr} {}", out.status.success())
+                }));
+            }
+        },
+    );
+    let results: Vec<String> = host_side.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(code(&status), EXIT_OK, "console:\n{log}\nstderr:\n{stderr}");
+    for needle in [
+        "EMBER-NET: eth0 10.0.2.2",
+        "EMBER-NET: eth1 10.0.3.2",
+        "CHECK ping-ok",
+        "CHECK ping1400-ok",
+        "CHECK ping60000-ok",
+        "CHECK ping-eth1-ok",
+    ] {
+        assert_contains(&log, needle);
+    }
+    assert_eq!(
+        results,
+        [
+            "sent",
+            "host ping 1400 10.0.2.2 true",
+            "host ping 60000 10.0.2.2 true",
+            "host ping 56 10.0.3.2 true"
+        ]
+    );
+    let received = inbound.join().unwrap();
+    assert_contains(&log, &format!("OUT {} /tmp/out", sha256(&received)));
+    assert_contains(&log, &format!("IN {sent_sum} /tmp/in"));
+}
