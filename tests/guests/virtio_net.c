@@ -5,6 +5,8 @@
  *      datagram the host sends back to port 7778.
  * With "hostile" as the first command-line word it then submits malformed transmit chains
  * and lying headers, and finally UDP "still-alive", which the host must still receive.
+ * With "idle" it brings the device up (receive buffers posted), prints IDLE and halts for
+ * good, so the host can check that an idle NIC costs no CPU.
  * Verdicts are lines on COM1; the run ends with the exit port. */
 #include "guest.h"
 
@@ -206,6 +208,10 @@ static void hostile(void) {
 void main(const void *boot_params) {
     const char *cmd = cmdline(boot_params);
     setup();
+    if (cmd[0] == 'i') {
+        puts("IDLE\n");
+        for (;;) __asm__ volatile("cli; hlt");
+    }
     /* ARP who-has 10.0.2.1 tell 10.0.2.2. */
     for (int i = 0; i < HDR; i++) frame[i] = 0;
     u8 *e = frame + HDR, *arp = e + 14;

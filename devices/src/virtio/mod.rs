@@ -11,8 +11,7 @@ pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,9 +1,12 @@
-//! A driver's side of a split virtqueue in plain guest memory, for device unit tests: chains
-//! go in through the available ring (with wrapping indices, which virtio-queue's own mock does
-//! not do) and come back through the used ring.
+//! A driver's side of a split virtqueue in plain guest memory, for device unit tests and
+//! benchmarks: chains go in through the available ring (with wrapping indices, which
+//! virtio-queue's own mock does not do) and come back through the used ring. Not used by ember
+//! itself.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+type Result<T> = std::result::Result<T, GuestMemoryError>;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
@@ -37,18 +40,18 @@ impl Driver {
     }
 
     /// A ready device-side queue over these rings.
-    pub fn queue(&self) -> Queue {
-        let mut q = Queue::new(self.size).unwrap();
+    pub fn queue(&self) -> std::result::Result<Queue, virtio_queue::Error> {
+        let mut q = Queue::new(self.size)?;
         q.set_size(self.size);
         q.set_desc_table_address(Some(self.desc as u32), Some(0));
         q.set_avail_ring_address(Some(self.avail as u32), Some(0));
         q.set_used_ring_address(Some(self.used as u32), Some(0));
         q.set_ready(true);
-        q
+        Ok(q)
     }
 
     /// Makes a chain of (address, length, device-writable) buffers available.
-    pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) {
+    pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> Result<()> {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let index = (head + i as u16) % self.size;
@@ -56,36 +59,35 @@ impl Driver {
             let last = i + 1 == bufs.len();
             let flags = if write { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
             let at = GuestAddress(self.desc + 16 * u64::from(index));
-            mem.write_obj(addr, at).unwrap();
-            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
+            mem.write_obj(addr, at)?;
+            mem.write_obj(len, GuestAddress(at.0 + 8))?;
+            mem.write_obj(flags, GuestAddress(at.0 + 12))?;
+            mem.write_obj(next, GuestAddress(at.0 + 14))?;
         }
         self.next_desc = (head + bufs.len() as u16) % self.size;
         let slot = u64::from(self.avail_idx % self.size);
-        mem.write_obj(head % self.size, GuestAddress(self.avail + 4 + 2 * slot))
-            .unwrap();
+        mem.write_obj(head % self.size, GuestAddress(self.avail + 4 + 2 * slot))?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.set_avail_idx(mem, self.avail_idx);
+        self.set_avail_idx(mem, self.avail_idx)
     }
 
     /// Writes the available index as a (possibly hostile) driver would.
-    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
-        mem.write_obj(idx, GuestAddress(self.avail + 2)).unwrap();
+    pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) -> Result<()> {
+        mem.write_obj(idx, GuestAddress(self.avail + 2))
     }
 
     /// The used elements (head, length) returned since the last call.
-    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u16, u32)> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Result<Vec<(u16, u32)>> {
+        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2))?;
         let mut out = Vec::new();
         while self.used_seen != idx {
             let slot = u64::from(self.used_seen % self.size);
             let at = self.used + 4 + 8 * slot;
-            let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
+            let id: u32 = mem.read_obj(GuestAddress(at))?;
+            let len: u32 = mem.read_obj(GuestAddress(at + 4))?;
             out.push((id as u16, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
-        out
+        Ok(out)
     }
 }

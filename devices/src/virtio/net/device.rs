@@ -688,8 +688,11 @@ mod tests {
                 wake,
             );
             let (rx, tx) = (Driver::new(RXQ, 16), Driver::new(TXQ, 16));
-            net.activate(vec![rx.queue(), tx.queue()], features & net.features())
-                .unwrap();
+            net.activate(
+                vec![rx.queue().unwrap(), tx.queue().unwrap()],
+                features & net.features(),
+            )
+            .unwrap();
             let server = net.server();
             Self {
                 mem,
@@ -753,17 +756,19 @@ mod tests {
         let f = frame([0; VNET_HDR_LEN], 1500);
         rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
         // Header split in the middle, then the rest.
-        rig.tx.add(
-            &rig.mem,
-            &[
-                (BUFS, 5, false),
-                (BUFS + 5, 700, false),
-                (BUFS + 705, (f.len() - 705) as u32, false),
-            ],
-        );
+        rig.tx
+            .add(
+                &rig.mem,
+                &[
+                    (BUFS, 5, false),
+                    (BUFS + 5, 700, false),
+                    (BUFS + 705, (f.len() - 705) as u32, false),
+                ],
+            )
+            .unwrap();
         assert!(!rig.server.process_tx(64));
         assert_eq!(rig.sent.lock().unwrap().as_slice(), &[f]);
-        assert_eq!(rig.tx.take_used(&rig.mem), [(0, 0)]);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap(), [(0, 0)]);
         let s = rig.stats();
         assert_eq!((s.tx_frames, s.tx_bytes, s.tx_dropped), (1, 1500, 0));
         assert_eq!(rig.irq.status() & 1, 1);
@@ -797,9 +802,9 @@ mod tests {
             &[(BUFS + 0x2000, 9000, false)],               // TSO not negotiated
         ];
         for case in cases {
-            rig.tx.add(&rig.mem, case);
+            rig.tx.add(&rig.mem, case).unwrap();
         }
-        rig.tx.add(&rig.mem, &[(BUFS, len, false)]);
+        rig.tx.add(&rig.mem, &[(BUFS, len, false)]).unwrap();
         rig.server.process_tx(64);
         assert_eq!(
             rig.sent.lock().unwrap().as_slice(),
@@ -807,7 +812,7 @@ mod tests {
             "only the good frame left"
         );
         assert_eq!(
-            rig.tx.take_used(&rig.mem).len(),
+            rig.tx.take_used(&rig.mem).unwrap().len(),
             9,
             "every chain is returned"
         );
@@ -820,18 +825,22 @@ mod tests {
         let mut rig = Rig::new(all());
         let f = frame([0; VNET_HDR_LEN], 100);
         rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
-        rig.tx.add(&rig.mem, &[(BUFS, f.len() as u32, false)]);
-        rig.tx.add(&rig.mem, &[(BUFS, f.len() as u32, false)]);
+        rig.tx
+            .add(&rig.mem, &[(BUFS, f.len() as u32, false)])
+            .unwrap();
+        rig.tx
+            .add(&rig.mem, &[(BUFS, f.len() as u32, false)])
+            .unwrap();
         *rig.full.lock().unwrap() = true;
         assert!(!rig.server.process_tx(64));
         assert!(
-            rig.tx.take_used(&rig.mem).is_empty(),
+            rig.tx.take_used(&rig.mem).unwrap().is_empty(),
             "nothing is returned unsent"
         );
         assert!(rig.server.interest().writable);
         *rig.full.lock().unwrap() = false;
         rig.server.process_tx(64);
-        assert_eq!(rig.tx.take_used(&rig.mem).len(), 2);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 2);
         assert_eq!(rig.sent.lock().unwrap().len(), 2);
         assert!(!rig.server.interest().writable);
     }
@@ -843,9 +852,10 @@ mod tests {
         hdr[0] = frame::F_DATA_VALID; // not negotiated: cleared
         rig.inbound(frame(hdr, 1000));
         rig.rx
-            .add(&rig.mem, &[(BUFS, 8, true), (BUFS + 8, 2000, true)]);
+            .add(&rig.mem, &[(BUFS, 8, true), (BUFS + 8, 2000, true)])
+            .unwrap();
         assert!(!rig.server.process_rx(64));
-        assert_eq!(rig.rx.take_used(&rig.mem), [(0, 1012)]);
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap(), [(0, 1012)]);
         let mut got = vec![0u8; 1012];
         rig.mem.read_slice(&mut got, GuestAddress(BUFS)).unwrap();
         let mut want = frame([0; VNET_HDR_LEN], 1000);
@@ -861,10 +871,12 @@ mod tests {
         hdr[0] = frame::F_DATA_VALID;
         rig.inbound(frame(hdr, 4000));
         for i in 0..4 {
-            rig.rx.add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)]);
+            rig.rx
+                .add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)])
+                .unwrap();
         }
         rig.server.process_rx(64);
-        let used = rig.rx.take_used(&rig.mem);
+        let used = rig.rx.take_used(&rig.mem).unwrap();
         assert_eq!(used, [(0, 1536), (1, 1536), (2, 4012 - 3072)]);
         let mut got = Vec::new();
         for (i, (_, len)) in used.iter().enumerate() {
@@ -885,20 +897,24 @@ mod tests {
         rig.inbound(frame([0; VNET_HDR_LEN], 3000));
         rig.inbound(frame([0; VNET_HDR_LEN], 60));
         assert!(rig.server.interest().readable);
-        rig.rx.add(&rig.mem, &[(BUFS, 1536, true)]);
+        rig.rx.add(&rig.mem, &[(BUFS, 1536, true)]).unwrap();
         rig.server.process_rx(64);
         // Half the room the first frame needs: nothing is returned, reading stops.
-        assert!(rig.rx.take_used(&rig.mem).is_empty());
+        assert!(rig.rx.take_used(&rig.mem).unwrap().is_empty());
         assert!(!rig.server.interest().readable);
         assert_eq!(lock(&rig.net.serving).backend.inbound.len(), 1);
         // A notification without new buffers changes nothing.
         rig.server.process_rx(64);
         assert!(!rig.server.interest().readable);
-        rig.rx.add(&rig.mem, &[(BUFS + 0x1000, 1536, true)]);
-        rig.rx.add(&rig.mem, &[(BUFS + 0x2000, 1536, true)]);
+        rig.rx
+            .add(&rig.mem, &[(BUFS + 0x1000, 1536, true)])
+            .unwrap();
+        rig.rx
+            .add(&rig.mem, &[(BUFS + 0x2000, 1536, true)])
+            .unwrap();
         rig.server.process_rx(64);
         assert_eq!(
-            rig.rx.take_used(&rig.mem).len(),
+            rig.rx.take_used(&rig.mem).unwrap().len(),
             3,
             "two chains for the first frame, one for the second"
         );
@@ -912,29 +928,31 @@ mod tests {
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
         rig.inbound(frame([0; VNET_HDR_LEN], 3000));
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
-        rig.rx.add(&rig.mem, &[(BUFS, 2000, false)]); // device-readable
-        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]); // too small for 3000 bytes, kept
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, false)]).unwrap(); // device-readable
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]).unwrap(); // too small for 3000 bytes, kept
         rig.server.process_rx(64);
-        assert_eq!(rig.rx.take_used(&rig.mem), [(0, 0), (1, 112)]);
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap(), [(0, 0), (1, 112)]);
         let s = rig.stats();
         assert_eq!((s.rx_frames, s.rx_dropped), (1, 2));
         // Outside guest memory.
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
-        rig.rx.add(&rig.mem, &[(0x7fff_0000_0000, 2000, true)]);
+        rig.rx
+            .add(&rig.mem, &[(0x7fff_0000_0000, 2000, true)])
+            .unwrap();
         rig.server.process_rx(64);
-        assert_eq!(rig.rx.take_used(&rig.mem), [(2, 0)]);
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap(), [(2, 0)]);
         assert_eq!(rig.stats().rx_dropped, 3);
     }
 
     #[test]
     fn a_corrupt_available_index_stops_the_queue_without_spinning() {
         let mut rig = Rig::new(all());
-        rig.tx.set_avail_idx(&rig.mem, 1000);
+        rig.tx.set_avail_idx(&rig.mem, 1000).unwrap();
         assert!(!rig.server.process_tx(64));
         assert!(!rig.server.interest().writable);
         assert!(lock(&rig.net.serving).tx.is_none());
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
-        rig.rx.set_avail_idx(&rig.mem, 1000);
+        rig.rx.set_avail_idx(&rig.mem, 1000).unwrap();
         rig.server.process_rx(64);
         rig.server.process_rx(64);
         assert_eq!(rig.stats().rx_frames, 0);
@@ -943,7 +961,10 @@ mod tests {
         assert_eq!(*rig.offload.lock().unwrap(), 0);
         let (rx, tx) = (Driver::new(RXQ + 0x8000, 16), Driver::new(TXQ + 0x8000, 16));
         rig.net
-            .activate(vec![rx.queue(), tx.queue()], all() & rig.net.features())
+            .activate(
+                vec![rx.queue().unwrap(), tx.queue().unwrap()],
+                all() & rig.net.features(),
+            )
             .unwrap();
         assert!(rig.server.interest().readable);
     }
