@@ -2,6 +2,7 @@
 //! when the test ends, even on failure) and runs ember inside it. A tiny guest with a minimal
 //! driver checks exact frames both ways and hostile chains; one Linux boot checks what users
 //! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs).
+#![allow(clippy::unwrap_used)] // test code
 
 mod common;
 

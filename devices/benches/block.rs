@@ -12,6 +12,8 @@
 //! Run: `cargo bench -p devices --bench block`
 #![allow(clippy::unwrap_used)] // benchmark code
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -28,6 +30,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use common::{since, thread_cpu};
+
 const FILE_SIZE: u64 = 256 << 20;
 const QUEUE: u16 = 256;
 const USED: u64 = 0x8000;
@@ -37,22 +41,6 @@ const DATA: u64 = 0x20_0000;
 const MEM: usize = 96 << 20;
 /// Guest data buffers the requests cycle through, like a guest reusing its page cache.
 const DATA_BUFFERS: usize = 8;
-
-/// This thread's CPU time so far: (user, system).
-fn thread_cpu() -> (Duration, Duration) {
-    // SAFETY: rusage is plain data; all-zero is valid and getrusage overwrites it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid rusage to write to.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    (tv(ru.ru_utime), tv(ru.ru_stime))
-}
-
-/// CPU time used since `start`: (user, system).
-fn since(start: (Duration, Duration)) -> (Duration, Duration) {
-    let now = thread_cpu();
-    (now.0 - start.0, now.1 - start.1)
-}
 
 struct Workload {
     name: &'static str,

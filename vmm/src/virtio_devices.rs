@@ -107,7 +107,7 @@ pub fn drive_slots(drives: &[Drive]) -> Vec<(&Drive, Slot)> {
 }
 
 /// The network interfaces in guest order, with their slots (after the drives').
-pub fn net_slots<'a>(cfg: &'a VmConfig) -> Vec<(&'a NetworkInterface, Slot)> {
+pub fn net_slots(cfg: &VmConfig) -> Vec<(&NetworkInterface, Slot)> {
     let first = cfg.drives.len();
     cfg.network_interfaces
         .iter()

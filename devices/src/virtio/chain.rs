@@ -70,6 +70,24 @@ pub fn read_bytes(mem: &GuestMemoryMmap, segments: &[Segment], max: u64) -> Vec<
     out
 }
 
+/// Fills `buf` from the start of the stream `segments` form; an error if they are shorter.
+pub fn read_into(mem: &GuestMemoryMmap, segments: &[Segment], buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    for s in segments {
+        if done == buf.len() {
+            break;
+        }
+        let n = (s.len as usize).min(buf.len() - done);
+        mem.read_slice(&mut buf[done..done + n], s.addr)
+            .map_err(io::Error::other)?;
+        done += n;
+    }
+    if done < buf.len() {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
 /// Copies `data` into `segments` from byte `offset` of the stream they form; returns how many
 /// bytes fit.
 pub fn write_bytes(
@@ -102,16 +120,29 @@ pub fn write_bytes(
 pub fn iovecs(mem: &GuestMemoryMmap, segments: &[Segment]) -> io::Result<Vec<libc::iovec>> {
     let mut out = Vec::with_capacity(segments.len());
     for s in segments {
-        for slice in mem.get_slices(s.addr, s.len as usize) {
-            let slice = slice.map_err(io::Error::other)?;
-            out.push(libc::iovec {
-                // No dirty-page tracking is enabled, so the guard has nothing to record.
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
+        push_iovecs(mem, *s, &mut out)?;
     }
     Ok(out)
+}
+
+/// Appends the host addresses of `segment` (one per memory region it spans) to `out`;
+/// returns how many.
+pub fn push_iovecs(
+    mem: &GuestMemoryMmap,
+    segment: Segment,
+    out: &mut impl Extend<libc::iovec>,
+) -> io::Result<usize> {
+    let mut count = 0;
+    for slice in mem.get_slices(segment.addr, segment.len as usize) {
+        let slice = slice.map_err(io::Error::other)?;
+        out.extend([libc::iovec {
+            // No dirty-page tracking is enabled, so the guard has nothing to record.
+            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+            iov_len: slice.len(),
+        }]);
+        count += 1;
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

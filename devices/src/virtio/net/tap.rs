@@ -5,9 +5,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use super::VNET_HDR_LEN;
 
@@ -62,6 +61,54 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+/// `struct ethtool_drvinfo`, as ETHTOOL_GDRVINFO fills it.
+#[repr(C)]
+struct DrvInfo {
+    cmd: u32,
+    driver: [u8; 32],
+    rest: [u8; 32 * 4 + 12 + 20],
+}
+
+/// `struct ifreq` with a pointer in its union, for SIOCETHTOOL.
+#[repr(C)]
+struct IfReqData {
+    name: [u8; 16],
+    data: *mut DrvInfo,
+    _pad: [u8; 16],
+}
+
+const ETHTOOL_GDRVINFO: u32 = 3;
+
+/// The kernel driver behind interface `name` in ember's network namespace ("tun" for a TAP).
+fn interface_driver(name: &str) -> io::Result<String> {
+    // SAFETY: plain socket creation; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 20],
+    };
+    let mut req = IfReqData {
+        name: [0; 16],
+        data: &mut info,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO reads the ifreq and writes the drvinfo it
+    // points at; both match the kernel's layouts and outlive the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// An open TAP.
 #[derive(Debug)]
 pub struct Tap {
@@ -80,14 +127,16 @@ impl Tap {
         {
             return Err(TapError::BadName(name.into()));
         }
-        let sys = Path::new("/sys/class/net").join(name);
-        if !sys.exists() {
-            return Err(TapError::NotFound(name.into()));
-        }
-        // Only tun/tap interfaces have this attribute; without the check TUNSETIFF would
-        // create a fresh TAP when run with CAP_NET_ADMIN, hiding a typo.
-        if !sys.join("tun_flags").exists() {
-            return Err(TapError::NotTap(name.into()));
+        // Without this check TUNSETIFF would create a fresh TAP when run with CAP_NET_ADMIN,
+        // hiding a typo. It asks the kernel, not /sys, which shows the network namespace it
+        // was mounted in rather than ember's.
+        match interface_driver(name) {
+            Ok(driver) if driver == "tun" => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENODEV) => {
+                return Err(TapError::NotFound(name.into()));
+            }
+            // Another driver, or one without driver information (the loopback device).
+            _ => return Err(TapError::NotTap(name.into())),
         }
         let file = OpenOptions::new()
             .read(true)
@@ -171,6 +220,13 @@ pub trait Backend: Send {
     /// Reads one frame (header included) into `buf`; `WouldBlock` when none is waiting.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Reads one frame (header included) scattered into `iovecs`; `WouldBlock` when none is
+    /// waiting. A frame longer than the iovecs is cut short.
+    ///
+    /// # Safety
+    /// Every iovec must describe writable memory that stays mapped for the call.
+    unsafe fn recv_vectored(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize>;
+
     /// Writes one frame (header included) gathered from `iovecs`; `WouldBlock` when full.
     ///
     /// # Safety
@@ -187,10 +243,29 @@ impl Backend for Tap {
         self.file.read(buf)
     }
 
-    unsafe fn send(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
+    unsafe fn recv_vectored(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
         let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
         // SAFETY: the caller vouches for the iovecs; `count` does not exceed their number.
-        let n = unsafe { libc::writev(self.file.as_raw_fd(), iovecs.as_ptr(), count) };
+        let n = unsafe { libc::readv(self.file.as_raw_fd(), iovecs.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    unsafe fn send(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
+        let fd = self.file.as_raw_fd();
+        let n = match iovecs {
+            // A frame in one buffer (the common case): write skips importing an iovec array.
+            // SAFETY: the caller vouches for the buffer.
+            [one] => unsafe { libc::write(fd, one.iov_base, one.iov_len) },
+            _ => {
+                let count = iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+                // SAFETY: the caller vouches for the iovecs; `count` does not exceed their
+                // number.
+                unsafe { libc::writev(fd, iovecs.as_ptr(), count) }
+            }
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
