@@ -57,13 +57,27 @@ fn tiny_exchange(
         }
         got
     });
-    let out = run(
-        ns.command(env!("CARGO_BIN_EXE_ember"))
-            .arg("--kernel")
-            .arg(guest("virtio_net"))
-            .args(["--cmdline", mode, "--net", "tap=tap0,mac=06:00:0a:00:02:02"]),
-        TINY_LIMIT,
-    );
+    let mut ember = ns.command(env!("CARGO_BIN_EXE_ember"));
+    if mode == "config-file" {
+        // The same VM from Firecracker's config-file fields.
+        let path = tempdir(tag).join("vm.json");
+        let config = serde_json::json!({
+            "boot-source": {"kernel_image_path": guest("virtio_net"), "boot_args": "net"},
+            "network-interfaces": [{
+                "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:0a:00:02:02"
+            }]
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        ember.arg("--no-api").arg("--config-file").arg(path);
+    } else {
+        ember.arg("--kernel").arg(guest("virtio_net")).args([
+            "--cmdline",
+            mode,
+            "--net",
+            "tap=tap0,mac=06:00:0a:00:02:02",
+        ]);
+    }
+    let out = run(&mut ember, TINY_LIMIT);
     let received = host.join().unwrap();
     (
         ns,
@@ -74,23 +88,29 @@ fn tiny_exchange(
     )
 }
 
+/// Once configured with `--net`, once with the config file's `network-interfaces`.
 #[test]
 fn a_tiny_driver_exchanges_exact_frames_with_the_host() {
     if !kvm_available() || !net_available() {
         return;
     }
-    let (ns, log, status, stderr, received) = tiny_exchange("tiny", "net", 1);
-    assert_eq!(status, EXIT_OK, "console:\n{log}\nstderr:\n{stderr}");
-    // The host kernel read the ARP request and answered with the TAP's address.
-    assert_contains(&log, &format!("ARP REPLY {}", tap_mac(&ns, "tap0")));
-    assert_eq!(received[0], "ember-tiny-net");
-    assert_contains(&log, "UDP hello-guest");
-    // The host learned the guest's configured MAC from its frame.
-    assert!(
-        received[1].contains("lladdr 06:00:0a:00:02:02"),
-        "{}",
-        received[1]
-    );
+    for (tag, mode) in [("tiny", "net"), ("config", "config-file")] {
+        let (ns, log, status, stderr, received) = tiny_exchange(tag, mode, 1);
+        assert_eq!(
+            status, EXIT_OK,
+            "{mode}: console:\n{log}\nstderr:\n{stderr}"
+        );
+        // The host kernel read the ARP request and answered with the TAP's address.
+        assert_contains(&log, &format!("ARP REPLY {}", tap_mac(&ns, "tap0")));
+        assert_eq!(received[0], "ember-tiny-net");
+        assert_contains(&log, "UDP hello-guest");
+        // The host learned the guest's configured MAC from its frame.
+        assert!(
+            received[1].contains("lladdr 06:00:0a:00:02:02"),
+            "{mode}: {}",
+            received[1]
+        );
+    }
 }
 
 #[test]
