@@ -5,4 +5,7 @@
 //! it. This crate owns the JSON shapes and their field names; it must not depend on KVM or on any
 //! other ember crate, because the VMM depends on it.
 
+pub mod http;
 pub mod model;
+pub mod request;
+pub mod server;
