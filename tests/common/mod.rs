@@ -315,6 +315,81 @@ impl Drop for NetNs {
     }
 }
 
+/// A keep-alive client of ember's API socket.
+pub struct ApiClient {
+    writer: std::os::unix::net::UnixStream,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl ApiClient {
+    /// Connects, waiting up to 10 s for the socket to appear.
+    pub fn connect(sock: &Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("no API socket at {}: {e}", sock.display())
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Self {
+            writer: stream,
+            reader,
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, raw: &[u8]) {
+        use std::io::Write;
+        self.writer.write_all(raw).unwrap();
+    }
+
+    /// Reads one response: (status, body).
+    pub fn response(&mut self) -> (u16, String) {
+        let mut status = 0;
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            if status == 0 {
+                status = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("not an HTTP status line: {line:?}"));
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length: ") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body).unwrap();
+        (status, String::from_utf8(body).unwrap())
+    }
+
+    /// One request and its response.
+    pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let raw = match body {
+            Some(b) => format!(
+                "{method} {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ),
+            None => format!("{method} {path} HTTP/1.1\r\n\r\n"),
+        };
+        self.send_raw(raw.as_bytes());
+        self.response()
+    }
+}
+
 /// Fails, showing the log, unless `needle` is in it.
 pub fn assert_contains(log: &str, needle: &str) {
     assert!(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::model::VmConfig;
+use api_server::request::VmmData;
 use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
@@ -21,6 +22,7 @@ use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{Api, RuntimeApi};
 use crate::arch::x86_64::acpi;
 use crate::arch::x86_64::layout::{
     ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_PORT, EXIT_PORT,
@@ -100,11 +102,24 @@ pub struct RunOptions {
     pub boot_timer: bool,
 }
 
-/// Boots the VM `cfg` describes and runs it until it stops; returns how it ended.
-pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
+/// The REST API, when ember serves one: it answers requests while the VM runs, and the
+/// InstanceStart that booted it once the vCPUs run (`answer_start`).
+pub struct ApiHook {
+    /// The VMM's ends of the API channels.
+    pub api: Arc<Api>,
+    /// An InstanceStart request waits for its answer.
+    pub answer_start: bool,
+}
+
+/// Boots the VM `cfg` describes and runs it until it stops; returns how it ended. `signals`
+/// must have been blocked before any thread was started.
+pub fn run(
+    cfg: &VmConfig,
+    opts: &RunOptions,
+    signals: StopSignals,
+    api: Option<ApiHook>,
+) -> Result<Outcome, BuildError> {
     config::validate(cfg)?;
-    // Before any thread exists, so that every thread inherits the mask.
-    let signals = StopSignals::block().map_err(host("signal handling"))?;
     let disks = virtio_devices::open_drives(&cfg.drives)?;
     let nics = virtio_devices::open_taps(cfg)?;
     let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
@@ -120,7 +135,7 @@ pub fn run(cfg: &VmConfig, opts: &RunOptions) -> Result<Outcome, BuildError> {
         guest_exit,
         signals,
     };
-    let result = booted.run(cfg, opts, output);
+    let result = booted.run(cfg, opts, output, api);
     let dropped = drain.finish();
     if dropped > 0 {
         warn!(
@@ -151,6 +166,7 @@ impl Booted {
         cfg: &VmConfig,
         opts: &RunOptions,
         output: ConsoleOutput,
+        api: Option<ApiHook>,
     ) -> Result<Outcome, BuildError> {
         let Self {
             vm,
@@ -203,6 +219,10 @@ impl Booted {
                 .map_err(host("console input event"))?,
         );
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        if let Some(hook) = &api {
+            let runtime = RuntimeApi::new(hook.api.clone(), cfg.clone(), devices.i8042.clone());
+            event_loop.add_subscriber(Arc::new(Mutex::new(runtime)));
+        }
 
         let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
@@ -217,6 +237,14 @@ impl Booted {
             }
         }
         info!("started {} vCPUs", handles.len());
+        if let Some(hook) = &api {
+            if started.is_ok() {
+                hook.api.mark_started();
+                if hook.answer_start {
+                    hook.api.reply(Ok(VmmData::Empty));
+                }
+            }
+        }
 
         let outcome = started.map_err(BuildError::from).and_then(|()| {
             loop {
@@ -354,6 +382,7 @@ fn open_console(
 struct LegacyDevices {
     pio: Arc<Bus>,
     serial: SharedSerial,
+    i8042: Arc<Mutex<I8042>>,
     fifo_free: EventFd,
 }
 
@@ -376,7 +405,7 @@ impl LegacyDevices {
         let sleep = AcpiSleep::new(acpi::SLEEP_TYPE_S5, exit.clone());
         let devices: [(SharedDevice, u16, u64); 5] = [
             (serial.clone(), COM1_PORT, 8),
-            (i8042, I8042_PORT, 5),
+            (i8042.clone(), I8042_PORT, 5),
             (
                 Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
                 EXIT_PORT,
@@ -396,6 +425,7 @@ impl LegacyDevices {
         Ok(Self {
             pio: Arc::new(pio),
             serial,
+            i8042,
             fifo_free,
         })
     }

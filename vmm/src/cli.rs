@@ -12,6 +12,7 @@ use api_server::model::{
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
+use api_server::server::DEFAULT_MAX_PAYLOAD;
 
 /// ember: a KVM microVM monitor.
 ///
@@ -77,9 +78,19 @@ pub struct VmArgs {
     /// Firecracker config-file JSON describing the microVM (boot-source, machine-config, ...).
     #[arg(long, value_name = "PATH")]
     pub config_file: Option<PathBuf>,
-    /// Accepted for Firecracker compatibility: ember serves no API unless asked to.
+    /// Do not serve the REST API (Firecracker's flag; ember serves none without --api-sock).
     #[arg(long, action = ArgAction::SetTrue)]
     pub no_api: bool,
+    /// Serve Firecracker's REST API on this Unix socket (created owner-only; a stale socket
+    /// is replaced). Without --kernel or --config-file the VM waits for InstanceStart.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
+    pub api_sock: Option<PathBuf>,
+    /// The microVM's id, reported by the API's GET /.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+    /// Largest API request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
+    pub http_api_max_payload_size: usize,
     /// Firecracker's boot timer: log "Guest-boot-time = N us" when the guest writes 123 to
     /// MMIO address 0xd0000000.
     #[arg(long, action = ArgAction::SetTrue)]
@@ -263,6 +274,11 @@ impl VmArgs {
             }
         }
         args
+    }
+
+    /// Whether the flags (or a config file) describe a VM to boot right away.
+    pub fn describes_vm(&self) -> bool {
+        self.kernel.is_some() || self.config_file.is_some()
     }
 
     /// The microVM the flags (or the config file) describe, validated.

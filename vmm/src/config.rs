@@ -151,11 +151,17 @@ pub fn load_config_file(path: &Path) -> Result<VmConfig, ConfigError> {
 
 /// Checks everything about `cfg` that does not need the host.
 pub fn validate(cfg: &VmConfig) -> Result<(), ConfigError> {
-    if let Some(section) = cfg.unsupported_sections().first() {
-        return Err(ConfigError::UnsupportedSection(section));
-    }
     if cfg.boot_source.is_none() {
         return Err(ConfigError::NoBootSource);
+    }
+    validate_parts(cfg)
+}
+
+/// Checks the parts `cfg` has, without asking for a boot source: a configuration being built
+/// through the API must stay valid after each request.
+pub fn validate_parts(cfg: &VmConfig) -> Result<(), ConfigError> {
+    if let Some(section) = cfg.unsupported_sections().first() {
+        return Err(ConfigError::UnsupportedSection(section));
     }
     let mc = &cfg.machine_config;
     if mc.vcpu_count == 0 || mc.vcpu_count > MAX_CPUS {

@@ -63,7 +63,18 @@ impl StopSignals {
         Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn read(&self) -> Option<u32> {
+    /// Another descriptor for the same signals.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        self.0.try_clone().map(Self)
+    }
+
+    /// The descriptor, to wait on.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// The next pending stop signal, if any.
+    pub fn read(&self) -> Option<u32> {
         // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();

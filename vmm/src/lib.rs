@@ -6,6 +6,7 @@
 //! reason to stop ([`controller`]). The [`ExitStatus`] it returns is ember's process exit status,
 //! which CI users script against.
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod builder;
@@ -50,4 +51,20 @@ impl ExitStatus {
             Self::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
         }
     }
+}
+
+/// "outer: cause: root cause", each message once: how ember reports an error chain on stderr
+/// and in API fault messages.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let msg = cause.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = cause.source();
+    }
+    text
 }

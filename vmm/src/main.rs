@@ -3,10 +3,14 @@
 use std::error::Error;
 use std::process::ExitCode;
 
+use api_server::model::VmConfig;
+use api_server::request::VmmAction;
 use clap::Parser;
 use vmm::ExitStatus;
-use vmm::builder::{self, RunOptions};
-use vmm::cli::Cli;
+use vmm::api;
+use vmm::builder::{self, ApiHook, RunOptions};
+use vmm::cli::{Cli, VmArgs};
+use vmm::controller::{Outcome, StopSignals};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,10 +38,20 @@ fn main() -> ExitCode {
         serial_out: args.serial_out.clone(),
         boot_timer: args.boot_timer,
     };
-    let result = args
-        .vm_config()
-        .map_err(|e| Box::new(e) as Box<dyn Error>)
-        .and_then(|cfg| builder::run(&cfg, &opts).map_err(|e| Box::new(e) as Box<dyn Error>));
+    // Before any thread exists, so that every thread inherits the mask.
+    let result = match StopSignals::block() {
+        Err(err) => Err(Box::new(err) as Box<dyn Error>),
+        Ok(signals) => match &args.api_sock {
+            None => args
+                .vm_config()
+                .map_err(|e| Box::new(e) as Box<dyn Error>)
+                .and_then(|cfg| {
+                    builder::run(&cfg, &opts, signals, None)
+                        .map_err(|e| Box::new(e) as Box<dyn Error>)
+                }),
+            Some(sock) => serve_api(args, sock, opts, signals),
+        },
+    };
     // The end of ember's own teardown; benches/boot.rs reads this line.
     log::info!(
         "ember exiting at monotonic {} ns",
@@ -51,23 +65,59 @@ fn main() -> ExitCode {
             ExitCode::from(outcome.status.code())
         }
         Err(err) => {
-            eprintln!("ember: error: {}", error_chain(err.as_ref()));
+            eprintln!("ember: error: {}", vmm::error_chain(err.as_ref()));
             ExitCode::from(ExitStatus::ConfigError.code())
         }
     }
 }
 
-/// "outer: cause: root cause", each message once.
-fn error_chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let msg = cause.to_string();
-        if !text.contains(&msg) {
-            text.push_str(": ");
-            text.push_str(&msg);
-        }
-        source = cause.source();
+/// Serves the REST API: boots right away when the flags or a config file describe a VM,
+/// otherwise builds the configuration from requests until InstanceStart.
+fn serve_api(
+    args: &VmArgs,
+    sock: &std::path::Path,
+    mut opts: RunOptions,
+    signals: StopSignals,
+) -> Result<Outcome, Box<dyn Error>> {
+    let api = api::start(sock, args.http_api_max_payload_size, &args.id)?;
+    if args.describes_vm() {
+        let cfg = args.vm_config()?;
+        let hook = ApiHook {
+            api,
+            answer_start: false,
+        };
+        return Ok(builder::run(&cfg, &opts, signals, Some(hook))?);
     }
-    text
+    let mut cfg = VmConfig::default();
+    loop {
+        let mut fds = [api.notify_fd(), signals.fd()].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `fds` is a valid array of two pollfds for descriptors that outlive the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if let Some(signo) = signals.read() {
+            return Ok(Outcome {
+                status: ExitStatus::Signal(signo as i32),
+                message: format!("stopped by signal {signo}"),
+            });
+        }
+        while let Some(action) = api.next() {
+            if action != VmmAction::InstanceStart {
+                api.reply(api::preboot(&api, &mut cfg, &mut opts, action));
+                continue;
+            }
+            let hook = ApiHook {
+                api: api.clone(),
+                answer_start: true,
+            };
+            match builder::run(&cfg, &opts, signals.try_clone()?, Some(hook)) {
+                Ok(outcome) => return Ok(outcome),
+                // The VM never started: say why, and keep serving the configuration.
+                Err(err) if !api.started() => api.reply(Err(vmm::error_chain(&err))),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
 }

@@ -1,0 +1,374 @@
+//! The REST API over its Unix socket, driven the way an orchestrator drives Firecracker: the
+//! configuration sequence and InstanceStart, runtime requests, every error path with its exact
+//! status and message, concurrent clients. Tiny test guests keep each boot to milliseconds.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// An ember serving the API at a fresh socket, killed when dropped.
+struct Ember {
+    child: Option<Child>,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ember {
+    fn start(name: &str, extra: &[&str]) -> Self {
+        let dir = tempdir(name);
+        let sock = dir.join("api.sock");
+        let child = ember()
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            sock,
+            dir,
+        }
+    }
+
+    fn client(&self) -> ApiClient {
+        ApiClient::connect(&self.sock)
+    }
+
+    /// Waits for ember to exit; returns (status, console, stderr).
+    fn finish(mut self) -> (i32, String, String) {
+        let child = self.child.take().unwrap();
+        let out = wait_with_deadline(child, LIMIT);
+        (code(&out.status), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+impl Drop for Ember {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn fault(body: &str) -> String {
+    json(body)["fault_message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fault_message in {body}"))
+        .to_owned()
+}
+
+#[test]
+fn orchestrator_sequence_configures_boots_and_reports() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-sequence", &["--id", "vm_1"]);
+    let mut c = vm.client();
+    let (status, body) = c.request("GET", "/", None);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["state"], "Not started");
+    assert_eq!(json(&body)["id"], "vm_1");
+    let disk = vm.dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let kernel = guest("ctrl_alt_del");
+    let steps = [
+        (
+            "PUT",
+            "/machine-config",
+            json!({"vcpu_count": 2, "mem_size_mib": 64}),
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"}),
+        ),
+        (
+            "PUT",
+            "/drives/data",
+            json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true}),
+        ),
+        ("PATCH", "/machine-config", json!({"mem_size_mib": 96})),
+        (
+            "PUT",
+            "/serial",
+            json!({"serial_out_path": vm.dir.join("console.log")}),
+        ),
+    ];
+    for (method, path, body) in &steps {
+        let (status, answer) = c.request(method, path, Some(&body.to_string()));
+        assert_eq!((status, answer.as_str()), (204, ""), "{method} {path}");
+    }
+    let (status, body) = c.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!((status, body.as_str()), (204, ""));
+    let (_, body) = c.request("GET", "/", None);
+    assert_eq!(json(&body)["state"], "Running");
+    let (_, body) = c.request("GET", "/vm/config", None);
+    let cfg = json(&body);
+    assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
+    assert_eq!(cfg["machine-config"]["mem_size_mib"], 96);
+    assert_eq!(cfg["boot-source"]["kernel_image_path"], json!(kernel));
+    assert_eq!(cfg["drives"][0]["drive_id"], "data");
+    assert_eq!(cfg["drives"][0]["is_read_only"], true);
+    let (_, body) = c.request("GET", "/machine-config", None);
+    assert_eq!(json(&body)["mem_size_mib"], 96);
+    // Pre-boot operations are over.
+    let (status, body) = c.request(
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
+    );
+    assert_eq!(
+        (status, fault(&body).as_str()),
+        (
+            400,
+            "The requested operation is not supported after starting the microVM."
+        )
+    );
+    let (status, body) = c.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(
+        (status, fault(&body).as_str()),
+        (
+            400,
+            "The requested operation is not supported after starting the microVM."
+        )
+    );
+    // Ctrl-Alt-Del reaches the guest through the i8042; it resets, and ember exits 0.
+    let log = vm.dir.join("console.log");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("READY")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = c.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+    );
+    assert_eq!(status, 204);
+    let dir = vm.dir.clone();
+    let (code, _, stderr) = vm.finish();
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
+    assert_contains(&console, "CTRL-ALT-DEL");
+}
+
+#[test]
+fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-errors", &["--http-api-max-payload-size", "1000"]);
+    let mut c = vm.client();
+    let cases: [(&str, &str, Option<&str>, &str); 14] = [
+        (
+            "GET",
+            "/no/such/path",
+            None,
+            "Invalid request method and/or path: GET /no/such/path.",
+        ),
+        (
+            "DELETE",
+            "/machine-config",
+            None,
+            "Invalid request method and/or path: DELETE /machine-config.",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some("{\"kernel_image_path\": "),
+            "invalid JSON body",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path": "k", "kernel": 1}"#),
+            "unknown field `kernel`",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": "2", "mem_size_mib": 64}"#),
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/drives/a",
+            Some(r#"{"drive_id": "b", "path_on_host": "x", "is_root_device": false}"#),
+            "does not match",
+        ),
+        (
+            "PUT",
+            "/drives/",
+            Some(r#"{"drive_id": "", "path_on_host": "x", "is_root_device": false}"#),
+            "Required path parameter 'drive_id' is missing.",
+        ),
+        ("GET", "/", Some("{}"), "GET requests must not have a body."),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 0, "mem_size_mib": 64}"#),
+            "vcpu_count must be between 1 and 32",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+            "The requested operation is not supported before starting the microVM.",
+        ),
+        (
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+            "--kernel",
+        ),
+        (
+            "PATCH",
+            "/vm",
+            Some(r#"{"state": "Paused"}"#),
+            "not supported before starting",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            Some("{}"),
+            "'/vsock' is a Firecracker API ember does not support yet.",
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            Some(&"x".repeat(1001)),
+            "larger than the limit of 1000",
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        let mut c2 = vm.client();
+        let (status, answer) = c2.request(method, path, body);
+        assert_eq!(status, 400, "{method} {path}: {answer}");
+        assert!(fault(&answer).contains(want), "{method} {path}: {answer}");
+    }
+    // A missing kernel file is reported at InstanceStart; the VM can still be configured.
+    let (status, _) = c.request(
+        "PUT",
+        "/boot-source",
+        Some(r#"{"kernel_image_path": "/no/such/vmlinux"}"#),
+    );
+    assert_eq!(status, 204);
+    let (status, body) = c.request(
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(status, 400);
+    assert!(fault(&body).contains("/no/such/vmlinux"), "{body}");
+    // Chunked bodies, garbage and a client that leaves mid-request.
+    let mut g = vm.client();
+    g.send_raw(
+        b"PUT /boot-source HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let (status, body) = g.response();
+    assert!(status == 400 && fault(&body).contains("chunked"), "{body}");
+    let mut g = vm.client();
+    g.send_raw(b"\x16\x03\x01\x00\xa5garbage\r\n\r\n");
+    assert_eq!(g.response().0, 400);
+    let mut half = vm.client();
+    half.send_raw(b"PUT /boot-source HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"kernel_");
+    drop(half);
+    let (status, body) = c.request("GET", "/", None);
+    assert_eq!(
+        (status, json(&body)["state"].as_str()),
+        (200, Some("Not started"))
+    );
+}
+
+#[test]
+fn config_file_with_api_boots_at_once_and_serves_the_running_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("api-config");
+    let cfg = dir.join("vm.json");
+    std::fs::write(
+        &cfg,
+        json!({"boot-source": {"kernel_image_path": guest("spin")}}).to_string(),
+    )
+    .unwrap();
+    let vm = Ember::start("api-config-vm", &["--config-file", cfg.to_str().unwrap()]);
+    let mut c = vm.client();
+    let (_, body) = c.request("GET", "/", None);
+    assert_eq!(json(&body)["state"], "Running");
+    drop(vm);
+}
+
+#[test]
+fn eight_clients_times_a_thousand_requests_all_answered_and_memory_stays_flat() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-load", &[]);
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let pid = vm.child.as_ref().unwrap().id();
+    let mut warm = vm.client();
+    for _ in 0..200 {
+        assert_eq!(warm.request("GET", "/", None).0, 200);
+    }
+    let before = rss(pid);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = vm.client();
+            std::thread::spawn(move || {
+                for i in 0..1000 {
+                    let (status, body) = c.request("GET", "/", None);
+                    assert_eq!(status, 200, "request {i}: {body}");
+                    assert_eq!(json(&body)["state"], "Not started");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let after = rss(pid);
+    assert!(
+        after <= before + 512,
+        "RSS grew from {before} KiB to {after} KiB over 8000 requests"
+    );
+}

@@ -1,0 +1,262 @@
+//! The VMM's side of the REST API. The API thread (`api_server::server`) sends each request as
+//! a [`VmmAction`] over a channel and writes an eventfd; the VMM thread answers every action,
+//! in order, on the reply channel. Before boot the main thread waits on that eventfd and edits
+//! the configuration ([`preboot`]); after InstanceStart a [`RuntimeApi`] subscriber in the event
+//! loop answers with the running VM's state. Whether an action is legal depends on that
+//! state, and the wrong state gets Firecracker's own messages.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use api_server::model::{MachineConfig, VmConfig};
+use api_server::request::{VmmAction, VmmData, VmmResponse};
+use api_server::server::{self, ServerError, VmmLink};
+use devices::bus::lock;
+use devices::legacy::I8042;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::warn;
+use serde_json::json;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::RunOptions;
+use crate::config;
+
+/// Firecracker's answer to a pre-boot-only action after boot.
+pub const NOT_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+/// Firecracker's answer to a runtime-only action before boot.
+pub const NOT_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
+
+/// Errors starting the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The socket cannot be served.
+    #[error(transparent)]
+    Socket(#[from] ServerError),
+    /// The thread or an event could not be created.
+    #[error("cannot start the API thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The VMM's ends of the API channels.
+pub struct Api {
+    actions: Mutex<Receiver<VmmAction>>,
+    notify: EventFd,
+    responses: Sender<VmmResponse>,
+    id: String,
+    started: AtomicBool,
+}
+
+/// Binds `path` and starts the API thread.
+pub fn start(path: &Path, max_payload: usize, id: &str) -> Result<Arc<Api>, ApiError> {
+    let listener = server::bind(path)?;
+    let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(ApiError::Thread)?;
+    let (action_tx, action_rx) = mpsc::channel();
+    let (response_tx, response_rx) = mpsc::channel();
+    let link = VmmLink {
+        actions: action_tx,
+        notify: notify.try_clone().map_err(ApiError::Thread)?,
+        responses: response_rx,
+    };
+    std::thread::Builder::new()
+        .name("ember_api".into())
+        .spawn(move || server::serve(listener, link, max_payload))
+        .map_err(ApiError::Thread)?;
+    Ok(Arc::new(Api {
+        actions: Mutex::new(action_rx),
+        notify,
+        responses: response_tx,
+        id: id.into(),
+        started: AtomicBool::new(false),
+    }))
+}
+
+impl Api {
+    /// The eventfd written with every request.
+    pub fn notify_fd(&self) -> std::os::fd::RawFd {
+        self.notify.as_raw_fd()
+    }
+
+    /// The next waiting action, if any.
+    pub fn next(&self) -> Option<VmmAction> {
+        let _ = self.notify.read();
+        lock(&self.actions).try_recv().ok()
+    }
+
+    /// Answers the oldest unanswered action.
+    pub fn reply(&self, response: VmmResponse) {
+        if self.responses.send(response).is_err() {
+            warn!("the API thread is gone; a response was dropped");
+        }
+    }
+
+    /// The VM is running: InstanceStart succeeded.
+    pub fn mark_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    /// Whether the VM was started.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    fn instance_info(&self, state: &str) -> VmmData {
+        VmmData::Json(json!({
+            "app_name": "ember",
+            "id": self.id,
+            "state": state,
+            "vmm_version": env!("CARGO_PKG_VERSION"),
+        }))
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> VmmResponse {
+    serde_json::to_value(value)
+        .map(VmmData::Json)
+        .map_err(|e| format!("cannot encode the answer: {e}"))
+}
+
+/// Answers to actions that mean the same in every state; `None` for the others.
+fn common(api: &Api, cfg: &VmConfig, state: &str, action: &VmmAction) -> Option<VmmResponse> {
+    Some(match action {
+        VmmAction::GetInstanceInfo => Ok(api.instance_info(state)),
+        VmmAction::GetVersion => Ok(VmmData::Json(
+            json!({ "firecracker_version": env!("CARGO_PKG_VERSION") }),
+        )),
+        VmmAction::GetVmConfig => to_json(cfg),
+        VmmAction::GetMachineConfig => to_json(&cfg.machine_config),
+        _ => return None,
+    })
+}
+
+/// Applies a pre-boot action to the configuration being built. `InstanceStart` is not handled
+/// here: the caller boots.
+pub fn preboot(
+    api: &Api,
+    cfg: &mut VmConfig,
+    opts: &mut RunOptions,
+    action: VmmAction,
+) -> VmmResponse {
+    if let Some(answer) = common(api, cfg, "Not started", &action) {
+        return answer;
+    }
+    let mut next = cfg.clone();
+    match action {
+        VmmAction::PutMachineConfig(mc) => next.machine_config = mc,
+        VmmAction::PatchMachineConfig(patch) => {
+            let mc: &mut MachineConfig = &mut next.machine_config;
+            mc.vcpu_count = patch.vcpu_count.unwrap_or(mc.vcpu_count);
+            mc.mem_size_mib = patch.mem_size_mib.unwrap_or(mc.mem_size_mib);
+            mc.smt = patch.smt.unwrap_or(mc.smt);
+            mc.track_dirty_pages = patch.track_dirty_pages.unwrap_or(mc.track_dirty_pages);
+            if patch.cpu_template.is_some() {
+                mc.cpu_template = patch.cpu_template;
+            }
+            if patch.huge_pages.is_some() {
+                mc.huge_pages = patch.huge_pages;
+            }
+        }
+        VmmAction::PutBootSource(boot) => next.boot_source = Some(boot),
+        VmmAction::PutDrive(drive) => {
+            match next
+                .drives
+                .iter_mut()
+                .find(|d| d.drive_id == drive.drive_id)
+            {
+                Some(existing) => *existing = drive,
+                None => next.drives.push(drive),
+            }
+        }
+        VmmAction::PutNetworkInterface(iface) => {
+            match next
+                .network_interfaces
+                .iter_mut()
+                .find(|n| n.iface_id == iface.iface_id)
+            {
+                Some(existing) => *existing = iface,
+                None => next.network_interfaces.push(iface),
+            }
+        }
+        VmmAction::PutSerial(serial) => {
+            if let Some(path) = serial.serial_out_path {
+                opts.serial_out.push(path.into());
+            }
+            return Ok(VmmData::Empty);
+        }
+        VmmAction::PutLogger(_) | VmmAction::PutMetrics(_) => {
+            return Err(
+                "This operation is not supported by ember yet; configure logging with \
+                        --level on the command line."
+                    .into(),
+            );
+        }
+        VmmAction::InstanceStart => return Err("internal: InstanceStart reached preboot".into()),
+        VmmAction::PatchDrive(_)
+        | VmmAction::PatchNetworkInterface(_)
+        | VmmAction::SendCtrlAltDel
+        | VmmAction::FlushMetrics
+        | VmmAction::Pause
+        | VmmAction::Resume => return Err(NOT_BEFORE_START.into()),
+        VmmAction::GetInstanceInfo
+        | VmmAction::GetVersion
+        | VmmAction::GetVmConfig
+        | VmmAction::GetMachineConfig => {}
+    }
+    config::validate_parts(&next).map_err(|e| crate::error_chain(&e))?;
+    *cfg = next;
+    Ok(VmmData::Empty)
+}
+
+/// The event-loop subscriber that answers the API while the VM runs.
+pub struct RuntimeApi {
+    api: Arc<Api>,
+    cfg: VmConfig,
+    i8042: Arc<Mutex<I8042>>,
+}
+
+impl RuntimeApi {
+    /// Answers for the VM `cfg` describes, whose keyboard controller is `i8042`.
+    pub fn new(api: Arc<Api>, cfg: VmConfig, i8042: Arc<Mutex<I8042>>) -> Self {
+        Self { api, cfg, i8042 }
+    }
+
+    fn handle(&self, action: VmmAction) -> VmmResponse {
+        if let Some(answer) = common(&self.api, &self.cfg, "Running", &action) {
+            return answer;
+        }
+        match action {
+            VmmAction::SendCtrlAltDel => {
+                if lock(&self.i8042).send_ctrl_alt_del() {
+                    Ok(VmmData::Empty)
+                } else {
+                    Err("The guest's keyboard buffer is full; try again.".into())
+                }
+            }
+            VmmAction::PatchDrive(_)
+            | VmmAction::PatchNetworkInterface(_)
+            | VmmAction::FlushMetrics
+            | VmmAction::Pause
+            | VmmAction::Resume => Err("This operation is not supported by ember yet.".into()),
+            _ => Err(NOT_AFTER_START.into()),
+        }
+    }
+}
+
+impl MutEventSubscriber for RuntimeApi {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        while let Some(action) = self.api.next() {
+            let answer = self.handle(action);
+            self.api.reply(answer);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new_raw(self.api.notify_fd(), EventSet::IN)) {
+            warn!("the API cannot be served while the VM runs: {err}");
+        }
+    }
+}
