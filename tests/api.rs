@@ -372,3 +372,63 @@ fn eight_clients_times_a_thousand_requests_all_answered_and_memory_stays_flat() 
         "RSS grew from {before} KiB to {after} KiB over 8000 requests"
     );
 }
+
+#[test]
+fn pause_stops_a_counting_guest_and_resume_continues_it() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-pause", &[]);
+    let mut c = vm.client();
+    let log = vm.dir.join("console.log");
+    let boot = json!({"kernel_image_path": guest("counter")}).to_string();
+    assert_eq!(c.request("PUT", "/boot-source", Some(&boot)).0, 204);
+    let serial = json!({"serial_out_path": log}).to_string();
+    assert_eq!(c.request("PUT", "/serial", Some(&serial)).0, 204);
+    assert_eq!(
+        c.request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
+    let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let grows = || {
+        let before = size();
+        std::thread::sleep(Duration::from_millis(300));
+        size() > before
+    };
+    assert!(grows(), "the guest does not count");
+    let (status, body) = c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    assert_eq!((status, body.as_str()), (204, ""));
+    let (_, body) = c.request("GET", "/", None);
+    assert_eq!(json(&body)["state"], "Paused");
+    // Output already buffered may still drain; then nothing more comes.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!grows(), "the guest kept counting while paused");
+    assert_eq!(
+        c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204,
+        "pausing twice is fine"
+    );
+    assert_eq!(
+        c.request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
+    let (_, body) = c.request("GET", "/", None);
+    assert_eq!(json(&body)["state"], "Running");
+    assert!(grows(), "the guest did not resume counting");
+    // A paused VM still stops cleanly.
+    assert_eq!(
+        c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    let Ember { child, .. } = &vm;
+    let pid = child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (code, _, stderr) = vm.finish();
+    assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
+}

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use api_server::model::{MachineConfig, VmConfig};
 use api_server::request::{VmmAction, VmmData, VmmResponse};
@@ -23,6 +24,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::RunOptions;
 use crate::config;
+use crate::pause::PauseGate;
+use crate::vcpu::VcpuHandle;
 
 /// Firecracker's answer to a pre-boot-only action after boot.
 pub const NOT_AFTER_START: &str =
@@ -211,24 +214,71 @@ pub fn preboot(
     Ok(VmmData::Empty)
 }
 
+/// How long a pause may take for every vCPU to leave the guest.
+const PAUSE_LIMIT: Duration = Duration::from_secs(2);
+
 /// The event-loop subscriber that answers the API while the VM runs.
 pub struct RuntimeApi {
     api: Arc<Api>,
     cfg: VmConfig,
     i8042: Arc<Mutex<I8042>>,
+    gate: Arc<PauseGate>,
+    vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
 }
 
 impl RuntimeApi {
-    /// Answers for the VM `cfg` describes, whose keyboard controller is `i8042`.
-    pub fn new(api: Arc<Api>, cfg: VmConfig, i8042: Arc<Mutex<I8042>>) -> Self {
-        Self { api, cfg, i8042 }
+    /// Answers for the VM `cfg` describes, whose keyboard controller is `i8042`, whose threads
+    /// pause at `gate`, and whose vCPUs are `vcpus`.
+    pub fn new(
+        api: Arc<Api>,
+        cfg: VmConfig,
+        i8042: Arc<Mutex<I8042>>,
+        gate: Arc<PauseGate>,
+        vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+    ) -> Self {
+        Self {
+            api,
+            cfg,
+            i8042,
+            gate,
+            vcpus,
+        }
+    }
+
+    fn pause(&self) -> VmmResponse {
+        if self.gate.is_paused() {
+            return Ok(VmmData::Empty);
+        }
+        self.gate
+            .pause()
+            .map_err(|e| format!("cannot pause the microVM: {e}"))?;
+        let vcpus = lock(&self.vcpus);
+        for vcpu in vcpus.iter() {
+            vcpu.kick();
+        }
+        if !self.gate.wait_parked(vcpus.len(), PAUSE_LIMIT) {
+            drop(vcpus);
+            self.gate.resume();
+            return Err("The vCPUs did not stop in time; the microVM keeps running.".into());
+        }
+        Ok(VmmData::Empty)
     }
 
     fn handle(&self, action: VmmAction) -> VmmResponse {
-        if let Some(answer) = common(&self.api, &self.cfg, "Running", &action) {
+        let state = if self.gate.is_paused() {
+            "Paused"
+        } else {
+            "Running"
+        };
+        if let Some(answer) = common(&self.api, &self.cfg, state, &action) {
             return answer;
         }
         match action {
+            VmmAction::Pause => self.pause(),
+            VmmAction::Resume => {
+                self.gate.resume();
+                Ok(VmmData::Empty)
+            }
             VmmAction::SendCtrlAltDel => {
                 if lock(&self.i8042).send_ctrl_alt_del() {
                     Ok(VmmData::Empty)
@@ -238,9 +288,9 @@ impl RuntimeApi {
             }
             VmmAction::PatchDrive(_)
             | VmmAction::PatchNetworkInterface(_)
-            | VmmAction::FlushMetrics
-            | VmmAction::Pause
-            | VmmAction::Resume => Err("This operation is not supported by ember yet.".into()),
+            | VmmAction::FlushMetrics => {
+                Err("This operation is not supported by ember yet.".into())
+            }
             _ => Err(NOT_AFTER_START.into()),
         }
     }

@@ -36,6 +36,7 @@ use crate::console::{
 };
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
+use crate::pause::PauseGate;
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::virtio_devices::{self, NetPlan, Slot, VirtioError};
 use crate::vm::{Vm, VmError};
@@ -180,15 +181,16 @@ impl Booted {
         let devices = LegacyDevices::new(&vm, output, &guest_exit)?;
         let mut mmio = mmio_bus(opts)?;
         let mut io = IoThreads::new()?;
+        let gate = Arc::new(PauseGate::new().map_err(host("pause event"))?);
         for disk in disks {
             let base = disk.2.base;
-            let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop)?;
+            let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop, &gate)?;
             io.threads.push(thread);
             mmio.insert(block, base, MMIO_WINDOW)?;
         }
         for nic in nics {
             let base = nic.base();
-            let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop)?;
+            let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop, &gate)?;
             io.threads.push(thread);
             mmio.insert(net, base, MMIO_WINDOW)?;
         }
@@ -219,24 +221,30 @@ impl Booted {
                 .map_err(host("console input event"))?,
         );
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        let handles: Arc<Mutex<Vec<VcpuHandle>>> = Arc::new(Mutex::new(Vec::new()));
         if let Some(hook) = &api {
-            let runtime = RuntimeApi::new(hook.api.clone(), cfg.clone(), devices.i8042.clone());
+            let runtime = RuntimeApi::new(
+                hook.api.clone(),
+                cfg.clone(),
+                devices.i8042.clone(),
+                gate.clone(),
+                handles.clone(),
+            );
             event_loop.add_subscriber(Arc::new(Mutex::new(runtime)));
         }
 
         let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
-        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(vcpus.len());
         let mut started = Ok(());
         for vcpu in vcpus {
-            match vcpu.start(tx.clone(), &vcpu_evt, stop.clone()) {
-                Ok(handle) => handles.push(handle),
+            match vcpu.start(tx.clone(), &vcpu_evt, stop.clone(), gate.clone()) {
+                Ok(handle) => devices::bus::lock(&handles).push(handle),
                 Err(err) => {
                     started = Err(err);
                     break;
                 }
             }
         }
-        info!("started {} vCPUs", handles.len());
+        info!("started {} vCPUs", devices::bus::lock(&handles).len());
         if let Some(hook) = &api {
             if started.is_ok() {
                 hook.api.mark_started();
@@ -256,6 +264,9 @@ impl Booted {
                 }
             }
         });
+        // A paused VM ends too: open the gate so parked vCPUs and I/O threads see their stop.
+        gate.resume();
+        let handles = std::mem::take(&mut *devices::bus::lock(&handles));
         for handle in &handles {
             handle.stop();
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod memory;
+pub mod pause;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;

@@ -23,6 +23,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::regs::{self, RegsError};
+use crate::pause::PauseGate;
 
 /// Errors preparing or starting a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,7 @@ impl Vcpu {
         events: Sender<VcpuEvent>,
         exit_evt: &EventFd,
         stop: Arc<AtomicBool>,
+        gate: Arc<PauseGate>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
@@ -139,7 +141,7 @@ impl Vcpu {
         let thread = thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || {
-                let exit = self.run(&thread_stop);
+                let exit = self.run(&thread_stop, &gate);
                 if events.send(VcpuEvent { index, exit }).is_ok() {
                     let _ = exit_evt.write(1);
                 }
@@ -148,7 +150,7 @@ impl Vcpu {
         Ok(VcpuHandle { thread, stop })
     }
 
-    fn run(mut self, stop: &AtomicBool) -> VcpuExit {
+    fn run(mut self, stop: &AtomicBool, gate: &PauseGate) -> VcpuExit {
         if self.index == 0 {
             // The end of ember's own setup cost; benches/boot.rs reads this line.
             info!(
@@ -159,6 +161,9 @@ impl Vcpu {
         let immediate_exit: *mut u8 = &raw mut self.fd.get_kvm_run().immediate_exit;
         KICK_TARGET.with(|t| t.set(immediate_exit));
         let exit = loop {
+            if gate.is_paused() {
+                gate.park(Some(stop));
+            }
             if stop.load(Ordering::Acquire) {
                 break VcpuExit::Stopped;
             }
@@ -238,6 +243,11 @@ impl VcpuHandle {
     /// Asks the vCPU to stop and interrupts `KVM_RUN`.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    /// Interrupts `KVM_RUN`, so the thread looks at its stop flag and the pause gate.
+    pub fn kick(&self) {
         if !self.thread.is_finished() {
             if let Err(err) = self.thread.kill(kick_signal()) {
                 debug!("cannot kick a vCPU thread: {err}");

@@ -30,6 +30,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_MMIO_START};
+use crate::pause::PauseGate;
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
@@ -205,6 +206,7 @@ pub fn build_net(
     mem: &GuestMemoryMmap,
     plan: NetPlan,
     stop: &EventFd,
+    gate: &Arc<PauseGate>,
 ) -> Result<(SharedNet, JoinHandle<()>), VirtioError> {
     let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::Event);
     let interrupt = Arc::new(VirtioInterrupt::new(event()?));
@@ -242,6 +244,7 @@ pub fn build_net(
         wake,
         stop,
         tap: tap_fd,
+        gate: gate.clone(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("ember_net_{}", plan.id))
@@ -258,6 +261,7 @@ struct NetEvents {
     wake: EventFd,
     stop: EventFd,
     tap: std::os::fd::RawFd,
+    gate: Arc<PauseGate>,
 }
 
 /// Waits for any of `fds`; `timeout_ms` -1 waits for ever. Interruptions are not errors.
@@ -303,6 +307,7 @@ fn serve_net(server: &NetServer<Tap>, ev: &NetEvents) {
             pollfd(ev.rx.as_raw_fd(), libc::POLLIN),
             pollfd(ev.tx.as_raw_fd(), libc::POLLIN),
             pollfd(tap, tap_events),
+            pollfd(ev.gate.fd(), libc::POLLIN),
         ];
         let timeout = if rx_more || tx_more { 0 } else { -1 };
         if let Err(err) = poll(&mut fds, timeout) {
@@ -311,6 +316,12 @@ fn serve_net(server: &NetServer<Tap>, ev: &NetEvents) {
         }
         if fds[0].revents != 0 {
             return;
+        }
+        if fds[5].revents != 0 {
+            // Paused: frames wait in the TAP and the rings until the VM resumes.
+            ev.gate.park(None);
+            (rx_more, tx_more) = (true, true);
+            continue;
         }
         for (i, evt) in [(1, &ev.wake), (2, &ev.rx), (3, &ev.tx)] {
             if fds[i].revents != 0 {
@@ -342,6 +353,7 @@ pub fn build_block(
     mem: &GuestMemoryMmap,
     (id, disk, slot): (String, Disk, Slot),
     stop: &EventFd,
+    gate: &Arc<PauseGate>,
 ) -> Result<(SharedBlock, JoinHandle<()>), VirtioError> {
     let event = || EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::Event);
     let interrupt = Arc::new(VirtioInterrupt::new(event()?));
@@ -358,23 +370,30 @@ pub fn build_block(
         vec![forward],
     )));
     let stop = stop.try_clone().map_err(VirtioError::Event)?;
+    let gate = gate.clone();
     let thread = std::thread::Builder::new()
         .name(format!("ember_blk_{id}"))
-        .spawn(move || serve_block(&server, &notify, &stop))
+        .spawn(move || serve_block(&server, &notify, &stop, &gate))
         .map_err(VirtioError::Event)?;
     Ok((transport, thread))
 }
 
 /// Serves a block queue each time the guest notifies it, until `stop` is written.
-fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd) {
+fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd, gate: &PauseGate) {
     loop {
-        let mut fds = [notify, stop].map(|evt| pollfd(evt.as_raw_fd(), libc::POLLIN));
+        let mut fds =
+            [notify.as_raw_fd(), stop.as_raw_fd(), gate.fd()].map(|fd| pollfd(fd, libc::POLLIN));
         if let Err(err) = poll(&mut fds, -1) {
             warn!("virtio-blk: the I/O thread stops: {err}");
             return;
         }
         if fds[1].revents != 0 {
             return;
+        }
+        if fds[2].revents != 0 {
+            // Paused: a notification that arrives meanwhile stays pending for afterwards.
+            gate.park(None);
+            continue;
         }
         if fds[0].revents != 0 {
             let _ = notify.read();
