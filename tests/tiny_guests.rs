@@ -117,8 +117,10 @@ fn timeout_stops_a_spinning_guest_on_time() {
         "{}",
         text(&out.stderr)
     );
+    // Not before the deadline; the upper bound only catches a timeout that did not fire (a
+    // loaded CI host may add seconds, so it is loose).
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
         "the deadline was 2 s, ember took {took:?}"
     );
 }
