@@ -432,3 +432,78 @@ fn pause_stops_a_counting_guest_and_resume_continues_it() {
     let (code, _, stderr) = vm.finish();
     assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
 }
+
+#[test]
+fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-patch-drive", &[]);
+    let mut c = vm.client();
+    let (small, big) = (vm.dir.join("small.img"), vm.dir.join("big.img"));
+    std::fs::write(&small, vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(&big, vec![2u8; 2 << 20]).unwrap();
+    let log = vm.dir.join("console.log");
+    let steps = [
+        (
+            "/boot-source",
+            json!({"kernel_image_path": guest("virtio_blk"), "boot_args": "resize"}),
+        ),
+        (
+            "/drives/data",
+            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false}),
+        ),
+        ("/serial", json!({"serial_out_path": log})),
+    ];
+    for (path, body) in steps {
+        assert_eq!(
+            c.request("PUT", path, Some(&body.to_string())).0,
+            204,
+            "{path}"
+        );
+    }
+    // Not before boot.
+    let patch = json!({"drive_id": "data", "path_on_host": big}).to_string();
+    let (status, body) = c.request("PATCH", "/drives/data", Some(&patch));
+    assert_eq!(
+        (status, fault(&body).as_str()),
+        (
+            400,
+            "The requested operation is not supported before starting the microVM."
+        )
+    );
+    assert_eq!(
+        c.request(
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
+        204
+    );
+    for _ in 0..250 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("CAPACITY")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missing = json!({"drive_id": "data", "path_on_host": vm.dir.join("nope.img")}).to_string();
+    let (status, body) = c.request("PATCH", "/drives/data", Some(&missing));
+    assert!(status == 400 && fault(&body).contains("nope.img"), "{body}");
+    let other = json!({"drive_id": "other", "path_on_host": big}).to_string();
+    let (status, body) = c.request("PATCH", "/drives/other", Some(&other));
+    assert_eq!(
+        (status, fault(&body).as_str()),
+        (400, "There is no drive 'other'.")
+    );
+    assert_eq!(c.request("PATCH", "/drives/data", Some(&patch)).0, 204);
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
+    let (code, _, stderr) = vm.finish();
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
+    assert_eq!(console, "CAPACITY 2048\nCAPACITY 4096\nFIRST BYTE 2\n");
+}

@@ -3,7 +3,9 @@
  *   rw       write a pattern, read it back, GET_ID, discard, write-zeroes, then FLUSH and
  *            print FLUSHED and wait (the host kills ember and checks the image);
  *   ro       on a read-only disk: reads work, a write gets VIRTIO_BLK_S_IOERR;
- *   hostile  submit malformed chains, then check the console still works.
+ *   hostile  submit malformed chains, then check the console still works;
+ *   resize   print the capacity, wait for a configuration change (the host swapped the
+ *            backing file), print the new capacity and read its first sector.
  * Every verdict is a line on COM1; the run ends with the exit port. */
 #include "guest.h"
 
@@ -198,11 +200,28 @@ static void hostile(void) {
     exit_with(0);
 }
 
+static void resize(void) {
+    u32 generation = R(0x0fc);
+    puts("CAPACITY ");
+    putdec(R(0x100));
+    puts("\n");
+    while (R(0x0fc) == generation) __asm__ volatile("pause");
+    puts("CAPACITY ");
+    putdec(R(0x100));
+    puts("\n");
+    expect(request(0, 0, back, 512, 1), 0, "read after the swap");
+    puts("FIRST BYTE ");
+    putdec(back[0]);
+    puts("\n");
+    exit_with(0);
+}
+
 void main(const void *boot_params) {
     const char *mode = cmdline(boot_params);
     setup();
     if (mode[0] == 'r' && mode[1] == 'w') rw();
     else if (mode[0] == 'r' && mode[1] == 'o') ro();
     else if (mode[0] == 'h') hostile();
+    else if (mode[0] == 'r' && mode[1] == 'e') resize();
     fail("unknown mode");
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::model::{MachineConfig, VmConfig};
-use api_server::request::{VmmAction, VmmData, VmmResponse};
+use api_server::request::{PartialDrive, VmmAction, VmmData, VmmResponse};
 use api_server::server::{self, ServerError, VmmLink};
 use devices::bus::lock;
 use devices::legacy::I8042;
@@ -26,6 +26,7 @@ use crate::builder::RunOptions;
 use crate::config;
 use crate::pause::PauseGate;
 use crate::vcpu::VcpuHandle;
+use crate::virtio_devices::{self, SharedBlock};
 
 /// Firecracker's answer to a pre-boot-only action after boot.
 pub const NOT_AFTER_START: &str =
@@ -224,6 +225,7 @@ pub struct RuntimeApi {
     i8042: Arc<Mutex<I8042>>,
     gate: Arc<PauseGate>,
     vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+    blocks: Vec<(String, SharedBlock)>,
 }
 
 impl RuntimeApi {
@@ -235,6 +237,7 @@ impl RuntimeApi {
         i8042: Arc<Mutex<I8042>>,
         gate: Arc<PauseGate>,
         vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+        blocks: Vec<(String, SharedBlock)>,
     ) -> Self {
         Self {
             api,
@@ -242,7 +245,40 @@ impl RuntimeApi {
             i8042,
             gate,
             vcpus,
+            blocks,
         }
+    }
+
+    /// Swaps a drive's backing file; the guest is told its size may have changed.
+    fn patch_drive(&mut self, patch: PartialDrive) -> VmmResponse {
+        if patch.rate_limiter.as_ref().is_some_and(|r| !r.is_null()) {
+            return Err(format!(
+                "drive '{}': rate_limiter is not supported by ember.",
+                patch.drive_id
+            ));
+        }
+        let Some(drive) = self
+            .cfg
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == patch.drive_id)
+        else {
+            return Err(format!("There is no drive '{}'.", patch.drive_id));
+        };
+        let Some(path) = patch.path_on_host else {
+            return Ok(VmmData::Empty);
+        };
+        let mut next = drive.clone();
+        next.path_on_host = path;
+        let disk = virtio_devices::open_disk(&next).map_err(|e| crate::error_chain(&e))?;
+        let Some((_, block)) = self.blocks.iter().find(|(id, _)| *id == patch.drive_id) else {
+            return Err(format!("There is no drive '{}'.", patch.drive_id));
+        };
+        let mut transport = lock(block);
+        transport.device_mut().swap_disk(disk);
+        transport.config_changed();
+        *drive = next;
+        Ok(VmmData::Empty)
     }
 
     fn pause(&self) -> VmmResponse {
@@ -264,7 +300,7 @@ impl RuntimeApi {
         Ok(VmmData::Empty)
     }
 
-    fn handle(&self, action: VmmAction) -> VmmResponse {
+    fn handle(&mut self, action: VmmAction) -> VmmResponse {
         let state = if self.gate.is_paused() {
             "Paused"
         } else {
@@ -286,9 +322,8 @@ impl RuntimeApi {
                     Err("The guest's keyboard buffer is full; try again.".into())
                 }
             }
-            VmmAction::PatchDrive(_)
-            | VmmAction::PatchNetworkInterface(_)
-            | VmmAction::FlushMetrics => {
+            VmmAction::PatchDrive(patch) => self.patch_drive(patch),
+            VmmAction::PatchNetworkInterface(_) | VmmAction::FlushMetrics => {
                 Err("This operation is not supported by ember yet.".into())
             }
             _ => Err(NOT_AFTER_START.into()),

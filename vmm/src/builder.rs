@@ -182,11 +182,13 @@ impl Booted {
         let mut mmio = mmio_bus(opts)?;
         let mut io = IoThreads::new()?;
         let gate = Arc::new(PauseGate::new().map_err(host("pause event"))?);
+        let mut blocks = Vec::with_capacity(disks.len());
         for disk in disks {
-            let base = disk.2.base;
+            let (id, base) = (disk.0.clone(), disk.2.base);
             let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop, &gate)?;
             io.threads.push(thread);
-            mmio.insert(block, base, MMIO_WINDOW)?;
+            mmio.insert(block.clone(), base, MMIO_WINDOW)?;
+            blocks.push((id, block));
         }
         for nic in nics {
             let base = nic.base();
@@ -229,6 +231,7 @@ impl Booted {
                 devices.i8042.clone(),
                 gate.clone(),
                 handles.clone(),
+                blocks,
             );
             event_loop.add_subscriber(Arc::new(Mutex::new(runtime)));
         }

@@ -144,19 +144,19 @@ pub type SharedBlock = Arc<Mutex<MmioTransport<Block>>>;
 pub fn open_drives(drives: &[Drive]) -> Result<Vec<(String, Disk, Slot)>, VirtioError> {
     drive_slots(drives)
         .into_iter()
-        .map(|(drive, slot)| {
-            // Firecracker's "Unsafe" cache type acknowledges flushes without syncing.
-            let writeback = drive.cache_type.as_deref() != Some("Unsafe");
-            let path = std::path::Path::new(&drive.path_on_host);
-            let disk = Disk::open(path, drive.is_read_only, writeback).map_err(|source| {
-                VirtioError::Drive {
-                    id: drive.drive_id.clone(),
-                    source,
-                }
-            })?;
-            Ok((drive.drive_id.clone(), disk, slot))
-        })
+        .map(|(drive, slot)| Ok((drive.drive_id.clone(), open_disk(drive)?, slot)))
         .collect()
+}
+
+/// Opens `drive`'s image as its configuration says.
+pub fn open_disk(drive: &Drive) -> Result<Disk, VirtioError> {
+    // Firecracker's "Unsafe" cache type acknowledges flushes without syncing.
+    let writeback = drive.cache_type.as_deref() != Some("Unsafe");
+    let path = std::path::Path::new(&drive.path_on_host);
+    Disk::open(path, drive.is_read_only, writeback).map_err(|source| VirtioError::Drive {
+        id: drive.drive_id.clone(),
+        source,
+    })
 }
 
 /// A network interface with its TAP open, ready to become a device.

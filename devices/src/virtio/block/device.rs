@@ -133,6 +133,15 @@ impl Block {
         c
     }
 
+    /// Serves `disk` from now on: a new backing file for a running VM, with its capacity in
+    /// the configuration space. Requests in progress finish on the old file. The caller tells
+    /// the driver (a configuration-change interrupt). Features are fixed once negotiated, so
+    /// the new disk must be opened the same way (read-only, writeback) as the old one.
+    pub fn swap_disk(&mut self, disk: Disk) {
+        self.config = Self::config_space(&disk);
+        lock(&self.serving).disk = disk;
+    }
+
     /// The counters.
     pub fn stats(&self) -> BlockStats {
         lock(&self.serving).stats
