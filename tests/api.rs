@@ -66,6 +66,25 @@ fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
+const START: &str = r#"{"action_type": "InstanceStart"}"#;
+const NOT_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
+
+/// Sends a request that must be refused; returns its fault message.
+fn refused(c: &mut ApiClient, method: &str, path: &str, body: &str) -> String {
+    let (status, answer) = c.request(method, path, Some(body));
+    assert_eq!(status, 400, "{method} {path}: {answer}");
+    fault(&answer)
+}
+
+/// Sends a request that must succeed with an empty 204.
+fn done(c: &mut ApiClient, method: &str, path: &str, body: &str) {
+    let (status, answer) = c.request(method, path, Some(body));
+    assert_eq!((status, answer.as_str()), (204, ""), "{method} {path}");
+}
+
 fn fault(body: &str) -> String {
     json(body)["fault_message"]
         .as_str()
@@ -87,6 +106,9 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     let disk = vm.dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let kernel = guest("ctrl_alt_del");
+    // A second PUT of the same drive id replaces the first.
+    let first = json!({"drive_id": "data", "path_on_host": "/elsewhere", "is_root_device": false});
+    done(&mut c, "PUT", "/drives/data", &first.to_string());
     let steps = [
         (
             "PUT",
@@ -111,15 +133,9 @@ fn orchestrator_sequence_configures_boots_and_reports() {
         ),
     ];
     for (method, path, body) in &steps {
-        let (status, answer) = c.request(method, path, Some(&body.to_string()));
-        assert_eq!((status, answer.as_str()), (204, ""), "{method} {path}");
+        done(&mut c, method, path, &body.to_string());
     }
-    let (status, body) = c.request(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!((status, body.as_str()), (204, ""));
+    done(&mut c, "PUT", "/actions", START);
     let (_, body) = c.request("GET", "/", None);
     assert_eq!(json(&body)["state"], "Running");
     let (_, body) = c.request("GET", "/vm/config", None);
@@ -127,35 +143,18 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     assert_eq!(cfg["machine-config"]["vcpu_count"], 2);
     assert_eq!(cfg["machine-config"]["mem_size_mib"], 96);
     assert_eq!(cfg["boot-source"]["kernel_image_path"], json!(kernel));
+    assert_eq!(cfg["drives"].as_array().map(Vec::len), Some(1));
     assert_eq!(cfg["drives"][0]["drive_id"], "data");
     assert_eq!(cfg["drives"][0]["is_read_only"], true);
     let (_, body) = c.request("GET", "/machine-config", None);
     assert_eq!(json(&body)["mem_size_mib"], 96);
     // Pre-boot operations are over.
-    let (status, body) = c.request(
-        "PUT",
-        "/machine-config",
-        Some(r#"{"vcpu_count": 1, "mem_size_mib": 64}"#),
-    );
+    let mc = r#"{"vcpu_count": 1, "mem_size_mib": 64}"#;
     assert_eq!(
-        (status, fault(&body).as_str()),
-        (
-            400,
-            "The requested operation is not supported after starting the microVM."
-        )
+        refused(&mut c, "PUT", "/machine-config", mc),
+        NOT_AFTER_START
     );
-    let (status, body) = c.request(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(
-        (status, fault(&body).as_str()),
-        (
-            400,
-            "The requested operation is not supported after starting the microVM."
-        )
-    );
+    assert_eq!(refused(&mut c, "PUT", "/actions", START), NOT_AFTER_START);
     // Ctrl-Alt-Del reaches the guest through the i8042; it resets, and ember exits 0.
     let log = vm.dir.join("console.log");
     for _ in 0..200 {
@@ -167,12 +166,12 @@ fn orchestrator_sequence_configures_boots_and_reports() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (status, _) = c.request(
+    done(
+        &mut c,
         "PUT",
         "/actions",
-        Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        r#"{"action_type": "SendCtrlAltDel"}"#,
     );
-    assert_eq!(status, 204);
     let dir = vm.dir.clone();
     let (code, _, stderr) = vm.finish();
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
@@ -241,14 +240,9 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
             "PUT",
             "/actions",
             Some(r#"{"action_type": "SendCtrlAltDel"}"#),
-            "The requested operation is not supported before starting the microVM.",
+            NOT_BEFORE_START,
         ),
-        (
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#),
-            "--kernel",
-        ),
+        ("PUT", "/actions", Some(START), "--kernel"),
         (
             "PATCH",
             "/vm",
@@ -275,19 +269,10 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
         assert!(fault(&answer).contains(want), "{method} {path}: {answer}");
     }
     // A missing kernel file is reported at InstanceStart; the VM can still be configured.
-    let (status, _) = c.request(
-        "PUT",
-        "/boot-source",
-        Some(r#"{"kernel_image_path": "/no/such/vmlinux"}"#),
-    );
-    assert_eq!(status, 204);
-    let (status, body) = c.request(
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "InstanceStart"}"#),
-    );
-    assert_eq!(status, 400);
-    assert!(fault(&body).contains("/no/such/vmlinux"), "{body}");
+    let boot = r#"{"kernel_image_path": "/no/such/vmlinux"}"#;
+    done(&mut c, "PUT", "/boot-source", boot);
+    let message = refused(&mut c, "PUT", "/actions", START);
+    assert!(message.contains("/no/such/vmlinux"), "{message}");
     // Chunked bodies, garbage and a client that leaves mid-request.
     let mut g = vm.client();
     g.send_raw(
@@ -382,18 +367,10 @@ fn pause_stops_a_counting_guest_and_resume_continues_it() {
     let mut c = vm.client();
     let log = vm.dir.join("console.log");
     let boot = json!({"kernel_image_path": guest("counter")}).to_string();
-    assert_eq!(c.request("PUT", "/boot-source", Some(&boot)).0, 204);
+    done(&mut c, "PUT", "/boot-source", &boot);
     let serial = json!({"serial_out_path": log}).to_string();
-    assert_eq!(c.request("PUT", "/serial", Some(&serial)).0, 204);
-    assert_eq!(
-        c.request(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        204
-    );
+    done(&mut c, "PUT", "/serial", &serial);
+    done(&mut c, "PUT", "/actions", START);
     let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let grows = || {
         let before = size();
@@ -401,30 +378,21 @@ fn pause_stops_a_counting_guest_and_resume_continues_it() {
         size() > before
     };
     assert!(grows(), "the guest does not count");
-    let (status, body) = c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
-    assert_eq!((status, body.as_str()), (204, ""));
+    let (paused, resumed) = (r#"{"state": "Paused"}"#, r#"{"state": "Resumed"}"#);
+    done(&mut c, "PATCH", "/vm", paused);
     let (_, body) = c.request("GET", "/", None);
     assert_eq!(json(&body)["state"], "Paused");
     // Output already buffered may still drain; then nothing more comes.
     std::thread::sleep(Duration::from_millis(200));
     assert!(!grows(), "the guest kept counting while paused");
-    assert_eq!(
-        c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
-        204,
-        "pausing twice is fine"
-    );
-    assert_eq!(
-        c.request("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
-        204
-    );
+    // Pausing twice is fine.
+    done(&mut c, "PATCH", "/vm", paused);
+    done(&mut c, "PATCH", "/vm", resumed);
     let (_, body) = c.request("GET", "/", None);
     assert_eq!(json(&body)["state"], "Running");
     assert!(grows(), "the guest did not resume counting");
     // A paused VM still stops cleanly.
-    assert_eq!(
-        c.request("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
-        204
-    );
+    done(&mut c, "PATCH", "/vm", paused);
     let Ember { child, .. } = &vm;
     let pid = child.as_ref().unwrap().id() as libc::pid_t;
     // SAFETY: our own child, not yet reaped.
@@ -456,31 +424,15 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
         ("/serial", json!({"serial_out_path": log})),
     ];
     for (path, body) in steps {
-        assert_eq!(
-            c.request("PUT", path, Some(&body.to_string())).0,
-            204,
-            "{path}"
-        );
+        done(&mut c, "PUT", path, &body.to_string());
     }
     // Not before boot.
     let patch = json!({"drive_id": "data", "path_on_host": big}).to_string();
-    let (status, body) = c.request("PATCH", "/drives/data", Some(&patch));
     assert_eq!(
-        (status, fault(&body).as_str()),
-        (
-            400,
-            "The requested operation is not supported before starting the microVM."
-        )
+        refused(&mut c, "PATCH", "/drives/data", &patch),
+        NOT_BEFORE_START
     );
-    assert_eq!(
-        c.request(
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        204
-    );
+    done(&mut c, "PUT", "/actions", START);
     for _ in 0..250 {
         if std::fs::read_to_string(&log)
             .unwrap_or_default()
@@ -491,15 +443,11 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let missing = json!({"drive_id": "data", "path_on_host": vm.dir.join("nope.img")}).to_string();
-    let (status, body) = c.request("PATCH", "/drives/data", Some(&missing));
-    assert!(status == 400 && fault(&body).contains("nope.img"), "{body}");
+    assert!(refused(&mut c, "PATCH", "/drives/data", &missing).contains("nope.img"));
     let other = json!({"drive_id": "other", "path_on_host": big}).to_string();
-    let (status, body) = c.request("PATCH", "/drives/other", Some(&other));
-    assert_eq!(
-        (status, fault(&body).as_str()),
-        (400, "There is no drive 'other'.")
-    );
-    assert_eq!(c.request("PATCH", "/drives/data", Some(&patch)).0, 204);
+    let message = refused(&mut c, "PATCH", "/drives/other", &other);
+    assert_eq!(message, "There is no drive 'other'.");
+    done(&mut c, "PATCH", "/drives/data", &patch);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
     let (code, _, stderr) = vm.finish();

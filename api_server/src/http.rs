@@ -116,7 +116,13 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Result<Option<(Request, usize)>,
             limit: max_payload,
         });
     }
-    let total = head_len + content_length;
+    // The limit comes from the command line and may be anything, up to usize::MAX.
+    let total = head_len
+        .checked_add(content_length)
+        .ok_or(HttpError::PayloadTooLarge {
+            size: content_length,
+            limit: max_payload,
+        })?;
     if buf.len() < total {
         return Ok(None);
     }
@@ -255,6 +261,15 @@ mod tests {
         ));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_LEN + 1));
         assert_eq!(err(huge.as_bytes()), HttpError::HeadTooLarge);
+    }
+
+    #[test]
+    fn a_length_that_overflows_is_refused_even_without_a_limit() {
+        let huge = format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        assert!(matches!(
+            parse(huge.as_bytes(), usize::MAX),
+            Err(HttpError::PayloadTooLarge { .. })
+        ));
     }
 
     #[test]

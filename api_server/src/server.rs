@@ -24,6 +24,9 @@ use crate::request::{VmmAction, VmmResponse, route};
 pub const DEFAULT_MAX_PAYLOAD: usize = 51200;
 /// Bytes read from a connection per readiness event.
 const READ_CHUNK: usize = 16 * 1024;
+/// Answers waiting for a client that does not read them; beyond this the connection's
+/// requests wait (the client is not read either), so a client cannot grow ember's memory.
+const MAX_PENDING_OUT: usize = 64 * 1024;
 
 /// Errors setting up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +90,7 @@ struct Conn {
 /// Serves the socket for ever (the thread ends with the process).
 pub fn serve(listener: UnixListener, link: VmmLink, max_payload: usize) {
     let mut conns: Vec<Conn> = Vec::new();
-    let max_buffered = http::MAX_HEAD_LEN + max_payload;
+    let max_buffered = http::MAX_HEAD_LEN.saturating_add(max_payload);
     loop {
         let mut fds = vec![libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -96,7 +99,7 @@ pub fn serve(listener: UnixListener, link: VmmLink, max_payload: usize) {
         }];
         for c in &conns {
             let mut events = 0;
-            if !c.closing && c.inbuf.len() <= max_buffered {
+            if !c.closing && c.inbuf.len() <= max_buffered && c.outbuf.len() < MAX_PENDING_OUT {
                 events |= libc::POLLIN;
             }
             if !c.outbuf.is_empty() {
@@ -119,10 +122,13 @@ pub fn serve(listener: UnixListener, link: VmmLink, max_payload: usize) {
         }
         for (c, fd) in conns.iter_mut().zip(&fds[1..]) {
             if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                read_and_answer(c, &link, max_payload);
+                read(c, max_payload);
             }
+            answer(c, &link, max_payload);
             if !c.outbuf.is_empty() {
                 flush(c);
+                // Requests held back while the client was not reading.
+                answer(c, &link, max_payload);
             }
         }
         conns.retain(|c| !(c.closing && c.outbuf.is_empty()));
@@ -141,7 +147,8 @@ pub fn serve(listener: UnixListener, link: VmmLink, max_payload: usize) {
     }
 }
 
-fn read_and_answer(c: &mut Conn, link: &VmmLink, max_payload: usize) {
+/// Reads what the client sent, up to the request-size bound.
+fn read(c: &mut Conn, max_payload: usize) {
     let mut chunk = [0u8; READ_CHUNK];
     loop {
         match c.stream.read(&mut chunk) {
@@ -160,11 +167,16 @@ fn read_and_answer(c: &mut Conn, link: &VmmLink, max_payload: usize) {
                 return;
             }
         }
-        if c.inbuf.len() > http::MAX_HEAD_LEN + max_payload {
+        if c.inbuf.len() > http::MAX_HEAD_LEN.saturating_add(max_payload) {
             break;
         }
     }
-    while !c.closing {
+}
+
+/// Answers the complete requests in the connection's buffer, in order, while the client
+/// keeps up with the answers.
+fn answer(c: &mut Conn, link: &VmmLink, max_payload: usize) {
+    while !c.closing && c.outbuf.len() < MAX_PENDING_OUT {
         match http::parse(&c.inbuf, max_payload) {
             Ok(None) => break,
             Ok(Some((req, used))) => {
@@ -318,6 +330,28 @@ mod tests {
         drop(half);
         let mut s2 = client(&path);
         assert!(exchange(&mut s2, "GET / HTTP/1.1\r\n\r\n").contains("200 OK"));
+    }
+
+    #[test]
+    fn a_client_that_pipelines_without_reading_gets_every_answer_in_the_end() {
+        let path = server("pipeline");
+        let mut c = client(&path);
+        let mut writer = c.0.try_clone().unwrap();
+        const N: usize = 5000;
+        // More answers than the server buffers for one client: it stops reading, the writes
+        // block, and everything flows again as the answers are read.
+        let sender = std::thread::spawn(move || {
+            for _ in 0..N {
+                writer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            }
+        });
+        for i in 0..N {
+            assert!(
+                exchange(&mut c, "").ends_with("\"GetInstanceInfo\""),
+                "answer {i}"
+            );
+        }
+        sender.join().unwrap();
     }
 
     #[test]

@@ -7,18 +7,8 @@
  *   resize   print the capacity, wait for a configuration change (the host swapped the
  *            backing file), print the new capacity and read its first sector.
  * Every verdict is a line on COM1; the run ends with the exit port. */
-#include "guest.h"
+#include "virtio.h"
 
-#define MMIO 0xd0001000UL
-#define R(off) (*(volatile u32 *)(MMIO + (off)))
-#define QN 8
-#define F_NEXT 1
-#define F_WRITE 2
-
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct avail { u16 flags; u16 idx; u16 ring[QN]; u16 used_event; };
-struct used_elem { u32 id; u32 len; };
-struct used { u16 flags; u16 idx; struct used_elem ring[QN]; u16 avail_event; };
 struct req { u32 type; u32 reserved; u64 sector; };
 
 static struct desc descs[QN] __attribute__((aligned(16)));
@@ -67,9 +57,9 @@ static void setup(void) {
 /* Publishes the chain starting at descriptor 0 and notifies. */
 static void kick(void) {
     avail.ring[avail.idx % QN] = 0;
-    __asm__ volatile("mfence" ::: "memory");
+    fence();
     avail.idx++;
-    __asm__ volatile("mfence" ::: "memory");
+    fence();
     R(0x050) = 0;
 }
 

@@ -8,21 +8,12 @@
  * With "idle" it brings the device up (receive buffers posted), prints IDLE and halts for
  * good, so the host can check that an idle NIC costs no CPU.
  * Verdicts are lines on COM1; the run ends with the exit port. */
-#include "guest.h"
+#include "virtio.h"
 
-#define MMIO 0xd0001000UL
-#define R(off) (*(volatile u32 *)(MMIO + (off)))
-#define QN 8
 #define NRX 4
 #define BUF 2048
 #define HDR 12
-#define F_NEXT 1
-#define F_WRITE 2
 
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct avail { u16 flags; u16 idx; u16 ring[QN]; u16 used_event; };
-struct used_elem { u32 id; u32 len; };
-struct used { u16 flags; u16 idx; struct used_elem ring[QN]; u16 avail_event; };
 struct vq {
     struct desc d[QN] __attribute__((aligned(16)));
     struct avail a __attribute__((aligned(2)));
@@ -43,7 +34,6 @@ static void fail(const char *what) {
     exit_with(1);
 }
 
-static void fence(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 static void queue_setup(int index, struct vq *q) {
     R(0x030) = (u32)index;

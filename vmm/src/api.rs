@@ -137,6 +137,14 @@ fn common(api: &Api, cfg: &VmConfig, state: &str, action: &VmmAction) -> Option<
     })
 }
 
+/// Replaces the item `same` finds (Firecracker's PUT of an existing id), or appends `item`.
+fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
+    match items.iter_mut().find(|i| same(i)) {
+        Some(existing) => *existing = item,
+        None => items.push(item),
+    }
+}
+
 /// Applies a pre-boot action to the configuration being built. `InstanceStart` is not handled
 /// here: the caller boots.
 pub fn preboot(
@@ -166,28 +174,17 @@ pub fn preboot(
         }
         VmmAction::PutBootSource(boot) => next.boot_source = Some(boot),
         VmmAction::PutDrive(drive) => {
-            match next
-                .drives
-                .iter_mut()
-                .find(|d| d.drive_id == drive.drive_id)
-            {
-                Some(existing) => *existing = drive,
-                None => next.drives.push(drive),
-            }
+            let id = drive.drive_id.clone();
+            upsert(&mut next.drives, drive, |d| d.drive_id == id);
         }
         VmmAction::PutNetworkInterface(iface) => {
-            match next
-                .network_interfaces
-                .iter_mut()
-                .find(|n| n.iface_id == iface.iface_id)
-            {
-                Some(existing) => *existing = iface,
-                None => next.network_interfaces.push(iface),
-            }
+            let id = iface.iface_id.clone();
+            upsert(&mut next.network_interfaces, iface, |n| n.iface_id == id);
         }
         VmmAction::PutSerial(serial) => {
+            // Firecracker's PUT replaces the output, whatever the command line said.
             if let Some(path) = serial.serial_out_path {
-                opts.serial_out.push(path.into());
+                opts.serial_out = vec![path.into()];
             }
             return Ok(VmmData::Empty);
         }

@@ -65,8 +65,19 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// The most descriptors each queue may have; also the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// The configuration space as the device fills it.
+    fn config(&self) -> &[u8];
     /// Reads the configuration space at `offset`; out-of-range bytes read as zero.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.config().get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
     /// Writes the configuration space (most devices ignore it).
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// The driver set DRIVER_OK: start serving `queues` with `features` negotiated.

@@ -221,15 +221,8 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+    fn config(&self) -> &[u8] {
+        &self.config
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {

@@ -783,15 +783,8 @@ impl<B: Backend> VirtioDevice for Net<B> {
         &[QUEUE_SIZE, QUEUE_SIZE]
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if let Some(src) = self.config.get(start..) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+    fn config(&self) -> &[u8] {
+        &self.config
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -976,6 +969,24 @@ mod tests {
         f
     }
 
+    /// `frame(hdr, len)` as the guest must find it: with `num_buffers` filled in.
+    fn delivered(hdr: [u8; VNET_HDR_LEN], len: usize, num_buffers: u8) -> Vec<u8> {
+        let mut f = frame(hdr, len);
+        f[frame::NUM_BUFFERS_OFFSET] = num_buffers;
+        f
+    }
+
+    /// The guest memory at each (address, length), concatenated.
+    fn guest_bytes(mem: &GuestMemoryMmap, parts: &[(u64, usize)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &(addr, len) in parts {
+            let mut part = vec![0u8; len];
+            mem.read_slice(&mut part, GuestAddress(addr)).unwrap();
+            out.extend(part);
+        }
+        out
+    }
+
     #[test]
     fn offers_mac_mtu_and_offloads_and_applies_what_was_negotiated() {
         let rig = Rig::new(all());
@@ -1105,11 +1116,10 @@ mod tests {
             .unwrap();
         assert!(!rig.server.process_rx(64));
         assert_eq!(rig.rx.take_used(&rig.mem).unwrap(), [(0, 1012)]);
-        let mut got = vec![0u8; 1012];
-        rig.mem.read_slice(&mut got, GuestAddress(BUFS)).unwrap();
-        let mut want = frame([0; VNET_HDR_LEN], 1000);
-        want[frame::NUM_BUFFERS_OFFSET] = 1;
-        assert_eq!(got, want);
+        assert_eq!(
+            guest_bytes(&rig.mem, &[(BUFS, 1012)]),
+            delivered([0; VNET_HDR_LEN], 1000, 1)
+        );
         assert_eq!(rig.stats().rx_bytes, 1000);
     }
 
@@ -1127,17 +1137,11 @@ mod tests {
         rig.server.process_rx(64);
         let used = rig.rx.take_used(&rig.mem).unwrap();
         assert_eq!(used, [(0, 1536), (1, 1536), (2, 4012 - 3072)]);
-        let mut got = Vec::new();
-        for (i, (_, len)) in used.iter().enumerate() {
-            let mut part = vec![0u8; *len as usize];
-            rig.mem
-                .read_slice(&mut part, GuestAddress(BUFS + i as u64 * 0x1000))
-                .unwrap();
-            got.extend(part);
-        }
-        let mut want = frame(hdr, 4000);
-        want[frame::NUM_BUFFERS_OFFSET] = 3;
-        assert_eq!(got, want);
+        let parts: Vec<(u64, usize)> = (0..3u64)
+            .zip(&used)
+            .map(|(i, &(_, len))| (BUFS + i * 0x1000, len as usize))
+            .collect();
+        assert_eq!(guest_bytes(&rig.mem, &parts), delivered(hdr, 4000, 3));
     }
 
     #[test]
@@ -1239,23 +1243,10 @@ mod tests {
         let used = rig.rx.take_used(&rig.mem).unwrap();
         // Chains beyond what a frame fills stay available for the next one.
         assert_eq!(used, [(0, 8192), (2, 1820), (3, 72), (4, 3012)]);
-        let mut got = vec![0u8; 10_012];
-        rig.mem
-            .read_slice(&mut got[..8192], GuestAddress(BUFS))
-            .unwrap();
-        rig.mem
-            .read_slice(&mut got[8192..], GuestAddress(BUFS + 0x2000))
-            .unwrap();
-        let mut want = frame(hdr, 10_000);
-        want[frame::NUM_BUFFERS_OFFSET] = 2;
-        assert_eq!(got, want);
-        let mut got = vec![0u8; 72];
-        rig.mem
-            .read_slice(&mut got, GuestAddress(BUFS + 0x4000))
-            .unwrap();
-        let mut want = frame(hdr, 60);
-        want[frame::NUM_BUFFERS_OFFSET] = 1;
-        assert_eq!(got, want);
+        let first = guest_bytes(&rig.mem, &[(BUFS, 8192), (BUFS + 0x2000, 1820)]);
+        assert_eq!(first, delivered(hdr, 10_000, 2));
+        let second = guest_bytes(&rig.mem, &[(BUFS + 0x4000, 72)]);
+        assert_eq!(second, delivered(hdr, 60, 1));
         assert_eq!(rig.stats().rx_frames, 3);
     }
 
