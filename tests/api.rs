@@ -106,6 +106,7 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     let disk = vm.dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let kernel = guest("ctrl_alt_del");
+    let (log_file, metrics_file) = (vm.dir.join("ember.log"), vm.dir.join("metrics.json"));
     // A second PUT of the same drive id replaces the first.
     let first = json!({"drive_id": "data", "path_on_host": "/elsewhere", "is_root_device": false});
     done(&mut c, "PUT", "/drives/data", &first.to_string());
@@ -131,11 +132,27 @@ fn orchestrator_sequence_configures_boots_and_reports() {
             "/serial",
             json!({"serial_out_path": vm.dir.join("console.log")}),
         ),
+        (
+            "PUT",
+            "/logger",
+            json!({"log_path": log_file, "level": "Info", "show_level": true, "module": "vmm"}),
+        ),
+        ("PUT", "/logger", json!({"show_log_origin": true})),
+        ("PUT", "/metrics", json!({"metrics_path": metrics_file})),
     ];
     for (method, path, body) in &steps {
         done(&mut c, method, path, &body.to_string());
     }
     done(&mut c, "PUT", "/actions", START);
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "FlushMetrics"}"#,
+    );
+    let flushed = metric_lines(&metrics_file);
+    assert_eq!(flushed.len(), 1, "{flushed:?}");
+    assert_eq!(flushed[0]["block_data"]["read_count"], 0, "{flushed:?}");
     let (_, body) = c.request("GET", "/", None);
     assert_eq!(json(&body)["state"], "Running");
     let (_, body) = c.request("GET", "/vm/config", None);
@@ -146,6 +163,10 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     assert_eq!(cfg["drives"].as_array().map(Vec::len), Some(1));
     assert_eq!(cfg["drives"][0]["drive_id"], "data");
     assert_eq!(cfg["drives"][0]["is_read_only"], true);
+    let logger = json!({"log_path": log_file, "level": "Info", "show_level": true,
+                        "show_log_origin": true, "module": "vmm"});
+    assert_eq!(cfg["logger"], logger);
+    assert_eq!(cfg["metrics"], json!({"metrics_path": metrics_file}));
     let (_, body) = c.request("GET", "/machine-config", None);
     assert_eq!(json(&body)["mem_size_mib"], 96);
     // Pre-boot operations are over.
@@ -177,6 +198,30 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
     assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
     assert_contains(&console, "CTRL-ALT-DEL");
+    // The log went to the file, with the origin and level shown, only from the vmm module.
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    let started = log.lines().find(|l| l.ends_with("] started 2 vCPUs"));
+    let started = started.unwrap_or_else(|| panic!("no vCPU start line in:\n{log}"));
+    assert!(
+        started.contains(" [vm_1:main:INFO:vmm/src/builder.rs:"),
+        "{started}"
+    );
+    assert!(
+        !log.contains("ember exiting"),
+        "module filter ignored:\n{log}"
+    );
+    assert!(!stderr.contains("started 2 vCPUs"), "{stderr}");
+    // One more metrics line at exit.
+    assert_eq!(metric_lines(&metrics_file).len(), 2);
+}
+
+/// The JSON lines of a metrics file.
+fn metric_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(json)
+        .collect()
 }
 
 #[test]
@@ -186,7 +231,7 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
     }
     let vm = Ember::start("api-errors", &["--http-api-max-payload-size", "1000"]);
     let mut c = vm.client();
-    let cases: [(&str, &str, Option<&str>, &str); 14] = [
+    let cases: [(&str, &str, Option<&str>, &str); 17] = [
         (
             "GET",
             "/no/such/path",
@@ -248,6 +293,24 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
             "/vm",
             Some(r#"{"state": "Paused"}"#),
             "not supported before starting",
+        ),
+        (
+            "PUT",
+            "/logger",
+            Some(r#"{"level": "Chatty"}"#),
+            "unknown log level 'Chatty'",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            Some(r#"{"metrics_path": "/no/such/dir/metrics"}"#),
+            "cannot open the metrics file '/no/such/dir/metrics'",
+        ),
+        (
+            "PATCH",
+            "/network-interfaces/eth0",
+            Some(r#"{"iface_id": "eth0"}"#),
+            NOT_BEFORE_START,
         ),
         (
             "PUT",
@@ -406,7 +469,11 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     if !kvm_available() {
         return;
     }
-    let vm = Ember::start("api-patch-drive", &[]);
+    let metrics = tempdir("api-patch-drive-metrics").join("metrics.json");
+    let vm = Ember::start(
+        "api-patch-drive",
+        &["--metrics-path", metrics.to_str().unwrap()],
+    );
     let mut c = vm.client();
     let (small, big) = (vm.dir.join("small.img"), vm.dir.join("big.img"));
     std::fs::write(&small, vec![1u8; 1 << 20]).unwrap();
@@ -454,4 +521,17 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     let console = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
     assert_eq!(console, "CAPACITY 2048\nCAPACITY 4096\nFIRST BYTE 2\n");
+    // --metrics-path: written at exit, counting the guest's one read of the drive.
+    let lines = metric_lines(&metrics);
+    let reads: u64 = lines
+        .iter()
+        .map(|l| l["block_data"]["read_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reads, 1, "{lines:?}");
+    let last = lines.last().unwrap();
+    assert_eq!(
+        last["block"]["read_bytes"],
+        last["block_data"]["read_bytes"]
+    );
+    assert_eq!(last["net"]["tx_packets_count"], 0);
 }

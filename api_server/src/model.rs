@@ -32,6 +32,12 @@ pub struct VmConfig {
     /// Network interfaces.
     #[serde(rename = "network-interfaces", default)]
     pub network_interfaces: Vec<NetworkInterface>,
+    /// ember's own log.
+    #[serde(default)]
+    pub logger: Option<LoggerConfig>,
+    /// Where counters are written.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name.
     #[serde(flatten, skip_serializing)]
     pub unsupported: UnsupportedSections,
@@ -45,10 +51,6 @@ pub struct UnsupportedSections {
     balloon: Option<Value>,
     #[serde(default)]
     vsock: Option<Value>,
-    #[serde(default)]
-    logger: Option<Value>,
-    #[serde(default)]
-    metrics: Option<Value>,
     #[serde(rename = "mmds-config", default)]
     mmds_config: Option<Value>,
     #[serde(default)]
@@ -69,8 +71,6 @@ impl VmConfig {
         [
             ("balloon", &u.balloon),
             ("vsock", &u.vsock),
-            ("logger", &u.logger),
-            ("metrics", &u.metrics),
             ("mmds-config", &u.mmds_config),
             ("entropy", &u.entropy),
             ("cpu-config", &u.cpu_config),
@@ -183,6 +183,35 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<Value>,
 }
 
+/// `logger` (`PUT /logger`): ember's own log. Absent fields keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// Where log lines go (a file or a named pipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    /// Error, Warning, Info, Debug, Trace or Off (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Prefix lines with their level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Prefix lines with their source file and line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only log this module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// `metrics` (`PUT /metrics`): where counters are written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where metrics lines go (a file or a named pipe).
+    pub metrics_path: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,7 +225,8 @@ mod tests {
               "drives": [{"drive_id": "rootfs", "path_on_host": "rootfs.ext4",
                           "is_root_device": true, "is_read_only": false}],
               "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false},
-              "logger": null
+              "logger": {"level": "Debug", "log_path": "ember.log"},
+              "metrics": {"metrics_path": "metrics.json"}
             }"#,
         )
         .unwrap();
@@ -206,6 +236,10 @@ mod tests {
         assert_eq!(cfg.machine_config.vcpu_count, 2);
         assert_eq!(cfg.machine_config.mem_size_mib, 256);
         assert_eq!(cfg.drives[0].drive_id, "rootfs");
+        let logger = cfg.logger.as_ref().unwrap();
+        assert_eq!(logger.level.as_deref(), Some("Debug"));
+        assert_eq!(logger.show_level, None);
+        assert_eq!(cfg.metrics.as_ref().unwrap().metrics_path, "metrics.json");
         assert!(cfg.unsupported_sections().is_empty());
     }
 

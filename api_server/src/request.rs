@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::http::{Method, Request};
-use crate::model::{BootSource, Drive, MachineConfig, NetworkInterface};
+use crate::model::{
+    BootSource, Drive, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
+};
 
 /// What the API asks of the VMM. Each variant says when it is legal.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,30 +107,6 @@ pub struct PartialNetworkInterface {
     pub rx_rate_limiter: Option<Value>,
     /// Transmit rate limiter; not implemented by ember.
     pub tx_rate_limiter: Option<Value>,
-}
-
-/// `PUT /logger`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
-    /// Where log lines go (a file or a named pipe).
-    pub log_path: Option<String>,
-    /// Error, Warning, Info, Debug, Trace or Off.
-    pub level: Option<String>,
-    /// Prefix lines with their level.
-    pub show_level: Option<bool>,
-    /// Prefix lines with their source file and line.
-    pub show_log_origin: Option<bool>,
-    /// Only log this module.
-    pub module: Option<String>,
-}
-
-/// `PUT /metrics`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Where metrics lines go (a file or a named pipe).
-    pub metrics_path: String,
 }
 
 /// `PUT /serial`.

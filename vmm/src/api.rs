@@ -12,8 +12,8 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::{MachineConfig, VmConfig};
-use api_server::request::{PartialDrive, VmmAction, VmmData, VmmResponse};
+use api_server::model::{LoggerConfig, MachineConfig, VmConfig};
+use api_server::request::{PartialDrive, PartialNetworkInterface, VmmAction, VmmData, VmmResponse};
 use api_server::server::{self, ServerError, VmmLink};
 use devices::bus::lock;
 use devices::legacy::I8042;
@@ -24,6 +24,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::RunOptions;
 use crate::config;
+use crate::logger;
+use crate::metrics::{self, Metrics};
 use crate::pause::PauseGate;
 use crate::vcpu::VcpuHandle;
 use crate::virtio_devices::{self, SharedBlock};
@@ -145,6 +147,19 @@ fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
     }
 }
 
+/// The logger settings after `update`, as GET /vm/config reports them.
+fn merge_logger(current: Option<LoggerConfig>, update: LoggerConfig) -> LoggerConfig {
+    let Some(mut merged) = current else {
+        return update;
+    };
+    merged.log_path = update.log_path.or(merged.log_path);
+    merged.level = update.level.or(merged.level);
+    merged.show_level = update.show_level.or(merged.show_level);
+    merged.show_log_origin = update.show_log_origin.or(merged.show_log_origin);
+    merged.module = update.module.or(merged.module);
+    merged
+}
+
 /// Applies a pre-boot action to the configuration being built. `InstanceStart` is not handled
 /// here: the caller boots.
 pub fn preboot(
@@ -188,12 +203,14 @@ pub fn preboot(
             }
             return Ok(VmmData::Empty);
         }
-        VmmAction::PutLogger(_) | VmmAction::PutMetrics(_) => {
-            return Err(
-                "This operation is not supported by ember yet; configure logging with \
-                        --level on the command line."
-                    .into(),
-            );
+        VmmAction::PutLogger(section) => {
+            logger::configure(&section).map_err(|e| crate::error_chain(&e))?;
+            next.logger = Some(merge_logger(next.logger.take(), section));
+        }
+        VmmAction::PutMetrics(section) => {
+            // Opened now so that a bad path is this request's error, not InstanceStart's.
+            metrics::open(Path::new(&section.metrics_path)).map_err(|e| crate::error_chain(&e))?;
+            next.metrics = Some(section);
         }
         VmmAction::InstanceStart => return Err("internal: InstanceStart reached preboot".into()),
         VmmAction::PatchDrive(_)
@@ -215,35 +232,31 @@ pub fn preboot(
 /// How long a pause may take for every vCPU to leave the guest.
 const PAUSE_LIMIT: Duration = Duration::from_secs(2);
 
+/// The parts of a running VM the API acts on.
+pub struct VmHandles {
+    /// The keyboard controller, for Ctrl-Alt-Del.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Where vCPUs and device threads park while paused.
+    pub gate: Arc<PauseGate>,
+    /// The vCPU threads, to kick out of the guest when pausing.
+    pub vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+    /// The drives by id, for PATCH.
+    pub blocks: Vec<(String, SharedBlock)>,
+    /// The metrics, when configured, for FlushMetrics.
+    pub metrics: Option<Arc<Mutex<Metrics>>>,
+}
+
 /// The event-loop subscriber that answers the API while the VM runs.
 pub struct RuntimeApi {
     api: Arc<Api>,
     cfg: VmConfig,
-    i8042: Arc<Mutex<I8042>>,
-    gate: Arc<PauseGate>,
-    vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
-    blocks: Vec<(String, SharedBlock)>,
+    vm: VmHandles,
 }
 
 impl RuntimeApi {
-    /// Answers for the VM `cfg` describes, whose keyboard controller is `i8042`, whose threads
-    /// pause at `gate`, and whose vCPUs are `vcpus`.
-    pub fn new(
-        api: Arc<Api>,
-        cfg: VmConfig,
-        i8042: Arc<Mutex<I8042>>,
-        gate: Arc<PauseGate>,
-        vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
-        blocks: Vec<(String, SharedBlock)>,
-    ) -> Self {
-        Self {
-            api,
-            cfg,
-            i8042,
-            gate,
-            vcpus,
-            blocks,
-        }
+    /// Answers for the running VM `cfg` describes.
+    pub fn new(api: Arc<Api>, cfg: VmConfig, vm: VmHandles) -> Self {
+        Self { api, cfg, vm }
     }
 
     /// Swaps a drive's backing file; the guest is told its size may have changed.
@@ -268,7 +281,7 @@ impl RuntimeApi {
         let mut next = drive.clone();
         next.path_on_host = path;
         let disk = virtio_devices::open_disk(&next).map_err(|e| crate::error_chain(&e))?;
-        let Some((_, block)) = self.blocks.iter().find(|(id, _)| *id == patch.drive_id) else {
+        let Some((_, block)) = self.vm.blocks.iter().find(|(id, _)| *id == patch.drive_id) else {
             return Err(format!("There is no drive '{}'.", patch.drive_id));
         };
         let mut transport = lock(block);
@@ -278,27 +291,52 @@ impl RuntimeApi {
         Ok(VmmData::Empty)
     }
 
+    /// Firecracker's PATCH updates only rate limiters, which ember does not implement: an
+    /// interface that exists and no limiter is a successful no-op, a limiter a clear refusal.
+    fn patch_interface(&self, patch: &PartialNetworkInterface) -> VmmResponse {
+        if !self
+            .cfg
+            .network_interfaces
+            .iter()
+            .any(|n| n.iface_id == patch.iface_id)
+        {
+            return Err(format!(
+                "There is no network interface '{}'.",
+                patch.iface_id
+            ));
+        }
+        let set = |l: &Option<serde_json::Value>| l.as_ref().is_some_and(|v| !v.is_null());
+        if set(&patch.rx_rate_limiter) || set(&patch.tx_rate_limiter) {
+            return Err(format!(
+                "network interface '{}': rate limiters are not supported by ember.",
+                patch.iface_id
+            ));
+        }
+        Ok(VmmData::Empty)
+    }
+
     fn pause(&self) -> VmmResponse {
-        if self.gate.is_paused() {
+        if self.vm.gate.is_paused() {
             return Ok(VmmData::Empty);
         }
-        self.gate
+        self.vm
+            .gate
             .pause()
             .map_err(|e| format!("cannot pause the microVM: {e}"))?;
-        let vcpus = lock(&self.vcpus);
+        let vcpus = lock(&self.vm.vcpus);
         for vcpu in vcpus.iter() {
             vcpu.kick();
         }
-        if !self.gate.wait_parked(vcpus.len(), PAUSE_LIMIT) {
+        if !self.vm.gate.wait_parked(vcpus.len(), PAUSE_LIMIT) {
             drop(vcpus);
-            self.gate.resume();
+            self.vm.gate.resume();
             return Err("The vCPUs did not stop in time; the microVM keeps running.".into());
         }
         Ok(VmmData::Empty)
     }
 
     fn handle(&mut self, action: VmmAction) -> VmmResponse {
-        let state = if self.gate.is_paused() {
+        let state = if self.vm.gate.is_paused() {
             "Paused"
         } else {
             "Running"
@@ -309,20 +347,26 @@ impl RuntimeApi {
         match action {
             VmmAction::Pause => self.pause(),
             VmmAction::Resume => {
-                self.gate.resume();
+                self.vm.gate.resume();
                 Ok(VmmData::Empty)
             }
             VmmAction::SendCtrlAltDel => {
-                if lock(&self.i8042).send_ctrl_alt_del() {
+                if lock(&self.vm.i8042).send_ctrl_alt_del() {
                     Ok(VmmData::Empty)
                 } else {
                     Err("The guest's keyboard buffer is full; try again.".into())
                 }
             }
             VmmAction::PatchDrive(patch) => self.patch_drive(patch),
-            VmmAction::PatchNetworkInterface(_) | VmmAction::FlushMetrics => {
-                Err("This operation is not supported by ember yet.".into())
-            }
+            VmmAction::PatchNetworkInterface(patch) => self.patch_interface(&patch),
+            // Firecracker answers success when no metrics were configured; so does ember.
+            VmmAction::FlushMetrics => match &self.vm.metrics {
+                Some(metrics) => lock(metrics)
+                    .write()
+                    .map(|()| VmmData::Empty)
+                    .map_err(|e| crate::error_chain(&e)),
+                None => Ok(VmmData::Empty),
+            },
             _ => Err(NOT_AFTER_START.into()),
         }
     }

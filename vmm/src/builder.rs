@@ -22,7 +22,7 @@ use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{Api, RuntimeApi};
+use crate::api::{Api, RuntimeApi, VmHandles};
 use crate::arch::x86_64::acpi;
 use crate::arch::x86_64::layout::{
     ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_PORT, EXIT_PORT,
@@ -36,6 +36,7 @@ use crate::console::{
 };
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
+use crate::metrics::{self, FLUSH_PERIOD, Metrics, MetricsError, MetricsTimer, Source};
 use crate::pause::PauseGate;
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::virtio_devices::{self, NetPlan, Slot, VirtioError};
@@ -74,6 +75,9 @@ pub enum BuildError {
     /// A virtio device could not be built.
     #[error(transparent)]
     Virtio(#[from] VirtioError),
+    /// The metrics file or timer could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// Devices could not be placed on the bus.
     #[error("cannot place the devices on the bus")]
     Bus(#[from] BusError),
@@ -183,19 +187,29 @@ impl Booted {
         let mut io = IoThreads::new()?;
         let gate = Arc::new(PauseGate::new().map_err(host("pause event"))?);
         let mut blocks = Vec::with_capacity(disks.len());
+        let mut sources = Vec::with_capacity(disks.len() + nics.len());
         for disk in disks {
             let (id, base) = (disk.0.clone(), disk.2.base);
             let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop, &gate)?;
             io.threads.push(thread);
             mmio.insert(block.clone(), base, MMIO_WINDOW)?;
+            sources.push((id.clone(), Source::Block(block.clone())));
             blocks.push((id, block));
         }
         for nic in nics {
-            let base = nic.base();
+            let (id, base) = (nic.id().to_owned(), nic.base());
             let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop, &gate)?;
             io.threads.push(thread);
-            mmio.insert(net, base, MMIO_WINDOW)?;
+            mmio.insert(net.clone(), base, MMIO_WINDOW)?;
+            sources.push((id, Source::Net(net)));
         }
+        let metrics = match &cfg.metrics {
+            Some(section) => {
+                let out = metrics::open(Path::new(&section.metrics_path))?;
+                Some(Arc::new(Mutex::new(Metrics::new(out, sources))))
+            }
+            None => None,
+        };
         let mmio = Arc::new(mmio);
         let count = cfg.machine_config.vcpu_count;
         let vcpus = create_vcpus(&vm, count, entry, devices.pio.clone(), mmio)?;
@@ -223,16 +237,20 @@ impl Booted {
                 .map_err(host("console input event"))?,
         );
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        if let Some(metrics) = &metrics {
+            let timer = MetricsTimer::new(metrics.clone(), FLUSH_PERIOD)?;
+            event_loop.add_subscriber(Arc::new(Mutex::new(timer)));
+        }
         let handles: Arc<Mutex<Vec<VcpuHandle>>> = Arc::new(Mutex::new(Vec::new()));
         if let Some(hook) = &api {
-            let runtime = RuntimeApi::new(
-                hook.api.clone(),
-                cfg.clone(),
-                devices.i8042.clone(),
-                gate.clone(),
-                handles.clone(),
+            let vm = VmHandles {
+                i8042: devices.i8042.clone(),
+                gate: gate.clone(),
+                vcpus: handles.clone(),
                 blocks,
-            );
+                metrics: metrics.clone(),
+            };
+            let runtime = RuntimeApi::new(hook.api.clone(), cfg.clone(), vm);
             event_loop.add_subscriber(Arc::new(Mutex::new(runtime)));
         }
 
@@ -274,6 +292,12 @@ impl Booted {
             handle.stop();
         }
         handles.into_iter().for_each(VcpuHandle::join);
+        // The last line covers the VM's end, as Firecracker writes one at exit.
+        if let Some(metrics) = &metrics {
+            if let Err(err) = devices::bus::lock(metrics).write() {
+                warn!("{}", crate::error_chain(&err));
+            }
+        }
         outcome
     }
 }

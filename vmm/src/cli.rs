@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{
-    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, NetworkInterface,
-    VmConfig,
+    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, MetricsConfig,
+    NetworkInterface, VmConfig,
 };
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
+use crate::logger;
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
 /// ember: a KVM microVM monitor.
@@ -95,9 +96,22 @@ pub struct VmArgs {
     /// MMIO address 0xd0000000.
     #[arg(long, action = ArgAction::SetTrue)]
     pub boot_timer: bool,
-    /// Log level of ember's own messages (on stderr).
-    #[arg(long, value_enum, ignore_case = true, default_value = "warning")]
-    pub level: LogLevel,
+    /// Log level of ember's own messages: Off, Error, Warning, Info, Debug or Trace.
+    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = parse_level)]
+    pub level: log::LevelFilter,
+    /// Write ember's log to this file or named pipe instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Show each log line's level.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub show_level: bool,
+    /// Show each log line's source file and line.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub show_log_origin: bool,
+    /// Write device counters as JSON lines to this file or named pipe (every 60 s, on
+    /// FlushMetrics and at exit).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
     /// Words for the guest's init, appended to the kernel command line after `--` (ember's
     /// test initramfs runs them as one shell command).
     #[arg(last = true, value_name = "INIT ARGS", requires = "kernel")]
@@ -114,34 +128,8 @@ impl Cli {
     }
 }
 
-/// Firecracker's log level names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    /// No logging.
-    Off,
-    /// Errors only.
-    Error,
-    /// Errors and warnings.
-    Warning,
-    /// Also milestones.
-    Info,
-    /// Also device and exit details.
-    Debug,
-    /// Everything.
-    Trace,
-}
-
-impl From<LogLevel> for log::LevelFilter {
-    fn from(level: LogLevel) -> Self {
-        match level {
-            LogLevel::Off => Self::Off,
-            LogLevel::Error => Self::Error,
-            LogLevel::Warning => Self::Warn,
-            LogLevel::Info => Self::Info,
-            LogLevel::Debug => Self::Debug,
-            LogLevel::Trace => Self::Trace,
-        }
-    }
+fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    logger::parse_level(s).map_err(|e| e.to_string())
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -281,9 +269,17 @@ impl VmArgs {
         self.kernel.is_some() || self.config_file.is_some()
     }
 
-    /// The microVM the flags (or the config file) describe, validated.
+    /// `--metrics-path` as a configuration section.
+    pub fn metrics(&self) -> Option<MetricsConfig> {
+        self.metrics_path.as_ref().map(|p| MetricsConfig {
+            metrics_path: p.display().to_string(),
+        })
+    }
+
+    /// The microVM the flags (or the config file) describe, validated. `--metrics-path`
+    /// wins over a config file's `metrics`.
     pub fn vm_config(&self) -> Result<VmConfig, CliError> {
-        let cfg = match &self.config_file {
+        let mut cfg = match &self.config_file {
             Some(path) => config::load_config_file(path)?,
             None => VmConfig {
                 boot_source: self.kernel.as_ref().map(|kernel| BootSource {
@@ -311,6 +307,9 @@ impl VmArgs {
                 ..Default::default()
             },
         };
+        if let Some(metrics) = self.metrics() {
+            cfg.metrics = Some(metrics);
+        }
         config::validate(&cfg)?;
         Ok(cfg)
     }
@@ -384,7 +383,7 @@ mod tests {
         );
         assert_eq!(
             parse(&["--level", "debug"]).unwrap().args().level,
-            LogLevel::Debug
+            log::LevelFilter::Debug
         );
     }
 

@@ -7,10 +7,10 @@ use api_server::model::VmConfig;
 use api_server::request::VmmAction;
 use clap::Parser;
 use vmm::ExitStatus;
-use vmm::api;
 use vmm::builder::{self, ApiHook, RunOptions};
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
+use vmm::{api, logger};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -25,13 +25,19 @@ fn main() -> ExitCode {
         }
     };
     let args = cli.args();
-    let mut logger = env_logger::Builder::new();
-    logger.filter_level(args.level.into()).format_target(false);
-    if args.boot_timer {
-        // The boot time is the point of the flag: show it whatever the log level.
-        logger.filter_module("devices::legacy::boot_timer", log::LevelFilter::Info);
+    let log_options = logger::Options {
+        id: &args.id,
+        level: args.level,
+        path: args.log_path.as_deref(),
+        show_level: args.show_level,
+        show_origin: args.show_log_origin,
+        // The boot time is the point of --boot-timer: show it whatever the level.
+        always: args.boot_timer.then_some("devices::legacy::boot_timer"),
+    };
+    if let Err(err) = logger::init(&log_options) {
+        eprintln!("ember: error: {}", vmm::error_chain(&err));
+        return ExitCode::from(ExitStatus::ConfigError.code());
     }
-    logger.init();
 
     let opts = RunOptions {
         timeout: args.timeout,
@@ -42,13 +48,9 @@ fn main() -> ExitCode {
     let result = match StopSignals::block() {
         Err(err) => Err(Box::new(err) as Box<dyn Error>),
         Ok(signals) => match &args.api_sock {
-            None => args
-                .vm_config()
-                .map_err(|e| Box::new(e) as Box<dyn Error>)
-                .and_then(|cfg| {
-                    builder::run(&cfg, &opts, signals, None)
-                        .map_err(|e| Box::new(e) as Box<dyn Error>)
-                }),
+            None => configured_vm(args).and_then(|cfg| {
+                builder::run(&cfg, &opts, signals, None).map_err(|e| Box::new(e) as Box<dyn Error>)
+            }),
             Some(sock) => serve_api(args, sock, opts, signals),
         },
     };
@@ -71,6 +73,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The VM the flags or config file describe, with the config file's `logger` section applied.
+fn configured_vm(args: &VmArgs) -> Result<VmConfig, Box<dyn Error>> {
+    let cfg = args.vm_config()?;
+    if let Some(section) = &cfg.logger {
+        logger::configure(section)?;
+    }
+    Ok(cfg)
+}
+
 /// Serves the REST API: boots right away when the flags or a config file describe a VM,
 /// otherwise builds the configuration from requests until InstanceStart.
 fn serve_api(
@@ -81,14 +92,17 @@ fn serve_api(
 ) -> Result<Outcome, Box<dyn Error>> {
     let api = api::start(sock, args.http_api_max_payload_size, &args.id)?;
     if args.describes_vm() {
-        let cfg = args.vm_config()?;
+        let cfg = configured_vm(args)?;
         let hook = ApiHook {
             api,
             answer_start: false,
         };
         return Ok(builder::run(&cfg, &opts, signals, Some(hook))?);
     }
-    let mut cfg = VmConfig::default();
+    let mut cfg = VmConfig {
+        metrics: args.metrics(),
+        ..Default::default()
+    };
     loop {
         let mut fds = [api.notify_fd(), signals.fd()].map(|fd| libc::pollfd {
             fd,

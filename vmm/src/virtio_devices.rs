@@ -190,6 +190,11 @@ pub fn open_taps(cfg: &VmConfig) -> Result<Vec<NetPlan>, VirtioError> {
 }
 
 impl NetPlan {
+    /// The interface's configuration id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// Where its MMIO window starts.
     pub fn base(&self) -> u64 {
         self.slot.base

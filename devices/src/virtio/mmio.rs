@@ -105,6 +105,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// The device model, for the VMM's counters.
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
     /// The device model, for the VMM's queue handling.
     pub fn device_mut(&mut self) -> &mut D {
         &mut self.device

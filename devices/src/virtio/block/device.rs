@@ -39,6 +39,12 @@ pub struct BlockStats {
     pub ok: u64,
     /// Requests refused or failed.
     pub errors: u64,
+    /// Reads completed.
+    pub read_count: u64,
+    /// Writes completed.
+    pub write_count: u64,
+    /// Flushes completed.
+    pub flush_count: u64,
     /// Bytes read from the disk.
     pub read_bytes: u64,
     /// Bytes written to the disk.
@@ -173,8 +179,15 @@ impl Serving {
                     if status == S_OK {
                         stats.ok += 1;
                         match req.kind {
-                            request::Kind::In => stats.read_bytes += u64::from(used - 1),
-                            request::Kind::Out => stats.write_bytes += req.data_len(),
+                            request::Kind::In => {
+                                stats.read_count += 1;
+                                stats.read_bytes += u64::from(used - 1);
+                            }
+                            request::Kind::Out => {
+                                stats.write_count += 1;
+                                stats.write_bytes += req.data_len();
+                            }
+                            request::Kind::Flush => stats.flush_count += 1,
                             _ => {}
                         }
                     } else {
@@ -381,7 +394,9 @@ pub(crate) mod tests {
         assert!(back[..512].iter().all(|b| *b == 3));
         assert!(back[512..1536].iter().all(|b| *b == 0xab));
         assert!(back[1536..].iter().all(|b| *b == 6));
-        assert_eq!(rig.block.stats().ok, 2);
+        let stats = rig.block.stats();
+        assert_eq!((stats.ok, stats.read_count, stats.write_count), (2, 1, 1));
+        assert_eq!((stats.read_bytes, stats.write_bytes), (2048, 1024));
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod device;
 pub mod disk;
 pub mod request;
 
-pub use device::Block;
+pub use device::{Block, BlockStats};
 pub use disk::{Disk, DiskError};
 
 /// The virtio device id of a block device.

@@ -1,0 +1,301 @@
+//! Device counters as JSON lines, Firecracker's way: one object per flush, written every
+//! [`FLUSH_PERIOD`], on `FlushMetrics` and when the VM stops. Each counter is the change since
+//! the previous line, so a reader sums lines (Firecracker's `SharedIncMetric` semantics).
+//!
+//! Keys: `utc_timestamp_ms`; `block` and `net`, the totals over all devices of that kind
+//! (present even without such devices); `block_<drive_id>` and `net_<iface_id>` per device.
+//!
+//! This module reads the devices' own counters and owns the metrics file. It must not keep
+//! a device lock across the file write.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use devices::bus::lock;
+use devices::virtio::block::BlockStats;
+use devices::virtio::net::NetStats;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::warn;
+use serde_json::{Map, Value};
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::logger;
+use crate::virtio_devices::{SharedBlock, SharedNet};
+
+/// How often counters are written while the VM runs (Firecracker's period).
+pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
+
+/// Errors writing metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The metrics file or named pipe cannot be opened.
+    #[error("cannot open the metrics file '{}'; check that its directory exists and is writable", path.display())]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A line could not be written (a full named pipe drops it).
+    #[error("cannot write metrics")]
+    Write(#[source] io::Error),
+    /// The flush timer could not be created.
+    #[error("cannot create the metrics timer")]
+    Timer(#[source] io::Error),
+}
+
+/// Opens the file `metrics_path` names, as a `PUT /metrics` or `--metrics-path` gives it.
+pub fn open(path: &Path) -> Result<File, MetricsError> {
+    logger::open_sink(path).map_err(|source| MetricsError::Open {
+        path: path.into(),
+        source,
+    })
+}
+
+const BLOCK_COUNTERS: [&str; 7] = [
+    "read_count",
+    "write_count",
+    "flush_count",
+    "read_bytes",
+    "write_bytes",
+    "ok_count",
+    "error_count",
+];
+
+fn block_values(s: &BlockStats) -> [u64; 7] {
+    [
+        s.read_count,
+        s.write_count,
+        s.flush_count,
+        s.read_bytes,
+        s.write_bytes,
+        s.ok,
+        s.errors,
+    ]
+}
+
+const NET_COUNTERS: [&str; 6] = [
+    "rx_packets_count",
+    "rx_bytes_count",
+    "rx_dropped_count",
+    "tx_packets_count",
+    "tx_bytes_count",
+    "tx_dropped_count",
+];
+
+fn net_values(s: &NetStats) -> [u64; 6] {
+    [
+        s.rx_frames,
+        s.rx_bytes,
+        s.rx_dropped,
+        s.tx_frames,
+        s.tx_bytes,
+        s.tx_dropped,
+    ]
+}
+
+/// A device whose counters are reported.
+pub enum Source {
+    /// A virtio-blk drive.
+    Block(SharedBlock),
+    /// A virtio-net interface.
+    Net(SharedNet),
+}
+
+impl Source {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Block(_) => "block",
+            Self::Net(_) => "net",
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        match self {
+            Self::Block(_) => &BLOCK_COUNTERS,
+            Self::Net(_) => &NET_COUNTERS,
+        }
+    }
+
+    fn read(&self) -> Vec<u64> {
+        match self {
+            Self::Block(b) => block_values(&lock(b).device().stats()).to_vec(),
+            Self::Net(n) => net_values(&lock(n).device().stats()).to_vec(),
+        }
+    }
+}
+
+struct Reported {
+    key: String,
+    source: Source,
+    last: Vec<u64>,
+}
+
+/// The metrics of one VM, written to one file.
+pub struct Metrics {
+    out: File,
+    devices: Vec<Reported>,
+}
+
+impl Metrics {
+    /// Reports `devices` (named by their configuration ids) to `out`.
+    pub fn new(out: File, devices: Vec<(String, Source)>) -> Self {
+        let devices = devices
+            .into_iter()
+            .map(|(id, source)| Reported {
+                key: format!("{}_{id}", source.kind()),
+                last: vec![0; source.names().len()],
+                source,
+            })
+            .collect();
+        Self { out, devices }
+    }
+
+    /// The next line: changes since the previous one.
+    fn line(&mut self) -> String {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut doc = Map::new();
+        doc.insert("utc_timestamp_ms".into(), Value::from(ms as u64));
+        let mut totals: Vec<(&str, &[&str], Vec<u64>)> = vec![
+            ("block", &BLOCK_COUNTERS, vec![0; BLOCK_COUNTERS.len()]),
+            ("net", &NET_COUNTERS, vec![0; NET_COUNTERS.len()]),
+        ];
+        for dev in &mut self.devices {
+            let now = dev.source.read();
+            let delta: Vec<u64> = now
+                .iter()
+                .zip(&dev.last)
+                .map(|(n, l)| n.wrapping_sub(*l))
+                .collect();
+            dev.last = now;
+            if let Some(total) = totals.iter_mut().find(|t| t.0 == dev.source.kind()) {
+                total.2.iter_mut().zip(&delta).for_each(|(t, d)| *t += d);
+            }
+            doc.insert(dev.key.clone(), object(dev.source.names(), &delta));
+        }
+        for (kind, names, values) in totals {
+            doc.insert(kind.into(), object(names, &values));
+        }
+        let mut line = Value::Object(doc).to_string();
+        line.push('\n');
+        line
+    }
+
+    /// Writes one line.
+    pub fn write(&mut self) -> Result<(), MetricsError> {
+        let line = self.line();
+        self.out
+            .write_all(line.as_bytes())
+            .map_err(MetricsError::Write)
+    }
+}
+
+fn object(names: &[&str], values: &[u64]) -> Value {
+    Value::Object(
+        names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| ((*n).to_owned(), Value::from(*v)))
+            .collect(),
+    )
+}
+
+/// The event-loop subscriber that writes a line every period.
+pub struct MetricsTimer {
+    metrics: Arc<Mutex<Metrics>>,
+    timer: TimerFd,
+}
+
+impl MetricsTimer {
+    /// Writes `metrics` every `period`.
+    pub fn new(metrics: Arc<Mutex<Metrics>>, period: Duration) -> Result<Self, MetricsError> {
+        let mut timer = TimerFd::new().map_err(|e| MetricsError::Timer(e.into()))?;
+        timer
+            .reset(period, Some(period))
+            .map_err(|e| MetricsError::Timer(e.into()))?;
+        Ok(Self { metrics, timer })
+    }
+}
+
+impl MutEventSubscriber for MetricsTimer {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if let Err(err) = lock(&self.metrics).write() {
+            warn!("{}", crate::error_chain(&err));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(err) = ops.add(Events::new_raw(self.timer.as_raw_fd(), EventSet::IN)) {
+            warn!("metrics will only be written on request: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::{EventManager, SubscriberOps};
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ember-metrics-{}-{name}", std::process::id()))
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lines_without_devices_carry_zero_totals() {
+        let path = temp("empty");
+        let _ = std::fs::remove_file(&path);
+        let mut m = Metrics::new(open(&path).unwrap(), Vec::new());
+        m.write().unwrap();
+        m.write().unwrap();
+        let lines = lines(&path);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0]["utc_timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
+        for name in BLOCK_COUNTERS {
+            assert_eq!(lines[1]["block"][name], 0, "{name}");
+        }
+        for name in NET_COUNTERS {
+            assert_eq!(lines[1]["net"][name], 0, "{name}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_unopenable_path_names_itself() {
+        let err = open(Path::new("/nonexistent/dir/metrics"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/dir/metrics"), "{err}");
+    }
+
+    #[test]
+    fn the_timer_writes_a_line_each_period() {
+        let path = temp("timer");
+        let _ = std::fs::remove_file(&path);
+        let metrics = Arc::new(Mutex::new(Metrics::new(open(&path).unwrap(), Vec::new())));
+        let timer = MetricsTimer::new(metrics, Duration::from_millis(20)).unwrap();
+        let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+            EventManager::new().unwrap();
+        event_loop.add_subscriber(Arc::new(Mutex::new(timer)));
+        for _ in 0..3 {
+            event_loop.run_with_timeout(1000).unwrap();
+        }
+        assert_eq!(lines(&path).len(), 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
