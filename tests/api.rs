@@ -517,10 +517,16 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     done(&mut c, "PATCH", "/drives/data", &patch);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
+    // Swapping back ends the guest.
+    let back = json!({"drive_id": "data", "path_on_host": small}).to_string();
+    done(&mut c, "PATCH", "/drives/data", &back);
     let (code, _, stderr) = vm.finish();
     let console = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
-    assert_eq!(console, "CAPACITY 2048\nCAPACITY 4096\nFIRST BYTE 2\n");
+    assert_eq!(
+        console,
+        "CAPACITY 2048\nCAPACITY 4096\nFIRST BYTE 2\nCAPACITY 2048\n"
+    );
     // --metrics-path: written at exit, counting the guest's one read of the drive.
     let lines = metric_lines(&metrics);
     let reads: u64 = lines
@@ -534,4 +540,80 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
         last["block_data"]["read_bytes"]
     );
     assert_eq!(last["net"]["tx_packets_count"], 0);
+}
+
+#[test]
+fn the_contract_check_catches_every_kind_of_breach() {
+    let spec = openapi::spec();
+    let info = r#"{"app_name": "ember", "id": "a", "state": "Running", "vmm_version": "1"}"#;
+    let mc = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    let fault = r#"{"fault_message": "no"}"#;
+    let good = [
+        ("GET", "/", None, 200, info),
+        ("PUT", "/machine-config", Some(mc), 204, ""),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 0}"#),
+            400,
+            fault,
+        ),
+        ("GET", "/nope", None, 400, fault),
+        ("PUT", "/drives/a", Some("{}"), 400, fault),
+    ];
+    for (method, path, body, status, answer) in good {
+        let result = spec.check(method, path, body, status, answer);
+        assert_eq!(result, Ok(()), "{method} {path}");
+    }
+    let drive = r#"{"drive_id": "a-b", "path_on_host": "x", "is_root_device": false}"#;
+    let breaches = [
+        ("GET", "/nope", None, 200, info, "undocumented"),
+        ("GET", "/", None, 201, info, "is not documented"),
+        (
+            "GET",
+            "/",
+            None,
+            200,
+            r#"{"app_name": "ember"}"#,
+            "is a required property",
+        ),
+        ("GET", "/", None, 400, r#"{"error": "x"}"#, "fault_message"),
+        (
+            "PUT",
+            "/machine-config",
+            Some(mc),
+            204,
+            "{}",
+            "must have no body",
+        ),
+        (
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 0, "mem_size_mib": 1}"#),
+            204,
+            "",
+            "a body the document forbids",
+        ),
+        ("PUT", "/machine-config", None, 204, "", "without its body"),
+        (
+            "PUT",
+            "/drives/a-b",
+            Some(drive),
+            204,
+            "",
+            "accepted an invalid drive_id",
+        ),
+        (
+            "GET",
+            "/version",
+            Some("{}"),
+            200,
+            r#"{"firecracker_version": "1"}"#,
+            "does not take",
+        ),
+    ];
+    for (method, path, body, status, answer, why) in breaches {
+        let err = spec.check(method, path, body, status, answer).unwrap_err();
+        assert!(err.contains(why), "{method} {path} ({why}): {err}");
+    }
 }

@@ -3,6 +3,8 @@
 //! hang.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod openapi;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -376,7 +378,7 @@ impl ApiClient {
         (status, String::from_utf8(body).unwrap())
     }
 
-    /// One request and its response.
+    /// One request and its response, both checked against the OpenAPI document.
     pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let raw = match body {
             Some(b) => format!(
@@ -386,7 +388,14 @@ impl ApiClient {
             None => format!("{method} {path} HTTP/1.1\r\n\r\n"),
         };
         self.send_raw(raw.as_bytes());
-        self.response()
+        let (status, answer) = self.response();
+        if let Err(broken) = openapi::spec().check(method, path, body, status, &answer) {
+            panic!(
+                "{method} {path} {} -> {status} {answer}: breaks api_server/openapi.json: {broken}",
+                body.unwrap_or("")
+            );
+        }
+        (status, answer)
     }
 }
 

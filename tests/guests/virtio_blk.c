@@ -5,7 +5,9 @@
  *   ro       on a read-only disk: reads work, a write gets VIRTIO_BLK_S_IOERR;
  *   hostile  submit malformed chains, then check the console still works;
  *   resize   print the capacity, wait for a configuration change (the host swapped the
- *            backing file), print the new capacity and read its first sector.
+ *            backing file), print the new capacity and read its first sector; then wait
+ *            for one more change and print the capacity again (the host can inspect the
+ *            VM before it ends).
  * Every verdict is a line on COM1; the run ends with the exit port. */
 #include "virtio.h"
 
@@ -190,19 +192,28 @@ static void hostile(void) {
     exit_with(0);
 }
 
-static void resize(void) {
+/* Prints the capacity; returns the configuration generation it belongs to. */
+static u32 print_capacity(void) {
     u32 generation = R(0x0fc);
     puts("CAPACITY ");
     putdec(R(0x100));
     puts("\n");
+    return generation;
+}
+
+static void wait_for_change(u32 generation) {
     while (R(0x0fc) == generation) __asm__ volatile("pause");
-    puts("CAPACITY ");
-    putdec(R(0x100));
-    puts("\n");
+}
+
+static void resize(void) {
+    wait_for_change(print_capacity());
+    u32 generation = print_capacity();
     expect(request(0, 0, back, 512, 1), 0, "read after the swap");
     puts("FIRST BYTE ");
     putdec(back[0]);
     puts("\n");
+    wait_for_change(generation);
+    print_capacity();
     exit_with(0);
 }
 
