@@ -23,9 +23,14 @@ struct Ember {
 
 impl Ember {
     fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with(name, ember(), extra)
+    }
+
+    /// Starts `ember`, a command that runs the ember binary (in a network namespace, say).
+    fn start_with(name: &str, mut ember: std::process::Command, extra: &[&str]) -> Self {
         let dir = tempdir(name);
         let sock = dir.join("api.sock");
-        let child = ember()
+        let child = ember
             .arg("--api-sock")
             .arg(&sock)
             .args(extra)
@@ -222,6 +227,139 @@ fn metric_lines(path: &std::path::Path) -> Vec<Value> {
         .lines()
         .map(json)
         .collect()
+}
+
+/// Linux's console line when it has probed everything and waits for the root device.
+const WAITING_FOR_ROOT: &str = "Waiting for root device /dev/vdz";
+
+/// Waits up to `limit` for `path` to contain `needle`; returns the file's text.
+fn wait_for_text(path: &std::path::Path, needle: &str, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new("api-linux", &[("tap0", "10.0.9.1/24")]);
+    let vm = Ember::start_with(
+        "api-linux",
+        ns.command(env!("CARGO_BIN_EXE_ember")),
+        &["--id", "linux_1"],
+    );
+    let mut c = vm.client();
+    let (log, metrics, console) = (
+        vm.dir.join("ember.log"),
+        vm.dir.join("metrics.json"),
+        vm.dir.join("console.log"),
+    );
+    let disk = vm.dir.join("scratch.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let logger = json!({"log_path": log, "level": "Info", "show_level": true});
+    let machine = json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
+                         "track_dirty_pages": false});
+    let boot = json!({"kernel_image_path": linux_vmlinux(),
+                      "boot_args": "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait"});
+    let drive = json!({"drive_id": "scratch", "path_on_host": disk, "is_root_device": false,
+                       "is_read_only": false});
+    let iface = json!({"iface_id": "eth0", "host_dev_name": "tap0",
+                       "guest_mac": "06:00:0a:00:09:02"});
+    let steps = [
+        ("/logger", &logger),
+        ("/metrics", &json!({"metrics_path": metrics})),
+        ("/machine-config", &machine),
+        ("/boot-source", &boot),
+        ("/drives/scratch", &drive),
+        ("/network-interfaces/eth0", &iface),
+        ("/serial", &json!({"serial_out_path": console})),
+    ];
+    for (path, body) in steps {
+        done(&mut c, "PUT", path, &body.to_string());
+    }
+    done(&mut c, "PUT", "/actions", START);
+    let (_, body) = c.request("GET", "/", None);
+    let info = json(&body);
+    assert_eq!(
+        (info["state"].as_str(), info["id"].as_str()),
+        (Some("Running"), Some("linux_1"))
+    );
+    let (_, body) = c.request("GET", "/vm/config", None);
+    let cfg = json(&body);
+    assert_eq!(cfg["machine-config"], machine);
+    assert_eq!(cfg["boot-source"], boot);
+    assert_eq!(cfg["drives"], json!([drive]));
+    assert_eq!(cfg["network-interfaces"], json!([iface]));
+    assert_eq!(cfg["logger"], logger);
+    assert_eq!(cfg["metrics"], json!({"metrics_path": metrics}));
+
+    let text = wait_for_text(&console, WAITING_FOR_ROOT, Duration::from_secs(600));
+    assert_contains(&text, WAITING_FOR_ROOT);
+    assert_contains(&text, "smp: Brought up 1 node, 2 CPUs");
+    assert_contains(&text, "[vda] 2048 512-byte logical blocks");
+    // Firecracker's PATCH only updates rate limiters; ember has none to update.
+    done(
+        &mut c,
+        "PATCH",
+        "/network-interfaces/eth0",
+        r#"{"iface_id": "eth0"}"#,
+    );
+    let limiter =
+        json!({"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
+    let message = refused(
+        &mut c,
+        "PATCH",
+        "/network-interfaces/eth0",
+        &limiter.to_string(),
+    );
+    assert!(
+        message.contains("rate limiters are not supported"),
+        "{message}"
+    );
+    let message = refused(
+        &mut c,
+        "PATCH",
+        "/network-interfaces/eth9",
+        r#"{"iface_id": "eth9"}"#,
+    );
+    assert_eq!(message, "There is no network interface 'eth9'.");
+    // The guest probed its disk (the partition scan reads it) and both devices are counted.
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "FlushMetrics"}"#,
+    );
+    let lines = metric_lines(&metrics);
+    let last = lines.last().unwrap_or_else(|| panic!("no metrics line"));
+    assert!(
+        last["block_scratch"]["read_count"].as_u64() > Some(0),
+        "{last}"
+    );
+    assert_eq!(
+        last["block"]["read_bytes"],
+        last["block_scratch"]["read_bytes"]
+    );
+    assert!(last["net_eth0"]["tx_packets_count"].is_u64(), "{last}");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains(" [linux_1:main:INFO] started 2 vCPUs"),
+        "{log_text}"
+    );
+
+    let Ember { child, .. } = &vm;
+    // SAFETY: our own child, not yet reaped.
+    unsafe { libc::kill(child.as_ref().unwrap().id() as libc::pid_t, libc::SIGTERM) };
+    let (code, _, stderr) = vm.finish();
+    assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
+    drop(ns);
 }
 
 #[test]
