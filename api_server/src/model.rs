@@ -183,7 +183,8 @@ pub struct NetworkInterface {
     pub tx_rate_limiter: Option<Value>,
 }
 
-/// `logger` (`PUT /logger`): ember's own log. Absent fields keep their current value.
+/// `logger` (`PUT /logger`): ember's own log. Absent fields keep their current value, except
+/// `level`, which is Info when absent (Firecracker's rule).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggerConfig {

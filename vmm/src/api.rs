@@ -147,13 +147,12 @@ fn upsert<T>(items: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
     }
 }
 
-/// The logger settings after `update`, as GET /vm/config reports them.
+/// The logger settings after `update`, as GET /vm/config reports them: fields absent from
+/// `update` keep their value, except the level (see [`logger::configure`]).
 fn merge_logger(current: Option<LoggerConfig>, update: LoggerConfig) -> LoggerConfig {
-    let Some(mut merged) = current else {
-        return update;
-    };
+    let mut merged = current.unwrap_or_default();
     merged.log_path = update.log_path.or(merged.log_path);
-    merged.level = update.level.or(merged.level);
+    merged.level = Some(update.level.unwrap_or_else(|| "Info".into()));
     merged.show_level = update.show_level.or(merged.show_level);
     merged.show_log_origin = update.show_log_origin.or(merged.show_log_origin);
     merged.module = update.module.or(merged.module);

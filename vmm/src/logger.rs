@@ -131,11 +131,13 @@ pub fn init(opts: &Options) -> Result<(), LoggerError> {
     Ok(())
 }
 
-/// Applies a `logger` section: the fields given replace the current settings.
+/// Applies a `logger` section: the fields given replace the current settings, and the level
+/// is Info unless given.
 pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
     let logger = LOGGER.get().ok_or(LoggerError::NotInstalled)?;
     // Everything that can fail comes before any change, so a bad request changes nothing.
-    let level = cfg.level.as_deref().map(parse_level).transpose()?;
+    // An absent level means Info, as in Firecracker's spec and code, not "unchanged".
+    let level = parse_level(cfg.level.as_deref().unwrap_or("Info"))?;
     let file = cfg
         .log_path
         .as_deref()
@@ -145,9 +147,7 @@ pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
         .settings
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(level) = level {
-        s.level = level;
-    }
+    s.level = level;
     if let Some(file) = file {
         s.output = Output::File(file);
     }
