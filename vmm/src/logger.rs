@@ -294,4 +294,24 @@ mod tests {
         assert!(err.contains("missing/log"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_named_pipe_nobody_reads_never_blocks_the_writer() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::env::temp_dir().join(format!("ember-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // Opening does not wait for a reader, and a full pipe refuses instead of blocking.
+        let mut pipe = open_sink(&path).unwrap();
+        let line = [b'x'; 4096];
+        let refused = (0..64).any(|_| {
+            pipe.write_all(&line)
+                .is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock)
+        });
+        assert!(refused, "256 KiB went into a pipe nobody reads");
+        std::fs::remove_file(&path).unwrap();
+    }
 }
