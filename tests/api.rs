@@ -492,15 +492,29 @@ fn config_file_with_api_boots_at_once_and_serves_the_running_vm() {
     }
     let dir = tempdir("api-config");
     let cfg = dir.join("vm.json");
-    std::fs::write(
-        &cfg,
-        json!({"boot-source": {"kernel_image_path": guest("spin")}}).to_string(),
-    )
-    .unwrap();
+    let (log, metrics) = (dir.join("ember.log"), dir.join("metrics.json"));
+    let sections = json!({
+        "boot-source": {"kernel_image_path": guest("spin")},
+        "logger": {"log_path": log, "level": "Info", "show_level": true},
+        "metrics": {"metrics_path": metrics},
+    });
+    std::fs::write(&cfg, sections.to_string()).unwrap();
     let vm = Ember::start("api-config-vm", &["--config-file", cfg.to_str().unwrap()]);
     let mut c = vm.client();
     let (_, body) = c.request("GET", "/", None);
     assert_eq!(json(&body)["state"], "Running");
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["metrics"], sections["metrics"]);
+    // The config file's logger and metrics sections are in force.
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        r#"{"action_type": "FlushMetrics"}"#,
+    );
+    assert_eq!(metric_lines(&metrics).len(), 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(":main:INFO] started 1 vCPUs"), "{text}");
     drop(vm);
 }
 
