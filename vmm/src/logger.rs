@@ -1,16 +1,20 @@
 //! ember's own log: which lines are kept, how they look and where they go. Set from the command
 //! line at start (`--level`, `--log-path`, `--show-level`, `--show-log-origin`) and changed by a
 //! config file's `logger` section or `PUT /logger` before boot, as Firecracker's logger is.
+//! Each call site writes at most [`LINES_PER_SECOND`] lines a second, because devices log
+//! guest misbehaviour and a guest can misbehave in a loop.
 //!
 //! This module owns the process's `log` backend and the opening of the files ember writes
 //! lines to (logs and metrics). It must never carry guest console output, which goes to stdout
 //! or `--serial-out` on its own path.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
+use std::time::Instant;
 
 use api_server::model::LoggerConfig;
 use log::{LevelFilter, Log, Metadata, Record};
@@ -83,11 +87,57 @@ struct Settings {
     output: Output,
 }
 
+/// Lines one call site may write per second. Devices log what a guest does wrong, and a guest
+/// can do it in a loop: without a bound it could fill the host's disk through ember's log.
+/// The counters (metrics) still count every event.
+const LINES_PER_SECOND: u32 = 20;
+
+/// What the per-call-site bound decides for one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Write it, after saying how many lines of this call site were dropped before it.
+    Write { suppressed: u64 },
+    /// Drop it.
+    Drop,
+}
+
+/// One call site's use of its budget.
+#[derive(Default)]
+struct Site {
+    /// The second (since the logger started) it last wrote in.
+    second: u64,
+    written: u32,
+    dropped: u64,
+}
+
+/// The budgets of the call sites (source file and line) that logged.
+#[derive(Default)]
+struct SiteBudgets(HashMap<(&'static str, u32), Site>);
+
+impl SiteBudgets {
+    fn admit(&mut self, site: (&'static str, u32), second: u64) -> Admit {
+        let site = self.0.entry(site).or_default();
+        let mut suppressed = 0;
+        if site.second != second {
+            suppressed = std::mem::take(&mut site.dropped);
+            (site.second, site.written) = (second, 0);
+        }
+        if site.written >= LINES_PER_SECOND {
+            site.dropped += 1;
+            return Admit::Drop;
+        }
+        site.written += 1;
+        Admit::Write { suppressed }
+    }
+}
+
 struct Logger {
     id: String,
     /// A target logged at Info whatever the level (the boot timer's report, when asked for).
     always: Option<&'static str>,
     settings: RwLock<Settings>,
+    budgets: Mutex<SiteBudgets>,
+    start: Instant,
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
@@ -124,6 +174,8 @@ pub fn init(opts: &Options) -> Result<(), LoggerError> {
             module: None,
             output,
         }),
+        budgets: Mutex::new(SiteBudgets::default()),
+        start: Instant::now(),
     });
     // A second call (tests) keeps the first logger: `log` accepts only one.
     let _ = log::set_logger(logger);
@@ -215,8 +267,25 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let mut line = String::new();
+        // Lines without a static location (none of ember's) are not bounded.
+        if let (Some(file), Some(at)) = (record.file_static(), record.line()) {
+            let second = self.start.elapsed().as_secs();
+            let admit = self
+                .budgets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .admit((file, at), second);
+            match admit {
+                Admit::Drop => return,
+                Admit::Write { suppressed: 0 } => {}
+                Admit::Write { suppressed } => {
+                    line = format!("[{suppressed} more lines from {file}:{at} were dropped]\n");
+                }
+            }
+        }
         let s = self.settings();
-        let line = format_line(&s, &self.id, record);
+        line.push_str(&format_line(&s, &self.id, record));
         // One write per line keeps lines whole between threads; a log that cannot be written
         // has nowhere to report that, so the line is dropped.
         let _ = match &s.output {
@@ -313,5 +382,25 @@ mod tests {
         });
         assert!(refused, "256 KiB went into a pipe nobody reads");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_call_site_in_a_loop_is_bounded_and_says_what_it_dropped() {
+        let mut budgets = SiteBudgets::default();
+        let (site, other) = (("devices/x.rs", 10), ("devices/x.rs", 11));
+        let written = (0..1000)
+            .filter(|_| budgets.admit(site, 5) != Admit::Drop)
+            .count();
+        assert_eq!(written, LINES_PER_SECOND as usize);
+        // Another call site has its own budget.
+        assert_eq!(budgets.admit(other, 5), Admit::Write { suppressed: 0 });
+        // The next second writes again, first saying how many were dropped.
+        assert_eq!(
+            budgets.admit(site, 6),
+            Admit::Write {
+                suppressed: 1000 - u64::from(LINES_PER_SECOND)
+            }
+        );
+        assert_eq!(budgets.admit(site, 6), Admit::Write { suppressed: 0 });
     }
 }
