@@ -18,6 +18,7 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod pause;
+pub mod poll;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;

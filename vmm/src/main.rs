@@ -10,6 +10,7 @@ use vmm::ExitStatus;
 use vmm::builder::{self, ApiHook, RunOptions};
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
+use vmm::poll::{poll, pollfd};
 use vmm::{api, logger};
 
 fn main() -> ExitCode {
@@ -104,13 +105,8 @@ fn serve_api(
         ..Default::default()
     };
     loop {
-        let mut fds = [api.notify_fd(), signals.fd()].map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        // SAFETY: `fds` is a valid array of two pollfds for descriptors that outlive the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let mut fds = [api.notify_fd(), signals.fd()].map(|fd| pollfd(fd, libc::POLLIN));
+        poll(&mut fds, -1)?;
         if let Some(signo) = signals.read() {
             return Ok(Outcome {
                 status: ExitStatus::Signal(signo as i32),

@@ -108,6 +108,7 @@ impl PauseGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::poll::{poll, pollfd};
     use std::sync::Arc;
 
     #[test]
@@ -116,13 +117,8 @@ mod tests {
         gate.park(None); // open: returns at once
         gate.pause().unwrap();
         assert!(gate.is_paused());
-        let mut fds = [libc::pollfd {
-            fd: gate.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd.
-        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) }, 1);
+        let mut fds = [pollfd(gate.fd(), libc::POLLIN)];
+        assert_eq!(poll(&mut fds, 0).unwrap(), 1);
         let workers: Vec<_> = (0..3)
             .map(|_| {
                 let g = gate.clone();
@@ -135,8 +131,7 @@ mod tests {
         for w in workers {
             w.join().unwrap();
         }
-        // SAFETY: one valid pollfd.
-        assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) }, 0);
+        assert_eq!(poll(&mut fds, 0).unwrap(), 0);
         // A stop flag releases a parked thread even while paused.
         gate.pause().unwrap();
         let stop = Arc::new(AtomicBool::new(true));

@@ -31,6 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_MMIO_START};
 use crate::pause::PauseGate;
+use crate::poll::{poll, pollfd};
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
@@ -267,28 +268,6 @@ struct NetEvents {
     stop: EventFd,
     tap: std::os::fd::RawFd,
     gate: Arc<PauseGate>,
-}
-
-/// Waits for any of `fds`; `timeout_ms` -1 waits for ever. Interruptions are not errors.
-fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfds of the given length.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if n < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-        fds.iter_mut().for_each(|fd| fd.revents = 0);
-    }
-    Ok(())
-}
-
-fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
 }
 
 /// Moves frames whenever the guest or the TAP is ready, until `stop` is written.
