@@ -1,7 +1,7 @@
 //! ember's own log: which lines are kept, how they look and where they go. Set from the command
 //! line at start (`--level`, `--log-path`, `--show-level`, `--show-log-origin`) and changed by a
 //! config file's `logger` section or `PUT /logger` before boot, as Firecracker's logger is.
-//! Each call site writes at most [`LINES_PER_SECOND`] lines a second, because devices log
+//! Each call site writes at most `LINES_PER_SECOND` lines a second, because devices log
 //! guest misbehaviour and a guest can misbehave in a loop.
 //!
 //! This module owns the process's `log` backend and the opening of the files ember writes

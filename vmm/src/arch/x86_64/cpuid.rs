@@ -4,7 +4,7 @@
 //! topology of `count` single-threaded cores in one package, matching the MP table, and the
 //! hypervisor bit, so Linux takes its paravirtual paths (kvm-clock). Leaves are edited in
 //! place; KVM's own feature filtering is kept, less one paravirtual feature (see
-//! [`KVM_FEATURE_PV_SEND_IPI`]).
+//! `KVM_FEATURE_PV_SEND_IPI`).
 
 use kvm_bindings::kvm_cpuid_entry2;
 
