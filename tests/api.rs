@@ -663,7 +663,8 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     done(&mut c, "PATCH", "/drives/data", &patch);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
-    // Swapping back ends the guest.
+    // Swapping back ends the guest, once it has read the new file.
+    wait_for_text(&log, "FIRST BYTE", LIMIT);
     let back = json!({"drive_id": "data", "path_on_host": small}).to_string();
     done(&mut c, "PATCH", "/drives/data", &back);
     let (code, _, stderr) = vm.finish();
