@@ -193,15 +193,16 @@ impl Booted {
             let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop, &gate)?;
             io.threads.push(thread);
             mmio.insert(block.clone(), base, MMIO_WINDOW)?;
-            sources.push((id.clone(), Source::Block(block.clone())));
+            let server = devices::bus::lock(&block).device().queue_server();
+            sources.push((id.clone(), Source::Block(server)));
             blocks.push((id, block));
         }
         for nic in nics {
             let (id, base) = (nic.id().to_owned(), nic.base());
             let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop, &gate)?;
             io.threads.push(thread);
-            mmio.insert(net.clone(), base, MMIO_WINDOW)?;
-            sources.push((id, Source::Net(net)));
+            sources.push((id, Source::Net(devices::bus::lock(&net).device().server())));
+            mmio.insert(net, base, MMIO_WINDOW)?;
         }
         let metrics = match &cfg.metrics {
             Some(section) => {

@@ -17,14 +17,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devices::bus::lock;
 use devices::virtio::block::BlockStats;
-use devices::virtio::net::NetStats;
+use devices::virtio::block::device::QueueServer;
+use devices::virtio::net::{NetServer, NetStats, Tap};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use serde_json::{Map, Value};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::logger;
-use crate::virtio_devices::{SharedBlock, SharedNet};
 
 /// How often counters are written while the VM runs (Firecracker's period).
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
@@ -99,12 +99,13 @@ fn net_values(s: &NetStats) -> [u64; 6] {
     ]
 }
 
-/// A device whose counters are reported.
+/// A device whose counters are reported, through its serving side: reading counters never
+/// takes the transport lock that vCPUs use for register accesses.
 pub enum Source {
     /// A virtio-blk drive.
-    Block(SharedBlock),
+    Block(QueueServer),
     /// A virtio-net interface.
-    Net(SharedNet),
+    Net(NetServer<Tap>),
 }
 
 impl Source {
@@ -124,8 +125,8 @@ impl Source {
 
     fn read(&self) -> Vec<u64> {
         match self {
-            Self::Block(b) => block_values(&lock(b).device().stats()).to_vec(),
-            Self::Net(n) => net_values(&lock(n).device().stats()).to_vec(),
+            Self::Block(b) => block_values(&b.stats()).to_vec(),
+            Self::Net(n) => net_values(&n.stats()).to_vec(),
         }
     }
 }

@@ -80,6 +80,11 @@ impl QueueServer {
     pub fn process_queue(&self, budget: usize) -> bool {
         lock(&self.0).process_queue(budget)
     }
+
+    /// The counters.
+    pub fn stats(&self) -> BlockStats {
+        lock(&self.0).stats
+    }
 }
 
 impl Block {

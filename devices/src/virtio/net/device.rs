@@ -147,11 +147,6 @@ impl<B: Backend> NetServer<B> {
 }
 
 impl<B: Backend> Net<B> {
-    /// The counters.
-    pub fn stats(&self) -> NetStats {
-        lock(&self.serving).stats
-    }
-
     /// A device named `name` (for logs) moving frames between the guest and `backend`, with
     /// MAC address `mac` and, if given, an MTU to announce. `wake` is written whenever the
     /// driver activates or resets the device, as that changes what the serving thread waits
