@@ -1,7 +1,8 @@
 //! The VMM thread's view of the running VM: an event-loop subscriber that learns why the VM
 //! must stop (an exit the guest asked a device for, a vCPU that ended, the `--timeout`
-//! deadline, a termination signal) and records the [`Outcome`] the process exits with. It decides, it does
-//! not act: tearing down vCPUs and devices is the caller's job once an outcome is set.
+//! deadline, a termination signal) and records the [`Outcome`] the process exits with. It
+//! decides, it does not act: tearing down vCPUs and devices is the caller's job once an
+//! outcome is set.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
