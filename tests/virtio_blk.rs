@@ -47,11 +47,36 @@ fn data_is_durable_after_flush_even_when_ember_is_killed() {
     let disk = image(&dir, "disk.img", 4);
     let before = std::fs::read(&disk).unwrap();
     let blocks_before = std::fs::metadata(&disk).unwrap().blocks();
+    let (sock, metrics) = (dir.join("api.sock"), dir.join("metrics.json"));
     let mut cmd = driver("rw");
     cmd.arg("--disk")
-        .arg(format!("{},id=tinydisk", disk.display()));
-    let (log, status, stderr) =
-        run_until_signal(&mut cmd, LIMIT, |l| l.contains("FLUSHED"), libc::SIGKILL);
+        .arg(format!("{},id=tinydisk", disk.display()))
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--metrics-path")
+        .arg(&metrics);
+    let mut killed = false;
+    let (log, status, stderr) = run_watching(&mut cmd, LIMIT, |line, pid| {
+        if !killed && line.contains("FLUSHED") {
+            // The device's counters say whether the flush reached the host's disk: the page
+            // cache survives SIGKILL, so the image alone cannot tell a synced flush from one
+            // acknowledged without syncing ("Unsafe").
+            let mut api = ApiClient::connect(&sock);
+            let (status, _) = api.request(
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "FlushMetrics"}"#),
+            );
+            assert_eq!(status, 204);
+            // SAFETY: `pid` is our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+    });
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_eq!(line["block_tinydisk"]["flush_count"], 1, "{line}");
+    assert_eq!(line["block_tinydisk"]["sync_count"], 1, "{line}");
     assert!(log.contains("RW OK"), "{log}\n{stderr}");
     assert!(log.contains("ID tinydisk"), "{log}");
     assert!(log.contains("DISCARD OK"), "{log}");

@@ -102,7 +102,13 @@ fn device(path: &Path, w: &Workload, offs: &[u64]) -> Result {
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     ));
     let disk = Disk::open(path, false, true).unwrap();
-    let mut block = Block::new(disk, "bench", mem.clone(), irq);
+    let mut block = Block::new(
+        disk,
+        "bench",
+        mem.clone(),
+        irq,
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    );
     let mut queue: Queue = vq.create_queue().unwrap();
     // The mock lays its used ring over the upper half of its avail ring; use a separate one.
     queue.set_used_ring_address(Some(USED as u32), Some(0));

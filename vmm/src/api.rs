@@ -228,7 +228,8 @@ pub fn preboot(
     Ok(VmmData::Empty)
 }
 
-/// How long a pause may take for every vCPU to leave the guest.
+/// How long a pause may take for every vCPU to leave the guest and every device thread to
+/// finish its batch.
 const PAUSE_LIMIT: Duration = Duration::from_secs(2);
 
 /// The parts of a running VM the API acts on.
@@ -239,6 +240,8 @@ pub struct VmHandles {
     pub gate: Arc<PauseGate>,
     /// The vCPU threads, to kick out of the guest when pausing.
     pub vcpus: Arc<Mutex<Vec<VcpuHandle>>>,
+    /// How many device I/O threads park on the gate when pausing.
+    pub io_workers: usize,
     /// The drives by id, for PATCH.
     pub blocks: Vec<(String, SharedBlock)>,
     /// The metrics, when configured, for FlushMetrics.
@@ -326,10 +329,17 @@ impl RuntimeApi {
         for vcpu in vcpus.iter() {
             vcpu.kick();
         }
-        if !self.vm.gate.wait_parked(vcpus.len(), PAUSE_LIMIT) {
+        if !self
+            .vm
+            .gate
+            .wait_parked(vcpus.len(), self.vm.io_workers, PAUSE_LIMIT)
+        {
             drop(vcpus);
             self.vm.gate.resume();
-            return Err("The vCPUs did not stop in time; the microVM keeps running.".into());
+            return Err(
+                "The vCPUs and device threads did not stop in time; the microVM keeps running."
+                    .into(),
+            );
         }
         Ok(VmmData::Empty)
     }

@@ -248,6 +248,7 @@ impl Booted {
                 i8042: devices.i8042.clone(),
                 gate: gate.clone(),
                 vcpus: handles.clone(),
+                io_workers: io.threads.len(),
                 blocks,
                 metrics: metrics.clone(),
             };

@@ -57,21 +57,23 @@ pub fn open(path: &Path) -> Result<File, MetricsError> {
     })
 }
 
-const BLOCK_COUNTERS: [&str; 7] = [
+const BLOCK_COUNTERS: [&str; 8] = [
     "read_count",
     "write_count",
     "flush_count",
+    "sync_count",
     "read_bytes",
     "write_bytes",
     "ok_count",
     "error_count",
 ];
 
-fn block_values(s: &BlockStats) -> [u64; 7] {
+fn block_values(s: &BlockStats) -> [u64; 8] {
     [
         s.read_count,
         s.write_count,
         s.flush_count,
+        s.sync_count,
         s.read_bytes,
         s.write_bytes,
         s.ok,

@@ -23,7 +23,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::regs::{self, RegsError};
-use crate::pause::PauseGate;
+use crate::pause::{Parker, PauseGate};
 
 /// Errors preparing or starting a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,7 @@ impl Vcpu {
         KICK_TARGET.with(|t| t.set(immediate_exit));
         let exit = loop {
             if gate.is_paused() {
-                gate.park(Some(stop));
+                gate.park(Parker::Vcpu, Some(stop));
             }
             if stop.load(Ordering::Acquire) {
                 break VcpuExit::Stopped;

@@ -30,7 +30,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_MMIO_START};
-use crate::pause::PauseGate;
+use crate::pause::{Parker, PauseGate};
 use crate::poll::{poll, pollfd};
 use crate::vm::{Vm, VmError};
 
@@ -303,7 +303,7 @@ fn serve_net(server: &NetServer<Tap>, ev: &NetEvents) {
         }
         if fds[5].revents != 0 {
             // Paused: frames wait in the TAP and the rings until the VM resumes.
-            ev.gate.park(None);
+            ev.gate.park(Parker::Worker, None);
             (rx_more, tx_more) = (true, true);
             continue;
         }
@@ -344,7 +344,8 @@ pub fn build_block(
     vm.register_irqfd(interrupt.irq(), slot.irq)?;
     let notify = event()?;
     vm.register_ioevent(&notify, slot.base + REG_QUEUE_NOTIFY, 0)?;
-    let block = Block::new(disk, &id, mem.clone(), interrupt.clone());
+    let wake = notify.try_clone().map_err(VirtioError::Event)?;
+    let block = Block::new(disk, &id, mem.clone(), interrupt.clone(), wake);
     let server = block.queue_server();
     let forward = notify.try_clone().map_err(VirtioError::Event)?;
     let transport = Arc::new(Mutex::new(MmioTransport::new(
@@ -376,14 +377,18 @@ fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd, gate: &Pa
         }
         if fds[2].revents != 0 {
             // Paused: a notification that arrives meanwhile stays pending for afterwards.
-            gate.park(None);
+            gate.park(Parker::Worker, None);
             continue;
         }
         if fds[0].revents != 0 {
             let _ = notify.read();
             // The budget bounds how long the device's lock is held (activation and reset wait
-            // for it), not how long the thread works.
-            while server.process_queue(BLOCK_BUDGET) {}
+            // for it), not how long the thread works; a pause stops it between batches.
+            while !gate.is_paused() && server.process_queue(BLOCK_BUDGET) {}
+            if gate.is_paused() {
+                // What is left stays in the ring; serve it once the VM resumes.
+                let _ = notify.write(1);
+            }
         }
     }
 }

@@ -378,7 +378,13 @@ mod tests {
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
         let disk = Disk::open(&image(name, 4096), false, true).unwrap();
-        let block = Block::new(disk, "t", mem.clone(), irq.clone());
+        let block = Block::new(
+            disk,
+            "t",
+            mem.clone(),
+            irq.clone(),
+            EventFd::new(0).unwrap(),
+        );
         let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         MmioTransport::new(block, mem, irq, vec![notify])
     }

@@ -16,8 +16,8 @@ pub mod testing;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit: the device complies with virtio 1.x.
@@ -160,24 +160,26 @@ pub enum QueueError {
     CorruptAvail,
 }
 
-/// Pops chains and hands each to `serve` until the queue is empty, `budget` chains are done or
-/// `serve` says stop, with notifications re-enabled and re-checked so no buffer the driver
-/// adds meanwhile is missed. An available index that announces buffers which cannot be popped
-/// twice in a row is corrupt, reported rather than spun on.
-pub fn serve_chains(
+/// Pops chains and hands each to `serve` (as a [`chain::Chain`], which refuses indirect tables
+/// and loops) until the queue is empty, `budget` chains are done or `serve` says stop, with
+/// notifications re-enabled and re-checked so no buffer the driver adds meanwhile is missed.
+/// An available index that announces buffers which cannot be popped twice in a row is
+/// corrupt, reported rather than spun on.
+pub fn serve_chains<'m>(
     queue: &mut Queue,
-    mem: &GuestMemoryMmap,
+    mem: &'m GuestMemoryMmap,
     budget: usize,
-    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> Step,
+    mut serve: impl FnMut(chain::Chain<'m>) -> Step,
 ) -> Result<Served, QueueError> {
     let mut count = 0;
     let mut empty_rounds = 0;
+    let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
     loop {
         queue.disable_notification(mem)?;
         let before = count;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let (len, last) = match serve(chain) {
+            let (len, last) = match serve(chain::Chain::in_table(mem, table, size, head)) {
                 Step::Used(len) => (len, false),
                 Step::UsedLast(len) => (len, true),
                 Step::Retry => {

@@ -10,6 +10,7 @@ type Result<T> = std::result::Result<T, GuestMemoryError>;
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
 
 /// One queue of `size` descriptors with its rings from `base`.
 pub struct Driver {
@@ -67,6 +68,31 @@ impl Driver {
         self.next_desc = (head + bufs.len() as u16) % self.size;
         let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head % self.size, GuestAddress(self.avail + 4 + 2 * slot))?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.set_avail_idx(mem, self.avail_idx)
+    }
+
+    /// Makes available, as a hostile driver would without the feature being offered, one
+    /// descriptor referring to an indirect table at `table` of `count` chained zero-length
+    /// device-writable descriptors.
+    pub fn add_indirect(&mut self, mem: &GuestMemoryMmap, table: u64, count: u16) -> Result<()> {
+        for i in 0..count {
+            let at = GuestAddress(table + 16 * u64::from(i));
+            let flags = F_WRITE | if i + 1 == count { 0 } else { F_NEXT };
+            mem.write_obj(table, at)?;
+            mem.write_obj(0u32, GuestAddress(at.0 + 8))?;
+            mem.write_obj(flags, GuestAddress(at.0 + 12))?;
+            mem.write_obj(i.wrapping_add(1), GuestAddress(at.0 + 14))?;
+        }
+        let head = self.next_desc;
+        let at = GuestAddress(self.desc + 16 * u64::from(head));
+        mem.write_obj(table, at)?;
+        mem.write_obj(16 * u32::from(count), GuestAddress(at.0 + 8))?;
+        mem.write_obj(F_INDIRECT, GuestAddress(at.0 + 12))?;
+        mem.write_obj(0u16, GuestAddress(at.0 + 14))?;
+        self.next_desc = (head + 1) % self.size;
+        let slot = u64::from(self.avail_idx % self.size);
+        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.set_avail_idx(mem, self.avail_idx)
     }

@@ -1,18 +1,25 @@
 //! The virtio-blk device: one request queue, served by whichever thread holds its
 //! [`QueueServer`] (the VMM gives each disk an I/O thread).
 //!
-//! Each call serves at most a budget of requests and [`MAX_BYTES_PER_CALL`] bytes; if more are
-//! waiting the caller is told, so it can yield to other events and come back (a guest cannot
-//! starve the event loop with a deep queue of large requests). A malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and
-//! returned with nothing written when it has none; either way it is logged and counted, and the
-//! device keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted
-//! any more: the device stops and waits for a reset.
+//! Each call serves at most a budget of requests and [`MAX_BYTES_PER_CALL`] bytes of disk work
+//! (data moved, ranges zeroed or discarded, a flush counting as a whole batch); if more are
+//! waiting the caller is told, so it can yield to other events and come back, and nothing that
+//! waits for the serving lock (activation, reset) waits for more than one bounded batch. A
+//! malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and returned
+//! with nothing written when it has none; either way it is logged and counted, and the device
+//! keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted any
+//! more: the device stops and waits for a reset.
+//!
+//! The VMM's main thread never takes the serving lock: counters are published to their own
+//! slot after each batch, and a new backing file is handed over through a slot the serving
+//! thread takes it from.
 
 use std::sync::{Arc, Mutex};
 
 use log::warn;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
 use super::request::{self, S_OK};
@@ -25,11 +32,10 @@ use crate::virtio::{
 
 /// Size of `struct virtio_blk_config` as far as ember fills it.
 const CONFIG_LEN: usize = 60;
-/// Discard/write-zeroes limits offered: 2 GiB per request, 4 KiB granularity.
-const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Discard granularity offered: 4 KiB.
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 
-/// Data one `process_queue` call moves at most before yielding (a few ms on a slow disk).
+/// Disk work one `process_queue` call does at most before yielding (a few ms on a slow disk).
 pub const MAX_BYTES_PER_CALL: u64 = 8 << 20;
 
 /// Counters a block device keeps, for logs and metrics.
@@ -45,6 +51,8 @@ pub struct BlockStats {
     pub write_count: u64,
     /// Flushes completed.
     pub flush_count: u64,
+    /// Flushes that reached the host's disk (`fdatasync`; none with cache type "Unsafe").
+    pub sync_count: u64,
     /// Bytes read from the disk.
     pub read_bytes: u64,
     /// Bytes written to the disk.
@@ -58,6 +66,18 @@ pub struct Block {
     features: u64,
     config: [u8; CONFIG_LEN],
     serving: Arc<Mutex<Serving>>,
+    shared: Arc<Shared>,
+}
+
+/// What the serving side and the rest of the VMM exchange without the serving lock; each
+/// lock here is held only to copy a value in or out.
+struct Shared {
+    /// The counters as of the end of the last batch.
+    stats: Mutex<BlockStats>,
+    /// A backing file waiting to replace the current one.
+    swap: Mutex<Option<Disk>>,
+    /// Wakes the serving thread (it then calls `process_queue`).
+    wake: EventFd,
 }
 
 /// What serving the queue needs.
@@ -68,32 +88,40 @@ struct Serving {
     interrupt: Arc<VirtioInterrupt>,
     queue: Option<Queue>,
     stats: BlockStats,
+    shared: Arc<Shared>,
 }
 
 /// A handle for the thread that serves a block device's queue.
 #[derive(Clone)]
-pub struct QueueServer(Arc<Mutex<Serving>>);
+pub struct QueueServer {
+    serving: Arc<Mutex<Serving>>,
+    shared: Arc<Shared>,
+}
 
 impl QueueServer {
-    /// Serves up to `budget` requests (and [`MAX_BYTES_PER_CALL`] bytes); returns true if more
-    /// are waiting. Does nothing before the driver activates the device.
+    /// Serves up to `budget` requests (and [`MAX_BYTES_PER_CALL`] bytes of disk work); returns
+    /// true if more are waiting. Installs a backing file handed over by
+    /// [`Block::swap_disk`] first. Does nothing else before the driver activates the device.
     pub fn process_queue(&self, budget: usize) -> bool {
-        lock(&self.0).process_queue(budget)
+        lock(&self.serving).process_queue(budget)
     }
 
-    /// The counters.
+    /// The counters, as of the end of the last batch; never waits for disk I/O.
     pub fn stats(&self) -> BlockStats {
-        lock(&self.0).stats
+        *lock(&self.shared.stats)
     }
 }
 
 impl Block {
     /// A device serving `disk`, with `id` (truncated to 20 bytes) as its serial number.
+    /// Writing `wake` must make the serving thread call [`QueueServer::process_queue`] (the
+    /// VMM passes the queue's notification eventfd).
     pub fn new(
         disk: Disk,
         id: &str,
         mem: GuestMemoryMmap,
         interrupt: Arc<VirtioInterrupt>,
+        wake: EventFd,
     ) -> Self {
         let mut serial = [0u8; ID_LEN];
         let n = id.len().min(ID_LEN);
@@ -114,6 +142,11 @@ impl Block {
             features |= 1 << features::FLUSH;
         }
         let config = Self::config_space(&disk);
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(BlockStats::default()),
+            swap: Mutex::new(None),
+            wake,
+        });
         let serving = Serving {
             disk,
             id: serial,
@@ -121,11 +154,13 @@ impl Block {
             interrupt,
             queue: None,
             stats: BlockStats::default(),
+            shared: shared.clone(),
         };
         Self {
             features,
             config,
             serving: Arc::new(Mutex::new(serving)),
+            shared,
         }
     }
 
@@ -135,32 +170,40 @@ impl Block {
         put(0, &(disk.size() / SECTOR_SIZE).to_le_bytes()); // capacity, in sectors
         put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max: header and status aside
         put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
-        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
-        put(40, &request::MAX_RANGES.to_le_bytes());
+        put(36, &request::MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &request::MAX_DISCARD_RANGES.to_le_bytes());
         put(44, &DISCARD_ALIGNMENT_SECTORS.to_le_bytes());
-        put(48, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
-        put(52, &request::MAX_RANGES.to_le_bytes());
+        put(48, &request::MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+        put(52, &request::MAX_WRITE_ZEROES_RANGES.to_le_bytes());
         put(56, &[u8::from(disk.can_punch_holes())]); // write_zeroes_may_unmap
         c
     }
 
     /// Serves `disk` from now on: a new backing file for a running VM, with its capacity in
-    /// the configuration space. Requests in progress finish on the old file. The caller tells
-    /// the driver (a configuration-change interrupt). Features are fixed once negotiated, so
-    /// the new disk must be opened the same way (read-only, writeback) as the old one.
+    /// the configuration space. The serving thread installs it before its next request and
+    /// flushes and closes the old file (requests in progress finish on it); this call never
+    /// waits for disk I/O. The caller tells the driver (a configuration-change interrupt).
+    /// Features are fixed once negotiated, so the new disk must be opened the same way
+    /// (read-only, writeback) as the old one.
     pub fn swap_disk(&mut self, disk: Disk) {
         self.config = Self::config_space(&disk);
-        lock(&self.serving).disk = disk;
+        *lock(&self.shared.swap) = Some(disk);
+        if let Err(err) = self.shared.wake.write(1) {
+            warn!("virtio-blk: cannot wake the I/O thread for the new disk: {err}");
+        }
     }
 
-    /// The counters.
+    /// The counters (see [`QueueServer::stats`]).
     pub fn stats(&self) -> BlockStats {
-        lock(&self.serving).stats
+        *lock(&self.shared.stats)
     }
 
     /// The handle the serving thread uses.
     pub fn queue_server(&self) -> QueueServer {
-        QueueServer(self.serving.clone())
+        QueueServer {
+            serving: self.serving.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     /// Serves the queue on the calling thread (see [`QueueServer::process_queue`]).
@@ -170,35 +213,33 @@ impl Block {
 }
 
 impl Serving {
+    /// Installs a backing file handed over by [`Block::swap_disk`]. The old one is flushed
+    /// first when flushes reach the disk, so what the guest wrote to it is on the host's disk
+    /// when it is closed.
+    fn take_swap(&mut self) {
+        let Some(disk) = lock(&self.shared.swap).take() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.disk, disk);
+        if let Err(err) = old.flush() {
+            warn!("virtio-blk: cannot flush the replaced disk image: {err}");
+        }
+    }
+
     fn process_queue(&mut self, budget: usize) -> bool {
+        self.take_swap();
         let Some(queue) = self.queue.as_mut() else {
             return false;
         };
         let (mem, disk, id, stats) = (&self.mem, &self.disk, &self.id, &mut self.stats);
-        let mut bytes = 0;
+        let mut work = 0;
         let served = serve_chains(queue, mem, budget, |chain| {
             let used = match request::parse(mem, chain, disk.size()) {
                 Ok(req) => {
-                    let (used, status) = req.execute(mem, disk, id);
-                    bytes += req.data_len();
-                    if status == S_OK {
-                        stats.ok += 1;
-                        match req.kind {
-                            request::Kind::In => {
-                                stats.read_count += 1;
-                                stats.read_bytes += u64::from(used - 1);
-                            }
-                            request::Kind::Out => {
-                                stats.write_count += 1;
-                                stats.write_bytes += req.data_len();
-                            }
-                            request::Kind::Flush => stats.flush_count += 1,
-                            _ => {}
-                        }
-                    } else {
-                        stats.errors += 1;
-                    }
-                    used
+                    let done = req.execute(mem, disk, id);
+                    work += done.work;
+                    count(stats, &req, &done);
+                    done.used
                 }
                 Err((status, err)) => {
                     warn!("virtio-blk: bad request: {err}");
@@ -206,12 +247,13 @@ impl Serving {
                     status.map_or(0, |addr| request::fail(mem, addr))
                 }
             };
-            if bytes >= MAX_BYTES_PER_CALL {
+            if work >= MAX_BYTES_PER_CALL {
                 Step::UsedLast(used)
             } else {
                 Step::Used(used)
             }
         });
+        *lock(&self.shared.stats) = self.stats;
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &self.interrupt, served.count);
@@ -223,6 +265,30 @@ impl Serving {
                 false
             }
         }
+    }
+}
+
+/// Adds an executed request to the counters.
+fn count(stats: &mut BlockStats, req: &request::Request, done: &request::Executed) {
+    if done.status != S_OK {
+        stats.errors += 1;
+        return;
+    }
+    stats.ok += 1;
+    match req.kind {
+        request::Kind::In => {
+            stats.read_count += 1;
+            stats.read_bytes += u64::from(done.used.saturating_sub(1));
+        }
+        request::Kind::Out => {
+            stats.write_count += 1;
+            stats.write_bytes += req.data_len();
+        }
+        request::Kind::Flush => {
+            stats.flush_count += 1;
+            stats.sync_count += u64::from(done.synced);
+        }
+        _ => {}
     }
 }
 
@@ -277,6 +343,7 @@ pub(crate) mod tests {
     const QSIZE: u16 = 64;
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
+    const F_INDIRECT: u16 = 4;
     const MIB: usize = 1 << 20;
     const USED: u64 = 0x8000;
     const HDR: u64 = 0x1_0000;
@@ -307,7 +374,13 @@ pub(crate) mod tests {
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ));
             let disk = Disk::open(path, read_only, true).unwrap();
-            let mut block = Block::new(disk, "ember-disk-0", mem.clone(), irq);
+            let mut block = Block::new(
+                disk,
+                "ember-disk-0",
+                mem.clone(),
+                irq,
+                EventFd::new(0).unwrap(),
+            );
             let mut queue: Queue = vq.create_queue().unwrap();
             // The mock lays its used ring over the upper half of its avail ring (virtio-queue
             // 0.18); use a separate one.
@@ -571,13 +644,123 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_indirect_request_is_refused_not_followed() {
+        let mem = mem();
+        let path = image("indirect", 4096);
+        let mut rig = Rig::new(&mem, &path, false);
+        // A well-formed read behind an indirect table, which the device never offered.
+        let table = 0x9_0000;
+        let inner = [
+            SplitDescriptor::new(HDR, 16, F_NEXT, 1),
+            SplitDescriptor::new(DATA, 512, F_NEXT | F_WRITE, 2),
+            SplitDescriptor::new(STATUS, 1, F_WRITE, 0),
+        ];
+        for (i, d) in inner.iter().enumerate() {
+            mem.write_obj(*d, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        rig.header(0, 0);
+        mem.write_obj(0x5au8, GuestAddress(DATA)).unwrap();
+        let ind = RawDescriptor::from(SplitDescriptor::new(table, 48, F_INDIRECT, 0));
+        rig.vq.add_desc_chains(&[ind], 0).unwrap();
+        rig.next_desc = 1;
+        rig.block.process_queue(usize::MAX);
+        assert_eq!(rig.used_idx(), 1, "the chain was returned");
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 0xff);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 0x5a);
+        assert_eq!(rig.block.stats().errors, 1);
+    }
+
+    #[test]
+    fn flushes_and_zeroed_ranges_count_toward_the_yield() {
+        let mem = mem();
+        let path = image("work", 64 * MIB);
+        let mut rig = Rig::new(&mem, &path, false);
+        // Flushes move no data but may wait for the whole host cache: one per batch.
+        rig.header(4, 0);
+        for _ in 0..3 {
+            rig.chain(&[HDR_D, STATUS_D]);
+        }
+        assert!(rig.block.process_queue(usize::MAX), "yields after a flush");
+        assert_eq!(rig.used_idx(), 1);
+        while rig.block.process_queue(usize::MAX) {}
+        // Two write-zeroes requests of 32 MiB each (payload-only, no data): each one is a
+        // batch's worth of work.
+        rig.header(13, 0);
+        mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(1u32 << 16, GuestAddress(DATA + 8)).unwrap();
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        rig.chain(&[HDR_D, (DATA, 16, false), STATUS_D]);
+        rig.chain(&[HDR_D, (DATA, 16, false), STATUS_D]);
+        let before = rig.used_idx();
+        assert!(rig.block.process_queue(usize::MAX));
+        assert_eq!(rig.used_idx(), before.wrapping_add(1));
+    }
+
+    #[test]
+    fn write_zeroes_is_held_to_the_advertised_limits() {
+        let mem = mem();
+        let path = image("wzlimit", 128 * MIB);
+        let mut rig = Rig::new(&mem, &path, false);
+        let mut cfg = [0u8; 8];
+        rig.block.read_config(48, &mut cfg);
+        let max_sectors = u32::from_le_bytes([cfg[0], cfg[1], cfg[2], cfg[3]]);
+        let max_seg = u32::from_le_bytes([cfg[4], cfg[5], cfg[6], cfg[7]]);
+        assert_eq!(
+            (max_sectors, max_seg),
+            (request::MAX_WRITE_ZEROES_SECTORS, 1)
+        );
+        let range = |at: u64, sectors: u32| {
+            mem.write_obj(0u64, GuestAddress(at)).unwrap();
+            mem.write_obj(sectors, GuestAddress(at + 8)).unwrap();
+            mem.write_obj(0u32, GuestAddress(at + 12)).unwrap();
+        };
+        rig.header(13, 0);
+        range(DATA, max_sectors + 1);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_IOERR
+        );
+        range(DATA, max_sectors);
+        range(DATA + 16, 8);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 32, false), STATUS_D]).0,
+            S_IOERR,
+            "two ranges where one is offered"
+        );
+        assert_eq!(rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0, S_OK);
+    }
+
+    #[test]
+    fn a_swapped_disk_is_installed_by_the_serving_side_and_the_old_one_flushed() {
+        let mem = mem();
+        let (first, second) = (image("swap-a", 4096), image("swap-b", 8192));
+        let mut rig = Rig::new(&mem, &first, false);
+        let wake = rig.block.shared.wake.try_clone().unwrap();
+        rig.block
+            .swap_disk(Disk::open(&second, false, true).unwrap());
+        assert_eq!(wake.read().unwrap(), 1, "the serving thread is woken");
+        let mut cap = [0u8; 8];
+        rig.block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 16);
+        // Until the serving side runs, nothing waits on its lock; then the new disk serves.
+        rig.header(0, 15);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 512, true), STATUS_D]),
+            (S_OK, 513)
+        );
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(DATA)).unwrap(), 15);
+    }
+
+    #[test]
     fn work_per_notification_is_bounded() {
         let mem = mem();
         let path = image("budget", 4096);
         let mut rig = Rig::new(&mem, &path, false);
-        rig.header(4, 0);
+        // GET_ID requests: no disk work, so only the request budget stops a batch.
+        rig.header(8, 0);
         for _ in 0..5 {
-            rig.chain(&[HDR_D, STATUS_D]);
+            rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
         }
         assert!(rig.block.process_queue(2), "more requests are waiting");
         assert_eq!(rig.used_idx(), 2);

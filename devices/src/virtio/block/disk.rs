@@ -39,6 +39,11 @@ pub enum DiskError {
     },
 }
 
+/// A page of zeroes for writing zeroed ranges where the filesystem cannot zero in place.
+static ZEROES: [u8; 4096] = [0; 4096];
+/// Bytes of zeroes written per system call (256 iovecs of the zero page).
+const ZERO_WRITE: u64 = 1 << 20;
+
 /// An open disk image.
 #[derive(Debug)]
 pub struct Disk {
@@ -183,12 +188,14 @@ impl Disk {
         Ok(())
     }
 
-    /// Makes written data durable, if the disk caches writes.
-    pub fn flush(&self) -> io::Result<()> {
-        if self.writeback {
-            self.file.sync_data()?;
+    /// Makes written data durable, if the disk caches writes; true if it reached the host's
+    /// disk (`fdatasync`), false if the disk acknowledges flushes without syncing ("Unsafe").
+    pub fn flush(&self) -> io::Result<bool> {
+        if !self.writeback {
+            return Ok(false);
         }
-        Ok(())
+        self.file.sync_data()?;
+        Ok(true)
     }
 
     /// Deallocates `[offset, offset + len)`; reads of it return zeroes afterwards.
@@ -208,16 +215,23 @@ impl Disk {
             len,
         ) {
             Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                let zeroes = vec![0u8; len.min(1 << 20) as usize];
+                // The filesystem cannot zero in place (tmpfs, say): write zeroes, 1 MiB per
+                // call from one shared page of zeroes, allocating nothing.
                 let mut done = 0;
                 while done < len {
-                    let n = (len - done).min(zeroes.len() as u64) as usize;
-                    std::os::unix::fs::FileExt::write_all_at(
-                        &self.file,
-                        &zeroes[..n],
-                        offset + done,
-                    )?;
-                    done += n as u64;
+                    let n = (len - done).min(ZERO_WRITE);
+                    let page = ZEROES.len() as u64;
+                    let count = n.div_ceil(page) as usize;
+                    let mut iov = [libc::iovec {
+                        iov_base: ZEROES.as_ptr().cast_mut().cast(),
+                        iov_len: ZEROES.len(),
+                    }; (ZERO_WRITE / 4096) as usize];
+                    iov[count - 1].iov_len = (n - (count as u64 - 1) * page) as usize;
+                    // SAFETY: every iovec covers (part of) `ZEROES`, a static that lives
+                    // forever; a write only reads the buffers, so the shared page is never
+                    // written through the cast pointer.
+                    unsafe { self.transfer(&mut iov[..count], offset + done, true) }?;
+                    done += n;
                 }
                 Ok(())
             }
@@ -315,7 +329,7 @@ mod tests {
         ];
         // SAFETY: the iovecs point at the live local arrays.
         unsafe { disk.write_vectored_at(&mut iov, 1024).unwrap() };
-        disk.flush().unwrap();
+        assert!(disk.flush().unwrap(), "a writeback disk syncs");
         let mut back = [0u8; 1536];
         let mut iov = [libc::iovec {
             iov_base: back.as_mut_ptr().cast(),
@@ -347,5 +361,23 @@ mod tests {
         // SAFETY: the iovec points at the live local array.
         assert!(unsafe { disk.write_vectored_at(&mut iov, 0) }.is_err());
         assert!(!disk.can_punch_holes());
+    }
+
+    #[test]
+    fn write_zeroes_works_where_the_filesystem_cannot_zero_in_place() {
+        // tmpfs has no FALLOC_FL_ZERO_RANGE: zeroes are written from the shared page.
+        let path =
+            std::path::Path::new("/dev/shm").join(format!("ember-wz-{}", std::process::id()));
+        let len = 3 << 20;
+        std::fs::write(&path, vec![0xa5u8; len]).unwrap();
+        let disk = Disk::open(&path, false, true).unwrap();
+        let (start, zeroed) = (512u64, (2 << 20) + 3 * 512);
+        disk.write_zeroes(start, zeroed).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let end = (start + zeroed) as usize;
+        assert!(back[..512].iter().all(|b| *b == 0xa5));
+        assert!(back[512..end].iter().all(|b| *b == 0));
+        assert!(back[end..].iter().all(|b| *b == 0xa5));
     }
 }

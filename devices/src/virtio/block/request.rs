@@ -7,12 +7,11 @@
 //! writable one: the header is the first 16 readable bytes, the status the last writable byte,
 //! and the data whatever lies between, in the direction the request type needs.
 
-use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::Disk;
 use super::{ID_LEN, SECTOR_SIZE};
-use crate::virtio::chain::{Segment, iovecs, read_bytes, split, total};
+use crate::virtio::chain::{Chain, ChainError, Segment, iovecs, read_bytes, split, total};
 
 /// virtio-blk request types.
 const T_IN: u32 = 0;
@@ -32,14 +31,29 @@ pub const S_UNSUPP: u8 = 2;
 const HEADER_LEN: u64 = 16;
 /// Largest data transfer one request may ask for; Linux stays far below it.
 pub const MAX_DATA_BYTES: u64 = 64 << 20;
-/// Most ranges one discard or write-zeroes request may carry (`max_discard_seg`).
-pub const MAX_RANGES: u32 = 32;
+/// Most ranges one discard request may carry (`max_discard_seg`).
+pub const MAX_DISCARD_RANGES: u32 = 32;
+/// Most sectors one discard range may cover (`max_discard_sectors`, 2 GiB): punching a hole
+/// is a metadata operation whatever its size.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Most ranges one write-zeroes request may carry (`max_write_zeroes_seg`; Linux sends one).
+pub const MAX_WRITE_ZEROES_RANGES: u32 = 1;
+/// Most sectors one write-zeroes range may cover (`max_write_zeroes_sectors`, 64 MiB): where
+/// the host filesystem cannot zero a range in place, zeroes are written, and a request must
+/// stay a bounded amount of work like a read or write.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
+/// Work a flush counts for when the I/O thread decides to yield: as much as a whole batch,
+/// since it may wait for everything the host has cached.
+pub const FLUSH_WORK: u64 = MAX_DATA_BYTES;
 const RANGE_LEN: u64 = 16;
 const WRITE_ZEROES_UNMAP: u32 = 1;
 
 /// Why a request is refused (answered with an error status, or not at all without one).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
+    /// The descriptor chain itself is malformed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// A descriptor points outside guest memory.
     #[error("descriptor {addr:#x}+{len} is outside guest memory")]
     OutOfMemory {
@@ -98,6 +112,19 @@ pub enum Kind {
     Unsupported(u32),
 }
 
+/// What executing a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Executed {
+    /// Bytes written into guest buffers, status byte included (for the used ring).
+    pub used: u32,
+    /// The status byte.
+    pub status: u8,
+    /// Bytes of disk the request touched, for the I/O thread's yield.
+    pub work: u64,
+    /// A flush that reached the host's disk (`fdatasync`).
+    pub synced: bool,
+}
+
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request {
@@ -113,12 +140,13 @@ pub struct Request {
 /// error so the guest can be told.
 pub fn parse(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
     disk_size: u64,
 ) -> Result<Request, (Option<GuestAddress>, RequestError)> {
     let (mut readable, mut writable) = (Vec::new(), Vec::new());
     let mut seen_writable = false;
     for desc in chain {
+        let desc = desc.map_err(|e| (None, e.into()))?;
         let (addr, len) = (desc.addr(), desc.len());
         let Some(seg) = Segment::checked(mem, addr, len) else {
             return Err((None, RequestError::OutOfMemory { addr: addr.0, len }));
@@ -216,24 +244,43 @@ impl Request {
         self.data_len
     }
 
-    /// Runs the request and writes its status byte; returns the number of bytes written into
-    /// guest buffers (for the used ring) and the status.
-    pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> (u32, u8) {
-        let (written, status) = match self.run(mem, disk, id) {
+    /// Runs the request and writes its status byte.
+    pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> Executed {
+        let (mut work, mut synced) = (0, false);
+        let (written, status) = match self.run(mem, disk, id, (&mut work, &mut synced)) {
             Ok(written) => (written, S_OK),
             Err(status) => (0, status),
         };
-        if mem.write_obj(status, self.status).is_err() {
-            return (0, status);
-        }
         // Bounded by MAX_DATA_BYTES + 1, which fits.
-        ((written + 1) as u32, status)
+        let used = match mem.write_obj(status, self.status) {
+            Ok(()) => (written + 1) as u32,
+            Err(_) => 0,
+        };
+        Executed {
+            used,
+            status,
+            work,
+            synced,
+        }
     }
 
-    fn run(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> Result<u64, u8> {
+    /// Runs the request; returns the bytes written into guest buffers, adds to `work` the
+    /// bytes of disk it touched (or [`FLUSH_WORK`]), which is what the I/O thread's yield
+    /// counts (a request that moves no data can still keep the disk busy for long), and sets
+    /// `synced` when a flush reached the host's disk.
+    fn run(
+        &self,
+        mem: &GuestMemoryMmap,
+        disk: &Disk,
+        id: &[u8; ID_LEN],
+        (work, synced): (&mut u64, &mut bool),
+    ) -> Result<u64, u8> {
         // Only reads and writes use the header's sector, and `parse` checked it for them; other
         // types may carry any value there.
         let offset = self.sector.wrapping_mul(SECTOR_SIZE);
+        if matches!(self.kind, Kind::In | Kind::Out) {
+            *work += self.data_len;
+        }
         match self.kind {
             Kind::In => {
                 let mut iov = iovecs(mem, &self.data).map_err(|_| S_IOERR)?;
@@ -251,7 +298,11 @@ impl Request {
                 unsafe { disk.write_vectored_at(&mut iov, offset) }.map_err(|_| S_IOERR)?;
                 Ok(0)
             }
-            Kind::Flush => disk.flush().map(|()| 0).map_err(|_| S_IOERR),
+            Kind::Flush => {
+                *work += FLUSH_WORK;
+                *synced = disk.flush().map_err(|_| S_IOERR)?;
+                Ok(0)
+            }
             Kind::GetId => {
                 let mut left = &id[..];
                 let mut written = 0;
@@ -263,19 +314,24 @@ impl Request {
                 }
                 Ok(written)
             }
-            Kind::Discard | Kind::WriteZeroes => self.ranges(mem, disk).map(|()| 0),
+            Kind::Discard | Kind::WriteZeroes => self.ranges(mem, disk, work).map(|()| 0),
             Kind::Unsupported(_) => Err(S_UNSUPP),
         }
     }
 
-    /// Executes the {sector, num_sectors, flags} ranges of a discard or write-zeroes request.
-    fn ranges(&self, mem: &GuestMemoryMmap, disk: &Disk) -> Result<(), u8> {
+    /// Executes the {sector, num_sectors, flags} ranges of a discard or write-zeroes request,
+    /// held to the limits the configuration space advertises.
+    fn ranges(&self, mem: &GuestMemoryMmap, disk: &Disk, work: &mut u64) -> Result<(), u8> {
         if disk.read_only() {
             return Err(S_IOERR);
         }
+        let (max_ranges, max_sectors) = match self.kind {
+            Kind::Discard => (MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS),
+            _ => (MAX_WRITE_ZEROES_RANGES, MAX_WRITE_ZEROES_SECTORS),
+        };
         if self.data_len == 0
             || self.data_len % RANGE_LEN != 0
-            || self.data_len / RANGE_LEN > u64::from(MAX_RANGES)
+            || self.data_len / RANGE_LEN > u64::from(max_ranges)
         {
             return Err(S_IOERR);
         }
@@ -288,7 +344,11 @@ impl Request {
                     .fold(0u64, |v, b| (v << 8) | u64::from(*b))
             };
             let (sector, sectors, flags) = (field(0, 8), field(8, 4), field(12, 4) as u32);
+            if sectors > u64::from(max_sectors) {
+                return Err(S_IOERR);
+            }
             let bytes = sectors * SECTOR_SIZE;
+            *work += bytes;
             check_range(sector, bytes, disk.size()).map_err(|_| S_IOERR)?;
             let offset = sector * SECTOR_SIZE;
             let result = match self.kind {

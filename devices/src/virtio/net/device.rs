@@ -22,15 +22,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use log::warn;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{self, VnetHeader};
 use super::tap::Backend;
 use super::{DEVICE_TYPE_NET, MAX_FRAME_LEN, MacAddr, QUEUE_SIZE, VNET_HDR_LEN, features};
 use crate::bus::lock;
-use crate::virtio::chain::{self, Segment};
+use crate::virtio::chain::{self, Chain, Segment};
 use crate::virtio::{
     ActivateError, QueueError, Step, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
     serve_chains, signal_used,
@@ -42,6 +42,10 @@ const RX: usize = 0;
 const TX: usize = 1;
 /// A frame with its header, as read from or written to the backend.
 const BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
+/// Most receive buffers the device holds between frames: ample for a largest frame in
+/// buffers of any sensible size (Linux uses one page or more each), small enough that what
+/// a guest can make the device keep stays a few tens of KiB.
+const MAX_HELD_SEGMENTS: usize = 1024;
 
 /// Counters a network device keeps, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -234,10 +238,11 @@ fn tap_offloads(acked: u64) -> u32 {
 /// A receive chain's buffers, or why it cannot take data.
 fn writable_segments(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
 ) -> Result<Vec<Segment>, &'static str> {
     let mut segments = Vec::new();
     for desc in chain {
+        let desc = desc.map_err(|_| "a receive chain is malformed")?;
         if !desc.is_write_only() {
             return Err("a receive buffer is device-readable");
         }
@@ -251,11 +256,12 @@ fn writable_segments(
 /// Collects a transmit chain's buffers into `segments`, or says why the frame is dropped.
 fn readable_segments(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
     segments: &mut Vec<Segment>,
 ) -> Result<(), String> {
     segments.clear();
     for desc in chain {
+        let desc = desc.map_err(|e| e.to_string())?;
         if desc.is_write_only() {
             return Err("a transmit buffer is device-writable".into());
         }
@@ -420,12 +426,15 @@ impl<B: Backend> Serving<B> {
     /// Tops the held receive chains up to room for the largest frame. False if they cannot
     /// take a frame directly: a malformed chain (left for the buffered path, which returns it
     /// and counts the drop), or too little room without mergeable buffers. With mergeable
-    /// buffers less room is fine: what does not fit spills into the device's buffer.
+    /// buffers less room is fine: what does not fit spills into the device's buffer, which is
+    /// also what happens once the device holds [`MAX_HELD_SEGMENTS`] buffers or a whole ring's
+    /// worth of chains, so a guest publishing empty buffers cannot make it hold more.
     fn hold_room(&mut self) -> bool {
         let mergeable = self.has(features::MRG_RXBUF);
         let Some(queue) = self.rx.as_mut() else {
             return false;
         };
+        let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
         let mem = &self.mem;
         let sc = &mut self.scratch;
         // One read of the available index for the whole top-up.
@@ -434,16 +443,21 @@ impl<B: Backend> Serving<B> {
             return false;
         };
         let mut bad = false;
-        while sc.held_room < BUF_LEN as u64 && (mergeable || sc.held.is_empty()) && !bad {
+        while sc.held_room < BUF_LEN as u64
+            && (mergeable || sc.held.is_empty())
+            && sc.held.len() < usize::from(size)
+            && sc.held_segments.len() < MAX_HELD_SEGMENTS
+            && !bad
+        {
             let Some(chain) = avail.next() else {
                 break;
             };
             let head = chain.head_index();
             let (mut room, mut segments, mut iovecs) = (0, 0, 0);
-            for desc in chain {
-                let Some(seg) =
+            for desc in Chain::in_table(mem, table, size, head) {
+                let Some(seg) = desc.ok().and_then(|desc| {
                     Segment::checked(mem, desc.addr(), desc.len()).filter(|_| desc.is_write_only())
-                else {
+                }) else {
                     bad = true;
                     break;
                 };
@@ -577,11 +591,17 @@ impl<B: Backend> Serving<B> {
             return Delivery::Starved;
         };
         let mem = &self.mem;
+        let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
         let start = queue.next_avail();
         let before = self.partial.len();
         let end = self.pending_at + self.pending;
         let mut at = self.pending_at;
         while at < end {
+            if self.partial.len() >= usize::from(size) {
+                // No frame needs more chains than the ring holds; a driver that keeps
+                // publishing empty ones cannot keep this loop going.
+                return self.abandon("larger than all the receive buffers together");
+            }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Nothing more is returned now: the chains taken in this attempt stay
                 // available.
@@ -596,7 +616,7 @@ impl<B: Backend> Serving<B> {
                 return Delivery::Starved;
             };
             let head = chain.head_index();
-            let segments = match writable_segments(mem, chain) {
+            let segments = match writable_segments(mem, Chain::in_table(mem, table, size, head)) {
                 Ok(segments) => segments,
                 Err(why) => {
                     // Returned empty with the frame's other chains, so the ring moves on.
@@ -728,7 +748,7 @@ enum TxError {
 fn transmit<B: Backend>(
     mem: &GuestMemoryMmap,
     backend: &mut B,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: Chain<'_>,
     acked: u64,
     scratch: &mut Scratch,
 ) -> Result<usize, TxError> {
@@ -807,6 +827,9 @@ impl<B: Backend> VirtioDevice for Net<B> {
         s.tx = Some(tx);
         s.rx_starved_at = None;
         s.tx_blocked = false;
+        // A backend that failed is tried again: a reset is how a driver recovers a device,
+        // and a TAP error may have been passing.
+        s.backend_failed = false;
         drop(s);
         self.wake();
         Ok(())
@@ -852,10 +875,23 @@ mod tests {
         full: Arc<Mutex<bool>>,
         offload: Arc<Mutex<u32>>,
         direct_reads: usize,
+        /// Reads that fail with EIO before frames are handed out again.
+        failing_reads: usize,
+    }
+
+    impl Mock {
+        fn failure(&mut self) -> io::Result<()> {
+            if self.failing_reads > 0 {
+                self.failing_reads -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
     }
 
     impl Backend for Mock {
         fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.failure()?;
             let frame = self.inbound.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
             buf[..frame.len()].copy_from_slice(&frame);
             Ok(frame.len())
@@ -863,6 +899,7 @@ mod tests {
 
         unsafe fn recv_vectored(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
             self.direct_reads += 1;
+            self.failure()?;
             let frame = self.inbound.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
             let mut done = 0;
             for iov in iovecs {
@@ -1173,6 +1210,71 @@ mod tests {
         );
         assert_eq!(rig.stats().rx_frames, 2);
         assert!(rig.server.interest().readable);
+    }
+
+    #[test]
+    fn empty_and_indirect_receive_chains_on_every_kick_do_not_grow_what_the_device_holds() {
+        let mut rig = Rig::new(all());
+        let indirect = 0x20_0000;
+        for kick in 0..40u64 {
+            // With the TAP idle, a driver that republishes a ring of empty buffers, and one of
+            // indirect tables (never offered), on every kick.
+            for i in 0..16 {
+                if kick % 2 == 0 {
+                    rig.rx
+                        .add(&rig.mem, &[(BUFS + i * 0x1000, 0, true)])
+                        .unwrap();
+                } else {
+                    rig.rx.add_indirect(&rig.mem, indirect, 1024).unwrap();
+                }
+            }
+            rig.server.process_rx(64);
+            let s = lock(&rig.net.serving);
+            assert!(
+                s.scratch.held.len() <= 16,
+                "kick {kick}: {}",
+                s.scratch.held.len()
+            );
+            assert!(s.scratch.held_segments.len() <= MAX_HELD_SEGMENTS);
+            assert!(s.scratch.held_iovecs.0.capacity() <= 2 * MAX_HELD_SEGMENTS);
+        }
+    }
+
+    #[test]
+    fn a_failed_tap_read_stops_receiving_until_the_driver_resets_the_device() {
+        let mut rig = Rig::new(all());
+        lock(&rig.net.serving).backend.failing_reads = 1;
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]).unwrap();
+        rig.server.process_rx(64);
+        assert_eq!(rig.stats().rx_frames, 0);
+        assert!(!rig.server.interest().readable, "the TAP is no longer read");
+        // The driver resets and re-activates the device: the TAP is used again.
+        rig.net.reset();
+        let (rx, tx) = (Driver::new(RXQ, 16), Driver::new(TXQ, 16));
+        rig.net
+            .activate(
+                vec![rx.queue().unwrap(), tx.queue().unwrap()],
+                all() & rig.net.features(),
+            )
+            .unwrap();
+        rig.rx = rx;
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]).unwrap();
+        rig.server.process_rx(64);
+        assert_eq!(rig.stats().rx_frames, 1);
+    }
+
+    #[test]
+    fn an_indirect_receive_chain_is_returned_empty_and_the_next_buffer_is_used() {
+        let mut rig = Rig::new(all());
+        rig.rx.add_indirect(&rig.mem, 0x20_0000, 64).unwrap();
+        rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]).unwrap();
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.inbound(frame([0; VNET_HDR_LEN], 100));
+        rig.server.process_rx(64);
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap(), [(0, 0), (1, 112)]);
+        let s = rig.stats();
+        assert_eq!((s.rx_frames, s.rx_dropped), (1, 1));
     }
 
     #[test]
