@@ -336,6 +336,63 @@ fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
     assert_contains(&log, &format!("IN {sent_sum} /tmp/in"));
 }
 
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: libc::pid_t) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_guest_flooding_empty_and_indirect_receive_chains_cannot_grow_embers_memory() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new("rxflood", &[("tap0", "10.0.2.1/24")]);
+    let dir = tempdir("rxflood");
+    let sock = dir.join("api.sock");
+    let mut samples = Vec::new();
+    let mut answered = None;
+    let (log, status, stderr) = run_watching(
+        ns.command(env!("CARGO_BIN_EXE_ember"))
+            .arg("--kernel")
+            .arg(guest("virtio_net"))
+            .args(["--cmdline", "flood", "--net", "tap=tap0", "--api-sock"])
+            .arg(&sock),
+        TINY_LIMIT,
+        |line, pid| {
+            if line.trim() != "FLOODING" {
+                return;
+            }
+            // The guest republishes a ring of hostile chains and kicks, as fast as it can,
+            // for the whole time; the TAP stays idle so nothing is ever delivered.
+            for _ in 0..=8 {
+                samples.push(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let mut api = ApiClient::connect(&sock);
+            answered = Some(api.request("GET", "/", None));
+            // SAFETY: `pid` is our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        },
+    );
+    assert_eq!(
+        code(&status),
+        128 + libc::SIGTERM,
+        "console:\n{log}\nstderr:\n{stderr}"
+    );
+    let (status, body) = answered.expect("the guest never started flooding");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"Running\""), "{body}");
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    let peak = samples.iter().max().copied().unwrap_or(0);
+    eprintln!("RSS under a receive-chain flood over 4 s: {samples:?} KiB");
+    assert!(
+        peak <= first + 4096,
+        "RSS grew from {first} KiB to {peak} KiB (last {last}) under the flood"
+    );
+}
+
 /// User plus system CPU ticks of `pid`'s thread named `name`.
 fn thread_ticks(pid: libc::pid_t, name: &str) -> Option<u64> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {

@@ -7,6 +7,10 @@
  * and lying headers, and finally UDP "still-alive", which the host must still receive.
  * With "idle" it brings the device up (receive buffers posted), prints IDLE and halts for
  * good, so the host can check that an idle NIC costs no CPU.
+ * With "flood" it negotiates mergeable receive buffers and, forever, publishes receive chains
+ * of a zero-length buffer and of an indirect table (never offered) of 16384 zero-length
+ * buffers, kicking after each ring's worth: a device that took such chains would grow the
+ * host's memory on every kick. It prints FLOODING once.
  * Verdicts are lines on COM1; the run ends with the exit port. */
 #include "virtio.h"
 
@@ -74,7 +78,7 @@ static void post_rx(u16 i) {
     push(0, &rxq, i);
 }
 
-static void setup(void) {
+static void setup(u32 features_lo) {
     if (R(0x000) != 0x74726976 || R(0x004) != 2 || R(0x008) != 1) fail("not a virtio-mmio v2 network device");
     R(0x070) = 0;
     R(0x070) = 1 | 2;
@@ -82,8 +86,8 @@ static void setup(void) {
     if (!(R(0x010) & 1)) fail("no VIRTIO_F_VERSION_1");
     R(0x014) = 0;
     if (!(R(0x010) & (1u << 5))) fail("no VIRTIO_NET_F_MAC");
-    /* MAC only: no offloads, no mergeable buffers. */
-    R(0x024) = 0; R(0x020) = 1u << 5;
+    /* MAC (and what the caller adds): no offloads. */
+    R(0x024) = 0; R(0x020) = (1u << 5) | features_lo;
     R(0x024) = 1; R(0x020) = 1;
     R(0x070) = 1 | 2 | 8;
     if (!(R(0x070) & 8)) fail("FEATURES_OK refused");
@@ -195,9 +199,43 @@ static void hostile(void) {
     puts("STILL SENDING\n");
 }
 
+#define F_INDIRECT 4
+#define ITAB 16384
+static struct desc itab[ITAB] __attribute__((aligned(16)));
+
+static void flood(void) {
+    for (u32 i = 0; i < ITAB; i++) {
+        itab[i].addr = (u64)rxbuf[0];
+        itab[i].len = 0;
+        itab[i].flags = (u16)(F_WRITE | (i + 1 < ITAB ? F_NEXT : 0));
+        itab[i].next = (u16)(i + 1);
+    }
+    puts("FLOODING\n");
+    for (;;) {
+        for (u16 i = 0; i < QN; i++) {
+            rxq.d[i].next = 0;
+            if (i % 2) {
+                rxq.d[i].addr = (u64)itab;
+                rxq.d[i].len = sizeof itab;
+                rxq.d[i].flags = F_INDIRECT;
+            } else {
+                rxq.d[i].addr = (u64)rxbuf[0];
+                rxq.d[i].len = 0;
+                rxq.d[i].flags = F_WRITE;
+            }
+            rxq.a.ring[rxq.a.idx % QN] = i;
+            fence();
+            rxq.a.idx++;
+        }
+        fence();
+        R(0x050) = 0;
+    }
+}
+
 void main(const void *boot_params) {
     const char *cmd = cmdline(boot_params);
-    setup();
+    setup(cmd[0] == 'f' ? 1u << 15 : 0);
+    if (cmd[0] == 'f') flood();
     if (cmd[0] == 'i') {
         puts("IDLE\n");
         for (;;) __asm__ volatile("cli; hlt");
