@@ -353,7 +353,8 @@ fn accept_all(listener: &UnixListener, conns: &mut Vec<Conn>, max: usize) -> Opt
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                if close_quietest(conns) {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds && close_quietest(conns) {
                     continue;
                 }
                 log::warn!("the API socket cannot accept a connection, retrying shortly: {e}");
