@@ -90,16 +90,25 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Result<Option<(Request, usize)>,
     };
     let raw_path = req.path.unwrap_or_default();
     let path = raw_path.split('?').next().unwrap_or_default().to_owned();
-    let mut content_length = 0usize;
+    let mut content_length = None;
     let mut close = version == 0;
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?
             .trim();
         if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = value
-                .parse()
-                .map_err(|_| HttpError::Malformed(format!("bad Content-Length '{value}'")))?;
+            // Two lengths leave the body's end ambiguous, and a proxy in front of ember may pick
+            // the other one (request smuggling): refuse rather than choose.
+            if content_length.is_some() {
+                return Err(HttpError::Malformed(
+                    "more than one Content-Length header".into(),
+                ));
+            }
+            content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| HttpError::Malformed(format!("bad Content-Length '{value}'")))?,
+            );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(HttpError::Chunked);
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -110,6 +119,7 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Result<Option<(Request, usize)>,
             }
         }
     }
+    let content_length: usize = content_length.unwrap_or(0);
     if content_length > max_payload {
         return Err(HttpError::PayloadTooLarge {
             size: content_length,
@@ -261,6 +271,22 @@ mod tests {
         ));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD_LEN + 1));
         assert_eq!(err(huge.as_bytes()), HttpError::HeadTooLarge);
+    }
+
+    #[test]
+    fn two_content_lengths_are_refused() {
+        for raw in [
+            "PUT /a HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 0\r\n\r\nabc",
+            "PUT /a HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc",
+        ] {
+            assert_eq!(
+                parse(raw.as_bytes(), 100),
+                Err(HttpError::Malformed(
+                    "more than one Content-Length header".into()
+                )),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

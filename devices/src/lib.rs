@@ -5,8 +5,12 @@
 //! about the API: interrupts leave a device through an injected [`vm_superio::Trigger`] (an
 //! `EventFd` that the VMM wires to an irqfd), and host I/O arrives through injected writers. That
 //! keeps every device testable with plain memory and event fds.
+//!
+//! It also owns [`host_file`], the one way ember opens a file a user names (disk images are
+//! among them, and the VMM uses it for kernels, config, console, log and metrics files).
 
 pub mod bus;
+pub mod host_file;
 pub mod legacy;
 pub mod virtio;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use api_server::model::{LoggerConfig, MachineConfig, VmConfig};
 use api_server::request::{PartialDrive, PartialNetworkInterface, VmmAction, VmmData, VmmResponse};
-use api_server::server::{self, ServerError, VmmLink};
+use api_server::server::{self, Limits, ServerError, SocketFile, VmmLink};
 use devices::bus::lock;
 use devices::legacy::I8042;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -55,11 +55,13 @@ pub struct Api {
     responses: Sender<VmmResponse>,
     id: String,
     started: AtomicBool,
+    /// Removes the socket file when the last handle goes, as ember exits.
+    _socket_file: SocketFile,
 }
 
 /// Binds `path` and starts the API thread.
 pub fn start(path: &Path, max_payload: usize, id: &str) -> Result<Arc<Api>, ApiError> {
-    let listener = server::bind(path)?;
+    let (listener, socket_file) = server::bind(path)?;
     let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(ApiError::Thread)?;
     let (action_tx, action_rx) = mpsc::channel();
     let (response_tx, response_rx) = mpsc::channel();
@@ -70,7 +72,7 @@ pub fn start(path: &Path, max_payload: usize, id: &str) -> Result<Arc<Api>, ApiE
     };
     std::thread::Builder::new()
         .name("ember_api".into())
-        .spawn(move || server::serve(listener, link, max_payload))
+        .spawn(move || server::serve(listener, link, Limits::new(max_payload)))
         .map_err(ApiError::Thread)?;
     Ok(Arc::new(Api {
         actions: Mutex::new(action_rx),
@@ -78,6 +80,7 @@ pub fn start(path: &Path, max_payload: usize, id: &str) -> Result<Arc<Api>, ApiE
         responses: response_tx,
         id: id.into(),
         started: AtomicBool::new(false),
+        _socket_file: socket_file,
     }))
 }
 

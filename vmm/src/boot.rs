@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use devices::host_file::{self, HostFileError, Use};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
@@ -17,16 +18,16 @@ use crate::arch::x86_64::{BootInfo, initrd_address};
 /// Errors loading the boot images.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// A file could not be opened or read.
+    /// A file could not be opened or read, or is not a regular file.
     #[error("cannot read the {what} '{}'", path.display())]
     Open {
         /// Kernel or initrd.
         what: &'static str,
         /// The path given.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: HostFileError,
     },
     /// The kernel file is neither format.
     #[error("the kernel '{}' is neither an ELF vmlinux nor a bzImage", .0.display())]
@@ -86,31 +87,25 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 const XLF_KERNEL_64: u16 = 1;
 
-fn open(what: &'static str, path: &Path) -> Result<File, BootError> {
-    let open_err = |source| BootError::Open {
+fn open(what: &'static str, path: &Path) -> Result<(File, u64), BootError> {
+    let (file, meta) = host_file::open(path, Use::Read).map_err(|source| BootError::Open {
         what,
         path: path.to_owned(),
         source,
-    };
-    let file = File::open(path).map_err(open_err)?;
-    if file.metadata().map_err(open_err)?.is_dir() {
-        return Err(open_err(std::io::Error::from(
-            std::io::ErrorKind::IsADirectory,
-        )));
-    }
-    Ok(file)
+    })?;
+    Ok((file, meta.len()))
 }
 
 /// Loads the kernel at `path`.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
-    let mut file = open("kernel", path)?;
+    let (mut file, _) = open("kernel", path)?;
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
     file.seek(SeekFrom::Start(0))
         .map_err(|source| BootError::Open {
             what: "kernel",
             path: path.to_owned(),
-            source,
+            source: source.into(),
         })?;
     let himem = Some(GuestAddress(HIMEM_START));
     let load_err = |source| BootError::Load {
@@ -158,15 +153,7 @@ pub fn load_initrd(
     mem_bytes: u64,
     kernel: &LoadedKernel,
 ) -> Result<(GuestAddress, u64), BootError> {
-    let mut file = open("initrd", path)?;
-    let size = file
-        .metadata()
-        .map_err(|source| BootError::Open {
-            what: "initrd",
-            path: path.to_owned(),
-            source,
-        })?
-        .len();
+    let (mut file, size) = open("initrd", path)?;
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_owned(),
         size,

@@ -1,7 +1,6 @@
 //! From a validated configuration to a running VM and back to an exit status, as a list of
 //! short named steps: memory, KVM, guest images, boot structures, devices, vCPUs, event loop.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -11,6 +10,7 @@ use std::time::Duration;
 use api_server::model::VmConfig;
 use api_server::request::VmmData;
 use devices::bus::{Bus, BusError, SharedDevice};
+use devices::host_file::{self, HostFileError, Use};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
@@ -32,7 +32,8 @@ use crate::arch::x86_64::{self as arch, ArchError};
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::{
-    ConsoleDrain, ConsoleInput, ConsoleOutput, RawTerminal, SharedSerial, console_output,
+    CappedFile, ConsoleDrain, ConsoleInput, ConsoleOutput, RawTerminal, SharedSerial,
+    console_output,
 };
 use crate::controller::{Controller, Outcome, StopSignals};
 use crate::memory::{self, MemoryError};
@@ -68,9 +69,9 @@ pub enum BuildError {
     SerialOut {
         /// The path given.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
     /// A virtio device could not be built.
     #[error(transparent)]
@@ -97,14 +98,27 @@ fn host(what: &'static str) -> impl FnOnce(io::Error) -> BuildError {
 }
 
 /// Options of one run that are not part of the VM's configuration.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
     /// Where console output goes: files, `-` for stdout; stdout when empty.
     pub serial_out: Vec<PathBuf>,
+    /// Most bytes written to each console file.
+    pub serial_out_max_bytes: u64,
     /// Provide Firecracker's boot-timer device.
     pub boot_timer: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            serial_out: Vec::new(),
+            serial_out_max_bytes: crate::console::DEFAULT_SERIAL_FILE_LIMIT,
+            boot_timer: false,
+        }
+    }
 }
 
 /// The REST API, when ember serves one: it answers requests while the VM runs, and the
@@ -130,7 +144,7 @@ pub fn run(
     let mem = memory::create_guest_memory(cfg.machine_config.mem_size_mib)?;
     let (vm, entry) = create_vm_and_load_guest(&mem, cfg)?;
     let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
-    let (output, drain) = open_console(&opts.serial_out, &guest_exit)?;
+    let (output, drain) = open_console(opts, &guest_exit)?;
     let booted = Booted {
         vm,
         mem,
@@ -397,19 +411,21 @@ impl Drop for IoThreads {
 
 /// Opens the console sinks and starts the output thread, which reports panics to `exit`.
 fn open_console(
-    targets: &[PathBuf],
+    opts: &RunOptions,
     exit: &ExitNotifier,
 ) -> Result<(ConsoleOutput, ConsoleDrain), BuildError> {
     let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
-    for path in targets {
+    for path in &opts.serial_out {
         if path.as_os_str() == "-" {
             sinks.push(Box::new(io::stdout()));
         } else {
-            let file = File::create(path).map_err(|source| BuildError::SerialOut {
-                path: path.clone(),
-                source,
-            })?;
-            sinks.push(Box::new(file));
+            let (file, _) =
+                host_file::open(path, Use::Create).map_err(|source| BuildError::SerialOut {
+                    path: path.clone(),
+                    source,
+                })?;
+            let limit = opts.serial_out_max_bytes;
+            sinks.push(Box::new(CappedFile::new(file, path.clone(), limit)));
         }
     }
     if sinks.is_empty() {

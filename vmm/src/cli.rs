@@ -12,6 +12,7 @@ use api_server::model::{
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
+use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
@@ -73,6 +74,10 @@ pub struct VmArgs {
     /// several places. [default: stdout]
     #[arg(long, value_name = "PATH")]
     pub serial_out: Vec<PathBuf>,
+    /// Most bytes written to each --serial-out file (or PUT /serial file); output beyond it is
+    /// dropped, with a warning. Guards the host's disk against a guest that prints without end.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SERIAL_FILE_LIMIT)]
+    pub serial_out_max_bytes: u64,
     /// Stop the guest after SECS seconds (decimals allowed) and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,

@@ -2,9 +2,11 @@
 //! configuration ember can run, with an error that names the offending field for everything
 //! it cannot. It must not touch KVM or the host beyond reading the files it is pointed at.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use api_server::model::{Drive, NetworkInterface, VmConfig};
+use devices::host_file::{self, HostFileError, Use};
 use devices::virtio::net::MacAddr;
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
@@ -23,14 +25,20 @@ pub enum ConfigError {
     /// No kernel was given.
     #[error("no kernel to boot: pass --kernel PATH, or a config file with a boot-source")]
     NoBootSource,
-    /// The config file cannot be read.
+    /// The config file cannot be read, or is not a regular file.
     #[error("cannot read the config file '{}'", path.display())]
     ReadFile {
         /// The path given.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: std::io::Error,
+        source: HostFileError,
+    },
+    /// The config file is larger than any real configuration.
+    #[error("the config file '{}' is larger than {} KiB; a microVM's configuration is a few KiB", path.display(), MAX_CONFIG_FILE_SIZE >> 10)]
+    TooLarge {
+        /// The path given.
+        path: PathBuf,
     },
     /// The config file is not valid.
     #[error("invalid config file '{}': {source}", path.display())]
@@ -137,12 +145,30 @@ pub enum ConfigError {
     },
 }
 
+/// Largest `--config-file` read. Firecracker's own configurations are a few KiB; the bound
+/// keeps a wrong path (a huge file) from exhausting memory.
+pub const MAX_CONFIG_FILE_SIZE: u64 = 1 << 20;
+
 /// Reads a Firecracker-style config file.
 pub fn load_config_file(path: &Path) -> Result<VmConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+    let read_err = |source| ConfigError::ReadFile {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let (file, _) = host_file::open(path, Use::Read).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    // One byte more than the limit tells a file at the limit from a larger one, whatever the
+    // size it reported when opened (it may grow).
+    file.take(MAX_CONFIG_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| read_err(e.into()))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_SIZE {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()))?;
     VmConfig::from_json(&text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source,

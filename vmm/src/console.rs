@@ -153,6 +153,71 @@ fn drain_loop(shared: &OutputShared, mut sinks: Vec<Box<dyn Write + Send>>) {
     }
 }
 
+/// Default `--serial-out-max-bytes`: room for the longest CI console logs, a bound on what a
+/// guest that prints without end can take of the host's disk.
+pub const DEFAULT_SERIAL_FILE_LIMIT: u64 = 256 << 20;
+
+/// A console output file with a size cap. The guest decides how much it prints, and the
+/// in-memory buffer bounds only memory: at the cap the file keeps what it has, one warning says
+/// so, and further bytes are counted and reported when the file is closed.
+pub struct CappedFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    limit: u64,
+    written: u64,
+    dropped: u64,
+}
+
+impl CappedFile {
+    /// Writes at most `limit` bytes to `file`, which was opened from `path`.
+    pub fn new(file: std::fs::File, path: std::path::PathBuf, limit: u64) -> Self {
+        Self {
+            file,
+            path,
+            limit,
+            written: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.limit - self.written;
+        let take = usize::try_from(room).unwrap_or(usize::MAX).min(buf.len());
+        self.file.write_all(&buf[..take])?;
+        self.written += take as u64;
+        if take < buf.len() {
+            if self.dropped == 0 {
+                warn!(
+                    "console file {} reached its limit of {} bytes (--serial-out-max-bytes); \
+                     further guest output is not written to it",
+                    self.path.display(),
+                    self.limit
+                );
+            }
+            self.dropped += (buf.len() - take) as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for CappedFile {
+    fn drop(&mut self) {
+        if self.dropped > 0 {
+            warn!(
+                "{} bytes of guest console output were not written to {}, which was full",
+                self.dropped,
+                self.path.display()
+            );
+        }
+    }
+}
+
 /// Finds a fixed byte string in a stream, one byte at a time (Knuth-Morris-Pratt).
 struct Matcher {
     pattern: &'static [u8],
@@ -485,6 +550,20 @@ mod tests {
         out.write_all(b"two").unwrap();
         drain.finish();
         assert_eq!(*good.0.lock().unwrap(), b"onetwo");
+    }
+
+    #[test]
+    fn a_console_file_stops_at_its_limit_and_counts_the_rest() {
+        let path = std::env::temp_dir().join(format!("ember-capped-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut capped = CappedFile::new(file, path.clone(), 10);
+        assert_eq!(capped.write(b"0123456").unwrap(), 7);
+        assert_eq!(capped.write(b"789abc").unwrap(), 6);
+        assert_eq!(capped.write(b"def").unwrap(), 3);
+        assert_eq!(capped.dropped, 6);
+        drop(capped);
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -4,19 +4,19 @@
 //! Each call site writes at most `LINES_PER_SECOND` lines a second, because devices log
 //! guest misbehaviour and a guest can misbehave in a loop.
 //!
-//! This module owns the process's `log` backend and the opening of the files ember writes
-//! lines to (logs and metrics). It must never carry guest console output, which goes to stdout
+//! This module owns the process's `log` backend and the log file (opened, like every file a
+//! user names, through `devices::host_file`). It must never carry guest console output, which goes to stdout
 //! or `--serial-out` on its own path.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use api_server::model::LoggerConfig;
+use devices::host_file::{self, HostFileError, Use};
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Errors configuring the log.
@@ -26,13 +26,13 @@ pub enum LoggerError {
     #[error("unknown log level '{0}': use Off, Error, Warning, Info, Debug or Trace")]
     Level(String),
     /// The log file or named pipe cannot be opened for writing.
-    #[error("cannot open '{}' for writing; check that its directory exists and is writable", path.display())]
+    #[error("cannot open the log file '{}' for writing", path.display())]
     Open {
         /// The path given.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
     /// The log was configured before [`init`].
     #[error("internal: the logger is not installed")]
@@ -52,24 +52,14 @@ pub fn parse_level(name: &str) -> Result<LevelFilter, LoggerError> {
     })
 }
 
-/// Opens `path` to append lines to, creating a regular file (owner-only) if there is none.
-/// A named pipe is opened read-write and non-blocking: the open does not wait for a reader,
-/// and a full pipe drops lines instead of stalling the thread that logs.
-pub fn open_sink(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-}
-
+/// Opens the log file: see [`Use::Append`] (a named pipe never stalls the thread that logs).
 fn open_log(path: &Path) -> Result<File, LoggerError> {
-    open_sink(path).map_err(|source| LoggerError::Open {
-        path: path.into(),
-        source,
-    })
+    host_file::open(path, Use::Append)
+        .map(|(file, _)| file)
+        .map_err(|source| LoggerError::Open {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Where lines go.
@@ -354,8 +344,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log");
         let _ = std::fs::remove_file(&path);
-        open_sink(&path).unwrap().write_all(b"one\n").unwrap();
-        open_sink(&path).unwrap().write_all(b"two\n").unwrap();
+        open_log(&path).unwrap().write_all(b"one\n").unwrap();
+        open_log(&path).unwrap().write_all(b"two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo\n");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -374,7 +364,7 @@ mod tests {
         // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
         // Opening does not wait for a reader, and a full pipe refuses instead of blocking.
-        let mut pipe = open_sink(&path).unwrap();
+        let mut pipe = open_log(&path).unwrap();
         let line = [b'x'; 4096];
         let refused = (0..64).any(|_| {
             pipe.write_all(&line)

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     let opts = RunOptions {
         timeout: args.timeout,
         serial_out: args.serial_out.clone(),
+        serial_out_max_bytes: args.serial_out_max_bytes,
         boot_timer: args.boot_timer,
     };
     // Before any thread exists, so that every thread inherits the mask.

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devices::bus::lock;
+use devices::host_file::{self, HostFileError, Use};
 use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::net::{NetServer, NetStats, Tap};
@@ -24,8 +25,6 @@ use log::warn;
 use serde_json::{Map, Value};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::logger;
-
 /// How often counters are written while the VM runs (Firecracker's period).
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
 
@@ -33,13 +32,13 @@ pub const FLUSH_PERIOD: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// The metrics file or named pipe cannot be opened.
-    #[error("cannot open the metrics file '{}'; check that its directory exists and is writable", path.display())]
+    #[error("cannot open the metrics file '{}'", path.display())]
     Open {
         /// The path given.
         path: PathBuf,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
     /// A line could not be written (a full named pipe drops it).
     #[error("cannot write metrics")]
@@ -51,10 +50,12 @@ pub enum MetricsError {
 
 /// Opens the file `metrics_path` names, as a `PUT /metrics` or `--metrics-path` gives it.
 pub fn open(path: &Path) -> Result<File, MetricsError> {
-    logger::open_sink(path).map_err(|source| MetricsError::Open {
-        path: path.into(),
-        source,
-    })
+    host_file::open(path, Use::Append)
+        .map(|(file, _)| file)
+        .map_err(|source| MetricsError::Open {
+            path: path.into(),
+            source,
+        })
 }
 
 const BLOCK_COUNTERS: [&str; 8] = [

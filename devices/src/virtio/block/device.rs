@@ -181,7 +181,7 @@ impl Block {
 
     /// Serves `disk` from now on: a new backing file for a running VM, with its capacity in
     /// the configuration space. The serving thread installs it before its next request and
-    /// flushes and closes the old file (requests in progress finish on it); this call never
+    /// syncs and closes the old file (requests in progress finish on it); this call never
     /// waits for disk I/O. The caller tells the driver (a configuration-change interrupt).
     /// Features are fixed once negotiated, so the new disk must be opened the same way
     /// (read-only, writeback) as the old one.
@@ -213,17 +213,14 @@ impl Block {
 }
 
 impl Serving {
-    /// Installs a backing file handed over by [`Block::swap_disk`]. The old one is flushed
-    /// first when flushes reach the disk, so what the guest wrote to it is on the host's disk
-    /// when it is closed.
+    /// Installs a backing file handed over by [`Block::swap_disk`]. The old one is closed
+    /// here, on the serving thread, which syncs it when flushes reach the disk (see `Disk`'s
+    /// `Drop`), so no other thread waits for that.
     fn take_swap(&mut self) {
         let Some(disk) = lock(&self.shared.swap).take() else {
             return;
         };
-        let old = std::mem::replace(&mut self.disk, disk);
-        if let Err(err) = old.flush() {
-            warn!("virtio-blk: cannot flush the replaced disk image: {err}");
-        }
+        drop(std::mem::replace(&mut self.disk, disk));
     }
 
     fn process_queue(&mut self, budget: usize) -> bool {

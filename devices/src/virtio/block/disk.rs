@@ -5,30 +5,28 @@
 //! ("Writeback"); discard punches holes; write-zeroes punches holes when the guest allows
 //! unmapping and zeroes the range in place otherwise.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::SECTOR_SIZE;
+use crate::host_file::{self, HostFileError, Use};
 
 /// Errors opening a disk image.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    /// The file cannot be opened as asked.
+    /// The file cannot be opened as asked, or is not a regular file or block device.
     #[error("cannot open the disk image '{}' {mode}", path.display())]
     Open {
         /// The path given.
         path: PathBuf,
         /// "read-only" or "for reading and writing".
         mode: &'static str,
-        /// The OS error.
+        /// Why.
         #[source]
-        source: io::Error,
+        source: HostFileError,
     },
-    /// The path is not a regular file or block device.
-    #[error("the disk image '{}' is not a regular file or block device", .0.display())]
-    NotAFile(PathBuf),
     /// The size is not whole sectors.
     #[error("the disk image '{}' is {size} bytes, not a multiple of 512; pad it (truncate -s %512) or use another image", path.display())]
     Unaligned {
@@ -67,18 +65,11 @@ impl Disk {
             mode,
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
+        let (file, meta) = host_file::open(path, Use::Disk { read_only }).map_err(open_err)?;
         let size = if meta.file_type().is_file() {
             meta.len()
-        } else if std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
-            block_device_size(&file).map_err(open_err)?
         } else {
-            return Err(DiskError::NotAFile(path.to_owned()));
+            block_device_size(&file).map_err(|e| open_err(e.into()))?
         };
         if size % SECTOR_SIZE != 0 {
             return Err(DiskError::Unaligned {
@@ -257,6 +248,19 @@ impl Disk {
     }
 }
 
+/// A writable writeback disk is synced as it is closed (its drive swapped by `PATCH /drives`,
+/// or the VM's end): from then on the guest cannot flush it, and what it wrote would otherwise
+/// reach the disk only when the host gets round to it. "Unsafe" disks promise nothing.
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if self.writeback && !self.read_only {
+            if let Err(err) = self.file.sync_data() {
+                log::warn!("cannot sync a disk image as it is closed: {err}");
+            }
+        }
+    }
+}
+
 fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 to the pointer, which is valid for it.
@@ -306,7 +310,13 @@ mod tests {
 
         let err = Disk::open(&std::env::temp_dir(), true, false).unwrap_err();
         assert!(
-            matches!(err, DiskError::NotAFile(_) | DiskError::Open { .. }),
+            matches!(
+                err,
+                DiskError::Open {
+                    source: HostFileError::WrongType { .. },
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -379,5 +389,45 @@ mod tests {
         assert!(back[..512].iter().all(|b| *b == 0xa5));
         assert!(back[512..end].iter().all(|b| *b == 0));
         assert!(back[end..].iter().all(|b| *b == 0xa5));
+    }
+
+    /// Runs `test` of this module in a child process of this test binary under strace, with
+    /// `env`; returns the fdatasync calls it made, with the paths of their descriptors.
+    fn fdatasyncs_of(test: &str, env: &[(&str, &Path)]) -> String {
+        let trace = std::env::temp_dir().join(format!("ember-disk-{}-trace", std::process::id()));
+        let name = format!("virtio::block::disk::tests::{test}");
+        let status = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-y", "-e", "trace=fdatasync", "-o"])
+            .arg(&trace)
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", &name, "--test-threads=1"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .status()
+            .expect("this test needs strace (apt-get install strace, or resources/setup-host.sh)");
+        assert!(status.success());
+        std::fs::read_to_string(&trace).unwrap()
+    }
+
+    #[test]
+    fn closing_a_writeback_disk_syncs_it_and_an_unsafe_one_is_not_synced() {
+        const WRITEBACK: &str = "EMBER_TEST_CLOSE_WRITEBACK";
+        const UNSAFE: &str = "EMBER_TEST_CLOSE_UNSAFE";
+        if let (Some(wb), Some(un)) = (std::env::var_os(WRITEBACK), std::env::var_os(UNSAFE)) {
+            // The child: open both, write, close; no flush request ever comes.
+            for (path, writeback) in [(wb, true), (un, false)] {
+                let disk = Disk::open(Path::new(&path), false, writeback).unwrap();
+                disk.write_zeroes(0, 512).unwrap();
+                drop(disk);
+            }
+            return;
+        }
+        let wb = image("close-writeback", &[1; 4096]);
+        let un = image("close-unsafe", &[1; 4096]);
+        let trace = fdatasyncs_of(
+            "closing_a_writeback_disk_syncs_it_and_an_unsafe_one_is_not_synced",
+            &[(WRITEBACK, &wb), (UNSAFE, &un)],
+        );
+        assert!(trace.contains(&format!("<{}>", wb.display())), "{trace}");
+        assert!(!trace.contains(&format!("<{}>", un.display())), "{trace}");
     }
 }
