@@ -258,7 +258,7 @@ fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
     let machine = json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
                          "track_dirty_pages": false});
     let boot = json!({"kernel_image_path": linux_vmlinux(),
-                      "boot_args": "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait"});
+                      "boot_args": format!("console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait {SLOW_HOST_PARAMS}")});
     let drive = json!({"drive_id": "scratch", "path_on_host": disk, "is_root_device": false,
                        "is_read_only": false});
     let iface = json!({"iface_id": "eth0", "host_dev_name": "tap0",

@@ -15,6 +15,9 @@ use common::*;
 const LIMIT: Duration = Duration::from_secs(900);
 const SIGTERM_STATUS: i32 = 128 + 15;
 const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
+/// ember's default command line (see vmm/src/config.rs), for boots that add to it.
+const DEFAULT: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 const WAITING_FOR_ROOT: &str = "Waiting for root device /dev/vdz";
 
 /// The total of the kernel's "Memory: 115044K/130680K available" line, in KiB.
@@ -56,6 +59,7 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
             .arg("--initrd")
             .arg(initramfs())
             .args(["--vcpus", "4", "--memory", "128"])
+            .args(["--cmdline", &format!("{DEFAULT} {SLOW_HOST_PARAMS}")])
             // Retried: see the note on secondary vCPUs in resources/rootfs/init.
             .args(["--", CPUINFO]),
         LIMIT,
@@ -126,7 +130,8 @@ fn vmlinux_on_2_vcpus_waits_for_its_root_device() {
         ember()
             .arg("--kernel")
             .arg(linux_vmlinux())
-            .args(["--vcpus", "2", "--cmdline", ROOTWAIT]),
+            .args(["--vcpus", "2", "--cmdline"])
+            .arg(format!("{ROOTWAIT} {SLOW_HOST_PARAMS}")),
         LIMIT,
         |line| line.contains(WAITING_FOR_ROOT),
     );

@@ -444,6 +444,15 @@ fn artifact(var: &str, script: &str, built: &str) -> PathBuf {
     root().join("build/guest").join(built)
 }
 
+/// Kernel parameters the multi-vCPU Linux boots add so that a host starved of CPU (a busy CI
+/// machine, or one emulating the guest kernel) slows the guest down without breaking it: a
+/// starved vCPU makes RCU report a stall, which sends NMIs for backtraces to the other vCPUs,
+/// and after long enough the guest moves its clocksource from kvm-clock to the raw TSC, whose
+/// readings then jump. Neither is what these tests check, and on a loaded host either can end
+/// the guest; on a quiet one they change nothing. (Unknown to a kernel without RCU stall
+/// detection, the first becomes an environment variable of init, which ignores it.)
+pub const SLOW_HOST_PARAMS: &str = "rcupdate.rcu_cpu_stall_suppress=1 clocksource=kvm-clock";
+
 /// The Linux guest kernel as an ELF vmlinux: $EMBER_TEST_KERNEL, else built by resources/.
 pub fn linux_vmlinux() -> PathBuf {
     artifact("EMBER_TEST_KERNEL", "build-kernel.sh", "vmlinux")
