@@ -472,3 +472,97 @@ pub fn rootfs_image() -> PathBuf {
 pub fn initramfs() -> PathBuf {
     artifact("EMBER_TEST_INITRAMFS", "build-rootfs.sh", "initramfs.cpio")
 }
+
+/// A shell command on a pseudo-terminal of its own (script(1) from util-linux), as a person at
+/// a terminal runs it: the test types keys into it and watches what the terminal shows.
+pub struct Terminal {
+    child: Child,
+    keys: std::process::ChildStdin,
+    screen: mpsc::Receiver<Vec<u8>>,
+    /// Everything the terminal has shown so far.
+    pub shown: String,
+}
+
+impl Terminal {
+    /// Starts `command` under `script -qec`, so its exit status is script's.
+    pub fn start(command: &str) -> Self {
+        let mut child = Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot run script (apt-get install util-linux)");
+        let keys = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, screen) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            keys,
+            screen,
+            shown: String::new(),
+        }
+    }
+
+    /// Types `keys` at the terminal.
+    pub fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Waits until the terminal has shown `needle` since `from` (a length of `shown`); fails
+    /// with the transcript after `limit`.
+    pub fn wait_for(&mut self, needle: &str, from: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.shown[from.min(self.shown.len())..].contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.screen.recv_timeout(left) {
+                Ok(bytes) => self.shown.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!(
+                    "the terminal did not show {needle:?} within {limit:?}; it shows:\n{}",
+                    self.shown
+                ),
+            }
+        }
+    }
+
+    /// Waits for the command to end (killing it after `limit`) and returns its exit code.
+    pub fn finish(mut self, limit: Duration) -> (i32, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the terminal session did not end; it shows:\n{}",
+                    self.shown
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(bytes) = self.screen.recv_timeout(Duration::from_secs(1)) {
+            self.shown.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        (code(&status), std::mem::take(&mut self.shown))
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // A failed test leaves nothing running: the pty's hang-up stops what ran on it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
