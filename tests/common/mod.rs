@@ -449,6 +449,27 @@ pub fn linux_vmlinux() -> PathBuf {
     artifact("EMBER_TEST_KERNEL", "build-kernel.sh", "vmlinux")
 }
 
+/// A Linux kernel with ACPI, for power-off: $EMBER_TEST_ACPI_KERNEL, which resources/test.sh
+/// points at the kernel resources/build-kernel.sh builds (and .ci/run at a prebuilt one).
+/// Required: the prebuilt lean kernel has no ACPI, and a test that cannot power off must not
+/// pass quietly.
+pub fn linux_acpi_kernel() -> PathBuf {
+    let path = std::env::var_os("EMBER_TEST_ACPI_KERNEL").unwrap_or_else(|| {
+        panic!(
+            "EMBER_TEST_ACPI_KERNEL is not set: point it at a Linux kernel built with \
+             CONFIG_ACPI, such as build/guest/vmlinux from resources/build-kernel.sh \
+             (resources/test.sh does this for you)"
+        )
+    });
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "EMBER_TEST_ACPI_KERNEL={} does not exist",
+        path.display()
+    );
+    path
+}
+
 /// The same kernel as a bzImage: $EMBER_TEST_BZIMAGE, else built by resources/.
 pub fn linux_bzimage() -> PathBuf {
     artifact("EMBER_TEST_BZIMAGE", "build-kernel.sh", "bzImage")

@@ -346,7 +346,16 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, cfg.machine_config.vcpu_count)?;
-    arch::write_acpi(mem, cfg.machine_config.vcpu_count)?;
+    let virtio: Vec<acpi::VirtioMmio> = virtio_devices::drive_slots(&cfg.drives)
+        .iter()
+        .map(|(_, slot)| slot)
+        .chain(virtio_devices::net_slots(cfg).iter().map(|(_, slot)| slot))
+        .map(|slot| acpi::VirtioMmio {
+            base: slot.base,
+            irq: slot.irq,
+        })
+        .collect();
+    arch::write_acpi(mem, cfg.machine_config.vcpu_count, &virtio)?;
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)
