@@ -5,21 +5,36 @@
 #   build/guest/rootfs.ext4     the same tree as an ext4 image (mkfs.ext4 -d), for virtio-blk
 # Both run resources/rootfs/init; see there for the EMBER-INIT / EMBER-DONE markers, and
 # resources/rootfs/ember-exit, which test scripts call to set ember's exit status.
-# Cached: a second run with the same inputs does nothing.
+# Cached: a second run with the same inputs does nothing, unless an image is no longer what
+# this script built (booted read-write, say): build/guest/rootfs.stamp records the inputs' hash
+# and the outputs' checksums. Boot copies, never these files. EMBER_GUEST_DIR overrides
+# build/guest.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-out="$root/build/guest"
+out=${EMBER_GUEST_DIR:-$root/build/guest}
+me=build-rootfs
+. "$here/lib.sh"
 mkdir -p "$out"
 
 "$here/setup-host.sh" busybox-static cpio e2fsprogs
 
 busybox=/bin/busybox
 key=$(cat "$0" "$here"/rootfs/* "$busybox" | sha256sum | cut -c1-16)
-if [ -f "$out/initramfs.cpio" ] && [ -f "$out/rootfs.ext4" ] && [ "$(cat "$out/rootfs.key" 2>/dev/null)" = "$key" ]; then
-  echo "build-rootfs: up to date ($out)" >&2
-  exit 0
+# The stamp: the inputs' key, then one "checksum  name" line per output.
+stamp() {
+  echo "$key"
+  (cd "$out" && sha256sum initramfs.cpio rootfs.ext4)
+}
+if [ -f "$out/initramfs.cpio" ] && [ -f "$out/rootfs.ext4" ] && [ -f "$out/rootfs.stamp" ]; then
+  if [ "$(stamp)" = "$(cat "$out/rootfs.stamp")" ]; then
+    stage "up to date ($out)"
+    exit 0
+  fi
+  if [ "$(head -n 1 "$out/rootfs.stamp")" = "$key" ]; then
+    stage "$out/initramfs.cpio or rootfs.ext4 changed since it was built (booted read-write?): rebuilding"
+  fi
 fi
 
 tree=$(mktemp -d)
@@ -44,5 +59,6 @@ mv "$out/initramfs.cpio.tmp" "$out/initramfs.cpio"
 rm -f "$out/rootfs.ext4.tmp"
 mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$tree" "$out/rootfs.ext4.tmp" 32M >/dev/null
 mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
-echo "$key" > "$out/rootfs.key"
-echo "build-rootfs: built $out/initramfs.cpio and $out/rootfs.ext4" >&2
+rm -f "$out/rootfs.key"   # the stamp's predecessor, which had the key alone
+stamp > "$out/rootfs.stamp"
+stage "built $out/initramfs.cpio and $out/rootfs.ext4"

@@ -1,8 +1,10 @@
 //! Real Linux guests on ember: the lean kernel as vmlinux and as bzImage, 1 to 4 vCPUs, 128 MiB
 //! and 5 GiB, an initramfs whose init runs a command and reports its status, panics with and
-//! without `panic=`, Debian's stock kernel, and ext4 roots on virtio-blk with up to 8 disks. Each boot is slow when the guest kernel is
-//! emulated (20-90 s), so every boot checks several things and the boots run concurrently. The
-//! kernel comes from $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/.
+//! without `panic=`, ACPI power-off, Debian's stock kernel, and ext4 roots on virtio-blk with
+//! up to 8 disks. Each boot is slow when the guest kernel is emulated (20-90 s), so every boot
+//! checks several things and the boots run concurrently. The kernel comes from
+//! $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/; the ACPI kernel from
+//! $EMBER_TEST_ACPI_KERNEL.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -75,6 +77,37 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
     assert!(cpus, "/proc/cpuinfo does not list 4 CPUs:\n{log}");
     assert_contains(&log, "reboot: Restarting system");
     assert_memory(&log, 128);
+}
+
+#[test]
+fn an_acpi_kernel_mounts_its_virtio_root_and_poweroff_ends_ember_with_0() {
+    if !kvm_available() {
+        return;
+    }
+    // The demo's set-up: ember's own kernel (which has ACPI) with its root on virtio-blk. A
+    // hardware-reduced ACPI kernel finds the disk's interrupt only in the DSDT; without ACPI
+    // power-off it halts ("reboot: System halted") and ember would run on, which the timeout
+    // turns into a failure.
+    let dir = tempdir("linux-acpi-poweroff");
+    let root = dir.join("rootfs.ext4");
+    std::fs::copy(rootfs_image(), &root).unwrap();
+    let out = run(
+        ember()
+            .arg("--kernel")
+            .arg(linux_acpi_kernel())
+            .arg("--disk")
+            .arg(format!("{},root", root.display()))
+            .args(["--timeout", "600", "--", "poweroff -f"]),
+        LIMIT,
+    );
+    let log = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out.status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
+    assert_contains(&log, "ACPI: Interpreter enabled");
+    assert_contains(&log, "EXT4-fs (vda): mounted filesystem");
+    assert_contains(&log, "EMBER-RUN: poweroff -f");
+    assert_contains(&log, "reboot: Power down");
+    assert!(!log.contains("EMBER-DONE"), "poweroff -f returned:\n{log}");
 }
 
 #[test]

@@ -414,35 +414,3 @@ fn pvpanic_ends_the_vm_with_the_panic_status() {
         text(&out.stderr)
     );
 }
-
-#[test]
-fn an_interactive_terminal_is_raw_while_ember_runs_and_restored_after() {
-    if !kvm_available() {
-        return;
-    }
-    // script(1) (util-linux) gives the shell a pseudo-terminal; stty reads its settings before,
-    // during (from the background) and after a run that ends by timeout.
-    let shell = format!(
-        "stty -g; (sleep 1; stty -g </dev/tty) & {} --kernel {} --timeout 2; echo status=$?; wait; stty -g",
-        env!("CARGO_BIN_EXE_ember"),
-        guest("spin").display()
-    );
-    let out = run(
-        std::process::Command::new("script").args(["-qec", &shell, "/dev/null"]),
-        LIMIT,
-    );
-    let log = text(&out.stdout);
-    let settings: Vec<&str> = log
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.matches(':').count() > 20)
-        .collect();
-    assert_eq!(settings.len(), 3, "three stty readings expected:\n{log}");
-    let (before, during, after) = (settings[0], settings[1], settings[2]);
-    assert_ne!(
-        during, before,
-        "the terminal was not in raw mode while ember ran"
-    );
-    assert_eq!(after, before, "the terminal settings were not restored");
-    assert!(log.contains("status=124"), "{log}");
-}

@@ -458,6 +458,27 @@ pub fn linux_vmlinux() -> PathBuf {
     artifact("EMBER_TEST_KERNEL", "build-kernel.sh", "vmlinux")
 }
 
+/// A Linux kernel with ACPI, for power-off: $EMBER_TEST_ACPI_KERNEL, which resources/test.sh
+/// points at the kernel resources/build-kernel.sh builds (and .ci/run at a prebuilt one).
+/// Required: the prebuilt lean kernel has no ACPI, and a test that cannot power off must not
+/// pass quietly.
+pub fn linux_acpi_kernel() -> PathBuf {
+    let path = std::env::var_os("EMBER_TEST_ACPI_KERNEL").unwrap_or_else(|| {
+        panic!(
+            "EMBER_TEST_ACPI_KERNEL is not set: point it at a Linux kernel built with \
+             CONFIG_ACPI, such as build/guest/vmlinux from resources/build-kernel.sh \
+             (resources/test.sh does this for you)"
+        )
+    });
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "EMBER_TEST_ACPI_KERNEL={} does not exist",
+        path.display()
+    );
+    path
+}
+
 /// The same kernel as a bzImage: $EMBER_TEST_BZIMAGE, else built by resources/.
 pub fn linux_bzimage() -> PathBuf {
     artifact("EMBER_TEST_BZIMAGE", "build-kernel.sh", "bzImage")
@@ -480,4 +501,98 @@ pub fn rootfs_image() -> PathBuf {
 /// The test initramfs (uncompressed cpio), built by resources/.
 pub fn initramfs() -> PathBuf {
     artifact("EMBER_TEST_INITRAMFS", "build-rootfs.sh", "initramfs.cpio")
+}
+
+/// A shell command on a pseudo-terminal of its own (script(1) from util-linux), as a person at
+/// a terminal runs it: the test types keys into it and watches what the terminal shows.
+pub struct Terminal {
+    child: Child,
+    keys: std::process::ChildStdin,
+    screen: mpsc::Receiver<Vec<u8>>,
+    /// Everything the terminal has shown so far.
+    pub shown: String,
+}
+
+impl Terminal {
+    /// Starts `command` under `script -qec`, so its exit status is script's.
+    pub fn start(command: &str) -> Self {
+        let mut child = Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot run script (apt-get install util-linux)");
+        let keys = child.stdin.take().unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, screen) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            keys,
+            screen,
+            shown: String::new(),
+        }
+    }
+
+    /// Types `keys` at the terminal.
+    pub fn type_keys(&mut self, keys: &[u8]) {
+        use std::io::Write;
+        self.keys.write_all(keys).unwrap();
+        self.keys.flush().unwrap();
+    }
+
+    /// Waits until the terminal has shown `needle` since `from` (a length of `shown`); fails
+    /// with the transcript after `limit`.
+    pub fn wait_for(&mut self, needle: &str, from: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.shown[from.min(self.shown.len())..].contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.screen.recv_timeout(left) {
+                Ok(bytes) => self.shown.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!(
+                    "the terminal did not show {needle:?} within {limit:?}; it shows:\n{}",
+                    self.shown
+                ),
+            }
+        }
+    }
+
+    /// Waits for the command to end (killing it after `limit`) and returns its exit code.
+    pub fn finish(mut self, limit: Duration) -> (i32, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the terminal session did not end; it shows:\n{}",
+                    self.shown
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        while let Ok(bytes) = self.screen.recv_timeout(Duration::from_secs(1)) {
+            self.shown.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        (code(&status), std::mem::take(&mut self.shown))
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // A failed test leaves nothing running: the pty's hang-up stops what ran on it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -2,7 +2,7 @@
 //! answered), in wall time and in ember's CPU time, and the round trip of `GET /` over a
 //! keep-alive connection (p50, p99 over 1000 requests). No guest runs; nothing is emulated.
 //!
-//! Run: `cargo bench -p vmm --bench api`
+//! Run: `cargo bench -p ember --bench api`
 #![allow(clippy::unwrap_used)] // benchmark code
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -12,7 +12,7 @@
 //!   guest after the exit-port write, to ember returning from main); the host kernel's process
 //!   exit (freeing guest memory, destroying the VM) is reported apart.
 //!
-//! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p vmm --bench boot`
+//! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p ember --bench boot`
 //! (without them the kernel is built by resources/build-kernel.sh).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 

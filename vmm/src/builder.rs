@@ -32,7 +32,7 @@ use crate::arch::x86_64::{self as arch, ArchError};
 use crate::boot::{self, BootError};
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::{
-    CappedFile, ConsoleDrain, ConsoleInput, ConsoleOutput, RawTerminal, SharedSerial,
+    CappedFile, ConsoleDrain, ConsoleInput, ConsoleOutput, RawTerminal, SharedSerial, StdinKind,
     console_output,
 };
 use crate::controller::{Controller, Outcome, StopSignals};
@@ -243,15 +243,12 @@ impl Booted {
         let mut event_loop: EventManager<Subscriber> =
             EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
         event_loop.add_subscriber(controller.clone());
-        let input = ConsoleInput::new(
-            devices.serial.clone(),
-            libc::STDIN_FILENO,
-            devices
-                .fifo_free
-                .try_clone()
-                .map_err(host("console input event"))?,
-        );
-        event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        let stdin = StdinKind::of(libc::STDIN_FILENO);
+        let console_quit = devices::bus::lock(&controller).console_quit();
+        let console_quit = console_quit.map_err(host("console quit event"))?;
+        if let Some(input) = devices.console_input(stdin, console_quit)? {
+            event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+        }
         if let Some(metrics) = &metrics {
             let timer = MetricsTimer::new(metrics.clone(), FLUSH_PERIOD)?;
             event_loop.add_subscriber(Arc::new(Mutex::new(timer)));
@@ -270,7 +267,10 @@ impl Booted {
             event_loop.add_subscriber(Arc::new(Mutex::new(runtime)));
         }
 
-        let _raw_terminal = RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?;
+        let _raw_terminal = match stdin {
+            StdinKind::Terminal => RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?,
+            StdinKind::Background | StdinKind::Stream => None,
+        };
         let mut started = Ok(());
         for vcpu in vcpus {
             match vcpu.start(tx.clone(), &vcpu_evt, stop.clone(), gate.clone()) {
@@ -361,7 +361,16 @@ fn load_guest(mem: &GuestMemoryMmap, cfg: &VmConfig) -> Result<GuestAddress, Bui
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, cfg.machine_config.vcpu_count)?;
-    arch::write_acpi(mem, cfg.machine_config.vcpu_count)?;
+    let virtio: Vec<acpi::VirtioMmio> = virtio_devices::drive_slots(&cfg.drives)
+        .iter()
+        .map(|(_, slot)| slot)
+        .chain(virtio_devices::net_slots(cfg).iter().map(|(_, slot)| slot))
+        .map(|slot| acpi::VirtioMmio {
+            base: slot.base,
+            irq: slot.irq,
+        })
+        .collect();
+    arch::write_acpi(mem, cfg.machine_config.vcpu_count, &virtio)?;
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)
@@ -484,6 +493,30 @@ impl LegacyDevices {
             i8042,
             fifo_free,
         })
+    }
+
+    /// The serial console's input from stdin, unless ember must leave stdin alone (a
+    /// background job's terminal). Typed input gets the escape keys, whose Ctrl-A x writes
+    /// `quit`.
+    fn console_input(
+        &self,
+        stdin: StdinKind,
+        quit: EventFd,
+    ) -> Result<Option<ConsoleInput>, BuildError> {
+        let quit = match stdin {
+            StdinKind::Background => return Ok(None),
+            StdinKind::Terminal => Some(quit),
+            StdinKind::Stream => None,
+        };
+        let fifo_free = self.fifo_free.try_clone();
+        let fifo_free = fifo_free.map_err(host("console input event"))?;
+        let serial = self.serial.clone();
+        Ok(Some(ConsoleInput::new(
+            serial,
+            libc::STDIN_FILENO,
+            fifo_free,
+            quit,
+        )))
     }
 }
 

@@ -16,19 +16,41 @@ use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
-/// ember: a KVM microVM monitor.
+const SHORT_FOOTER: &str = "Console: Ctrl-A x ends the VM, Ctrl-A h lists the console keys. \
+    More, with exit statuses and examples: ember --help";
+
+const LONG_FOOTER: &str = "\
+Console keys (when stdin is the terminal; every other key, Ctrl-C included, goes to the guest):
+  Ctrl-A x        end the VM (exit status 130, as Ctrl-C would)
+  Ctrl-A Ctrl-A   send Ctrl-A to the guest
+  Ctrl-A h        list these keys
+A background `ember ... &` neither reads the terminal nor changes its mode.
+
+Exit status:
+  0      the guest rebooted or powered off
+  N      the guest wrote the byte N to I/O port 0xf4
+  64     configuration error (flags, config file, kernel, /dev/kvm)
+  123    the guest kernel panicked
+  124    --timeout expired
+  125    the guest crashed (triple fault, KVM error)
+  128+N  stopped by signal N (130 also for Ctrl-A x)
+
+Examples:
+  ember --kernel vmlinux --initrd initramfs.cpio -- 'uname -a'
+  ember --kernel vmlinux --disk rootfs.ext4,root --vcpus 2 --memory 512
+  ember --api-sock /tmp/ember.sock &";
+
+/// ember: boot a Linux kernel in a KVM microVM whose serial console is this terminal.
 ///
-/// Boots a Linux kernel (ELF vmlinux or bzImage) in a microVM whose serial console is this
-/// terminal. The exit status tells how the guest ended: 0 reboot/reset/poweroff, the byte a
-/// guest wrote to port 0xf4, 64 configuration error, 123 guest kernel panic, 124 timeout,
-/// 125 guest crash, 128+N stopped by signal N.
+/// Boots a Linux kernel (ELF vmlinux or bzImage) with an optional initramfs and virtio disks
+/// and NICs, or serves Firecracker's REST API with --api-sock.
 #[derive(Debug, Parser)]
 #[command(
     name = "ember",
     version,
-    about,
-    long_about,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = SHORT_FOOTER,
+    after_long_help = LONG_FOOTER
 )]
 pub struct Cli {
     /// One-shot forms.
@@ -54,8 +76,14 @@ pub struct VmArgs {
     /// Initrd or initramfs (cpio) to pass to the kernel.
     #[arg(long, value_name = "PATH", requires = "kernel")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line [default: console=ttyS0 reboot=k panic=1 pci=off i8042.noaux ...].
-    #[arg(long, value_name = "STR", requires = "kernel")]
+    /// Kernel command line (replaces the default, see --help).
+    #[arg(
+        long,
+        value_name = "STR",
+        requires = "kernel",
+        long_help = format!("Kernel command line, instead of the default:\n  {DEFAULT_CMDLINE}\n\
+            (a kernel may put its own built-in command line in front of it)")
+    )]
     pub cmdline: Option<String>,
     /// Number of vCPUs (1-32).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_VCPU_COUNT, requires = "kernel")]
@@ -63,8 +91,11 @@ pub struct VmArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_SIZE_MIB, requires = "kernel")]
     pub memory: usize,
-    /// A disk image: PATH[,ro][,root][,id=NAME]. Repeatable.
-    #[arg(long, value_name = "PATH[,ro]", requires = "kernel")]
+    /// A virtio-blk disk on a raw image: PATH[,ro][,root][,id=NAME]. Repeatable.
+    ///
+    /// `ro` read-only; `root` the root device (/dev/vda; `root=/dev/vda rw` or `ro` is added to
+    /// the kernel command line); `id=NAME` its drive id and serial number (default diskN).
+    #[arg(long, value_name = "PATH[,ro][,root][,id=NAME]", requires = "kernel")]
     pub disk: Vec<String>,
     /// A network interface on an existing host TAP: tap=NAME[,mac=MAC][,mtu=N][,id=NAME].
     /// Repeatable; without mac= the guest gets a stable address derived from id and TAP.
@@ -326,6 +357,27 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("ember").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn help_speaks_to_users_and_shows_every_disk_option_and_the_whole_default_cmdline() {
+        use clap::CommandFactory;
+        let short = Cli::command().render_help().to_string();
+        let long = Cli::command().render_long_help().to_string();
+        assert!(short.starts_with("ember: boot a Linux kernel"), "{short}");
+        for help in [&short, &long] {
+            assert!(
+                !help.contains("event loop"),
+                "internal description:\n{help}"
+            );
+            assert!(help.contains("Ctrl-A x"), "{help}");
+            assert!(help.contains("PATH[,ro][,root][,id=NAME]"), "{help}");
+        }
+        assert!(long.contains(DEFAULT_CMDLINE), "{long}");
+        assert!(
+            long.contains("Ctrl-A Ctrl-A") && long.contains("Ctrl-A h"),
+            "{long}"
+        );
     }
 
     #[test]

@@ -15,8 +15,11 @@
 //!
 //! Input: [`ConsoleInput`] is an event-loop subscriber that reads stdin only while the UART's
 //! receive FIFO has room, and waits for the UART's "FIFO drained" event otherwise, so a guest
-//! that never reads its console costs no host CPU. [`RawTerminal`] puts an interactive stdin in
-//! raw mode and restores it on every exit path.
+//! that never reads its console costs no host CPU. [`StdinKind`] decides what ember may do with
+//! its stdin: an interactive terminal is put in raw mode ([`RawTerminal`], restored on every
+//! exit path) and gets the escape keys of [`crate::escape`]; a terminal that another process
+//! group owns (`ember ... &` in a shell with job control) is neither read nor changed, since
+//! either would stop ember with SIGTTIN or SIGTTOU.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -30,6 +33,8 @@ use devices::{ExitNotifier, GuestExit};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::escape::{self, EscapeKeys};
 
 /// Guest output the sinks may fall behind by before bytes are dropped.
 pub const OUTPUT_BUFFER_LIMIT: usize = 1 << 20;
@@ -296,26 +301,102 @@ pub type SharedSerial = Arc<Mutex<SerialDevice<ConsoleOutput>>>;
 const TOKEN_STDIN: u32 = 0;
 const TOKEN_FIFO_FREE: u32 = 1;
 
+/// What ember's standard input is, which decides what the console does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinKind {
+    /// A terminal in ember's foreground: raw mode and escape keys.
+    Terminal,
+    /// A terminal whose foreground process group is not ember's: left alone.
+    Background,
+    /// Anything else (a pipe, a file, /dev/null): read as it is.
+    Stream,
+}
+
+impl StdinKind {
+    /// Classifies `fd`. A terminal that is not ember's controlling terminal (so has no
+    /// foreground process group ember could be missing from) is read like any other.
+    pub fn of(fd: RawFd) -> Self {
+        // SAFETY: isatty only inspects the descriptor number.
+        if unsafe { libc::isatty(fd) } != 1 {
+            return Self::Stream;
+        }
+        // SAFETY: tcgetpgrp and getpgrp only query the kernel; a failure returns -1.
+        let (foreground, own) = unsafe { (libc::tcgetpgrp(fd), libc::getpgrp()) };
+        if foreground >= 0 && foreground != own {
+            debug!(
+                "stdin is a terminal owned by process group {foreground}, not ember's ({own}): \
+                 running in the background, so the console neither reads the terminal nor \
+                 changes its mode"
+            );
+            return Self::Background;
+        }
+        Self::Terminal
+    }
+}
+
+/// Escape keys and where a quit goes.
+struct Escapes {
+    keys: EscapeKeys,
+    quit: EventFd,
+}
+
 /// Feeds host input (stdin) to the UART, with back-pressure from the receive FIFO.
 pub struct ConsoleInput {
     serial: SharedSerial,
     input: RawFd,
     fifo_free: EventFd,
+    escapes: Option<Escapes>,
     reading: bool,
     eof: bool,
 }
 
 impl ConsoleInput {
     /// Reads `input` (a file descriptor the caller keeps open) into `serial`; `fifo_free` is the
-    /// UART's drained-FIFO event.
-    pub fn new(serial: SharedSerial, input: RawFd, fifo_free: EventFd) -> Self {
+    /// UART's drained-FIFO event. With `quit`, the input is typed by a person: Ctrl-A keys
+    /// are ember's ([`crate::escape`]), and Ctrl-A x signals `quit`.
+    pub fn new(
+        serial: SharedSerial,
+        input: RawFd,
+        fifo_free: EventFd,
+        quit: Option<EventFd>,
+    ) -> Self {
         Self {
             serial,
             input,
             fifo_free,
+            escapes: quit.map(|quit| Escapes {
+                keys: EscapeKeys::default(),
+                quit,
+            }),
             reading: false,
             eof: false,
         }
+    }
+
+    /// Hands typed bytes to the guest, or to the escape keys first.
+    fn deliver(
+        escapes: Option<&mut Escapes>,
+        serial: &mut SerialDevice<ConsoleOutput>,
+        bytes: &[u8],
+    ) {
+        let Some(escapes) = escapes else {
+            serial.enqueue_input(bytes);
+            return;
+        };
+        let mut guest = Vec::with_capacity(bytes.len());
+        for command in escapes.keys.filter(bytes, &mut guest) {
+            match command {
+                escape::Command::Help => {
+                    let _ = io::stderr().write_all(escape::HELP.as_bytes());
+                }
+                escape::Command::Quit => {
+                    if let Err(err) = escapes.quit.write(1) {
+                        warn!("cannot end the VM from the console: {err}");
+                    }
+                }
+            }
+        }
+        serial.enqueue_input(&guest);
     }
 
     fn set_reading(&mut self, ops: &mut EventOps, on: bool) {
@@ -360,7 +441,7 @@ impl ConsoleInput {
                 self.reading = false;
             }
             n if n > 0 => {
-                serial.enqueue_input(&buf[..n as usize]);
+                Self::deliver(self.escapes.as_mut(), &mut serial, &buf[..n as usize]);
             }
             _ => {
                 let err = io::Error::last_os_error();
@@ -413,7 +494,8 @@ impl MutEventSubscriber for ConsoleInput {
 static SAVED_TERMIOS: OnceLock<(RawFd, libc::termios)> = OnceLock::new();
 
 /// An interactive terminal in raw mode for as long as this guard lives (and restored by the
-/// panic hook too), so keys such as Ctrl-C reach the guest instead of the host's shell.
+/// panic hook too), so keys such as Ctrl-C reach the guest instead of the host's shell. Only
+/// for a [`StdinKind::Terminal`]: changing a background job's terminal would stop it.
 pub struct RawTerminal {
     fd: RawFd,
 }

@@ -1,6 +1,6 @@
 //! The VMM thread's view of the running VM: an event-loop subscriber that learns why the VM
 //! must stop (an exit the guest asked a device for, a vCPU that ended, the `--timeout`
-//! deadline, a termination signal) and records the [`Outcome`] the process exits with. It
+//! deadline, a termination signal, Ctrl-A x on the console) and records the [`Outcome`] the process exits with. It
 //! decides, it does not act: tearing down vCPUs and devices is the caller's job once an
 //! outcome is set.
 
@@ -31,6 +31,7 @@ const TOKEN_GUEST_EXIT: u32 = 0;
 const TOKEN_VCPU: u32 = 1;
 const TOKEN_TIMER: u32 = 2;
 const TOKEN_SIGNAL: u32 = 3;
+const TOKEN_CONSOLE_QUIT: u32 = 4;
 
 /// Signals that stop ember gracefully (guest output flushed, terminal restored).
 pub const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -92,6 +93,7 @@ pub struct Controller {
     vcpu_events: Receiver<VcpuEvent>,
     timer: Option<(TimerFd, Duration)>,
     signals: StopSignals,
+    console_quit: EventFd,
     outcome: Option<Outcome>,
 }
 
@@ -118,8 +120,14 @@ impl Controller {
             vcpu_events,
             timer,
             signals,
+            console_quit: EventFd::new(libc::EFD_NONBLOCK)?,
             outcome: None,
         })
+    }
+
+    /// The event the console's Ctrl-A x writes to end the VM.
+    pub fn console_quit(&self) -> io::Result<EventFd> {
+        self.console_quit.try_clone()
     }
 
     /// The outcome, once the VM must stop.
@@ -175,6 +183,11 @@ impl MutEventSubscriber for Controller {
             TOKEN_SIGNAL,
             EventSet::IN,
         ));
+        add(Events::with_data(
+            &self.console_quit,
+            TOKEN_CONSOLE_QUIT,
+            EventSet::IN,
+        ));
         if let Some((timer, _)) = &self.timer {
             add(Events::with_data(timer, TOKEN_TIMER, EventSet::IN));
         }
@@ -211,6 +224,13 @@ impl MutEventSubscriber for Controller {
                         format!("stopped by signal {signo}"),
                     );
                 }
+            }
+            TOKEN_CONSOLE_QUIT => {
+                let _ = self.console_quit.read();
+                self.finish(
+                    ExitStatus::ConsoleQuit,
+                    "the VM was ended from the console (Ctrl-A x)".into(),
+                );
             }
             other => debug!("unexpected event token {other}"),
         }

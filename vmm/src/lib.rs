@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod controller;
+pub mod escape;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
@@ -40,6 +41,8 @@ pub enum ExitStatus {
     GuestCrash,
     /// ember was asked to stop by a signal: 128 + the signal number.
     Signal(i32),
+    /// The user typed Ctrl-A x on the console: 130, the status Ctrl-C gives a program.
+    ConsoleQuit,
 }
 
 impl ExitStatus {
@@ -53,6 +56,7 @@ impl ExitStatus {
             Self::Timeout => 124,
             Self::GuestCrash => 125,
             Self::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
+            Self::ConsoleQuit => 128 + libc::SIGINT as u8,
         }
     }
 }

@@ -64,7 +64,12 @@ fn main() -> ExitCode {
     match result {
         Ok(outcome) => {
             if !outcome.message.is_empty() {
-                eprintln!("ember: {}", outcome.message);
+                // On a terminal the guest's last line (a shell prompt, say) rarely ends in a
+                // newline; ember's message starts a line of its own.
+                // SAFETY: isatty only inspects the descriptor number.
+                let console_on_terminal = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+                let newline = if console_on_terminal { "\n" } else { "" };
+                eprintln!("{newline}ember: {}", outcome.message);
             }
             ExitCode::from(outcome.status.code())
         }

@@ -1,7 +1,14 @@
 //! ACPI tables for guests whose kernel has ACPI: power-off through a hardware-reduced sleep
-//! control register, a pvpanic device, and the CPUs, IOAPIC, COM1 and i8042 described again
-//! for kernels that trust ACPI over the MP table. Kernels without ACPI (ember's lean test
-//! kernel) ignore all of it.
+//! control register, a pvpanic device, and the CPUs, IOAPIC, COM1, i8042 and virtio-mmio
+//! devices described again for kernels that trust ACPI over the MP table and the command line.
+//! Kernels without ACPI (ember's lean test kernel) ignore all of it.
+//!
+//! The virtio-mmio devices must be in the DSDT: a hardware-reduced ACPI kernel has no legacy
+//! PIC, so it maps no ISA interrupt numbers, and a `virtio_mmio.device=...:5` from the command
+//! line gets no interrupt (its probe fails with -EINVAL, and a root disk is never found). From
+//! the DSDT (`LNRO0005`, Linux's virtio-mmio id) each device's interrupt is mapped through the
+//! IOAPIC like COM1's. Such a kernel also registers the command-line devices; their probes
+//! find the windows taken and fail harmlessly.
 //!
 //! Layout in the BIOS area, where Linux scans for the RSDP (it is also passed in
 //! `boot_params.acpi_rsdp_addr`): RSDP, XSDT, FADT, MADT, DSDT, each 16-byte aligned.
@@ -15,6 +22,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{Aml, aml};
+use devices::virtio::mmio::MMIO_WINDOW;
 
 use super::layout::{
     ACPI_MAX_SIZE, ACPI_SLEEP_CONTROL_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, I8042_IRQ,
@@ -43,8 +51,18 @@ pub enum AcpiError {
     TooLarge(usize),
 }
 
-/// The tables as (guest address, bytes), for `cpus` vCPUs.
-pub fn build(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+/// A virtio-mmio device as the DSDT describes it: its 4 KiB window and its interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmio {
+    /// Base of the MMIO window.
+    pub base: u64,
+    /// The IOAPIC pin (GSI).
+    pub irq: u32,
+}
+
+/// The tables as (guest address, bytes), for `cpus` vCPUs and the `virtio` devices in guest
+/// order.
+pub fn build(cpus: u8, virtio: &[VirtioMmio]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let mut tables = Vec::new();
     let mut next = ACPI_START + align(Rsdp::len() as u64);
     let mut place = |bytes: Vec<u8>| {
@@ -54,7 +72,7 @@ pub fn build(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
         addr
     };
 
-    let dsdt_addr = place(dsdt());
+    let dsdt_addr = place(dsdt(virtio));
     let fadt_addr = place(fadt(dsdt_addr));
     let madt_addr = place(madt(cpus));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -134,15 +152,47 @@ impl Aml for Encoded {
 
 /// A device with a hardware id and its current resources.
 fn device(name: &str, hid: &dyn Aml, resources: Vec<&dyn Aml>) -> Encoded {
-    let crs = aml::ResourceTemplate::new(resources);
-    let hid = aml::Name::new("_HID".into(), hid);
-    let crs = aml::Name::new("_CRS".into(), &crs);
-    Encoded(bytes(&aml::Device::new(name.into(), vec![&hid, &crs])))
+    device_with_uid(name, hid, None, resources)
 }
 
-/// `\_S5_` for power-off, and the legacy devices with their resources: COM1, the i8042, and
-/// pvpanic (QEMU0001), which Linux's pvpanic driver writes on a panic.
-fn dsdt() -> Vec<u8> {
+/// A device with a hardware id, a unique id among devices with that hardware id (when there
+/// are several) and its current resources.
+fn device_with_uid(
+    name: &str,
+    hid: &dyn Aml,
+    uid: Option<u32>,
+    resources: Vec<&dyn Aml>,
+) -> Encoded {
+    let crs = aml::ResourceTemplate::new(resources);
+    let hid = aml::Name::new("_HID".into(), hid);
+    let uid = uid.map(|uid| aml::Name::new("_UID".into(), &uid));
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let mut children: Vec<&dyn Aml> = vec![&hid];
+    if let Some(uid) = &uid {
+        children.push(uid);
+    }
+    children.push(&crs);
+    Encoded(bytes(&aml::Device::new(name.into(), children)))
+}
+
+/// Linux's virtio-mmio devices, `VR00`, `VR01`, ... in guest order.
+fn virtio_devices(virtio: &[VirtioMmio]) -> Vec<Encoded> {
+    virtio
+        .iter()
+        .enumerate()
+        .map(|(i, dev)| {
+            // The window is below 4 GiB (the MMIO hole): the 32-bit descriptor holds it.
+            let window = aml::Memory32Fixed::new(true, dev.base as u32, MMIO_WINDOW as u32);
+            let irq = aml::Interrupt::new(true, true, false, false, dev.irq);
+            let name = format!("VR{i:02}");
+            device_with_uid(&name, &"LNRO0005", Some(i as u32), vec![&window, &irq])
+        })
+        .collect()
+}
+
+/// `\_S5_` for power-off, and the devices with their resources: COM1, the i8042, pvpanic
+/// (QEMU0001), which Linux's pvpanic driver writes on a panic, and the virtio-mmio devices.
+fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
     let edge_irq = |irq| aml::Interrupt::new(true, true, false, false, irq);
     let port = |p: u16, len| aml::IO::new(p, p, 1, len);
 
@@ -164,7 +214,10 @@ fn dsdt() -> Vec<u8> {
 
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&SLEEP_TYPE_S5])).to_aml_bytes(&mut body);
-    aml::Scope::new("_SB_".into(), vec![&com1, &kbd, &pvpanic]).to_aml_bytes(&mut body);
+    let virtio = virtio_devices(virtio);
+    let mut devices: Vec<&dyn Aml> = vec![&com1, &kbd, &pvpanic];
+    devices.extend(virtio.iter().map(|d| d as &dyn Aml));
+    aml::Scope::new("_SB_".into(), devices).to_aml_bytes(&mut body);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&body);
     dsdt.as_slice().to_vec()
@@ -188,7 +241,7 @@ mod tests {
 
     #[test]
     fn tables_checksum_and_link_up() {
-        let tables = build(4).unwrap();
+        let tables = build(4, &[]).unwrap();
         for (_, t) in &tables {
             assert_eq!(
                 sum(if t.starts_with(b"RSD PTR ") {
@@ -229,7 +282,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_with_the_sleep_register() {
-        let tables = build(1).unwrap();
+        let tables = build(1, &[]).unwrap();
         let (_, fadt) = find(&tables, b"FACP");
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
@@ -241,7 +294,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_cpu_and_the_ioapic() {
-        let tables = build(3).unwrap();
+        let tables = build(3, &[]).unwrap();
         let (_, madt) = find(&tables, b"APIC");
         let entries = &madt[44..];
         let lapics: Vec<u8> = entries.chunks(8).take(3).map(|e| e[3]).collect();
@@ -252,9 +305,37 @@ mod tests {
 
     #[test]
     fn dsdt_names_s5_and_the_devices() {
-        let tables = build(1).unwrap();
+        let tables = build(1, &[]).unwrap();
         let (_, dsdt) = find(&tables, b"DSDT");
         let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_") && has(b"QEMU0001") && has(b"COM1") && has(b"PS2K"));
+        assert!(!has(b"LNRO0005"));
+    }
+
+    #[test]
+    fn dsdt_describes_every_virtio_mmio_device_with_its_window_and_interrupt() {
+        let virtio: Vec<VirtioMmio> = (0..19u32)
+            .map(|i| VirtioMmio {
+                base: 0xd000_1000 + u64::from(i) * 0x1000,
+                irq: 5 + i,
+            })
+            .collect();
+        let tables = build(32, &virtio).unwrap();
+        let (_, dsdt) = find(&tables, b"DSDT");
+        assert_eq!(sum(dsdt), 0);
+        let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"LNRO0005"), 19);
+        for (i, dev) in virtio.iter().enumerate() {
+            assert_eq!(count(format!("VR{i:02}").as_bytes()), 1);
+            // Memory32Fixed: tag 0x86, length 9, read-write, base, length.
+            let mut window = vec![0x86, 9, 0, 1];
+            window.extend_from_slice(&(dev.base as u32).to_le_bytes());
+            window.extend_from_slice(&0x1000u32.to_le_bytes());
+            assert_eq!(count(&window), 1, "window of VR{i:02}");
+            // Extended interrupt: tag 0x89, length 6, consumer + edge, one interrupt, the GSI.
+            let mut irq = vec![0x89, 6, 0, 0b11, 1];
+            irq.extend_from_slice(&dev.irq.to_le_bytes());
+            assert_eq!(count(&irq), 1, "interrupt of VR{i:02}");
+        }
     }
 }

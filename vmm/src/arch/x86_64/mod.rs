@@ -102,9 +102,13 @@ pub fn write_mptable<M: GuestMemoryBackend>(mem: &M, cpus: u8) -> Result<(), Arc
         .map_err(write_err("MP table"))
 }
 
-/// Writes the ACPI tables for `cpus` vCPUs.
-pub fn write_acpi<M: GuestMemoryBackend>(mem: &M, cpus: u8) -> Result<(), ArchError> {
-    for (addr, table) in acpi::build(cpus)? {
+/// Writes the ACPI tables for `cpus` vCPUs and the `virtio` devices.
+pub fn write_acpi<M: GuestMemoryBackend>(
+    mem: &M,
+    cpus: u8,
+    virtio: &[acpi::VirtioMmio],
+) -> Result<(), ArchError> {
+    for (addr, table) in acpi::build(cpus, virtio)? {
         mem.write_slice(&table, GuestAddress(addr))
             .map_err(write_err("ACPI tables"))?;
     }
@@ -293,7 +297,7 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * MIB as usize)]).unwrap();
         write_boot_tables(&mem).unwrap();
         write_mptable(&mem, 2).unwrap();
-        write_acpi(&mem, 2).unwrap();
+        write_acpi(&mem, 2, &[]).unwrap();
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(),
             gdt::BOOT_GDT[1]
