@@ -2,7 +2,8 @@
 //! and 5 GiB, an initramfs whose init runs a command and reports its status, panics with and
 //! without `panic=`, ACPI power-off, Debian's stock kernel, and ext4 roots on virtio-blk with
 //! up to 8 disks. Each boot is slow when the guest kernel is emulated (20-90 s), so every boot
-//! checks several things and the boots run concurrently. The kernel comes from
+//! checks several things and the boots run concurrently, as many at once as the host has
+//! CPUs (`common::linux_slot`). The kernel comes from
 //! $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/; the ACPI kernel from
 //! $EMBER_TEST_ACPI_KERNEL.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -51,9 +52,9 @@ const CPUINFO: &str =
 
 #[test]
 fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let out = run(
         ember()
             .arg("--kernel")
@@ -81,9 +82,9 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
 
 #[test]
 fn an_acpi_kernel_mounts_its_virtio_root_and_poweroff_ends_ember_with_0() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     // The demo's set-up: ember's own kernel (which has ACPI) with its root on virtio-blk. A
     // hardware-reduced ACPI kernel finds the disk's interrupt only in the DSDT; without ACPI
     // power-off it halts ("reboot: System halted") and ember would run on, which the timeout
@@ -112,9 +113,9 @@ fn an_acpi_kernel_mounts_its_virtio_root_and_poweroff_ends_ember_with_0() {
 
 #[test]
 fn a_failing_test_in_the_initramfs_becomes_ember_s_exit_status() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let out = run(
         ember()
             .arg("run")
@@ -134,9 +135,9 @@ fn a_failing_test_in_the_initramfs_becomes_ember_s_exit_status() {
 
 #[test]
 fn bzimage_with_5_gib_waits_for_its_root_device() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let (log, status, stderr) = run_until(
         ember().arg("--kernel").arg(linux_bzimage()).args([
             "--memory",
@@ -156,9 +157,9 @@ fn bzimage_with_5_gib_waits_for_its_root_device() {
 
 #[test]
 fn vmlinux_on_2_vcpus_waits_for_its_root_device() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let (log, status, stderr) = run_until(
         ember()
             .arg("--kernel")
@@ -201,9 +202,9 @@ fn boot_to_panic(cmdline: &str) -> String {
 
 #[test]
 fn a_panic_reboot_with_panic_1_is_reported_as_a_panic() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     // The kernel reboots through the i8042 a second later; ember knows why.
     let log = boot_to_panic("console=ttyS0 reboot=k panic=1 pci=off");
     assert_contains(&log, "Rebooting in 1 seconds");
@@ -211,9 +212,9 @@ fn a_panic_reboot_with_panic_1_is_reported_as_a_panic() {
 
 #[test]
 fn a_panic_without_a_panic_option_ends_ember() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     // No panic=: after the panic the kernel halts for good.
     let log = boot_to_panic("console=ttyS0 reboot=k pci=off");
     assert_contains(&log, "---[ end Kernel panic - not syncing");
@@ -221,9 +222,9 @@ fn a_panic_without_a_panic_option_ends_ember() {
 
 #[test]
 fn debian_s_stock_kernel_boots_on_ember_s_acpi_tables() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let hardware_kvm = !std::path::Path::new("/sys/module/kvm_pvm").exists();
     let mut cmd = ember();
     cmd.arg("--kernel")
@@ -268,9 +269,9 @@ fn e2fs(tool: &str, args: &[&str], image: &std::path::Path) -> String {
 
 #[test]
 fn ext4_root_on_virtio_blk_with_8_disks() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let dir = tempdir("linux-8-disks");
     let root = dir.join("rootfs.ext4");
     std::fs::copy(rootfs_image(), &root).unwrap();
@@ -323,9 +324,9 @@ fn ext4_root_on_virtio_blk_with_8_disks() {
 
 #[test]
 fn a_read_only_root_mounts_read_only_and_the_image_is_unchanged() {
-    if !kvm_available() {
+    let Some(_turn) = linux_slot() else {
         return;
-    }
+    };
     let dir = tempdir("linux-ro-root");
     let root = dir.join("rootfs.ext4");
     std::fs::copy(rootfs_image(), &root).unwrap();

@@ -55,6 +55,48 @@ pub fn kvm_available() -> bool {
     }
 }
 
+/// A turn to boot Linux, held for the length of a test (see [`linux_slot`]).
+pub struct LinuxSlot;
+
+impl Drop for LinuxSlot {
+    fn drop(&mut self) {
+        let (count, freed) = linux_slots();
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+fn linux_slots() -> &'static (Mutex<usize>, std::sync::Condvar) {
+    static SLOTS: OnceLock<(Mutex<usize>, std::sync::Condvar)> = OnceLock::new();
+    SLOTS.get_or_init(Default::default)
+}
+
+/// Waits for a turn to boot Linux; `None` when KVM tests are skipped (as [`kvm_available`]).
+///
+/// When the guest kernel is emulated, a Linux boot keeps a host CPU busy from start to end, so
+/// with more boots than CPUs each one slows down in proportion, and on a host that is also
+/// busy with something else (a compile) past its timeouts. Boots beyond the host's CPU count
+/// (or `EMBER_TEST_LINUX_PARALLEL`) wait their turn; the suite is no slower for it, since the
+/// CPUs were the limit anyway. Test binaries run one after another, so a per-process count
+/// covers the suite.
+pub fn linux_slot() -> Option<LinuxSlot> {
+    if !kvm_available() {
+        return None;
+    }
+    let limit = std::env::var("EMBER_TEST_LINUX_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let (count, freed) = linux_slots();
+    let mut running = count.lock().unwrap_or_else(|e| e.into_inner());
+    while *running >= limit {
+        running = freed.wait(running).unwrap_or_else(|e| e.into_inner());
+    }
+    *running += 1;
+    Some(LinuxSlot)
+}
+
 /// Builds tiny guest `name` (tests/guests/NAME.c) once per test process and returns its ELF.
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<()>> = OnceLock::new();
