@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod controller;
+pub mod io_worker;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

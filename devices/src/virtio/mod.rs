@@ -12,6 +12,7 @@ pub mod chain;
 pub mod mmio;
 pub mod net;
 pub mod testing;
+pub mod worker;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,11 +1,12 @@
 //! The virtio-net device: a receive queue fed from the backend and a transmit queue drained
 //! into it, served by whichever thread holds the [`NetServer`] (the VMM gives each NIC an I/O
-//! thread that polls the TAP and the queues' notifications).
+//! worker thread, run by the device's [`NetHandler`], which waits on the TAP and the queues'
+//! notifications).
 //!
 //! Back-pressure: a frame read from the TAP that finds no room in the guest's receive buffers
 //! stays in the device's one-frame buffer and the TAP is not read again until the driver adds
 //! buffers; a transmit the TAP refuses (EAGAIN) stays in the ring until the TAP is writable.
-//! [`NetServer::interest`] tells the I/O thread which of those it waits for, so nothing spins.
+//! [`NetServer::interest`] tells the I/O worker which of those it waits for, so nothing spins.
 //!
 //! Frames are transmitted straight from guest memory (writev); received frames pass through
 //! the buffer once, because with mergeable buffers (VIRTIO_NET_F_MRG_RXBUF) a frame's size
@@ -18,6 +19,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +33,7 @@ use super::tap::Backend;
 use super::{DEVICE_TYPE_NET, MAX_FRAME_LEN, MacAddr, QUEUE_SIZE, VNET_HDR_LEN, features};
 use crate::bus::lock;
 use crate::virtio::chain::{self, Chain, Segment};
+use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
     ActivateError, QueueError, Step, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
     serve_chains, signal_used,
@@ -80,7 +83,7 @@ pub struct Net<B: Backend> {
     features: u64,
     config: [u8; CONFIG_LEN],
     serving: Arc<Mutex<Serving<B>>>,
-    wake: EventFd,
+    wake: Arc<EventFd>,
 }
 
 /// What serving the queues needs.
@@ -150,6 +153,78 @@ impl<B: Backend> NetServer<B> {
     }
 }
 
+/// A network device's readiness rules, for the VMM's I/O worker: it waits on the queues'
+/// notifications, the device's wake event and the backend for exactly the readiness the
+/// device can use (see [`NetServer::interest`]), and moves at most [`NET_BUDGET`] frames per
+/// direction per round, so receive and transmit alternate.
+pub struct NetHandler<B> {
+    server: NetServer<B>,
+    wake: Arc<EventFd>,
+    rx: EventFd,
+    tx: EventFd,
+    /// Each direction may have more to move without a new event.
+    rx_more: bool,
+    tx_more: bool,
+}
+
+/// Frames a network device moves per direction per round of its I/O worker.
+pub const NET_BUDGET: usize = 64;
+
+/// The order of [`NetHandler`]'s watches.
+const WATCH_WAKE: usize = 0;
+const WATCH_RX: usize = 1;
+const WATCH_TX: usize = 2;
+const WATCH_BACKEND: usize = 3;
+
+impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
+    fn interest(&mut self, watches: &mut Vec<Watch>) {
+        let want = self.server.interest();
+        let backend = lock(&self.server.0).backend.as_raw_fd();
+        watches.clear();
+        watches.extend([
+            Watch::readable(self.wake.as_raw_fd()),
+            Watch::readable(self.rx.as_raw_fd()),
+            Watch::readable(self.tx.as_raw_fd()),
+            Watch {
+                fd: backend,
+                readable: want.readable,
+                writable: want.writable,
+            },
+        ]);
+    }
+
+    fn ready(&mut self, ready: &[Ready]) -> bool {
+        let is = |i: usize| ready.get(i).copied().unwrap_or_default();
+        for (i, evt) in [
+            (WATCH_WAKE, &*self.wake),
+            (WATCH_RX, &self.rx),
+            (WATCH_TX, &self.tx),
+        ] {
+            if is(i).any() {
+                let _ = evt.read();
+            }
+        }
+        let (wake, backend) = (is(WATCH_WAKE).any(), is(WATCH_BACKEND));
+        // An error or hang-up on the backend reaches the device through its next read or
+        // write, which reports it and stops using the backend.
+        self.rx_more |= wake || is(WATCH_RX).any() || backend.readable || backend.failed;
+        self.tx_more |= wake || is(WATCH_TX).any() || backend.writable || backend.failed;
+        if self.tx_more {
+            self.tx_more = self.server.process_tx(NET_BUDGET);
+        }
+        if self.rx_more {
+            self.rx_more = self.server.process_rx(NET_BUDGET);
+        }
+        self.rx_more || self.tx_more
+    }
+
+    fn resumed(&mut self) -> bool {
+        // Frames waited in the backend and the rings while paused.
+        (self.rx_more, self.tx_more) = (true, true);
+        true
+    }
+}
+
 impl<B: Backend> Net<B> {
     /// A device named `name` (for logs) moving frames between the guest and `backend`, with
     /// MAC address `mac` and, if given, an MTU to announce. `wake` is written whenever the
@@ -203,13 +278,26 @@ impl<B: Backend> Net<B> {
             features,
             config,
             serving: Arc::new(Mutex::new(serving)),
-            wake,
+            wake: Arc::new(wake),
         }
     }
 
-    /// The handle the serving thread uses.
+    /// A handle on the serving side (for counters, or to serve on the calling thread).
     pub fn server(&self) -> NetServer<B> {
         NetServer(self.serving.clone())
+    }
+
+    /// The I/O handler for the device's worker thread; `queues` are the receive and transmit
+    /// queues' notification events, in that order.
+    pub fn handler(&self, [rx, tx]: [EventFd; 2]) -> NetHandler<B> {
+        NetHandler {
+            server: self.server(),
+            wake: self.wake.clone(),
+            rx,
+            tx,
+            rx_more: false,
+            tx_more: false,
+        }
     }
 
     fn wake(&self) {
