@@ -67,6 +67,22 @@ pub struct BlockStats {
     pub write_bytes: u64,
 }
 
+impl BlockStats {
+    /// The counters by their metric names (Firecracker's), in the order metrics report them.
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
+        [
+            ("read_count", self.read_count),
+            ("write_count", self.write_count),
+            ("flush_count", self.flush_count),
+            ("sync_count", self.sync_count),
+            ("read_bytes", self.read_bytes),
+            ("write_bytes", self.write_bytes),
+            ("ok_count", self.ok),
+            ("error_count", self.errors),
+        ]
+    }
+}
+
 /// A virtio-blk device, as the transport sees it: identity, features and configuration. The
 /// serving side (backend, queue, counters) has its own lock, so that register accesses from
 /// vCPUs never wait for disk I/O; only activation and reset take it.

@@ -68,6 +68,20 @@ pub struct NetStats {
     pub tx_dropped: u64,
 }
 
+impl NetStats {
+    /// The counters by their metric names (Firecracker's), in the order metrics report them.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        [
+            ("rx_packets_count", self.rx_frames),
+            ("rx_bytes_count", self.rx_bytes),
+            ("rx_dropped_count", self.rx_dropped),
+            ("tx_packets_count", self.tx_frames),
+            ("tx_bytes_count", self.tx_bytes),
+            ("tx_dropped_count", self.tx_dropped),
+        ]
+    }
+}
+
 /// What the serving thread should wait for on the backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Interest {
