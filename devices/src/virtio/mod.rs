@@ -11,6 +11,7 @@ pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod worker;
 
