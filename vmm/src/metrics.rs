@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use devices::bus::lock;
 use devices::host_file::{self, HostFileError, Use};
+use devices::sync::lock;
 use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::net::{NetServer, NetStats, Tap};

@@ -26,7 +26,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
-use crate::bus::lock;
+use crate::sync::lock;
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
     ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,

@@ -31,7 +31,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::frame::{self, VnetHeader};
 use super::tap::Backend;
 use super::{DEVICE_TYPE_NET, MAX_FRAME_LEN, MacAddr, QUEUE_SIZE, VNET_HDR_LEN, features};
-use crate::bus::lock;
+use crate::sync::lock;
 use crate::virtio::chain::{self, Chain, Segment};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
