@@ -9,7 +9,9 @@
 
 pub mod device;
 pub mod frame;
+mod rx;
 pub mod tap;
+mod tx;
 
 pub use device::{Net, NetHandler, NetServer, NetStats};
 pub use tap::{Tap, TapError};
