@@ -62,8 +62,16 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
             .arg("--initrd")
             .arg(initramfs())
             .args(["--vcpus", "4", "--memory", "128"])
-            .args(["--cmdline", &format!("{DEFAULT} {SLOW_HOST_PARAMS}")])
-            // Retried: see the note on secondary vCPUs in resources/rootfs/init.
+            // The kernel brings up and uses all 4 vCPUs; user space stays on the first
+            // (`isolcpus`). On the nested-PVM development hosts a static busybox on a
+            // secondary vCPU of an overcommitted guest sometimes reads zeroed thread-local
+            // storage and dies (a host bug; see resources/rootfs/init), which killed init
+            // itself on a busy machine; what this test checks is the SMP bring-up and the
+            // command's result, not where user space runs.
+            .args([
+                "--cmdline",
+                &format!("{DEFAULT} {SLOW_HOST_PARAMS} isolcpus=1-3"),
+            ])
             .args(["--", CPUINFO]),
         LIMIT,
     );

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 /// A device that answers reads and writes in an address range.
 ///
 /// `offset` is relative to the start of the range the device was inserted at. `data` holds the
@@ -104,14 +106,6 @@ impl Bus {
             None => false,
         }
     }
-}
-
-/// Locks a device, recovering it if another vCPU thread panicked while holding the lock: device
-/// state stays consistent between accesses, and one failed thread must not take the others down.
-pub fn lock<T: ?Sized>(device: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    device
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

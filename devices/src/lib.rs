@@ -8,10 +8,12 @@
 //!
 //! It also owns [`host_file`], the one way ember opens a file a user names (disk images are
 //! among them, and the VMM uses it for kernels, config, console, log and metrics files).
+//! And [`sync`], the poison-tolerant way every ember thread takes a lock.
 
 pub mod bus;
 pub mod host_file;
 pub mod legacy;
+pub mod sync;
 pub mod virtio;
 
 use std::io;
@@ -88,7 +90,7 @@ impl ExitNotifier {
 
     /// Asks for the VM to end for `exit`.
     pub fn notify(&self, exit: GuestExit) {
-        let mut state = bus::lock(&self.0.state);
+        let mut state = sync::lock(&self.0.state);
         if state.first.is_none() {
             state.first = Some(exit);
             drop(state);
@@ -102,7 +104,7 @@ impl ExitNotifier {
     /// Notes that the guest kernel has started panicking, so that a reset that follows is
     /// reported as the panic it is.
     pub fn note_panicking(&self) {
-        bus::lock(&self.0.state).panicking = true;
+        sync::lock(&self.0.state).panicking = true;
     }
 
     /// The flag raised when an exit is requested, which vCPUs check before entering the guest.
@@ -118,7 +120,7 @@ impl ExitNotifier {
     /// The exit asked for, if any; a reset during a panic counts as the panic.
     pub fn requested(&self) -> Option<GuestExit> {
         let _ = self.0.event.read();
-        let state = bus::lock(&self.0.state);
+        let state = sync::lock(&self.0.state);
         match state.first {
             Some(GuestExit::Reset) if state.panicking => Some(GuestExit::Panic),
             other => other,

@@ -207,7 +207,7 @@ impl Booted {
             let (block, thread) = virtio_devices::build_block(&vm, &mem, disk, &io.stop, &gate)?;
             io.threads.push(thread);
             mmio.insert(block.clone(), base, MMIO_WINDOW)?;
-            let server = devices::bus::lock(&block).device().queue_server();
+            let server = devices::sync::lock(&block).device().queue_server();
             sources.push((id.clone(), Source::Block(server)));
             blocks.push((id, block));
         }
@@ -215,7 +215,7 @@ impl Booted {
             let (id, base) = (nic.id().to_owned(), nic.base());
             let (net, thread) = virtio_devices::build_net(&vm, &mem, nic, &io.stop, &gate)?;
             io.threads.push(thread);
-            sources.push((id, Source::Net(devices::bus::lock(&net).device().server())));
+            sources.push((id, Source::Net(devices::sync::lock(&net).device().server())));
             mmio.insert(net, base, MMIO_WINDOW)?;
         }
         let metrics = match &cfg.metrics {
@@ -244,7 +244,7 @@ impl Booted {
             EventManager::new().map_err(|e| host("event loop")(io::Error::other(e)))?;
         event_loop.add_subscriber(controller.clone());
         let stdin = StdinKind::of(libc::STDIN_FILENO);
-        let console_quit = devices::bus::lock(&controller).console_quit();
+        let console_quit = devices::sync::lock(&controller).console_quit();
         let console_quit = console_quit.map_err(host("console quit event"))?;
         if let Some(input) = devices.console_input(stdin, console_quit)? {
             event_loop.add_subscriber(Arc::new(Mutex::new(input)));
@@ -274,14 +274,14 @@ impl Booted {
         let mut started = Ok(());
         for vcpu in vcpus {
             match vcpu.start(tx.clone(), &vcpu_evt, stop.clone(), gate.clone()) {
-                Ok(handle) => devices::bus::lock(&handles).push(handle),
+                Ok(handle) => devices::sync::lock(&handles).push(handle),
                 Err(err) => {
                     started = Err(err);
                     break;
                 }
             }
         }
-        info!("started {} vCPUs", devices::bus::lock(&handles).len());
+        info!("started {} vCPUs", devices::sync::lock(&handles).len());
         if let Some(hook) = &api {
             if started.is_ok() {
                 hook.api.mark_started();
@@ -296,21 +296,21 @@ impl Booted {
                 event_loop
                     .run()
                     .map_err(|e| host("event loop")(io::Error::other(e)))?;
-                if let Some(outcome) = devices::bus::lock(&controller).outcome() {
+                if let Some(outcome) = devices::sync::lock(&controller).outcome() {
                     break Ok(outcome.clone());
                 }
             }
         });
         // A paused VM ends too: open the gate so parked vCPUs and I/O threads see their stop.
         gate.resume();
-        let handles = std::mem::take(&mut *devices::bus::lock(&handles));
+        let handles = std::mem::take(&mut *devices::sync::lock(&handles));
         for handle in &handles {
             handle.stop();
         }
         handles.into_iter().for_each(VcpuHandle::join);
         // The last line covers the VM's end, as Firecracker writes one at exit.
         if let Some(metrics) = &metrics {
-            if let Err(err) = devices::bus::lock(metrics).write() {
+            if let Err(err) = devices::sync::lock(metrics).write() {
                 warn!("{}", crate::error_chain(&err));
             }
         }

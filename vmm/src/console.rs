@@ -27,8 +27,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 
-use devices::bus::lock;
 use devices::legacy::SerialDevice;
+use devices::sync::{self, lock};
 use devices::{ExitNotifier, GuestExit};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, warn};
@@ -133,10 +133,7 @@ fn drain_loop(shared: &OutputShared, mut sinks: Vec<Box<dyn Write + Send>>) {
         let closed = {
             let mut state = lock(&shared.state);
             while state.pending.is_empty() && !state.closed {
-                state = shared
-                    .wake
-                    .wait(state)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                state = sync::wait(&shared.wake, state);
             }
             chunk.clear();
             chunk.extend(state.pending.drain(..));

@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod controller;
 pub mod escape;
+pub mod io_worker;
 pub mod logger;
 pub mod memory;
 pub mod metrics;

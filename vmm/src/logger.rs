@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use api_server::model::LoggerConfig;
 use devices::host_file::{self, HostFileError, Use};
+use devices::sync;
 use log::{LevelFilter, Log, Metadata, Record};
 
 /// Errors configuring the log.
@@ -185,10 +186,7 @@ pub fn configure(cfg: &LoggerConfig) -> Result<(), LoggerError> {
         .as_deref()
         .map(|p| open_log(Path::new(p)))
         .transpose()?;
-    let mut s = logger
-        .settings
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut s = sync::write(&logger.settings);
     s.level = level;
     if let Some(file) = file {
         s.output = Output::File(file);
@@ -216,9 +214,7 @@ impl Logger {
     }
 
     fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        sync::read(&self.settings)
     }
 }
 
@@ -261,11 +257,7 @@ impl Log for Logger {
         // Lines without a static location (none of ember's) are not bounded.
         if let (Some(file), Some(at)) = (record.file_static(), record.line()) {
             let second = self.start.elapsed().as_secs();
-            let admit = self
-                .budgets
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .admit((file, at), second);
+            let admit = sync::lock(&self.budgets).admit((file, at), second);
             match admit {
                 Admit::Drop => return,
                 Admit::Write { suppressed: 0 } => {}

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use devices::bus::lock;
 use devices::host_file::{self, HostFileError, Use};
+use devices::sync::lock;
 use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::net::{NetServer, NetStats, Tap};
@@ -58,50 +58,6 @@ pub fn open(path: &Path) -> Result<File, MetricsError> {
         })
 }
 
-const BLOCK_COUNTERS: [&str; 8] = [
-    "read_count",
-    "write_count",
-    "flush_count",
-    "sync_count",
-    "read_bytes",
-    "write_bytes",
-    "ok_count",
-    "error_count",
-];
-
-fn block_values(s: &BlockStats) -> [u64; 8] {
-    [
-        s.read_count,
-        s.write_count,
-        s.flush_count,
-        s.sync_count,
-        s.read_bytes,
-        s.write_bytes,
-        s.ok,
-        s.errors,
-    ]
-}
-
-const NET_COUNTERS: [&str; 6] = [
-    "rx_packets_count",
-    "rx_bytes_count",
-    "rx_dropped_count",
-    "tx_packets_count",
-    "tx_bytes_count",
-    "tx_dropped_count",
-];
-
-fn net_values(s: &NetStats) -> [u64; 6] {
-    [
-        s.rx_frames,
-        s.rx_bytes,
-        s.rx_dropped,
-        s.tx_frames,
-        s.tx_bytes,
-        s.tx_dropped,
-    ]
-}
-
 /// A device whose counters are reported, through its serving side: reading counters never
 /// takes the transport lock that vCPUs use for register accesses.
 pub enum Source {
@@ -119,24 +75,30 @@ impl Source {
         }
     }
 
-    fn names(&self) -> &'static [&'static str] {
+    /// The device's counters, named as the device names them.
+    fn read(&self) -> Counters {
         match self {
-            Self::Block(_) => &BLOCK_COUNTERS,
-            Self::Net(_) => &NET_COUNTERS,
+            Self::Block(b) => b.stats().counters().to_vec(),
+            Self::Net(n) => n.stats().counters().to_vec(),
         }
     }
+}
 
-    fn read(&self) -> Vec<u64> {
-        match self {
-            Self::Block(b) => block_values(&b.stats()).to_vec(),
-            Self::Net(n) => net_values(&n.stats()).to_vec(),
-        }
-    }
+/// Counters by name, in the order they are reported.
+type Counters = Vec<(&'static str, u64)>;
+
+/// Every kind's totals, all zero: the same names in the same order as each kind's devices.
+fn zero_totals() -> [(&'static str, Counters); 2] {
+    [
+        ("block", BlockStats::default().counters().to_vec()),
+        ("net", NetStats::default().counters().to_vec()),
+    ]
 }
 
 struct Reported {
     key: String,
     source: Source,
+    /// The values in the previous line (none before the first).
     last: Vec<u64>,
 }
 
@@ -153,7 +115,7 @@ impl Metrics {
             .into_iter()
             .map(|(id, source)| Reported {
                 key: format!("{}_{id}", source.kind()),
-                last: vec![0; source.names().len()],
+                last: Vec::new(),
                 source,
             })
             .collect();
@@ -167,25 +129,28 @@ impl Metrics {
             .map_or(0, |d| d.as_millis());
         let mut doc = Map::new();
         doc.insert("utc_timestamp_ms".into(), Value::from(ms as u64));
-        let mut totals: Vec<(&str, &[&str], Vec<u64>)> = vec![
-            ("block", &BLOCK_COUNTERS, vec![0; BLOCK_COUNTERS.len()]),
-            ("net", &NET_COUNTERS, vec![0; NET_COUNTERS.len()]),
-        ];
+        let mut totals = zero_totals();
         for dev in &mut self.devices {
             let now = dev.source.read();
-            let delta: Vec<u64> = now
+            let delta: Counters = now
                 .iter()
-                .zip(&dev.last)
-                .map(|(n, l)| n.wrapping_sub(*l))
+                .enumerate()
+                .map(|(i, (name, n))| {
+                    let last = dev.last.get(i).copied().unwrap_or(0);
+                    (*name, n.wrapping_sub(last))
+                })
                 .collect();
-            dev.last = now;
-            if let Some(total) = totals.iter_mut().find(|t| t.0 == dev.source.kind()) {
-                total.2.iter_mut().zip(&delta).for_each(|(t, d)| *t += d);
+            dev.last = now.iter().map(|(_, n)| *n).collect();
+            if let Some((_, total)) = totals.iter_mut().find(|t| t.0 == dev.source.kind()) {
+                total
+                    .iter_mut()
+                    .zip(&delta)
+                    .for_each(|((_, t), (_, d))| *t += d);
             }
-            doc.insert(dev.key.clone(), object(dev.source.names(), &delta));
+            doc.insert(dev.key.clone(), object(&delta));
         }
-        for (kind, names, values) in totals {
-            doc.insert(kind.into(), object(names, &values));
+        for (kind, values) in totals {
+            doc.insert(kind.into(), object(&values));
         }
         let mut line = Value::Object(doc).to_string();
         line.push('\n');
@@ -201,11 +166,10 @@ impl Metrics {
     }
 }
 
-fn object(names: &[&str], values: &[u64]) -> Value {
+fn object(counters: &[(&str, u64)]) -> Value {
     Value::Object(
-        names
+        counters
             .iter()
-            .zip(values)
             .map(|(n, v)| ((*n).to_owned(), Value::from(*v)))
             .collect(),
     )
@@ -270,10 +234,10 @@ mod tests {
         let lines = lines(&path);
         assert_eq!(lines.len(), 2);
         assert!(lines[0]["utc_timestamp_ms"].as_u64().unwrap() > 1_600_000_000_000);
-        for name in BLOCK_COUNTERS {
+        for (name, _) in BlockStats::default().counters() {
             assert_eq!(lines[1]["block"][name], 0, "{name}");
         }
-        for name in NET_COUNTERS {
+        for (name, _) in NetStats::default().counters() {
             assert_eq!(lines[1]["net"][name], 0, "{name}");
         }
         std::fs::remove_file(&path).unwrap();

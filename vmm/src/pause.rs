@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::bus::lock;
+use devices::sync::{self, lock};
 use vmm_sys_util::eventfd::EventFd;
 
 struct State {
@@ -82,10 +82,7 @@ impl PauseGate {
             if left.is_zero() {
                 return false;
             }
-            state = match self.changed.wait_timeout(state, left) {
-                Ok((s, _)) => s,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
+            state = sync::wait_timeout(&self.changed, state, left).0;
         }
         true
     }
@@ -111,10 +108,7 @@ impl PauseGate {
         *state.count(who) += 1;
         self.changed.notify_all();
         while state.paused && !stop.is_some_and(|s| s.load(Ordering::Acquire)) {
-            state = match self.changed.wait(state) {
-                Ok(s) => s,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            state = sync::wait(&self.changed, state);
         }
         *state.count(who) -= 1;
     }

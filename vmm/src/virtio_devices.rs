@@ -2,46 +2,36 @@
 //! configuration, so the kernel command line can announce them before anything is built), and
 //! building each device with its ioeventfd and irqfd.
 //!
-//! Each block device is served by its own I/O thread (`ember_blk_<id>`), woken by the queue's
-//! ioeventfd: disk I/O, however slow, never holds up the event loop (console input, other
-//! devices) or a vCPU, and one thread per queue keeps requests, flushes included, in the
-//! guest's order.
-//!
-//! Each network device has an I/O thread too (`ember_net_<id>`): it polls the TAP for exactly
-//! the readiness the device waits for (a frame to read only while the guest has room for it,
-//! writability only after a refused transmit) plus the queues' ioeventfds, so an idle or
-//! back-pressured NIC sleeps.
+//! Each device gets its own I/O worker thread ([`io_worker`]) running the device's handler.
+//! A block device's (`ember_blk_<id>`) is woken by the queue's ioeventfd: disk I/O, however
+//! slow, never holds up the event loop (console input, other devices) or a vCPU, and one
+//! thread per queue keeps requests, flushes included, in the guest's order. A network
+//! device's (`ember_net_<id>`) waits on the TAP for exactly the readiness the device can use
+//! (a frame to read only while the guest has room for it, writability only after a refused
+//! transmit) plus the queues' ioeventfds, so an idle or back-pressured NIC sleeps.
 //!
 //! Order: the root drive first (so it is /dev/vda, as Firecracker does), then the other drives
 //! in the order given, then the network interfaces in the order given (eth0, eth1, ...).
 
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use api_server::model::{Drive, NetworkInterface, VmConfig};
 use devices::virtio::VirtioInterrupt;
-use devices::virtio::block::device::QueueServer;
 use devices::virtio::block::{Block, Disk, DiskError};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
-use devices::virtio::net::{MacAddr, Net, NetServer, Tap, TapError};
-use log::warn;
+use devices::virtio::net::{MacAddr, Net, Tap, TapError};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_IRQ_MAX, VIRTIO_MMIO_START};
-use crate::pause::{Parker, PauseGate};
-use crate::poll::{poll, pollfd};
+use crate::io_worker;
+use crate::pause::PauseGate;
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
 /// last IOAPIC pin.
 pub const MAX_DEVICES: usize = (VIRTIO_IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
-
-/// Requests a block device serves per turn of its I/O thread.
-const BLOCK_BUDGET: usize = 256;
-/// Frames a network device moves per direction per turn, so receive and transmit alternate.
-const NET_BUDGET: usize = 64;
 
 /// Errors building virtio devices.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +212,6 @@ pub fn build_net(
     vm.register_ioevent(&rx, plan.slot.base + REG_QUEUE_NOTIFY, 0)?;
     vm.register_ioevent(&tx, plan.slot.base + REG_QUEUE_NOTIFY, 1)?;
     let wake = event()?;
-    let tap_fd = plan.tap.as_raw_fd();
     let net = Net::new(
         &plan.id,
         plan.tap,
@@ -230,103 +219,27 @@ pub fn build_net(
         plan.mtu,
         mem.clone(),
         interrupt.clone(),
-        wake.try_clone().map_err(VirtioError::Event)?,
+        wake,
     );
-    let server = net.server();
-    let forward = vec![
+    let handler = net.handler([
         rx.try_clone().map_err(VirtioError::Event)?,
         tx.try_clone().map_err(VirtioError::Event)?,
-    ];
+    ]);
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         net,
         mem.clone(),
         interrupt,
-        forward,
+        vec![rx, tx],
     )));
     let stop = stop.try_clone().map_err(VirtioError::Event)?;
-    let events = NetEvents {
-        rx,
-        tx,
-        wake,
+    let thread = io_worker::spawn(
+        format!("ember_net_{}", plan.id),
+        handler,
         stop,
-        tap: tap_fd,
-        gate: gate.clone(),
-    };
-    let thread = std::thread::Builder::new()
-        .name(format!("ember_net_{}", plan.id))
-        .spawn(move || serve_net(&server, &events))
-        .map_err(VirtioError::Event)?;
+        gate.clone(),
+    )
+    .map_err(VirtioError::Event)?;
     Ok((transport, thread))
-}
-
-/// What a network device's I/O thread waits on. `tap` stays open as long as the device,
-/// which the thread's [`NetServer`] keeps alive.
-struct NetEvents {
-    rx: EventFd,
-    tx: EventFd,
-    wake: EventFd,
-    stop: EventFd,
-    tap: std::os::fd::RawFd,
-    gate: Arc<PauseGate>,
-}
-
-/// Moves frames whenever the guest or the TAP is ready, until `stop` is written.
-fn serve_net(server: &NetServer<Tap>, ev: &NetEvents) {
-    let (mut rx_more, mut tx_more) = (false, false);
-    loop {
-        let interest = server.interest();
-        let mut tap_events = 0;
-        if interest.readable {
-            tap_events |= libc::POLLIN;
-        }
-        if interest.writable {
-            tap_events |= libc::POLLOUT;
-        }
-        // A negative descriptor is skipped by poll: the TAP is not watched at all when the
-        // device waits for nothing from it.
-        let tap = if tap_events == 0 { -1 } else { ev.tap };
-        let mut fds = [
-            pollfd(ev.stop.as_raw_fd(), libc::POLLIN),
-            pollfd(ev.wake.as_raw_fd(), libc::POLLIN),
-            pollfd(ev.rx.as_raw_fd(), libc::POLLIN),
-            pollfd(ev.tx.as_raw_fd(), libc::POLLIN),
-            pollfd(tap, tap_events),
-            pollfd(ev.gate.fd(), libc::POLLIN),
-        ];
-        let timeout = if rx_more || tx_more { 0 } else { -1 };
-        if let Err(err) = poll(&mut fds, timeout) {
-            warn!("virtio-net: the I/O thread stops: {err}");
-            return;
-        }
-        if fds[0].revents != 0 {
-            return;
-        }
-        if fds[5].revents != 0 {
-            // Paused: frames wait in the TAP and the rings until the VM resumes.
-            ev.gate.park(Parker::Worker, None);
-            (rx_more, tx_more) = (true, true);
-            continue;
-        }
-        for (i, evt) in [(1, &ev.wake), (2, &ev.rx), (3, &ev.tx)] {
-            if fds[i].revents != 0 {
-                let _ = evt.read();
-            }
-        }
-        let tap = fds[4].revents;
-        // An error or hang-up on the TAP reaches the device through its next read or write,
-        // which reports it and stops using the TAP.
-        let tap_failed = tap & (libc::POLLERR | libc::POLLHUP) != 0;
-        rx_more |=
-            fds[1].revents != 0 || fds[2].revents != 0 || tap & libc::POLLIN != 0 || tap_failed;
-        tx_more |=
-            fds[1].revents != 0 || fds[3].revents != 0 || tap & libc::POLLOUT != 0 || tap_failed;
-        if tx_more {
-            tx_more = server.process_tx(NET_BUDGET);
-        }
-        if rx_more {
-            rx_more = server.process_rx(NET_BUDGET);
-        }
-    }
 }
 
 /// Builds the block device `id` serving `disk` at `slot`, wires its notify ioeventfd and
@@ -346,51 +259,17 @@ pub fn build_block(
     vm.register_ioevent(&notify, slot.base + REG_QUEUE_NOTIFY, 0)?;
     let wake = notify.try_clone().map_err(VirtioError::Event)?;
     let block = Block::new(disk, &id, mem.clone(), interrupt.clone(), wake);
-    let server = block.queue_server();
-    let forward = notify.try_clone().map_err(VirtioError::Event)?;
+    let handler = block.queue_server();
     let transport = Arc::new(Mutex::new(MmioTransport::new(
         block,
         mem.clone(),
         interrupt,
-        vec![forward],
+        vec![notify],
     )));
     let stop = stop.try_clone().map_err(VirtioError::Event)?;
-    let gate = gate.clone();
-    let thread = std::thread::Builder::new()
-        .name(format!("ember_blk_{id}"))
-        .spawn(move || serve_block(&server, &notify, &stop, &gate))
+    let thread = io_worker::spawn(format!("ember_blk_{id}"), handler, stop, gate.clone())
         .map_err(VirtioError::Event)?;
     Ok((transport, thread))
-}
-
-/// Serves a block queue each time the guest notifies it, until `stop` is written.
-fn serve_block(server: &QueueServer, notify: &EventFd, stop: &EventFd, gate: &PauseGate) {
-    loop {
-        let mut fds =
-            [notify.as_raw_fd(), stop.as_raw_fd(), gate.fd()].map(|fd| pollfd(fd, libc::POLLIN));
-        if let Err(err) = poll(&mut fds, -1) {
-            warn!("virtio-blk: the I/O thread stops: {err}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[2].revents != 0 {
-            // Paused: a notification that arrives meanwhile stays pending for afterwards.
-            gate.park(Parker::Worker, None);
-            continue;
-        }
-        if fds[0].revents != 0 {
-            let _ = notify.read();
-            // The budget bounds how long the device's lock is held (activation and reset wait
-            // for it), not how long the thread works; a pause stops it between batches.
-            while !gate.is_paused() && server.process_queue(BLOCK_BUDGET) {}
-            if gate.is_paused() {
-                // What is left stays in the ring; serve it once the VM resumes.
-                let _ = notify.write(1);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod worker;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,7 +1,7 @@
 //! A driver's side of a split virtqueue in plain guest memory, for device unit tests and
 //! benchmarks: chains go in through the available ring (with wrapping indices, which
-//! virtio-queue's own mock does not do) and come back through the used ring. Not used by ember
-//! itself.
+//! virtio-queue's own mock does not do) and come back through the used ring. Compiled only for
+//! tests and with the `test-utils` feature, never into ember itself.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};

@@ -1,5 +1,6 @@
 //! The virtio-blk device: one request queue, served by whichever thread holds its
-//! [`QueueServer`] (the VMM gives each disk an I/O thread).
+//! [`QueueServer`] (the VMM gives each disk an I/O worker thread, which waits on the queue's
+//! notification as the server, an [`IoHandler`], asks).
 //!
 //! Each call serves at most a budget of requests and [`MAX_BYTES_PER_CALL`] bytes of disk work
 //! (data moved, ranges zeroed or discarded, a flush counting as a whole batch); if more are
@@ -14,6 +15,7 @@
 //! slot after each batch, and a new backing file is handed over through a slot the serving
 //! thread takes it from.
 
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use log::warn;
@@ -24,7 +26,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
-use crate::bus::lock;
+use crate::sync::lock;
+use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
     ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
     VirtioInterrupt, serve_chains, signal_used,
@@ -34,6 +37,11 @@ use crate::virtio::{
 const CONFIG_LEN: usize = 60;
 /// Discard granularity offered: 4 KiB.
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
+
+/// Requests a block device serves per round of its I/O worker. The budget bounds how long
+/// the serving lock is held (activation and reset wait for it), not how long the worker
+/// works: it comes back at once, unless the VM was paused meanwhile.
+pub const BLOCK_BUDGET: usize = 256;
 
 /// Disk work one `process_queue` call does at most before yielding (a few ms on a slow disk).
 pub const MAX_BYTES_PER_CALL: u64 = 8 << 20;
@@ -57,6 +65,22 @@ pub struct BlockStats {
     pub read_bytes: u64,
     /// Bytes written to the disk.
     pub write_bytes: u64,
+}
+
+impl BlockStats {
+    /// The counters by their metric names (Firecracker's), in the order metrics report them.
+    pub fn counters(&self) -> [(&'static str, u64); 8] {
+        [
+            ("read_count", self.read_count),
+            ("write_count", self.write_count),
+            ("flush_count", self.flush_count),
+            ("sync_count", self.sync_count),
+            ("read_bytes", self.read_bytes),
+            ("write_bytes", self.write_bytes),
+            ("ok_count", self.ok),
+            ("error_count", self.errors),
+        ]
+    }
 }
 
 /// A virtio-blk device, as the transport sees it: identity, features and configuration. The
@@ -109,6 +133,27 @@ impl QueueServer {
     /// The counters, as of the end of the last batch; never waits for disk I/O.
     pub fn stats(&self) -> BlockStats {
         *lock(&self.shared.stats)
+    }
+}
+
+/// The worker waits for the guest's notifications, which reach the device as writes to its
+/// `wake` event (the queue's ioeventfd), and serves the queue in batches.
+impl IoHandler for QueueServer {
+    fn interest(&mut self, watches: &mut Vec<Watch>) {
+        watches.clear();
+        watches.push(Watch::readable(self.shared.wake.as_raw_fd()));
+    }
+
+    fn ready(&mut self, ready: &[Ready]) -> bool {
+        if ready.iter().any(Ready::any) {
+            let _ = self.shared.wake.read();
+        }
+        self.process_queue(BLOCK_BUDGET)
+    }
+
+    fn resumed(&mut self) -> bool {
+        // A pause stops the worker between batches, with the rest still in the ring.
+        true
     }
 }
 

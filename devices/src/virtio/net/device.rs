@@ -1,11 +1,12 @@
 //! The virtio-net device: a receive queue fed from the backend and a transmit queue drained
 //! into it, served by whichever thread holds the [`NetServer`] (the VMM gives each NIC an I/O
-//! thread that polls the TAP and the queues' notifications).
+//! worker thread, run by the device's [`NetHandler`], which waits on the TAP and the queues'
+//! notifications).
 //!
 //! Back-pressure: a frame read from the TAP that finds no room in the guest's receive buffers
 //! stays in the device's one-frame buffer and the TAP is not read again until the driver adds
 //! buffers; a transmit the TAP refuses (EAGAIN) stays in the ring until the TAP is writable.
-//! [`NetServer::interest`] tells the I/O thread which of those it waits for, so nothing spins.
+//! [`NetServer::interest`] tells the I/O worker which of those it waits for, so nothing spins.
 //!
 //! Frames are transmitted straight from guest memory (writev); received frames pass through
 //! the buffer once, because with mergeable buffers (VIRTIO_NET_F_MRG_RXBUF) a frame's size
@@ -14,38 +15,31 @@
 //! Hostile input: a malformed chain, a frame too short or too long, or a header that lies is
 //! dropped, logged and counted; a corrupt ring stops that queue until the driver resets the
 //! device. Nothing the guest writes can panic the thread or make it spin.
+//!
+//! This file holds the device, its serving handle and its I/O handler; receiving lives in
+//! `rx.rs`, transmitting in `tx.rs`, and what both share in `Io`.
 
 use std::collections::VecDeque;
-use std::io;
-use std::num::Wrapping;
-use std::sync::atomic::Ordering;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use log::warn;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::frame::{self, VnetHeader};
+use super::rx::Rx;
 use super::tap::Backend;
-use super::{DEVICE_TYPE_NET, MAX_FRAME_LEN, MacAddr, QUEUE_SIZE, VNET_HDR_LEN, features};
-use crate::bus::lock;
-use crate::virtio::chain::{self, Chain, Segment};
-use crate::virtio::{
-    ActivateError, QueueError, Step, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt,
-    serve_chains, signal_used,
-};
+use super::tx::Tx;
+use super::{DEVICE_TYPE_NET, MacAddr, QUEUE_SIZE, features};
+use crate::sync::lock;
+use crate::virtio::worker::{IoHandler, Ready, Watch};
+use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
 
 /// Size of `struct virtio_net_config` up to `mtu`.
 const CONFIG_LEN: usize = 12;
 const RX: usize = 0;
 const TX: usize = 1;
-/// A frame with its header, as read from or written to the backend.
-const BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
-/// Most receive buffers the device holds between frames: ample for a largest frame in
-/// buffers of any sensible size (Linux uses one page or more each), small enough that what
-/// a guest can make the device keep stays a few tens of KiB.
-const MAX_HELD_SEGMENTS: usize = 1024;
 
 /// Counters a network device keeps, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +59,20 @@ pub struct NetStats {
     pub tx_dropped: u64,
 }
 
+impl NetStats {
+    /// The counters by their metric names (Firecracker's), in the order metrics report them.
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
+        [
+            ("rx_packets_count", self.rx_frames),
+            ("rx_bytes_count", self.rx_bytes),
+            ("rx_dropped_count", self.rx_dropped),
+            ("tx_packets_count", self.tx_frames),
+            ("tx_bytes_count", self.tx_bytes),
+            ("tx_dropped_count", self.tx_dropped),
+        ]
+    }
+}
+
 /// What the serving thread should wait for on the backend.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Interest {
@@ -80,34 +88,28 @@ pub struct Net<B: Backend> {
     features: u64,
     config: [u8; CONFIG_LEN],
     serving: Arc<Mutex<Serving<B>>>,
-    wake: EventFd,
+    wake: Arc<EventFd>,
 }
 
-/// What serving the queues needs.
+/// What serving the queues needs: each direction's state, and what both share.
 struct Serving<B> {
-    backend: B,
-    name: String,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
-    rx: Option<Queue>,
-    tx: Option<Queue>,
-    acked: u64,
-    /// The frame being delivered: `frame_len` bytes with its header, of which the chains in
-    /// `partial` hold the start (`partial_first` being the first one's buffers) and `pending`
-    /// bytes of `buf` from `pending_at` are still to go.
-    buf: Box<[u8]>,
-    pending: usize,
-    pending_at: usize,
-    frame_len: usize,
-    partial: Vec<(u16, u32)>,
-    partial_first: Vec<Segment>,
-    /// The guest's available index when a frame last found too little room; reading resumes
-    /// when it moves.
-    rx_starved_at: Option<Wrapping<u16>>,
-    tx_blocked: bool,
-    backend_failed: bool,
-    stats: NetStats,
-    scratch: Scratch,
+    io: Io<B>,
+    rx: Rx,
+    tx: Tx,
+}
+
+/// What receiving and transmitting share.
+pub(super) struct Io<B> {
+    pub(super) backend: B,
+    /// The device's name, for logs.
+    pub(super) name: String,
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) interrupt: Arc<VirtioInterrupt>,
+    /// The features the driver acknowledged.
+    pub(super) acked: u64,
+    /// The backend failed; neither direction uses it until the driver resets the device.
+    pub(super) backend_failed: bool,
+    pub(super) stats: NetStats,
 }
 
 /// A handle for the thread that serves a network device.
@@ -125,28 +127,101 @@ impl<B: Backend> NetServer<B> {
     pub fn interest(&self) -> Interest {
         let s = lock(&self.0);
         Interest {
-            readable: s.rx.is_some() && s.rx_starved_at.is_none() && !s.backend_failed,
-            writable: s.tx.is_some() && s.tx_blocked && !s.backend_failed,
+            readable: s.rx.wants_frames() && !s.io.backend_failed,
+            writable: s.tx.queue.is_some() && s.tx.blocked && !s.io.backend_failed,
         }
     }
 
     /// Moves frames from the backend into the guest (at most `budget`); true if more may be
     /// waiting. Also the answer to the driver adding receive buffers.
     pub fn process_rx(&self, budget: usize) -> bool {
-        lock(&self.0).process_rx(budget)
+        let s = &mut *lock(&self.0);
+        s.rx.process(&mut s.io, budget)
     }
 
     /// Moves frames from the guest to the backend (at most `budget`); true if more may be
     /// waiting.
     pub fn process_tx(&self, budget: usize) -> bool {
-        let mut s = lock(&self.0);
-        s.tx_blocked = false;
-        s.process_tx(budget)
+        let s = &mut *lock(&self.0);
+        s.tx.blocked = false;
+        s.tx.process(&mut s.io, budget)
     }
 
     /// The counters.
     pub fn stats(&self) -> NetStats {
-        lock(&self.0).stats
+        lock(&self.0).io.stats
+    }
+}
+
+/// A network device's readiness rules, for the VMM's I/O worker: it waits on the queues'
+/// notifications, the device's wake event and the backend for exactly the readiness the
+/// device can use (see [`NetServer::interest`]), and moves at most [`NET_BUDGET`] frames per
+/// direction per round, so receive and transmit alternate.
+pub struct NetHandler<B> {
+    server: NetServer<B>,
+    wake: Arc<EventFd>,
+    rx: EventFd,
+    tx: EventFd,
+    /// Each direction may have more to move without a new event.
+    rx_more: bool,
+    tx_more: bool,
+}
+
+/// Frames a network device moves per direction per round of its I/O worker.
+pub const NET_BUDGET: usize = 64;
+
+/// The order of [`NetHandler`]'s watches.
+const WATCH_WAKE: usize = 0;
+const WATCH_RX: usize = 1;
+const WATCH_TX: usize = 2;
+const WATCH_BACKEND: usize = 3;
+
+impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
+    fn interest(&mut self, watches: &mut Vec<Watch>) {
+        let want = self.server.interest();
+        let backend = lock(&self.server.0).io.backend.as_raw_fd();
+        watches.clear();
+        watches.extend([
+            Watch::readable(self.wake.as_raw_fd()),
+            Watch::readable(self.rx.as_raw_fd()),
+            Watch::readable(self.tx.as_raw_fd()),
+            Watch {
+                fd: backend,
+                readable: want.readable,
+                writable: want.writable,
+            },
+        ]);
+    }
+
+    fn ready(&mut self, ready: &[Ready]) -> bool {
+        let is = |i: usize| ready.get(i).copied().unwrap_or_default();
+        for (i, evt) in [
+            (WATCH_WAKE, &*self.wake),
+            (WATCH_RX, &self.rx),
+            (WATCH_TX, &self.tx),
+        ] {
+            if is(i).any() {
+                let _ = evt.read();
+            }
+        }
+        let (wake, backend) = (is(WATCH_WAKE).any(), is(WATCH_BACKEND));
+        // An error or hang-up on the backend reaches the device through its next read or
+        // write, which reports it and stops using the backend.
+        self.rx_more |= wake || is(WATCH_RX).any() || backend.readable || backend.failed;
+        self.tx_more |= wake || is(WATCH_TX).any() || backend.writable || backend.failed;
+        if self.tx_more {
+            self.tx_more = self.server.process_tx(NET_BUDGET);
+        }
+        if self.rx_more {
+            self.rx_more = self.server.process_rx(NET_BUDGET);
+        }
+        self.rx_more || self.tx_more
+    }
+
+    fn resumed(&mut self) -> bool {
+        // Frames waited in the backend and the rings while paused.
+        (self.rx_more, self.tx_more) = (true, true);
+        true
     }
 }
 
@@ -180,36 +255,42 @@ impl<B: Backend> Net<B> {
             config[10..12].copy_from_slice(&mtu.to_le_bytes());
         }
         let serving = Serving {
-            backend,
-            name: name.into(),
-            mem,
-            interrupt,
-            rx: None,
-            tx: None,
-            acked: 0,
-            buf: vec![0; BUF_LEN].into_boxed_slice(),
-            pending: 0,
-            pending_at: 0,
-            frame_len: 0,
-            partial: Vec::new(),
-            partial_first: Vec::new(),
-            rx_starved_at: None,
-            tx_blocked: false,
-            backend_failed: false,
-            stats: NetStats::default(),
-            scratch: Scratch::default(),
+            io: Io {
+                backend,
+                name: name.into(),
+                mem,
+                interrupt,
+                acked: 0,
+                backend_failed: false,
+                stats: NetStats::default(),
+            },
+            rx: Rx::new(),
+            tx: Tx::default(),
         };
         Self {
             features,
             config,
             serving: Arc::new(Mutex::new(serving)),
-            wake,
+            wake: Arc::new(wake),
         }
     }
 
-    /// The handle the serving thread uses.
+    /// A handle on the serving side (for counters, or to serve on the calling thread).
     pub fn server(&self) -> NetServer<B> {
         NetServer(self.serving.clone())
+    }
+
+    /// The I/O handler for the device's worker thread; `queues` are the receive and transmit
+    /// queues' notification events, in that order.
+    pub fn handler(&self, [rx, tx]: [EventFd; 2]) -> NetHandler<B> {
+        NetHandler {
+            server: self.server(),
+            wake: self.wake.clone(),
+            rx,
+            tx,
+            rx_more: false,
+            tx_more: false,
+        }
     }
 
     fn wake(&self) {
@@ -235,558 +316,19 @@ fn tap_offloads(acked: u64) -> u32 {
     flags
 }
 
-/// A receive chain's buffers, or why it cannot take data.
-fn writable_segments(
-    mem: &GuestMemoryMmap,
-    chain: Chain<'_>,
-) -> Result<Vec<Segment>, &'static str> {
-    let mut segments = Vec::new();
-    for desc in chain {
-        let desc = desc.map_err(|_| "a receive chain is malformed")?;
-        if !desc.is_write_only() {
-            return Err("a receive buffer is device-readable");
-        }
-        let seg = Segment::checked(mem, desc.addr(), desc.len())
-            .ok_or("a receive buffer lies outside guest memory")?;
-        segments.push(seg);
-    }
-    Ok(segments)
-}
-
-/// Collects a transmit chain's buffers into `segments`, or says why the frame is dropped.
-fn readable_segments(
-    mem: &GuestMemoryMmap,
-    chain: Chain<'_>,
-    segments: &mut Vec<Segment>,
-) -> Result<(), String> {
-    segments.clear();
-    for desc in chain {
-        let desc = desc.map_err(|e| e.to_string())?;
-        if desc.is_write_only() {
-            return Err("a transmit buffer is device-writable".into());
-        }
-        let seg = Segment::checked(mem, desc.addr(), desc.len()).ok_or_else(|| {
-            format!(
-                "transmit buffer {:#x}+{} lies outside guest memory",
-                desc.addr().0,
-                desc.len()
-            )
-        })?;
-        segments.push(seg);
-    }
-    Ok(())
-}
-
-/// How reading a frame straight into guest buffers went.
-enum Direct {
-    /// A frame was read; how delivering it went.
-    Done(Delivery),
-    /// The backend has no frame, or failed.
-    Empty,
-    /// The guest's buffers cannot be used directly: use the buffered path.
-    NoRoom,
-}
-
 /// iovecs into guest memory, kept between frames so the hot paths allocate nothing.
 #[derive(Default)]
-struct IoVecs(VecDeque<libc::iovec>);
+pub(super) struct IoVecs(pub(super) VecDeque<libc::iovec>);
 
 // SAFETY: the iovecs point into the guest memory mapping that the same `Serving` keeps alive
 // (through `mem`); they are only dereferenced by the kernel in calls made while the serving
 // lock is held, on whichever thread holds it.
 unsafe impl Send for IoVecs {}
 
-/// A receive chain the device has popped and not yet filled.
-struct Held {
-    head: u16,
-    room: u64,
-    segments: usize,
-    iovecs: usize,
-}
-
-/// Working state reused from frame to frame.
-#[derive(Default)]
-struct Scratch {
-    /// Receive chains taken from the ring, oldest first: always the last ones popped, so
-    /// they can be handed back by stepping the ring's index back.
-    held: VecDeque<Held>,
-    held_segments: VecDeque<Segment>,
-    held_iovecs: IoVecs,
-    held_room: u64,
-    /// A transmit chain's buffers, and their iovecs.
-    tx_segments: Vec<Segment>,
-    tx_iovecs: IoVecs,
-}
-
-impl Scratch {
-    fn forget_held(&mut self) {
-        self.held.clear();
-        self.held_segments.clear();
-        self.held_iovecs.0.clear();
-        self.held_room = 0;
-    }
-}
-
-/// How delivering the pending frame went.
-enum Delivery {
-    Done,
-    /// Too little room now; wait for the driver to add buffers.
-    Starved,
-    /// The frame cannot be delivered; it is dropped.
-    Dropped(&'static str),
-}
-
-impl<B: Backend> Serving<B> {
-    fn has(&self, bit: u32) -> bool {
+impl<B> Io<B> {
+    /// Whether the driver acknowledged feature `bit`.
+    pub(super) fn has(&self, bit: u32) -> bool {
         self.acked & (1 << bit) != 0
-    }
-
-    fn process_rx(&mut self, budget: usize) -> bool {
-        if self.rx.is_none() || self.backend_failed {
-            return false;
-        }
-        if let Some(seen) = self.rx_starved_at {
-            // Woken by a notification: go on only if the driver really added buffers.
-            match self.avail_idx() {
-                Some(now) if now != seen => self.rx_starved_at = None,
-                Some(_) => return false,
-                None => return false,
-            }
-        }
-        let mut delivered = 0;
-        let mut more = false;
-        loop {
-            let result = if self.pending > 0 {
-                self.deliver()
-            } else {
-                match self.receive_direct() {
-                    Direct::Done(result) => result,
-                    Direct::Empty => break,
-                    Direct::NoRoom => {
-                        if !self.read_frame() {
-                            break;
-                        }
-                        self.deliver()
-                    }
-                }
-            };
-            match result {
-                Delivery::Done => delivered += 1,
-                Delivery::Starved => {
-                    let Some(seen) = self.avail_idx() else { break };
-                    self.rx_starved_at = Some(seen);
-                    // Ask for a notification, then look once more: buffers the driver added
-                    // in between would not notify.
-                    let Some(queue) = self.rx.as_mut() else { break };
-                    if let Err(err) = queue.enable_notification(&self.mem) {
-                        self.queue_failed(RX, err.into());
-                        break;
-                    }
-                    match self.avail_idx() {
-                        Some(now) if now != seen => self.rx_starved_at = None,
-                        _ => break,
-                    }
-                }
-                Delivery::Dropped(why) => {
-                    warn!("virtio-net {}: received frame dropped: {why}", self.name);
-                    self.stats.rx_dropped += 1;
-                }
-            }
-            if delivered >= budget {
-                more = true;
-                break;
-            }
-        }
-        if let Some(queue) = self.rx.as_mut() {
-            signal_used(queue, &self.mem, &self.interrupt, delivered);
-        }
-        more
-    }
-
-    fn avail_idx(&mut self) -> Option<Wrapping<u16>> {
-        let queue = self.rx.as_ref()?;
-        match queue.avail_idx(&self.mem, Ordering::Acquire) {
-            Ok(idx) => Some(idx),
-            Err(err) => {
-                self.queue_failed(RX, err.into());
-                None
-            }
-        }
-    }
-
-    /// Gives the receive chains the device holds back to the ring, unfilled.
-    fn release_held(&mut self) {
-        if let Some(queue) = self.rx.as_mut() {
-            let held = self.scratch.held.len() as u16;
-            queue.set_next_avail(queue.next_avail().wrapping_sub(held));
-        }
-        self.scratch.forget_held();
-    }
-
-    /// Tops the held receive chains up to room for the largest frame. False if they cannot
-    /// take a frame directly: a malformed chain (left for the buffered path, which returns it
-    /// and counts the drop), or too little room without mergeable buffers. With mergeable
-    /// buffers less room is fine: what does not fit spills into the device's buffer, which is
-    /// also what happens once the device holds [`MAX_HELD_SEGMENTS`] buffers or a whole ring's
-    /// worth of chains, so a guest publishing empty buffers cannot make it hold more.
-    fn hold_room(&mut self) -> bool {
-        let mergeable = self.has(features::MRG_RXBUF);
-        let Some(queue) = self.rx.as_mut() else {
-            return false;
-        };
-        let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
-        let mem = &self.mem;
-        let sc = &mut self.scratch;
-        // One read of the available index for the whole top-up.
-        let Ok(mut avail) = queue.iter(mem) else {
-            self.release_held();
-            return false;
-        };
-        let mut bad = false;
-        while sc.held_room < BUF_LEN as u64
-            && (mergeable || sc.held.is_empty())
-            && sc.held.len() < usize::from(size)
-            && sc.held_segments.len() < MAX_HELD_SEGMENTS
-            && !bad
-        {
-            let Some(chain) = avail.next() else {
-                break;
-            };
-            let head = chain.head_index();
-            let (mut room, mut segments, mut iovecs) = (0, 0, 0);
-            for desc in Chain::in_table(mem, table, size, head) {
-                let Some(seg) = desc.ok().and_then(|desc| {
-                    Segment::checked(mem, desc.addr(), desc.len()).filter(|_| desc.is_write_only())
-                }) else {
-                    bad = true;
-                    break;
-                };
-                let Ok(count) = chain::push_iovecs(mem, seg, &mut sc.held_iovecs.0) else {
-                    bad = true;
-                    break;
-                };
-                room += seg.len;
-                segments += 1;
-                iovecs += count;
-                sc.held_segments.push_back(seg);
-            }
-            sc.held.push_back(Held {
-                head,
-                room,
-                segments,
-                iovecs,
-            });
-            sc.held_room += room;
-        }
-        if bad || (!mergeable && self.scratch.held_room < BUF_LEN as u64) {
-            self.release_held();
-            return false;
-        }
-        true
-    }
-
-    /// Reads the next frame straight into the guest's receive buffers. When they might be too
-    /// small for it (mergeable buffers running low), the device's buffer catches the rest,
-    /// which [`Serving::deliver`] copies into further buffers as the driver adds them.
-    fn receive_direct(&mut self) -> Direct {
-        if !self.hold_room() {
-            return Direct::NoRoom;
-        }
-        let room = self.scratch.held_room;
-        let spill = (BUF_LEN as u64).saturating_sub(room) as usize;
-        if spill > 0 {
-            self.scratch.held_iovecs.0.push_back(libc::iovec {
-                iov_base: self.buf.as_mut_ptr().cast(),
-                iov_len: spill,
-            });
-        }
-        let read = loop {
-            let iovecs = self.scratch.held_iovecs.0.make_contiguous();
-            // SAFETY: the iovecs cover guest memory checked against the memory map, mapped
-            // for as long as `mem` lives (receive buffers the driver gave the device to
-            // write), and the start of `buf`, which this call borrows exclusively.
-            match unsafe { self.backend.recv_vectored(iovecs) } {
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                other => break other,
-            }
-        };
-        if spill > 0 {
-            self.scratch.held_iovecs.0.pop_back();
-        }
-        let n = match read {
-            Ok(n) if n >= VNET_HDR_LEN => n,
-            // Nothing usable arrived; the chains stay held.
-            Ok(_) => return Direct::Done(Delivery::Dropped("the host sent a runt frame")),
-            Err(err) => {
-                if err.kind() != io::ErrorKind::WouldBlock {
-                    warn!(
-                        "virtio-net {}: cannot read from the host ({err}); receiving stops",
-                        self.name
-                    );
-                    self.backend_failed = true;
-                    self.release_held();
-                }
-                // The chains stay held for the next frame.
-                return Direct::Empty;
-            }
-        };
-        // Move the chains the frame filled from held to the frame being delivered.
-        let sc = &mut self.scratch;
-        let mut left = n as u64;
-        while left > 0 {
-            let Some(h) = sc.held.pop_front() else { break };
-            let take = h.room.min(left);
-            left -= take;
-            if self.partial.is_empty() {
-                self.partial_first.clear();
-                self.partial_first
-                    .extend(sc.held_segments.range(..h.segments).copied());
-            }
-            sc.held_segments.drain(..h.segments);
-            sc.held_iovecs.0.drain(..h.iovecs);
-            sc.held_room -= h.room;
-            self.partial.push((h.head, take as u32));
-        }
-        self.frame_len = n;
-        // Whatever spilled is still to be delivered, from the start of `buf`.
-        self.pending = left as usize;
-        self.pending_at = 0;
-        Direct::Done(self.deliver())
-    }
-
-    /// Reads the next frame from the backend; false if there is none.
-    fn read_frame(&mut self) -> bool {
-        loop {
-            match self.backend.recv(&mut self.buf) {
-                Ok(n) if n >= VNET_HDR_LEN => {
-                    self.pending = n;
-                    self.pending_at = 0;
-                    self.frame_len = n;
-                    return true;
-                }
-                Ok(n) => {
-                    warn!("virtio-net {}: the host sent a {n}-byte frame", self.name);
-                    self.stats.rx_dropped += 1;
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    warn!(
-                        "virtio-net {}: cannot read from the host ({err}); receiving stops",
-                        self.name
-                    );
-                    self.backend_failed = true;
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Writes the rest of the frame being delivered (`pending` bytes of `buf` from
-    /// `pending_at`, after the chains in `partial`) into as many further receive chains as it
-    /// needs (one without mergeable buffers), then returns them all to the driver.
-    fn deliver(&mut self) -> Delivery {
-        let mergeable = self.has(features::MRG_RXBUF);
-        let Some(queue) = self.rx.as_mut() else {
-            return Delivery::Starved;
-        };
-        let mem = &self.mem;
-        let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
-        let start = queue.next_avail();
-        let before = self.partial.len();
-        let end = self.pending_at + self.pending;
-        let mut at = self.pending_at;
-        while at < end {
-            if self.partial.len() >= usize::from(size) {
-                // No frame needs more chains than the ring holds; a driver that keeps
-                // publishing empty ones cannot keep this loop going.
-                return self.abandon("larger than all the receive buffers together");
-            }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                // Nothing more is returned now: the chains taken in this attempt stay
-                // available.
-                let taken = self.partial.len();
-                queue.set_next_avail(start);
-                self.partial.truncate(before);
-                if taken >= usize::from(queue.size()) {
-                    return self.abandon("larger than all the receive buffers together");
-                }
-                self.pending_at = at;
-                self.pending = end - at;
-                return Delivery::Starved;
-            };
-            let head = chain.head_index();
-            let segments = match writable_segments(mem, Chain::in_table(mem, table, size, head)) {
-                Ok(segments) => segments,
-                Err(why) => {
-                    // Returned empty with the frame's other chains, so the ring moves on.
-                    self.partial.push((head, 0));
-                    return self.abandon(why);
-                }
-            };
-            let room = chain::total(&segments);
-            if !mergeable && room < self.frame_len as u64 {
-                queue.set_next_avail(start);
-                self.partial.truncate(before);
-                return self.abandon("larger than the receive buffer");
-            }
-            let n = chain::write_bytes(mem, &segments, 0, &self.buf[at..end]).unwrap_or(0);
-            if self.partial.is_empty() {
-                self.partial_first = segments;
-            }
-            self.partial.push((head, n as u32));
-            at += n;
-            if n == 0 && room > 0 {
-                return self.abandon("a receive buffer cannot be written");
-            }
-        }
-        // The header is the first bytes of the first chain, which holds at least them (frames
-        // are longer than the header and each chain took as much as it could).
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        let header = chain::read_into(mem, &self.partial_first, &mut hdr).and_then(|()| {
-            frame::prepare_rx(&mut hdr, self.partial.len() as u16, self.acked);
-            chain::write_bytes(mem, &self.partial_first, 0, &hdr).map(|_| ())
-        });
-        if header.is_err() {
-            return self.abandon("a receive buffer cannot be written");
-        }
-        for &(head, len) in &self.partial {
-            if let Err(err) = queue.add_used(mem, head, len) {
-                self.queue_failed(RX, err.into());
-                return Delivery::Starved;
-            }
-        }
-        self.stats.rx_frames += 1;
-        self.stats.rx_bytes += (self.frame_len - VNET_HDR_LEN) as u64;
-        self.partial.clear();
-        self.pending = 0;
-        Delivery::Done
-    }
-
-    /// Drops the frame being delivered: the chains it took go back to the driver empty.
-    fn abandon(&mut self, why: &'static str) -> Delivery {
-        self.pending = 0;
-        let chains = std::mem::take(&mut self.partial);
-        if let Some(queue) = self.rx.as_mut() {
-            for (head, _) in chains {
-                if let Err(err) = queue.add_used(&self.mem, head, 0) {
-                    self.queue_failed(RX, err.into());
-                    break;
-                }
-            }
-        }
-        Delivery::Dropped(why)
-    }
-
-    fn process_tx(&mut self, budget: usize) -> bool {
-        if self.backend_failed {
-            return false;
-        }
-        let Some(queue) = self.tx.as_mut() else {
-            return false;
-        };
-        let (mem, backend, stats, name, acked, scratch) = (
-            &self.mem,
-            &mut self.backend,
-            &mut self.stats,
-            &self.name,
-            self.acked,
-            &mut self.scratch,
-        );
-        let mut blocked = false;
-        let served = serve_chains(queue, mem, budget, |chain| {
-            match transmit(mem, backend, chain, acked, scratch) {
-                Ok(len) => {
-                    stats.tx_frames += 1;
-                    stats.tx_bytes += len as u64;
-                }
-                Err(TxError::Full) => {
-                    blocked = true;
-                    return Step::Retry;
-                }
-                Err(TxError::Drop(why)) => {
-                    warn!("virtio-net {name}: transmitted frame dropped: {why}");
-                    stats.tx_dropped += 1;
-                }
-            }
-            Step::Used(0)
-        });
-        self.tx_blocked = blocked;
-        match served {
-            Ok(served) => {
-                signal_used(queue, mem, &self.interrupt, served.count);
-                served.more && !blocked
-            }
-            Err(err) => {
-                self.queue_failed(TX, err);
-                false
-            }
-        }
-    }
-
-    fn queue_failed(&mut self, index: usize, err: QueueError) {
-        let which = if index == RX { "receive" } else { "transmit" };
-        warn!("virtio-net {}: {which} queue: {err}", self.name);
-        if index == RX {
-            self.scratch.forget_held();
-            self.rx = None;
-        } else {
-            self.tx = None;
-        }
-    }
-}
-
-/// Why a transmit did not happen.
-enum TxError {
-    /// The backend is full; try again when it is writable.
-    Full,
-    /// The frame is dropped.
-    Drop(String),
-}
-
-/// Checks one transmit chain and writes its frame to the backend; returns the frame's length.
-fn transmit<B: Backend>(
-    mem: &GuestMemoryMmap,
-    backend: &mut B,
-    chain: Chain<'_>,
-    acked: u64,
-    scratch: &mut Scratch,
-) -> Result<usize, TxError> {
-    let segments = &mut scratch.tx_segments;
-    readable_segments(mem, chain, segments).map_err(TxError::Drop)?;
-    let total = chain::total(segments);
-    let len = total.saturating_sub(VNET_HDR_LEN as u64);
-    if len > MAX_FRAME_LEN as u64 {
-        return Err(TxError::Drop(frame::FrameError::TooLong(len).to_string()));
-    }
-    let len = len as usize;
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    chain::read_into(mem, segments, &mut hdr)
-        .map_err(|_| TxError::Drop(frame::FrameError::TooShort(0).to_string()))?;
-    frame::check_tx(&VnetHeader::parse(&hdr), len, acked)
-        .map_err(|e| TxError::Drop(e.to_string()))?;
-    let iovecs = &mut scratch.tx_iovecs.0;
-    iovecs.clear();
-    for seg in segments.iter() {
-        chain::push_iovecs(mem, *seg, iovecs).map_err(|e| TxError::Drop(e.to_string()))?;
-    }
-    let iovecs = iovecs.make_contiguous();
-    if iovecs.len() > libc::UIO_MAXIOV as usize {
-        return Err(TxError::Drop(format!(
-            "the frame is split into {} pieces",
-            iovecs.len()
-        )));
-    }
-    loop {
-        // SAFETY: the iovecs cover guest memory checked against the memory map, which stays
-        // mapped for as long as `mem` lives, longer than this call; the kernel only reads it.
-        match unsafe { backend.send(iovecs) } {
-            Ok(n) if n as u64 == total => return Ok(len),
-            Ok(n) => return Err(TxError::Drop(format!("the host took {n} of {total} bytes"))),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(TxError::Full),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(TxError::Drop(format!("the host refused it: {err}"))),
-        }
     }
 }
 
@@ -815,21 +357,18 @@ impl<B: Backend> VirtioDevice for Net<B> {
         let tx = queues.pop().ok_or(ActivateError::QueueNotReady(TX))?;
         let rx = queues.pop().ok_or(ActivateError::QueueNotReady(RX))?;
         let mut s = lock(&self.serving);
-        if let Err(err) = s.backend.set_offload(tap_offloads(features)) {
+        if let Err(err) = s.io.backend.set_offload(tap_offloads(features)) {
             warn!(
                 "virtio-net {}: cannot set the TAP's offloads: {err}",
-                s.name
+                s.io.name
             );
         }
-        s.acked = features;
-        s.scratch.forget_held();
-        s.rx = Some(rx);
-        s.tx = Some(tx);
-        s.rx_starved_at = None;
-        s.tx_blocked = false;
+        s.io.acked = features;
+        s.rx.activate(rx);
+        s.tx.activate(tx);
         // A backend that failed is tried again: a reset is how a driver recovers a device,
         // and a TAP error may have been passing.
-        s.backend_failed = false;
+        s.io.backend_failed = false;
         drop(s);
         self.wake();
         Ok(())
@@ -837,16 +376,13 @@ impl<B: Backend> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         let mut s = lock(&self.serving);
-        s.rx = None;
-        s.tx = None;
-        s.scratch.forget_held();
-        s.pending = 0;
-        s.partial.clear();
-        s.acked = 0;
-        if let Err(err) = s.backend.set_offload(0) {
+        s.rx.reset();
+        s.tx.queue = None;
+        s.io.acked = 0;
+        if let Err(err) = s.io.backend.set_offload(0) {
             warn!(
                 "virtio-net {}: cannot clear the TAP's offloads: {err}",
-                s.name
+                s.io.name
             );
         }
         drop(s);
@@ -857,9 +393,12 @@ impl<B: Backend> VirtioDevice for Net<B> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::io;
 
     use vm_memory::{Bytes, GuestAddress};
 
+    use super::super::rx::MAX_HELD_SEGMENTS;
+    use super::super::{VNET_HDR_LEN, frame};
     use super::*;
     use crate::virtio::testing::Driver;
 
@@ -987,7 +526,7 @@ mod tests {
         }
 
         fn inbound(&self, frame: Vec<u8>) {
-            lock(&self.net.serving).backend.inbound.push_back(frame);
+            lock(&self.net.serving).io.backend.inbound.push_back(frame);
         }
 
         fn stats(&self) -> NetStats {
@@ -1192,7 +731,7 @@ mod tests {
         // Half the room the first frame needs: nothing is returned, reading stops.
         assert!(rig.rx.take_used(&rig.mem).unwrap().is_empty());
         assert!(!rig.server.interest().readable);
-        assert_eq!(lock(&rig.net.serving).backend.inbound.len(), 1);
+        assert_eq!(lock(&rig.net.serving).io.backend.inbound.len(), 1);
         // A notification without new buffers changes nothing.
         rig.server.process_rx(64);
         assert!(!rig.server.interest().readable);
@@ -1231,19 +770,19 @@ mod tests {
             rig.server.process_rx(64);
             let s = lock(&rig.net.serving);
             assert!(
-                s.scratch.held.len() <= 16,
+                s.rx.scratch.held.len() <= 16,
                 "kick {kick}: {}",
-                s.scratch.held.len()
+                s.rx.scratch.held.len()
             );
-            assert!(s.scratch.held_segments.len() <= MAX_HELD_SEGMENTS);
-            assert!(s.scratch.held_iovecs.0.capacity() <= 2 * MAX_HELD_SEGMENTS);
+            assert!(s.rx.scratch.held_segments.len() <= MAX_HELD_SEGMENTS);
+            assert!(s.rx.scratch.held_iovecs.0.capacity() <= 2 * MAX_HELD_SEGMENTS);
         }
     }
 
     #[test]
     fn a_failed_tap_read_stops_receiving_until_the_driver_resets_the_device() {
         let mut rig = Rig::new(all());
-        lock(&rig.net.serving).backend.failing_reads = 1;
+        lock(&rig.net.serving).io.backend.failing_reads = 1;
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
         rig.rx.add(&rig.mem, &[(BUFS, 2000, true)]).unwrap();
         rig.server.process_rx(64);
@@ -1341,7 +880,7 @@ mod tests {
         }
         rig.server.process_rx(64);
         // Three frames, then the read that found the TAP empty.
-        assert_eq!(lock(&rig.net.serving).backend.direct_reads, 4);
+        assert_eq!(lock(&rig.net.serving).io.backend.direct_reads, 4);
         let used = rig.rx.take_used(&rig.mem).unwrap();
         // Chains beyond what a frame fills stay available for the next one.
         assert_eq!(used, [(0, 8192), (2, 1820), (3, 72), (4, 3012)]);
@@ -1410,7 +949,7 @@ mod tests {
         rig.tx.set_avail_idx(&rig.mem, 1000).unwrap();
         assert!(!rig.server.process_tx(64));
         assert!(!rig.server.interest().writable);
-        assert!(lock(&rig.net.serving).tx.is_none());
+        assert!(lock(&rig.net.serving).tx.queue.is_none());
         rig.inbound(frame([0; VNET_HDR_LEN], 100));
         rig.rx.set_avail_idx(&rig.mem, 1000).unwrap();
         rig.server.process_rx(64);

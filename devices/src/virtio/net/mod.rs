@@ -3,15 +3,17 @@
 //! [`tap::Tap`] owns the TAP file descriptor (opened non-blocking with a virtio-net header on
 //! every frame, so offloads pass through untouched); [`frame`] checks the headers a guest
 //! sends; [`device::Net`] is the virtio device with its receive and transmit queues. The
-//! device never blocks: it reports which TAP readiness it waits for
-//! ([`device::NetServer::interest`]) and the VMM's I/O thread polls for it, so an idle or
+//! device never blocks: its [`device::NetHandler`] names the TAP readiness it waits for
+//! ([`device::NetServer::interest`]) and the VMM's I/O worker polls for it, so an idle or
 //! back-pressured device costs no CPU.
 
 pub mod device;
 pub mod frame;
+mod rx;
 pub mod tap;
+mod tx;
 
-pub use device::{Net, NetServer, NetStats};
+pub use device::{Net, NetHandler, NetServer, NetStats};
 pub use tap::{Tap, TapError};
 
 /// The virtio device id of a network device.

@@ -1,0 +1,157 @@
+//! The transmitting half of a virtio-net device: frames from the guest's transmit queue to the
+//! backend, straight from guest memory (writev). A transmit the backend refuses (EAGAIN) stays
+//! in the ring until the backend is writable.
+
+use std::io;
+
+use log::warn;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::device::{Io, IoVecs};
+use super::frame::{self, VnetHeader};
+use super::tap::Backend;
+use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::virtio::chain::{self, Chain, Segment};
+use crate::virtio::{Step, serve_chains, signal_used};
+
+/// Everything transmitting needs besides what both directions share ([`Io`]).
+#[derive(Default)]
+pub(super) struct Tx {
+    pub(super) queue: Option<Queue>,
+    /// The backend refused a frame; wait until it is writable.
+    pub(super) blocked: bool,
+    /// A transmit chain's buffers, and their iovecs, reused from frame to frame.
+    segments: Vec<Segment>,
+    iovecs: IoVecs,
+}
+
+impl Tx {
+    /// Starts serving `queue` (the driver activated the device).
+    pub(super) fn activate(&mut self, queue: Queue) {
+        self.queue = Some(queue);
+        self.blocked = false;
+    }
+
+    /// Moves frames from the guest to the backend (at most `budget`); true if more may be
+    /// waiting.
+    pub(super) fn process<B: Backend>(&mut self, io: &mut Io<B>, budget: usize) -> bool {
+        if io.backend_failed {
+            return false;
+        }
+        let Some(queue) = self.queue.as_mut() else {
+            return false;
+        };
+        let (mem, backend, stats, name, acked) =
+            (&io.mem, &mut io.backend, &mut io.stats, &io.name, io.acked);
+        let (segments, iovecs) = (&mut self.segments, &mut self.iovecs);
+        let mut blocked = false;
+        let served = serve_chains(queue, mem, budget, |chain| {
+            match transmit(mem, backend, chain, acked, segments, iovecs) {
+                Ok(len) => {
+                    stats.tx_frames += 1;
+                    stats.tx_bytes += len as u64;
+                }
+                Err(TxError::Full) => {
+                    blocked = true;
+                    return Step::Retry;
+                }
+                Err(TxError::Drop(why)) => {
+                    warn!("virtio-net {name}: transmitted frame dropped: {why}");
+                    stats.tx_dropped += 1;
+                }
+            }
+            Step::Used(0)
+        });
+        self.blocked = blocked;
+        match served {
+            Ok(served) => {
+                signal_used(queue, mem, &io.interrupt, served.count);
+                served.more && !blocked
+            }
+            Err(err) => {
+                warn!("virtio-net {name}: transmit queue: {err}");
+                self.queue = None;
+                false
+            }
+        }
+    }
+}
+
+/// Why a transmit did not happen.
+enum TxError {
+    /// The backend is full; try again when it is writable.
+    Full,
+    /// The frame is dropped.
+    Drop(String),
+}
+
+/// Checks one transmit chain and writes its frame to the backend; returns the frame's length.
+fn transmit<B: Backend>(
+    mem: &GuestMemoryMmap,
+    backend: &mut B,
+    chain: Chain<'_>,
+    acked: u64,
+    segments: &mut Vec<Segment>,
+    iovecs: &mut IoVecs,
+) -> Result<usize, TxError> {
+    readable_segments(mem, chain, segments).map_err(TxError::Drop)?;
+    let total = chain::total(segments);
+    let len = total.saturating_sub(VNET_HDR_LEN as u64);
+    if len > MAX_FRAME_LEN as u64 {
+        return Err(TxError::Drop(frame::FrameError::TooLong(len).to_string()));
+    }
+    let len = len as usize;
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    chain::read_into(mem, segments, &mut hdr)
+        .map_err(|_| TxError::Drop(frame::FrameError::TooShort(0).to_string()))?;
+    frame::check_tx(&VnetHeader::parse(&hdr), len, acked)
+        .map_err(|e| TxError::Drop(e.to_string()))?;
+    let iovecs = &mut iovecs.0;
+    iovecs.clear();
+    for seg in segments.iter() {
+        chain::push_iovecs(mem, *seg, iovecs).map_err(|e| TxError::Drop(e.to_string()))?;
+    }
+    let iovecs = iovecs.make_contiguous();
+    if iovecs.len() > libc::UIO_MAXIOV as usize {
+        return Err(TxError::Drop(format!(
+            "the frame is split into {} pieces",
+            iovecs.len()
+        )));
+    }
+    loop {
+        // SAFETY: the iovecs cover guest memory checked against the memory map, which stays
+        // mapped for as long as `mem` lives, longer than this call; the kernel only reads it.
+        match unsafe { backend.send(iovecs) } {
+            Ok(n) if n as u64 == total => return Ok(len),
+            Ok(n) => return Err(TxError::Drop(format!("the host took {n} of {total} bytes"))),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(TxError::Full),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(TxError::Drop(format!("the host refused it: {err}"))),
+        }
+    }
+}
+
+/// Collects a transmit chain's buffers into `segments`, or says why the frame is dropped.
+fn readable_segments(
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+    segments: &mut Vec<Segment>,
+) -> Result<(), String> {
+    segments.clear();
+    for desc in chain {
+        let desc = desc.map_err(|e| e.to_string())?;
+        if desc.is_write_only() {
+            return Err("a transmit buffer is device-writable".into());
+        }
+        let seg = Segment::checked(mem, desc.addr(), desc.len()).ok_or_else(|| {
+            format!(
+                "transmit buffer {:#x}+{} lies outside guest memory",
+                desc.addr().0,
+                desc.len()
+            )
+        })?;
+        segments.push(seg);
+    }
+    Ok(())
+}
