@@ -68,7 +68,8 @@ pub struct BlockStats {
 }
 
 impl BlockStats {
-    /// The counters by their metric names (Firecracker's), in the order metrics report them.
+    /// The counters by their metric names (Firecracker's, and ember's `sync_count`), in the
+    /// order metrics report them.
     pub fn counters(&self) -> [(&'static str, u64); 8] {
         [
             ("read_count", self.read_count),
