@@ -38,6 +38,9 @@ pub struct VmConfig {
     /// Where counters are written.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// Where the guest's console output goes (`PUT /serial`); absent: the command line says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name.
     #[serde(flatten, skip_serializing)]
     pub unsupported: UnsupportedSections,
@@ -203,6 +206,14 @@ pub struct LoggerConfig {
     /// Only log this module.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<String>,
+}
+
+/// `serial` (`PUT /serial`): where the guest's console output goes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// A file or named pipe; absent: unchanged.
+    pub serial_out_path: Option<String>,
 }
 
 /// `metrics` (`PUT /metrics`): where counters are written.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::http::{Method, Request};
 use crate::model::{
-    BootSource, Drive, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
+    BootSource, Drive, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface, SerialConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -107,14 +107,6 @@ pub struct PartialNetworkInterface {
     pub rx_rate_limiter: Option<Value>,
     /// Transmit rate limiter; not implemented by ember.
     pub tx_rate_limiter: Option<Value>,
-}
-
-/// `PUT /serial`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialConfig {
-    /// Where the guest's console output goes.
-    pub serial_out_path: Option<String>,
 }
 
 #[derive(Deserialize)]

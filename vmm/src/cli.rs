@@ -14,6 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
+use crate::spec::RunOptions;
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
 const SHORT_FOOTER: &str = "Console: Ctrl-A x ends the VM, Ctrl-A h lists the console keys. \
@@ -273,7 +274,7 @@ pub enum CliError {
     /// A `--disk` value is malformed.
     #[error(transparent)]
     Disk(#[from] ArgError),
-    /// The configuration is invalid.
+    /// The config file cannot be read.
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -312,8 +313,19 @@ impl VmArgs {
         })
     }
 
-    /// The microVM the flags (or the config file) describe, validated. `--metrics-path`
-    /// wins over a config file's `metrics`.
+    /// The options of this run that Firecracker's configuration model has no place for.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            timeout: self.timeout,
+            serial_out: self.serial_out.clone(),
+            serial_out_max_bytes: self.serial_out_max_bytes,
+            boot_timer: self.boot_timer,
+        }
+    }
+
+    /// The microVM the flags (or the config file) describe, in Firecracker's model (checked
+    /// when it becomes a [`crate::spec::VmSpec`]). `--metrics-path` wins over a config
+    /// file's `metrics`.
     pub fn vm_config(&self) -> Result<VmConfig, CliError> {
         let mut cfg = match &self.config_file {
             Some(path) => config::load_config_file(path)?,
@@ -346,7 +358,6 @@ impl VmArgs {
         if let Some(metrics) = self.metrics() {
             cfg.metrics = Some(metrics);
         }
-        config::validate(&cfg)?;
         Ok(cfg)
     }
 }
@@ -386,9 +397,7 @@ mod tests {
             "--kernel", "vmlinux", "--vcpus", "2", "--memory", "256", "--initrd", "i.cpio",
         ])
         .unwrap();
-        let cfg = cli.args().vm_config();
-        // drives are not in this config, so it validates
-        let cfg = cfg.unwrap();
+        let cfg = cli.args().vm_config().unwrap();
         let boot = cfg.boot_source.unwrap();
         assert_eq!(boot.kernel_image_path, "vmlinux");
         assert_eq!(boot.initrd_path.as_deref(), Some("i.cpio"));
@@ -444,16 +453,22 @@ mod tests {
         );
     }
 
+    /// What `ember` boots for these flags, or why not.
+    fn spec(args: &[&str]) -> Result<crate::spec::VmSpec, String> {
+        let cli = parse(args).map_err(|e| e.to_string())?;
+        let cfg = cli.args().vm_config().map_err(|e| e.to_string())?;
+        crate::spec::VmSpec::new(&cfg, &cli.args().run_options()).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn zero_vcpus_and_no_kernel_are_config_errors() {
-        let err = parse(&["--kernel", "k", "--vcpus", "0"])
-            .unwrap()
-            .args()
-            .vm_config()
-            .unwrap_err();
-        assert!(err.to_string().contains("vcpu_count"), "{err}");
-        let err = parse(&[]).unwrap().args().vm_config().unwrap_err();
-        assert!(err.to_string().contains("--kernel"), "{err}");
+        let err = spec(&["--kernel", "k", "--vcpus", "0"]).unwrap_err();
+        assert!(err.contains("vcpu_count"), "{err}");
+        let err = spec(&[]).unwrap_err();
+        assert!(err.contains("--kernel"), "{err}");
+        let ok = spec(&["--kernel", "k", "--serial-out", "a.log", "--timeout", "2"]).unwrap();
+        assert_eq!(ok.serial_out, [PathBuf::from("a.log")]);
+        assert_eq!(ok.timeout, Some(Duration::from_secs(2)));
     }
 
     #[test]
@@ -501,7 +516,7 @@ mod tests {
             parse_net("tap=t,mtu=big", 0),
             Err(ArgError::Mtu("tap=t,mtu=big".into()))
         );
-        let cli = parse(&[
+        let err = spec(&[
             "--kernel",
             "k",
             "--net",
@@ -509,8 +524,7 @@ mod tests {
             "--net",
             "tap=tap1,mac=zz",
         ])
-        .unwrap();
-        let err = cli.args().vm_config().unwrap_err().to_string();
+        .unwrap_err();
         assert!(
             err.contains("network interface 'eth1': guest_mac 'zz' is not a MAC address"),
             "{err}"

@@ -1,9 +1,11 @@
 //! ember: a KVM microVM monitor.
 //!
-//! One process runs one microVM. [`builder::run`] turns a [`api_server::model::VmConfig`] into a
-//! running VM: guest memory, the kernel and its boot structures, the legacy devices, one thread
-//! per vCPU, and an event loop on the calling thread that feeds the console and waits for a
-//! reason to stop ([`controller`]). The [`ExitStatus`] it returns is ember's process exit status,
+//! One process runs one microVM. A configuration in Firecracker's model
+//! ([`api_server::model::VmConfig`], from flags, a config file or the API) is parsed once into a
+//! [`spec::VmSpec`]; [`builder::run`] turns that into a running VM: guest memory, the kernel and
+//! its boot structures, the devices ([`device_manager`]), one thread per vCPU, and an event loop
+//! on the calling thread that feeds the console, answers the API ([`lifecycle`]) and waits for
+//! a reason to stop ([`controller`]). The [`ExitStatus`] it returns is ember's process exit status,
 //! which CI users script against.
 
 pub mod api;
@@ -14,15 +16,17 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod controller;
+pub mod device_manager;
 pub mod escape;
 pub mod io_worker;
+pub mod lifecycle;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod pause;
 pub mod poll;
+pub mod spec;
 pub mod vcpu;
-pub mod virtio_devices;
 pub mod vm;
 
 /// How an ember process ends. The numbers are part of ember's interface (see the README).

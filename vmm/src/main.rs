@@ -2,15 +2,18 @@
 
 use std::error::Error;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use api_server::model::VmConfig;
-use api_server::request::VmmAction;
 use clap::Parser;
+use devices::sync::lock;
 use vmm::ExitStatus;
-use vmm::builder::{self, ApiHook, RunOptions};
+use vmm::builder;
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
+use vmm::lifecycle::{Lifecycle, VmState};
 use vmm::poll::{poll, pollfd};
+use vmm::spec::{RunOptions, VmSpec};
 use vmm::{api, logger};
 
 fn main() -> ExitCode {
@@ -40,18 +43,14 @@ fn main() -> ExitCode {
         return ExitCode::from(ExitStatus::ConfigError.code());
     }
 
-    let opts = RunOptions {
-        timeout: args.timeout,
-        serial_out: args.serial_out.clone(),
-        serial_out_max_bytes: args.serial_out_max_bytes,
-        boot_timer: args.boot_timer,
-    };
+    let opts = args.run_options();
     // Before any thread exists, so that every thread inherits the mask.
     let result = match StopSignals::block() {
         Err(err) => Err(Box::new(err) as Box<dyn Error>),
         Ok(signals) => match &args.api_sock {
             None => configured_vm(args).and_then(|cfg| {
-                builder::run(&cfg, &opts, signals, None).map_err(|e| Box::new(e) as Box<dyn Error>)
+                let spec = VmSpec::new(&cfg, &opts)?;
+                Ok(builder::run(&spec, signals, None)?)
             }),
             Some(sock) => serve_api(args, sock, opts, signals),
         },
@@ -94,23 +93,35 @@ fn configured_vm(args: &VmArgs) -> Result<VmConfig, Box<dyn Error>> {
 fn serve_api(
     args: &VmArgs,
     sock: &std::path::Path,
-    mut opts: RunOptions,
+    opts: RunOptions,
     signals: StopSignals,
 ) -> Result<Outcome, Box<dyn Error>> {
     let api = api::start(sock, args.http_api_max_payload_size, &args.id)?;
     if args.describes_vm() {
         let cfg = configured_vm(args)?;
-        let hook = ApiHook {
-            api,
-            answer_start: false,
-        };
-        return Ok(builder::run(&cfg, &opts, signals, Some(hook))?);
+        let spec = VmSpec::new(&cfg, &opts)?;
+        let lifecycle = Arc::new(Mutex::new(Lifecycle::new(api, cfg, opts)));
+        return Ok(builder::run(&spec, signals, Some(lifecycle))?);
     }
-    let mut cfg = VmConfig {
+    let cfg = VmConfig {
         metrics: args.metrics(),
         ..Default::default()
     };
+    let lifecycle = Arc::new(Mutex::new(Lifecycle::new(api.clone(), cfg, opts)));
     loop {
+        // Requests are answered until one is an InstanceStart that boots the VM.
+        let next = lock(&lifecycle).serve();
+        if let Some(spec) = next {
+            match builder::run(&spec, signals.try_clone()?, Some(lifecycle.clone())) {
+                Ok(outcome) => return Ok(outcome),
+                // The VM never started: say why, and keep serving the configuration.
+                Err(err) if lock(&lifecycle).state() == VmState::NotStarted => {
+                    lock(&lifecycle).start_failed(err);
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         let mut fds = [api.notify_fd(), signals.fd()].map(|fd| pollfd(fd, libc::POLLIN));
         poll(&mut fds, -1)?;
         if let Some(signo) = signals.read() {
@@ -118,22 +129,6 @@ fn serve_api(
                 status: ExitStatus::Signal(signo as i32),
                 message: format!("stopped by signal {signo}"),
             });
-        }
-        while let Some(action) = api.next() {
-            if action != VmmAction::InstanceStart {
-                api.reply(api::preboot(&api, &mut cfg, &mut opts, action));
-                continue;
-            }
-            let hook = ApiHook {
-                api: api.clone(),
-                answer_start: true,
-            };
-            match builder::run(&cfg, &opts, signals.try_clone()?, Some(hook)) {
-                Ok(outcome) => return Ok(outcome),
-                // The VM never started: say why, and keep serving the configuration.
-                Err(err) if !api.started() => api.reply(Err(vmm::error_chain(&err))),
-                Err(err) => return Err(err.into()),
-            }
         }
     }
 }

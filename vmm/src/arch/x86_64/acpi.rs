@@ -25,8 +25,8 @@ use acpi_tables::{Aml, aml};
 use devices::virtio::mmio::MMIO_WINDOW;
 
 use super::layout::{
-    ACPI_MAX_SIZE, ACPI_SLEEP_CONTROL_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_PORT, I8042_IRQ,
-    I8042_PORT, IOAPIC_START, PVPANIC_PORT,
+    ACPI_MAX_SIZE, ACPI_SLEEP_CONTROL_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_LEN, COM1_PORT,
+    I8042_IRQ, I8042_PORT, IOAPIC_START, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"EMBER ";
@@ -196,7 +196,7 @@ fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
     let edge_irq = |irq| aml::Interrupt::new(true, true, false, false, irq);
     let port = |p: u16, len| aml::IO::new(p, p, 1, len);
 
-    let (com1_io, com1_irq) = (port(COM1_PORT, 8), edge_irq(COM1_IRQ));
+    let (com1_io, com1_irq) = (port(COM1_PORT, COM1_LEN as u8), edge_irq(COM1_IRQ));
     let com1 = device(
         "COM1",
         &aml::EISAName::new("PNP0501"),

@@ -72,15 +72,21 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const I8042_IRQ: u32 = 1;
 /// The legacy interrupt of COM1.
 pub const COM1_IRQ: u32 = 4;
-/// COM1's I/O ports.
+/// COM1's I/O ports: a 16550's eight registers.
 pub const COM1_PORT: u16 = 0x3f8;
+/// How many ports COM1 spans.
+pub const COM1_LEN: u16 = 8;
 /// The i8042's data port; its command port is four above.
 pub const I8042_PORT: u16 = 0x60;
-/// The test-exit port (QEMU's isa-debug-exit default).
+/// How many ports the i8042 spans (data at +0, command/status at +4).
+pub const I8042_LEN: u16 = 5;
+/// The test-exit port (QEMU's isa-debug-exit default), one byte wide.
 pub const EXIT_PORT: u16 = 0xf4;
 /// The ACPI sleep control register (hardware-reduced ACPI); the status register follows.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
-/// The pvpanic device's port (QEMU's default).
+/// How many ports the ACPI sleep registers span (control, status).
+pub const ACPI_SLEEP_LEN: u16 = 2;
+/// The pvpanic device's port (QEMU's default), one byte wide.
 pub const PVPANIC_PORT: u16 = 0x505;
 /// The first interrupt line for virtio devices (one each): after the PIT, keyboard, cascade,
 /// COM2/COM1 lines.

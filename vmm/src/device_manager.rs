@@ -1,0 +1,455 @@
+//! The device manager: every device the VM has, and all of their wiring. It places the legacy
+//! PC devices on the port bus (addresses and lengths from the layout), the boot timer and the
+//! virtio-mmio devices on the MMIO bus, gives each virtio device its slot, irqfd and one
+//! ioeventfd per queue, and starts each one's I/O worker ([`io_worker`]); it hands back what
+//! the vCPUs (the buses), the lifecycle (keyboard, pause gate, drives) and metrics (counters)
+//! need. When it is dropped, the I/O workers are stopped and joined.
+//!
+//! Adding a virtio device: its model in a folder under `devices/src/virtio/`, its section in
+//! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`].
+//!
+//! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd, so
+//! disk I/O, however slow, never holds up the event loop or a vCPU, and one thread per queue
+//! keeps requests, flushes included, in the guest's order. A network device's
+//! (`ember_net_<id>`) waits on its queues and on the TAP for exactly the readiness the device
+//! can use, so an idle or back-pressured NIC sleeps.
+//!
+//! It must not decide anything about the configuration ([`crate::spec`] did) nor about the
+//! VM's life ([`crate::lifecycle`], [`crate::controller`]).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::bus::{Bus, BusError, SharedDevice};
+use devices::legacy::{
+    AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
+};
+use devices::sync::lock;
+use devices::virtio::block::{Block, Disk, DiskError};
+use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{Net, Tap, TapError};
+use devices::virtio::worker::IoHandler;
+use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use devices::{ExitNotifier, IrqTrigger};
+use log::warn;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::acpi;
+use crate::arch::x86_64::layout::{
+    ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_LEN, BOOT_TIMER_LEN, BOOT_TIMER_START, COM1_IRQ, COM1_LEN,
+    COM1_PORT, EXIT_PORT, I8042_IRQ, I8042_LEN, I8042_PORT, PVPANIC_PORT, VIRTIO_IRQ_BASE,
+    VIRTIO_IRQ_MAX, VIRTIO_MMIO_START,
+};
+use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
+use crate::io_worker;
+use crate::metrics::Source;
+use crate::pause::PauseGate;
+use crate::spec::{CacheType, DriveSpec, NetSpec, VmSpec};
+use crate::vm::{Vm, VmError};
+
+/// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
+/// last IOAPIC pin.
+pub const MAX_DEVICES: usize = (VIRTIO_IRQ_MAX - VIRTIO_IRQ_BASE + 1) as usize;
+
+/// Errors building devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A drive's image cannot be used.
+    #[error("drive '{id}'")]
+    Drive {
+        /// The drive id.
+        id: String,
+        /// What is wrong with its image.
+        #[source]
+        source: DiskError,
+    },
+    /// A network interface's TAP cannot be used.
+    #[error("network interface '{id}'")]
+    Tap {
+        /// The interface id.
+        id: String,
+        /// What is wrong with its TAP.
+        #[source]
+        source: TapError,
+    },
+    /// KVM refused an eventfd or irqfd.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Devices could not be placed on a bus.
+    #[error("cannot place the devices on the bus")]
+    Bus(#[from] BusError),
+    /// The host refused an event fd or a thread.
+    #[error("cannot set up the devices' {what}")]
+    Host {
+        /// What was being set up.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn host(what: &'static str) -> impl FnOnce(io::Error) -> DeviceError {
+    move |source| DeviceError::Host { what, source }
+}
+
+fn event() -> Result<EventFd, DeviceError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(host("events"))
+}
+
+/// Where one virtio device lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Base of its MMIO window.
+    pub base: u64,
+    /// Its interrupt line.
+    pub irq: u32,
+}
+
+impl Slot {
+    /// The slot of the `index`th virtio device, in guest order.
+    pub fn nth(index: usize) -> Self {
+        Self {
+            base: VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW,
+            irq: VIRTIO_IRQ_BASE + index as u32,
+        }
+    }
+
+    /// The kernel parameter that announces the device.
+    pub fn cmdline_param(&self) -> String {
+        format!("virtio_mmio.device=4K@{:#x}:{}", self.base, self.irq)
+    }
+
+    /// The device as the ACPI tables describe it.
+    pub fn acpi(&self) -> acpi::VirtioMmio {
+        acpi::VirtioMmio {
+            base: self.base,
+            irq: self.irq,
+        }
+    }
+}
+
+/// The host side of the devices: images and TAPs, opened before KVM is touched so that a bad
+/// image or a busy TAP is the error a user sees first.
+pub struct Backends {
+    disks: Vec<Disk>,
+    taps: Vec<Tap>,
+}
+
+impl Backends {
+    /// Opens every drive's image and attaches to every interface's TAP, in guest order.
+    pub fn open(spec: &VmSpec) -> Result<Self, DeviceError> {
+        let disks = spec
+            .drives
+            .iter()
+            .map(open_disk)
+            .collect::<Result<_, _>>()?;
+        let taps = spec
+            .nets
+            .iter()
+            .map(|n| {
+                Tap::open(&n.tap).map_err(|source| DeviceError::Tap {
+                    id: n.id.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { disks, taps })
+    }
+}
+
+/// Opens `drive`'s image as its spec says (also a running VM's new image, `PATCH /drives`).
+pub fn open_disk(drive: &DriveSpec) -> Result<Disk, DeviceError> {
+    let writeback = drive.cache == CacheType::Writeback;
+    Disk::open(&drive.path, drive.read_only, writeback).map_err(|source| DeviceError::Drive {
+        id: drive.id.clone(),
+        source,
+    })
+}
+
+/// A block device as the VMM holds it.
+pub type SharedBlock = Arc<Mutex<MmioTransport<Block>>>;
+
+/// The device I/O threads, stopped and joined when this is dropped, on every exit path.
+struct IoThreads {
+    stop: EventFd,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for IoThreads {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop.write(1) {
+            warn!("cannot stop the device I/O threads: {err}");
+            return;
+        }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                warn!("a device I/O thread panicked");
+            }
+        }
+    }
+}
+
+/// All of the VM's devices.
+pub struct DeviceManager {
+    pio: Bus,
+    mmio: Bus,
+    serial: SharedSerial,
+    i8042: Arc<Mutex<I8042>>,
+    /// Written by the serial device when its input FIFO has room again.
+    fifo_free: EventFd,
+    gate: Arc<PauseGate>,
+    io: IoThreads,
+    blocks: Vec<(String, SharedBlock)>,
+    sources: Vec<(String, Source)>,
+}
+
+impl DeviceManager {
+    /// The legacy devices: COM1 writing to `console`, the i8042, the exit port, ACPI sleep and
+    /// pvpanic, the last four reporting to `exit`.
+    pub fn new(vm: &Vm, console: ConsoleOutput, exit: &ExitNotifier) -> Result<Self, DeviceError> {
+        let com1_irq = IrqTrigger(event()?);
+        vm.register_irqfd(&com1_irq.0, COM1_IRQ)?;
+        let fifo_free = event()?;
+        let input_ready = InputReadyEvent(fifo_free.try_clone().map_err(host("events"))?);
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            com1_irq,
+            input_ready,
+            console,
+        )));
+        let kbd_irq = IrqTrigger(event()?);
+        vm.register_irqfd(&kbd_irq.0, I8042_IRQ)?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(kbd_irq, exit.clone())));
+        let sleep = AcpiSleep::new(acpi::SLEEP_TYPE_S5, exit.clone());
+        let legacy: [(SharedDevice, u16, u16); 5] = [
+            (serial.clone(), COM1_PORT, COM1_LEN),
+            (i8042.clone(), I8042_PORT, I8042_LEN),
+            (
+                Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
+                EXIT_PORT,
+                1,
+            ),
+            (
+                Arc::new(Mutex::new(sleep)),
+                ACPI_SLEEP_CONTROL_PORT,
+                ACPI_SLEEP_LEN,
+            ),
+            (
+                Arc::new(Mutex::new(PvPanic::new(exit.clone()))),
+                PVPANIC_PORT,
+                1,
+            ),
+        ];
+        let mut pio = Bus::new();
+        for (device, port, len) in legacy {
+            pio.insert(device, port.into(), len.into())?;
+        }
+        Ok(Self {
+            pio,
+            mmio: Bus::new(),
+            serial,
+            i8042,
+            fifo_free,
+            gate: Arc::new(PauseGate::new().map_err(host("pause event"))?),
+            io: IoThreads {
+                stop: event()?,
+                threads: Vec::new(),
+            },
+            blocks: Vec::new(),
+            sources: Vec::new(),
+        })
+    }
+
+    /// Adds every virtio device `spec` lists, on the `backends` opened for it.
+    pub fn add_virtio_devices(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        spec: &VmSpec,
+        backends: Backends,
+    ) -> Result<(), DeviceError> {
+        for (drive, disk) in spec.drives.iter().zip(backends.disks) {
+            self.add_block(vm, mem, drive, disk)?;
+        }
+        for (net, tap) in spec.nets.iter().zip(backends.taps) {
+            self.add_net(vm, mem, net, tap)?;
+        }
+        Ok(())
+    }
+
+    fn add_block(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        drive: &DriveSpec,
+        disk: Disk,
+    ) -> Result<(), DeviceError> {
+        let id = drive.id.clone();
+        let name = format!("ember_blk_{id}");
+        let block = self.attach(vm, mem, drive.slot, name, 1, |interrupt, queues| {
+            // The worker is woken by the queue's notification, and by a drive swap.
+            let wake = queues[0].try_clone().map_err(host("events"))?;
+            let block = Block::new(disk, &id, mem.clone(), interrupt, wake);
+            let handler = block.queue_server();
+            Ok((block, handler))
+        })?;
+        let server = lock(&block).device().queue_server();
+        self.sources.push((id.clone(), Source::Block(server)));
+        self.blocks.push((id, block));
+        Ok(())
+    }
+
+    fn add_net(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        spec: &NetSpec,
+        tap: Tap,
+    ) -> Result<(), DeviceError> {
+        let name = format!("ember_net_{}", spec.id);
+        let net = self.attach(vm, mem, spec.slot, name, 2, |interrupt, queues| {
+            let clone = |e: &EventFd| e.try_clone().map_err(host("events"));
+            let net = Net::new(
+                &spec.id,
+                tap,
+                spec.mac,
+                spec.mtu,
+                mem.clone(),
+                interrupt,
+                event()?,
+            );
+            let handler = net.handler([clone(&queues[0])?, clone(&queues[1])?]);
+            Ok((net, handler))
+        })?;
+        let server = lock(&net).device().server();
+        self.sources.push((spec.id.clone(), Source::Net(server)));
+        Ok(())
+    }
+
+    /// Wires a virtio device at `slot` with `queues` queues: its irqfd, one ioeventfd per
+    /// queue (matched on the queue index the driver writes), its transport on the MMIO bus,
+    /// and an I/O worker named `thread` running the handler. `build` makes the device and its
+    /// handler from the interrupt and the queues' notification events.
+    fn attach<D, H>(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        slot: Slot,
+        thread: String,
+        queues: u32,
+        build: impl FnOnce(Arc<VirtioInterrupt>, &[EventFd]) -> Result<(D, H), DeviceError>,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceError>
+    where
+        D: VirtioDevice + 'static,
+        H: IoHandler + 'static,
+    {
+        let interrupt = Arc::new(VirtioInterrupt::new(event()?));
+        vm.register_irqfd(interrupt.irq(), slot.irq)?;
+        let notify = (0..queues)
+            .map(|queue| {
+                let evt = event()?;
+                vm.register_ioevent(&evt, slot.base + REG_QUEUE_NOTIFY, queue)?;
+                Ok(evt)
+            })
+            .collect::<Result<Vec<_>, DeviceError>>()?;
+        let (device, handler) = build(interrupt.clone(), &notify)?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            interrupt,
+            notify,
+        )));
+        let stop = self.io.stop.try_clone().map_err(host("events"))?;
+        let worker = io_worker::spawn(thread, handler, stop, self.gate.clone());
+        self.io.threads.push(worker.map_err(host("I/O threads"))?);
+        self.mmio
+            .insert(transport.clone(), slot.base, MMIO_WINDOW)?;
+        Ok(transport)
+    }
+
+    /// The serial console's input from stdin, unless ember must leave stdin alone (a
+    /// background job's terminal). Typed input gets the escape keys, whose Ctrl-A x writes
+    /// `quit`.
+    pub fn console_input(
+        &self,
+        stdin: StdinKind,
+        quit: EventFd,
+    ) -> Result<Option<ConsoleInput>, DeviceError> {
+        let quit = match stdin {
+            StdinKind::Background => return Ok(None),
+            StdinKind::Terminal => Some(quit),
+            StdinKind::Stream => None,
+        };
+        let fifo_free = self.fifo_free.try_clone().map_err(host("events"))?;
+        let serial = self.serial.clone();
+        Ok(Some(ConsoleInput::new(
+            serial,
+            libc::STDIN_FILENO,
+            fifo_free,
+            quit,
+        )))
+    }
+
+    /// The port and MMIO buses, for the vCPUs; no device can be added afterwards. Called just
+    /// before the vCPUs start, so that the boot timer (if `boot_timer`) counts from then.
+    pub fn buses(&mut self, boot_timer: bool) -> Result<(Arc<Bus>, Arc<Bus>), DeviceError> {
+        if boot_timer {
+            let timer = BootTimer::new(std::time::Instant::now());
+            let timer = Arc::new(Mutex::new(timer));
+            self.mmio.insert(timer, BOOT_TIMER_START, BOOT_TIMER_LEN)?;
+        }
+        let pio = std::mem::take(&mut self.pio);
+        Ok((Arc::new(pio), Arc::new(std::mem::take(&mut self.mmio))))
+    }
+
+    /// The devices whose counters metrics report, by configuration id.
+    pub fn take_metrics_sources(&mut self) -> Vec<(String, Source)> {
+        std::mem::take(&mut self.sources)
+    }
+
+    /// What the lifecycle acts on: the keyboard (Ctrl-Alt-Del), the pause gate, how many I/O
+    /// workers park on it, and the drives by id (`PATCH /drives`).
+    pub fn controls(&self) -> DeviceControls {
+        DeviceControls {
+            i8042: self.i8042.clone(),
+            gate: self.gate.clone(),
+            io_workers: self.io.threads.len(),
+            blocks: self.blocks.clone(),
+        }
+    }
+
+    /// Where vCPUs and I/O workers park while the VM is paused.
+    pub fn gate(&self) -> &Arc<PauseGate> {
+        &self.gate
+    }
+}
+
+/// The devices the VM's lifecycle acts on while it runs.
+#[derive(Clone)]
+pub struct DeviceControls {
+    /// The keyboard controller, for Ctrl-Alt-Del.
+    pub i8042: Arc<Mutex<I8042>>,
+    /// Where vCPUs and device threads park while paused.
+    pub gate: Arc<PauseGate>,
+    /// How many device I/O threads park on the gate when pausing.
+    pub io_workers: usize,
+    /// The drives by id.
+    pub blocks: Vec<(String, SharedBlock)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::{IOAPIC_PINS, IOAPIC_START};
+
+    #[test]
+    fn slots_stay_in_the_mmio_hole_and_on_ioapic_pins() {
+        let last = Slot::nth(MAX_DEVICES - 1);
+        assert!(last.base + MMIO_WINDOW <= IOAPIC_START);
+        assert!(last.irq < u32::from(IOAPIC_PINS));
+        assert_eq!(Slot::nth(2).base, VIRTIO_MMIO_START + 0x2000);
+        assert_eq!(Slot::nth(2).irq, VIRTIO_IRQ_BASE + 2);
+    }
+}

@@ -1,0 +1,636 @@
+//! Parse, don't validate: a VM configuration (Firecracker's JSON shapes, from flags, a config
+//! file or API requests) becomes a typed [`VmSpec`] here, once, or is refused with an error
+//! naming the field. Every check of a configuration lives in this module; everything that
+//! builds or runs the VM takes the spec and never reads the configuration's strings again.
+//!
+//! Settings Firecracker has and ember does not implement are refused by one mechanism,
+//! [`unsupported`], which lists them all.
+//!
+//! This module must not touch KVM or the host: opening images and TAPs is the device
+//! manager's job, so a spec can be checked after every API request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use api_server::model::{Drive, MachineConfig, NetworkInterface, VmConfig};
+use devices::virtio::net::MacAddr;
+use serde_json::Value;
+
+use crate::arch::x86_64::mptable::MAX_CPUS;
+use crate::config::{ConfigError, DEFAULT_CMDLINE, Unsupported};
+use crate::device_manager::{MAX_DEVICES, Slot};
+
+/// Options of one run that are not part of Firecracker's configuration model.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+    /// Where console output goes: files, `-` for stdout; stdout when empty.
+    pub serial_out: Vec<PathBuf>,
+    /// Most bytes written to each console file.
+    pub serial_out_max_bytes: u64,
+    /// Provide Firecracker's boot-timer device.
+    pub boot_timer: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            timeout: None,
+            serial_out: Vec::new(),
+            serial_out_max_bytes: crate::console::DEFAULT_SERIAL_FILE_LIMIT,
+            boot_timer: false,
+        }
+    }
+}
+
+/// Everything needed to build and run one VM, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    /// Host path of the kernel.
+    pub kernel: PathBuf,
+    /// Host path of the initrd.
+    pub initrd: Option<PathBuf>,
+    /// The final kernel command line, with the virtio devices and the root device announced.
+    pub cmdline: String,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub mem_mib: usize,
+    /// The drives in guest order (the root drive first), each with its slot.
+    pub drives: Vec<DriveSpec>,
+    /// The network interfaces in guest order, after the drives.
+    pub nets: Vec<NetSpec>,
+    /// Where the console's output goes: files, `-` for stdout; never empty.
+    pub serial_out: Vec<PathBuf>,
+    /// Most bytes written to each console file.
+    pub serial_out_max_bytes: u64,
+    /// The metrics file.
+    pub metrics: Option<PathBuf>,
+    /// Provide Firecracker's boot-timer device.
+    pub boot_timer: bool,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// How a drive's flushes are honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheType {
+    /// Firecracker's "Unsafe": flushes are acknowledged without syncing the host file.
+    Unsafe,
+    /// Firecracker's "Writeback" (ember's default): flushes reach the host's disk.
+    Writeback,
+}
+
+/// One virtio-blk drive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriveSpec {
+    /// Its id, also its serial number.
+    pub id: String,
+    /// The image.
+    pub path: PathBuf,
+    /// The guest may not write.
+    pub read_only: bool,
+    /// Flush semantics.
+    pub cache: CacheType,
+    /// Where it lives.
+    pub slot: Slot,
+}
+
+/// One virtio-net interface.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetSpec {
+    /// Its id.
+    pub id: String,
+    /// The host TAP's name.
+    pub tap: String,
+    /// The guest's MAC address (configured, or derived from id and TAP).
+    pub mac: MacAddr,
+    /// The MTU offered to the guest.
+    pub mtu: Option<u16>,
+    /// Where it lives.
+    pub slot: Slot,
+}
+
+/// The devices and machine of a configuration, parsed: what [`check`] accepts after each API
+/// request, before the configuration has a boot source.
+struct Parts {
+    drives: Vec<DriveSpec>,
+    nets: Vec<NetSpec>,
+    root: Option<String>,
+}
+
+impl VmSpec {
+    /// Parses `cfg` with `opts`; a `serial` section (`PUT /serial`) replaces `--serial-out`.
+    pub fn new(cfg: &VmConfig, opts: &RunOptions) -> Result<Self, ConfigError> {
+        let boot = cfg.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
+        let Parts { drives, nets, root } = Parts::parse(cfg)?;
+        let user = boot.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let mut announced: Vec<String> = drives
+            .iter()
+            .map(|d| d.slot)
+            .chain(nets.iter().map(|n| n.slot))
+            .map(|slot| slot.cmdline_param())
+            .collect();
+        announced.extend(root);
+        let serial_out = match cfg.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
+            Some(path) => vec![path.into()],
+            None if opts.serial_out.is_empty() => vec!["-".into()],
+            None => opts.serial_out.clone(),
+        };
+        Ok(Self {
+            kernel: boot.kernel_image_path.clone().into(),
+            initrd: boot.initrd_path.as_ref().map(Into::into),
+            cmdline: with_kernel_params(user, &announced.join(" ")),
+            vcpus: cfg.machine_config.vcpu_count,
+            mem_mib: cfg.machine_config.mem_size_mib,
+            drives,
+            nets,
+            serial_out,
+            serial_out_max_bytes: opts.serial_out_max_bytes,
+            metrics: cfg.metrics.as_ref().map(|m| m.metrics_path.clone().into()),
+            boot_timer: opts.boot_timer,
+            timeout: opts.timeout,
+        })
+    }
+
+    /// Every virtio device's slot, in guest order.
+    pub fn virtio_slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        let drives = self.drives.iter().map(|d| d.slot);
+        drives.chain(self.nets.iter().map(|n| n.slot))
+    }
+}
+
+/// Checks the parts `cfg` has, without asking for a boot source: a configuration being built
+/// through the API must stay valid after each request.
+pub fn check(cfg: &VmConfig) -> Result<(), ConfigError> {
+    Parts::parse(cfg).map(drop)
+}
+
+impl Parts {
+    fn parse(cfg: &VmConfig) -> Result<Self, ConfigError> {
+        if let Some(refusal) = unsupported(cfg).into_iter().next() {
+            return Err(ConfigError::Unsupported(refusal));
+        }
+        let mc = &cfg.machine_config;
+        if mc.vcpu_count == 0 || mc.vcpu_count > MAX_CPUS {
+            return Err(ConfigError::VcpuCount(mc.vcpu_count));
+        }
+        let count = cfg.drives.len() + cfg.network_interfaces.len();
+        if count > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices { count });
+        }
+        let (drives, root) = drives(&cfg.drives)?;
+        let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
+        Ok(Self { drives, nets, root })
+    }
+}
+
+/// The user's command line with `params` added. Kernel parameters must come before `--`,
+/// after which words belong to init.
+fn with_kernel_params(user: &str, params: &str) -> String {
+    if params.is_empty() {
+        return user.to_owned();
+    }
+    match user.split_once(" -- ") {
+        Some((kernel, init)) => format!("{kernel} {params} -- {init}"),
+        None => format!("{user} {params}"),
+    }
+}
+
+/// Every Firecracker setting in `cfg` that ember does not implement, in the order a user
+/// reads the configuration. The one list of what ember refuses: a setting ember learns is
+/// deleted here.
+pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
+    let mut found: Vec<Unsupported> = cfg
+        .unsupported_sections()
+        .into_iter()
+        .map(Unsupported::Section)
+        .collect();
+    found.extend(machine_unsupported(&cfg.machine_config));
+    for d in &cfg.drives {
+        let owner = format!("drive '{}'", d.drive_id);
+        let cache = d.cache_type.as_deref();
+        let engine = d.io_engine.as_deref();
+        let checks = [
+            (
+                "cache_type",
+                cache.filter(|c| !["Unsafe", "Writeback"].contains(c)),
+                "\"Unsafe\" or \"Writeback\"",
+            ),
+            ("io_engine", engine.filter(|e| *e != "Sync"), "\"Sync\""),
+            (
+                "socket",
+                d.socket.as_deref(),
+                "none: vhost-user is not implemented",
+            ),
+        ];
+        found.extend(checks.into_iter().filter_map(|(field, value, only)| {
+            value.map(|value| Unsupported::Value {
+                owner: owner.clone(),
+                field,
+                value: value.into(),
+                only,
+            })
+        }));
+        found.extend(limiters(&owner, [&d.rate_limiter]));
+    }
+    for n in &cfg.network_interfaces {
+        let owner = format!("network interface '{}'", n.iface_id);
+        found.extend(limiters(&owner, [&n.rx_rate_limiter, &n.tx_rate_limiter]));
+    }
+    found
+}
+
+/// Rate limiters of `owner` (a drive or interface), which ember does not implement; also
+/// what `PATCH /drives` and `PATCH /network-interfaces` refuse. `null` is Firecracker's way of
+/// saying none.
+pub fn limiters<const N: usize>(owner: &str, given: [&Option<Value>; N]) -> Option<Unsupported> {
+    given
+        .iter()
+        .any(|l| l.as_ref().is_some_and(|v| !v.is_null()))
+        .then(|| Unsupported::Limiters(owner.into()))
+}
+
+fn machine_unsupported(mc: &MachineConfig) -> Vec<Unsupported> {
+    let owner = "machine-config";
+    let not_none = |v: &Option<String>| v.clone().filter(|v| v != "None");
+    let checks = [
+        ("smt", mc.smt.then(|| "true".to_owned()), "false"),
+        (
+            "track_dirty_pages",
+            mc.track_dirty_pages.then(|| "true".to_owned()),
+            "false",
+        ),
+        ("cpu_template", not_none(&mc.cpu_template), "\"None\""),
+        ("huge_pages", not_none(&mc.huge_pages), "\"None\""),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(field, value, only)| {
+            value.map(|value| Unsupported::Value {
+                owner: owner.into(),
+                field,
+                value,
+                only,
+            })
+        })
+        .collect()
+}
+
+/// Firecracker's resource id rule: non-empty, ASCII letters, digits and '_'.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The drives in guest order (the root drive first, as Firecracker does, so it is /dev/vda),
+/// with their slots; and the `root=` parameter when one is the root device.
+fn drives(drives: &[Drive]) -> Result<(Vec<DriveSpec>, Option<String>), ConfigError> {
+    let mut root: Option<&Drive> = None;
+    for (i, d) in drives.iter().enumerate() {
+        let id = &d.drive_id;
+        if !valid_id(id) {
+            return Err(ConfigError::DriveId(id.clone()));
+        }
+        if drives[..i].iter().any(|other| &other.drive_id == id) {
+            return Err(ConfigError::DuplicateDrive(id.clone()));
+        }
+        if d.is_root_device {
+            if let Some(first) = root {
+                return Err(ConfigError::TwoRoots(first.drive_id.clone(), id.clone()));
+            }
+            root = Some(d);
+        }
+    }
+    let ordered = root
+        .into_iter()
+        .chain(drives.iter().filter(|d| !d.is_root_device));
+    let specs = ordered
+        .enumerate()
+        .map(|(i, d)| DriveSpec {
+            id: d.drive_id.clone(),
+            path: d.path_on_host.clone().into(),
+            read_only: d.is_read_only,
+            cache: match d.cache_type.as_deref() {
+                Some("Unsafe") => CacheType::Unsafe,
+                _ => CacheType::Writeback,
+            },
+            slot: Slot::nth(i),
+        })
+        .collect();
+    let root = root.map(|d| {
+        let device = match &d.partuuid {
+            Some(uuid) => format!("PARTUUID={uuid}"),
+            None => "/dev/vda".into(),
+        };
+        let mode = if d.is_read_only { "ro" } else { "rw" };
+        format!("root={device} {mode}")
+    });
+    Ok((specs, root))
+}
+
+/// Smallest MTU an IPv4 host must support (RFC 791).
+pub const MIN_MTU: u16 = 68;
+
+/// The network interfaces in the order given, with slots after the `first` drives'.
+fn network_interfaces(
+    ifaces: &[NetworkInterface],
+    first: usize,
+) -> Result<Vec<NetSpec>, ConfigError> {
+    let mut specs: Vec<NetSpec> = Vec::with_capacity(ifaces.len());
+    for (i, n) in ifaces.iter().enumerate() {
+        let id = &n.iface_id;
+        if !valid_id(id) {
+            return Err(ConfigError::IfaceId(id.clone()));
+        }
+        if let Some(other) = specs.iter().find(|o| &o.id == id) {
+            return Err(ConfigError::DuplicateIface(other.id.clone()));
+        }
+        if let Some(other) = specs.iter().find(|o| o.tap == n.host_dev_name) {
+            return Err(ConfigError::SharedTap {
+                tap: n.host_dev_name.clone(),
+                first: other.id.clone(),
+                second: id.clone(),
+            });
+        }
+        let mac = match &n.guest_mac {
+            Some(mac) => mac.parse().map_err(|reason| ConfigError::GuestMac {
+                id: id.clone(),
+                reason,
+            })?,
+            // The same address every time the VM starts.
+            None => MacAddr::stable(&format!("{id}/{}", n.host_dev_name)),
+        };
+        if let Some(other) = specs.iter().find(|o| o.mac == mac) {
+            return Err(ConfigError::SharedMac {
+                mac: mac.to_string(),
+                first: other.id.clone(),
+                second: id.clone(),
+            });
+        }
+        if let Some(mtu) = n.mtu.filter(|m| *m < MIN_MTU) {
+            return Err(ConfigError::Mtu {
+                id: id.clone(),
+                mtu,
+            });
+        }
+        specs.push(NetSpec {
+            id: id.clone(),
+            tap: n.host_dev_name.clone(),
+            mac,
+            mtu: n.mtu,
+            slot: Slot::nth(first + i),
+        });
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
+    use api_server::model::{BootSource, SerialConfig};
+
+    fn valid() -> VmConfig {
+        VmConfig {
+            boot_source: Some(BootSource {
+                kernel_image_path: "vmlinux".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn spec(cfg: &VmConfig) -> Result<VmSpec, ConfigError> {
+        VmSpec::new(cfg, &RunOptions::default())
+    }
+
+    fn err(cfg: &VmConfig) -> String {
+        spec(cfg).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_boot_the_default_command_line_on_stdout() {
+        let s = spec(&valid()).unwrap();
+        assert_eq!(s.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(s.serial_out, [PathBuf::from("-")]);
+        assert_eq!((s.vcpus, s.mem_mib), (1, 128));
+    }
+
+    #[test]
+    fn each_problem_is_named() {
+        let mut c = valid();
+        c.boot_source = None;
+        assert!(err(&c).contains("--kernel"));
+        check(&c).unwrap();
+
+        for (count, ok) in [(0, false), (1, true), (32, true), (33, false)] {
+            let mut c = valid();
+            c.machine_config.vcpu_count = count;
+            assert_eq!(spec(&c).is_ok(), ok, "{count}");
+        }
+
+        let mut c = valid();
+        c.machine_config.huge_pages = Some("2M".into());
+        assert!(err(&c).contains("huge_pages = 2M"), "{}", err(&c));
+        c.machine_config.huge_pages = Some("None".into());
+        spec(&c).unwrap();
+
+        let c = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#)
+            .unwrap();
+        assert!(err(&c).contains("'vsock'"));
+    }
+
+    #[test]
+    fn every_unsupported_setting_is_listed_in_reading_order() {
+        let c = VmConfig::from_json(
+            r#"{"balloon": {}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8,
+                "smt": true, "cpu_template": "T2"},
+                "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
+                            "io_engine": "Async", "rate_limiter": {}}],
+                "network-interfaces": [{"iface_id": "n", "host_dev_name": "t",
+                                        "tx_rate_limiter": {}, "rx_rate_limiter": null}]}"#,
+        )
+        .unwrap();
+        let found: Vec<String> = unsupported(&c).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "the config file's 'balloon' section is not supported by ember; remove it",
+                "machine-config: smt = true is not supported by ember (only false)",
+                "machine-config: cpu_template = T2 is not supported by ember (only \"None\")",
+                "drive 'a': io_engine = Async is not supported by ember (only \"Sync\")",
+                "drive 'a': rate limiters are not supported by ember; remove them",
+                "network interface 'n': rate limiters are not supported by ember; remove them",
+            ]
+        );
+        assert!(limiters("x", [&None, &Some(Value::Null)]).is_none());
+    }
+
+    fn with_drives(ids: &[(&str, bool)]) -> VmConfig {
+        let mut c = valid();
+        c.drives = ids
+            .iter()
+            .map(|(id, root)| Drive {
+                drive_id: (*id).into(),
+                path_on_host: format!("{id}.img"),
+                is_root_device: *root,
+                ..Default::default()
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn drive_problems_are_named() {
+        spec(&with_drives(&[("rootfs", true), ("data_1", false)])).unwrap();
+        let e = |ids: &[(&str, bool)]| err(&with_drives(ids));
+        assert!(e(&[("a", false), ("a", false)]).contains("two drives have the id 'a'"));
+        assert!(e(&[("a", true), ("b", true)]).contains("'a' and 'b' are both root"));
+        assert!(e(&[("", false)]).contains("invalid drive id ''"));
+        assert!(e(&[("my-disk", false)]).contains("invalid drive id 'my-disk'"));
+        let many: Vec<(String, bool)> = (0..20).map(|i| (format!("d{i}"), false)).collect();
+        let many: Vec<(&str, bool)> = many.iter().map(|(s, r)| (s.as_str(), *r)).collect();
+        assert!(e(&many).contains("at most 19"));
+        let mut c = with_drives(&[("a", false)]);
+        c.drives[0].cache_type = Some("Writethrough".into());
+        assert!(err(&c).contains("cache_type"));
+    }
+
+    #[test]
+    fn drives_are_typed_and_the_root_drive_comes_first_with_distinct_slots() {
+        let mut c = with_drives(&[("data", false), ("rootfs", true), ("logs", false)]);
+        c.drives[2].cache_type = Some("Unsafe".into());
+        let s = spec(&c).unwrap();
+        let order: Vec<_> = s.drives.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(order, ["rootfs", "data", "logs"]);
+        assert_eq!(
+            s.drives[0].slot,
+            Slot {
+                base: VIRTIO_MMIO_START,
+                irq: VIRTIO_IRQ_BASE
+            }
+        );
+        assert_eq!(s.drives[2].slot, Slot::nth(2));
+        assert_eq!(
+            (s.drives[0].cache, s.drives[2].cache),
+            (CacheType::Writeback, CacheType::Unsafe)
+        );
+        assert_eq!(s.drives[0].path, PathBuf::from("rootfs.img"));
+    }
+
+    #[test]
+    fn the_command_line_announces_devices_and_root_before_the_init_words() {
+        let mut c = with_drives(&[("rootfs", true)]);
+        c.boot_source.as_mut().unwrap().boot_args = Some("console=ttyS0".into());
+        assert_eq!(
+            spec(&c).unwrap().cmdline,
+            format!(
+                "console=ttyS0 virtio_mmio.device=4K@{VIRTIO_MMIO_START:#x}:{VIRTIO_IRQ_BASE} \
+                 root=/dev/vda rw"
+            )
+        );
+        c.drives[0].is_read_only = true;
+        c.drives[0].partuuid = Some("abcd-01".into());
+        c.boot_source.as_mut().unwrap().boot_args = Some("quiet -- echo hi".into());
+        let cmdline = spec(&c).unwrap().cmdline;
+        assert!(
+            cmdline.starts_with("quiet virtio_mmio") && cmdline.ends_with("ro -- echo hi"),
+            "{cmdline}"
+        );
+        assert!(cmdline.contains("root=PARTUUID=abcd-01 ro"), "{cmdline}");
+        let data = with_drives(&[("data", false)]);
+        assert_eq!(
+            spec(&data).unwrap().cmdline.matches("virtio_mmio").count(),
+            1
+        );
+        assert!(!spec(&data).unwrap().cmdline.contains("root="));
+    }
+
+    fn with_nics(nics: &[(&str, &str, Option<&str>)]) -> VmConfig {
+        let mut c = valid();
+        c.network_interfaces = nics
+            .iter()
+            .map(|(id, tap, mac)| NetworkInterface {
+                iface_id: (*id).into(),
+                host_dev_name: (*tap).into(),
+                guest_mac: mac.map(Into::into),
+                ..Default::default()
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn network_interface_problems_are_named() {
+        spec(&with_nics(&[
+            ("eth0", "tap0", Some("06:00:00:00:00:01")),
+            ("eth1", "tap1", None),
+        ]))
+        .unwrap();
+        let e = |nics: &[(&str, &str, Option<&str>)]| err(&with_nics(nics));
+        assert!(e(&[("eth-0", "tap0", None)]).contains("invalid network interface id 'eth-0'"));
+        assert!(
+            e(&[("a", "tap0", None), ("a", "tap1", None)])
+                .contains("two network interfaces have the id 'a'")
+        );
+        assert!(e(&[("a", "tap0", None), ("b", "tap0", None)]).contains("both use TAP 'tap0'"));
+        let mac = Some("06:00:00:00:00:01");
+        assert!(
+            e(&[("a", "tap0", mac), ("b", "tap1", mac)])
+                .contains("both have MAC address 06:00:00:00:00:01")
+        );
+        let bad = e(&[("a", "tap0", Some("06:00:00:00:00"))]);
+        assert!(
+            bad.contains("network interface 'a': guest_mac '06:00:00:00:00' is not a MAC address"),
+            "{bad}"
+        );
+        let mut c = with_nics(&[("a", "tap0", None)]);
+        c.network_interfaces[0].mtu = Some(40);
+        assert!(err(&c).contains("mtu 40 is too small"));
+        c.network_interfaces[0].mtu = Some(9000);
+        c.network_interfaces[0].rx_rate_limiter = Some(serde_json::json!({"bandwidth": {}}));
+        assert!(err(&c).contains("rate limiters"));
+        // Drives and NICs share the device slots.
+        let mut c = with_nics(&[("a", "tap0", None)]);
+        let ids: Vec<String> = (0..19).map(|i| format!("d{i}")).collect();
+        let ids: Vec<(&str, bool)> = ids.iter().map(|s| (s.as_str(), false)).collect();
+        c.drives = with_drives(&ids).drives;
+        assert!(err(&c).contains("20 virtio devices"));
+    }
+
+    #[test]
+    fn interfaces_follow_the_drives_with_stable_generated_macs() {
+        let mut c = with_nics(&[("eth0", "tap0", None), ("eth1", "tap1", None)]);
+        c.drives = with_drives(&[("data", false), ("rootfs", true)]).drives;
+        let s = spec(&c).unwrap();
+        assert_eq!(
+            (s.nets[0].slot, s.nets[1].slot),
+            (Slot::nth(2), Slot::nth(3))
+        );
+        assert_eq!(s.nets[0].tap, "tap0");
+        assert_eq!(s.cmdline.matches("virtio_mmio.device=").count(), 4);
+        assert!(s.cmdline.contains(&Slot::nth(3).cmdline_param()));
+        assert_eq!(s.virtio_slots().count(), 4);
+        let again = spec(&c).unwrap();
+        assert_eq!(s.nets[0].mac, again.nets[0].mac);
+        assert_ne!(s.nets[0].mac, s.nets[1].mac);
+    }
+
+    #[test]
+    fn a_serial_section_replaces_the_serial_out_flags() {
+        let opts = RunOptions {
+            serial_out: vec!["a.log".into(), "-".into()],
+            ..Default::default()
+        };
+        let mut c = valid();
+        assert_eq!(VmSpec::new(&c, &opts).unwrap().serial_out, opts.serial_out);
+        c.serial = Some(SerialConfig {
+            serial_out_path: Some("b.log".into()),
+        });
+        assert_eq!(
+            VmSpec::new(&c, &opts).unwrap().serial_out,
+            [PathBuf::from("b.log")]
+        );
+    }
+}
