@@ -29,7 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
-use crate::sync::lock;
+use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
     ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
@@ -101,7 +101,7 @@ pub struct Block {
 /// lock here is held only to copy a value in or out.
 struct Shared {
     /// The counters as of the end of the last batch.
-    stats: Mutex<BlockStats>,
+    stats: Published<BlockStats>,
     /// A backing file waiting to replace the current one.
     swap: Mutex<Option<Disk>>,
     /// Wakes the serving thread (it then calls `process_queue`).
@@ -138,7 +138,7 @@ impl QueueServer {
 
     /// The counters, as of the end of the last batch; never waits for disk I/O.
     pub fn stats(&self) -> BlockStats {
-        *lock(&self.shared.stats)
+        self.shared.stats.get()
     }
 }
 
@@ -194,7 +194,7 @@ impl Block {
         }
         let config = Self::config_space(&disk);
         let shared = Arc::new(Shared {
-            stats: Mutex::new(BlockStats::default()),
+            stats: Published::default(),
             swap: Mutex::new(None),
             wake,
         });
@@ -247,7 +247,7 @@ impl Block {
 
     /// The counters (see [`QueueServer::stats`]).
     pub fn stats(&self) -> BlockStats {
-        *lock(&self.shared.stats)
+        self.shared.stats.get()
     }
 
     /// The handle the serving thread uses.
@@ -309,7 +309,7 @@ impl Serving {
                 Step::Used(used)
             }
         });
-        *lock(&self.shared.stats) = self.stats;
+        self.shared.stats.publish(self.stats);
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &self.interrupt, served.count);
