@@ -20,7 +20,6 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod pause;
-pub mod poll;
 pub mod vcpu;
 pub mod virtio_devices;
 pub mod vm;

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use api_server::model::VmConfig;
 use api_server::request::VmmAction;
 use clap::Parser;
+use utils::poll::{poll, pollfd};
 use vmm::ExitStatus;
 use vmm::builder::{self, ApiHook, RunOptions};
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
-use vmm::poll::{poll, pollfd};
 use vmm::{api, logger};
 
 fn main() -> ExitCode {
