@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
+use utils::poll::{poll, pollfd, timeout_ms};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::http::{self, Response};
@@ -276,19 +277,10 @@ pub fn serve(listener: UnixListener, link: VmmLink, limits: Limits) {
             .map(|c| c.active + limits.idle_timeout)
             .chain(accept_paused_until)
             .min();
-        // SAFETY: `fds` is a valid array of pollfds for descriptors this thread owns.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout_ms(wake_at),
-            )
-        };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            log::error!("the API server stops: {}", io::Error::last_os_error());
+        // An interruption by a signal comes back as a round with nothing ready, which serves
+        // nothing new and closes only connections past their idle deadline, as any round does.
+        if let Err(err) = poll(&mut fds, timeout_ms(wake_at)) {
+            log::error!("the API server stops: {err}");
             return;
         }
         for (c, fd) in conns.iter_mut().zip(&fds[1..]) {
@@ -303,22 +295,6 @@ pub fn serve(listener: UnixListener, link: VmmLink, limits: Limits) {
             accept_paused_until = accept_all(&listener, &mut conns, limits.max_connections);
         }
     }
-}
-
-fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-/// Milliseconds from now until `at` (rounded up, so the wake-up is not early), -1 for never.
-fn timeout_ms(at: Option<Instant>) -> libc::c_int {
-    at.map_or(-1, |at| {
-        let left = at.saturating_duration_since(Instant::now());
-        libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
-    })
 }
 
 /// Reads, answers and writes what one connection is ready for.

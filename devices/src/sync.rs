@@ -1,4 +1,5 @@
-//! Poison-tolerant locking, the one way ember takes its locks.
+//! Poison-tolerant locking, the one way ember takes its locks, and [`Published`] values that
+//! a busy thread hands to readers without making them wait for its work.
 //!
 //! A thread that panics while holding a lock poisons it. Every state ember guards is kept
 //! consistent between accesses (a device between two register accesses, a queue between two
@@ -47,6 +48,25 @@ pub fn write<T: ?Sized>(rwlock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     rwlock
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A value one thread publishes and others read without waiting for that thread's work: the
+/// lock inside is held only to copy the value in or out, never across I/O. Devices publish
+/// their counters this way after each batch, so the metrics never wait behind a batch of disk
+/// or network I/O.
+#[derive(Debug, Default)]
+pub struct Published<T>(Mutex<T>);
+
+impl<T: Copy> Published<T> {
+    /// Replaces the value readers see.
+    pub fn publish(&self, value: T) {
+        *lock(&self.0) = value;
+    }
+
+    /// The value last published.
+    pub fn get(&self) -> T {
+        *lock(&self.0)
+    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use std::thread::JoinHandle;
 
 use devices::virtio::worker::{IoHandler, Ready, Watch};
 use log::warn;
+use utils::poll::{poll, pollfd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pause::{Parker, PauseGate};
-use crate::poll::{poll, pollfd};
 
 /// Index of the stop event and of the pause gate in each round's descriptors; the handler's
 /// watches follow.

@@ -24,7 +24,6 @@ pub mod logger;
 pub mod memory;
 pub mod metrics;
 pub mod pause;
-pub mod poll;
 pub mod spec;
 pub mod vcpu;
 pub mod vm;

@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use api_server::model::VmConfig;
 use clap::Parser;
 use devices::sync::lock;
+use utils::poll::{poll, pollfd};
 use vmm::ExitStatus;
 use vmm::builder;
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
 use vmm::lifecycle::{Lifecycle, VmState};
-use vmm::poll::{poll, pollfd};
 use vmm::spec::{RunOptions, VmSpec};
 use vmm::{api, logger};
 

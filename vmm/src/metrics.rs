@@ -58,8 +58,10 @@ pub fn open(path: &Path) -> Result<File, MetricsError> {
         })
 }
 
-/// A device whose counters are reported, through its serving side: reading counters never
-/// takes the transport lock that vCPUs use for register accesses.
+/// A device whose counters are reported, through its serving handle, which reads what the
+/// device published after its last batch (`devices::sync::Published`): never the transport
+/// lock that vCPUs use for register accesses, nor the serving lock its I/O thread holds
+/// across I/O.
 pub enum Source {
     /// A virtio-blk drive.
     Block(QueueServer),

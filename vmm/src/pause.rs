@@ -126,8 +126,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::poll::{poll, pollfd};
     use std::sync::Arc;
+    use utils::poll::{poll, pollfd};
 
     #[test]
     fn threads_park_while_paused_and_go_on_when_resumed() {

@@ -9,7 +9,10 @@
 //! malformed chain is answered with VIRTIO_BLK_S_IOERR when it has a status byte, and returned
 //! with nothing written when it has none; either way it is logged and counted, and the device
 //! keeps serving. If the guest corrupts the rings themselves the queue cannot be trusted any
-//! more: the device stops and waits for a reset.
+//! more: the device stops and waits for a reset. A well-formed request the host fails (EIO,
+//! ENOSPC from the image) is answered with VIRTIO_BLK_S_IOERR too, and logged naming the
+//! drive, the operation and the host's error; one the device refuses (a write to a read-only
+//! disk, a range out of bounds) is answered and counted, not logged.
 //!
 //! The VMM's main thread never takes the serving lock: counters are published to their own
 //! slot after each batch, and a new backing file is handed over through a slot the serving
@@ -26,7 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
-use crate::sync::lock;
+use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
     ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
@@ -98,7 +101,7 @@ pub struct Block {
 /// lock here is held only to copy a value in or out.
 struct Shared {
     /// The counters as of the end of the last batch.
-    stats: Mutex<BlockStats>,
+    stats: Published<BlockStats>,
     /// A backing file waiting to replace the current one.
     swap: Mutex<Option<Disk>>,
     /// Wakes the serving thread (it then calls `process_queue`).
@@ -108,6 +111,8 @@ struct Shared {
 /// What serving the queue needs.
 struct Serving {
     disk: Disk,
+    /// The drive's id, for logs.
+    name: String,
     id: [u8; ID_LEN],
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
@@ -133,7 +138,7 @@ impl QueueServer {
 
     /// The counters, as of the end of the last batch; never waits for disk I/O.
     pub fn stats(&self) -> BlockStats {
-        *lock(&self.shared.stats)
+        self.shared.stats.get()
     }
 }
 
@@ -189,12 +194,13 @@ impl Block {
         }
         let config = Self::config_space(&disk);
         let shared = Arc::new(Shared {
-            stats: Mutex::new(BlockStats::default()),
+            stats: Published::default(),
             swap: Mutex::new(None),
             wake,
         });
         let serving = Serving {
             disk,
+            name: id.to_owned(),
             id: serial,
             mem,
             interrupt,
@@ -241,7 +247,7 @@ impl Block {
 
     /// The counters (see [`QueueServer::stats`]).
     pub fn stats(&self) -> BlockStats {
-        *lock(&self.shared.stats)
+        self.shared.stats.get()
     }
 
     /// The handle the serving thread uses.
@@ -275,11 +281,18 @@ impl Serving {
             return false;
         };
         let (mem, disk, id, stats) = (&self.mem, &self.disk, &self.id, &mut self.stats);
+        let name = &self.name;
         let mut work = 0;
         let served = serve_chains(queue, mem, budget, |chain| {
             let used = match request::parse(mem, chain, disk.size()) {
                 Ok(req) => {
                     let done = req.execute(mem, disk, id);
+                    if let Some(err) = &done.host_error {
+                        // One call site: ember's logger bounds each call site's lines per
+                        // second (vmm/src/logger.rs), so a disk that fails every request
+                        // cannot flood the log; the error counter still counts them all.
+                        warn!("virtio-blk '{name}': {err}: {}", err.source);
+                    }
                     work += done.work;
                     count(stats, &req, &done);
                     done.used
@@ -296,7 +309,7 @@ impl Serving {
                 Step::Used(used)
             }
         });
-        *lock(&self.shared.stats) = self.stats;
+        self.shared.stats.publish(self.stats);
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &self.interrupt, served.count);
@@ -373,8 +386,8 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::virtio::block::request::{S_IOERR, S_UNSUPP};
-    use std::io::Write;
+    use crate::virtio::block::request::{MAX_WRITE_ZEROES_SECTORS, S_IOERR, S_UNSUPP};
+    use std::io::{self, Write};
     use std::os::unix::fs::MetadataExt;
     use std::path::PathBuf;
     use virtio_queue::desc::RawDescriptor;
@@ -412,18 +425,16 @@ pub(crate) mod tests {
 
     impl<'a> Rig<'a> {
         fn new(mem: &'a GuestMemoryMmap, path: &std::path::Path, read_only: bool) -> Self {
+            let disk = Disk::open(path, read_only, true).unwrap();
+            Self::with_disk(mem, disk, "ember-disk-0")
+        }
+
+        fn with_disk(mem: &'a GuestMemoryMmap, disk: Disk, id: &str) -> Self {
             let vq = MockSplitQueue::create(mem, GuestAddress(0), QSIZE);
             let irq = Arc::new(VirtioInterrupt::new(
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ));
-            let disk = Disk::open(path, read_only, true).unwrap();
-            let mut block = Block::new(
-                disk,
-                "ember-disk-0",
-                mem.clone(),
-                irq,
-                EventFd::new(0).unwrap(),
-            );
+            let mut block = Block::new(disk, id, mem.clone(), irq, EventFd::new(0).unwrap());
             let mut queue: Queue = vq.create_queue().unwrap();
             // The mock lays its used ring over the upper half of its avail ring (virtio-queue
             // 0.18); use a separate one.
@@ -575,6 +586,92 @@ pub(crate) mod tests {
             S_IOERR
         );
         assert!(std::fs::read(&path).unwrap() == before, "the image changed");
+    }
+
+    /// The `log` backend of this test binary: keeps every line at Warn and above.
+    struct Captured(Mutex<Vec<String>>);
+
+    impl log::Log for Captured {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                lock(&self.0).push(record.args().to_string());
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Installs the capturing logger (once for the binary); returns the lines logged so far
+    /// that contain `needle`.
+    fn logged(needle: &str) -> Vec<String> {
+        static CAPTURED: Captured = Captured(Mutex::new(Vec::new()));
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURED).expect("no other logger in the devices tests");
+            log::set_max_level(log::LevelFilter::Warn);
+        });
+        let lines = lock(&CAPTURED.0);
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn host_io_errors_answer_ioerr_and_are_logged_naming_the_drive() {
+        let mem = mem();
+        logged("");
+        let full = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let disk = Disk::over_any_file(full, 2 * MIB as u64);
+        let mut rig = Rig::with_disk(&mem, disk, "full-disk");
+        // Guest-caused refusals are answered and not logged: a write-zeroes range over the
+        // advertised limit, then one past the end of the disk.
+        rig.header(13, 0);
+        mem.write_obj(0u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(MAX_WRITE_ZEROES_SECTORS + 1, GuestAddress(DATA + 8))
+            .unwrap();
+        mem.write_obj(0u32, GuestAddress(DATA + 12)).unwrap();
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_IOERR
+        );
+        mem.write_obj(4096u64, GuestAddress(DATA)).unwrap();
+        mem.write_obj(8u32, GuestAddress(DATA + 8)).unwrap();
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
+            S_IOERR
+        );
+        assert_eq!(logged("'full-disk'"), Vec::<String>::new());
+
+        // The host's errors: ENOSPC on the write, EINVAL on the flush.
+        rig.header(1, 2048);
+        assert_eq!(
+            rig.request(&[HDR_D, (DATA, 4096, false), STATUS_D]),
+            (S_IOERR, 1)
+        );
+        rig.header(4, 0);
+        assert_eq!(rig.request(&[HDR_D, STATUS_D]), (S_IOERR, 1));
+        let enospc = io::Error::from_raw_os_error(libc::ENOSPC);
+        let einval = io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(
+            logged("'full-disk'"),
+            [
+                format!(
+                    "virtio-blk 'full-disk': write of 4096 bytes at offset 1048576 failed: {enospc}"
+                ),
+                format!("virtio-blk 'full-disk': flush failed: {einval}"),
+            ]
+        );
+        assert_eq!(rig.block.stats().errors, 4);
     }
 
     #[test]

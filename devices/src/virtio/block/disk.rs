@@ -248,6 +248,22 @@ impl Disk {
     }
 }
 
+#[cfg(test)]
+impl Disk {
+    /// A writable writeback disk of `size` bytes over any file, even one [`Disk::open`]
+    /// refuses: tests use `/dev/full`, whose writes fail with ENOSPC and flushes with EINVAL,
+    /// to see what the host's errors become.
+    pub(crate) fn over_any_file(file: File, size: u64) -> Self {
+        Self {
+            file,
+            size,
+            read_only: false,
+            writeback: true,
+            can_punch_holes: false,
+        }
+    }
+}
+
 /// A writable writeback disk is synced as it is closed (its drive swapped by `PATCH /drives`,
 /// or the VM's end): from then on the guest cannot flush it, and what it wrote would otherwise
 /// reach the disk only when the host gets round to it. "Unsafe" disks promise nothing.

@@ -7,6 +7,8 @@
 //! writable one: the header is the first 16 readable bytes, the status the last writable byte,
 //! and the data whatever lies between, in the direction the request type needs.
 
+use std::{fmt, io};
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::disk::Disk;
@@ -93,6 +95,90 @@ pub enum RequestError {
     BadRanges,
 }
 
+/// A host I/O operation a request made, as the log names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostOp {
+    /// `preadv` of `len` bytes at `offset`.
+    Read {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// `pwritev` of `len` bytes at `offset`.
+    Write {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// `fdatasync`.
+    Flush,
+    /// Deallocating a range (`fallocate`).
+    Discard {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Zeroing a range (`fallocate`, or writing zeroes).
+    WriteZeroes {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+}
+
+impl fmt::Display for HostOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (name, offset, len) = match *self {
+            Self::Flush => return f.write_str("flush"),
+            Self::Read { offset, len } => ("read", offset, len),
+            Self::Write { offset, len } => ("write", offset, len),
+            Self::Discard { offset, len } => ("discard", offset, len),
+            Self::WriteZeroes { offset, len } => ("write-zeroes", offset, len),
+        };
+        write!(f, "{name} of {len} bytes at offset {offset}")
+    }
+}
+
+/// The host failed an operation a well-formed request asked for (EIO, ENOSPC, ...). The guest
+/// is answered VIRTIO_BLK_S_IOERR, as for a refusal; unlike a refusal, this is the host's
+/// problem, so the device logs it for the host's operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed")]
+pub struct HostIoError {
+    /// What was asked of the host.
+    pub op: HostOp,
+    /// The host's error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Why a request did not complete.
+#[derive(Debug)]
+enum Failure {
+    /// The guest asked for what the device refuses (a write to a read-only disk, ranges out
+    /// of bounds, buffers outside guest memory, an unsupported type or flag): answered with
+    /// this status and not logged, since a guest can ask in a loop and the status tells it.
+    Refused(u8),
+    /// The host's I/O failed.
+    Host(HostIoError),
+}
+
+impl Failure {
+    /// A refusal answered with VIRTIO_BLK_S_IOERR, whatever the guest got wrong.
+    fn refused<E>(_: E) -> Self {
+        Self::Refused(S_IOERR)
+    }
+
+    /// The host's error for `op`.
+    fn host(op: HostOp) -> impl FnOnce(io::Error) -> Self {
+        move |source| Self::Host(HostIoError { op, source })
+    }
+}
+
 /// What a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -113,7 +199,7 @@ pub enum Kind {
 }
 
 /// What executing a request did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Executed {
     /// Bytes written into guest buffers, status byte included (for the used ring).
     pub used: u32,
@@ -123,6 +209,8 @@ pub struct Executed {
     pub work: u64,
     /// A flush that reached the host's disk (`fdatasync`).
     pub synced: bool,
+    /// The host's error, if that is why the status is VIRTIO_BLK_S_IOERR.
+    pub host_error: Option<HostIoError>,
 }
 
 /// A parsed request.
@@ -247,9 +335,11 @@ impl Request {
     /// Runs the request and writes its status byte.
     pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> Executed {
         let (mut work, mut synced) = (0, false);
-        let (written, status) = match self.run(mem, disk, id, (&mut work, &mut synced)) {
-            Ok(written) => (written, S_OK),
-            Err(status) => (0, status),
+        let result = self.run(mem, disk, id, (&mut work, &mut synced));
+        let (written, status, host_error) = match result {
+            Ok(written) => (written, S_OK, None),
+            Err(Failure::Refused(status)) => (0, status, None),
+            Err(Failure::Host(err)) => (0, S_IOERR, Some(err)),
         };
         // Bounded by MAX_DATA_BYTES + 1, which fits.
         let used = match mem.write_obj(status, self.status) {
@@ -261,6 +351,7 @@ impl Request {
             status,
             work,
             synced,
+            host_error,
         }
     }
 
@@ -274,7 +365,7 @@ impl Request {
         disk: &Disk,
         id: &[u8; ID_LEN],
         (work, synced): (&mut u64, &mut bool),
-    ) -> Result<u64, u8> {
+    ) -> Result<u64, Failure> {
         // Only reads and writes use the header's sector, and `parse` checked it for them; other
         // types may carry any value there.
         let offset = self.sector.wrapping_mul(SECTOR_SIZE);
@@ -283,24 +374,32 @@ impl Request {
         }
         match self.kind {
             Kind::In => {
-                let mut iov = iovecs(mem, &self.data).map_err(|_| S_IOERR)?;
+                let mut iov = iovecs(mem, &self.data).map_err(Failure::refused)?;
+                let op = HostOp::Read {
+                    offset,
+                    len: self.data_len,
+                };
                 // SAFETY: the iovecs cover guest memory checked by `parse`, mapped for as long
                 // as `mem` lives, which outlives this call; guest writable buffers only.
-                unsafe { disk.read_vectored_at(&mut iov, offset) }.map_err(|_| S_IOERR)?;
+                unsafe { disk.read_vectored_at(&mut iov, offset) }.map_err(Failure::host(op))?;
                 Ok(self.data_len)
             }
             Kind::Out => {
                 if disk.read_only() {
-                    return Err(S_IOERR);
+                    return Err(Failure::Refused(S_IOERR));
                 }
-                let mut iov = iovecs(mem, &self.data).map_err(|_| S_IOERR)?;
+                let mut iov = iovecs(mem, &self.data).map_err(Failure::refused)?;
+                let op = HostOp::Write {
+                    offset,
+                    len: self.data_len,
+                };
                 // SAFETY: as for reads; the kernel only reads these buffers.
-                unsafe { disk.write_vectored_at(&mut iov, offset) }.map_err(|_| S_IOERR)?;
+                unsafe { disk.write_vectored_at(&mut iov, offset) }.map_err(Failure::host(op))?;
                 Ok(0)
             }
             Kind::Flush => {
                 *work += FLUSH_WORK;
-                *synced = disk.flush().map_err(|_| S_IOERR)?;
+                *synced = disk.flush().map_err(Failure::host(HostOp::Flush))?;
                 Ok(0)
             }
             Kind::GetId => {
@@ -308,22 +407,23 @@ impl Request {
                 let mut written = 0;
                 for s in &self.data {
                     let n = (s.len as usize).min(left.len());
-                    mem.write_slice(&left[..n], s.addr).map_err(|_| S_IOERR)?;
+                    mem.write_slice(&left[..n], s.addr)
+                        .map_err(Failure::refused)?;
                     left = &left[n..];
                     written += n as u64;
                 }
                 Ok(written)
             }
             Kind::Discard | Kind::WriteZeroes => self.ranges(mem, disk, work).map(|()| 0),
-            Kind::Unsupported(_) => Err(S_UNSUPP),
+            Kind::Unsupported(_) => Err(Failure::Refused(S_UNSUPP)),
         }
     }
 
     /// Executes the {sector, num_sectors, flags} ranges of a discard or write-zeroes request,
     /// held to the limits the configuration space advertises.
-    fn ranges(&self, mem: &GuestMemoryMmap, disk: &Disk, work: &mut u64) -> Result<(), u8> {
+    fn ranges(&self, mem: &GuestMemoryMmap, disk: &Disk, work: &mut u64) -> Result<(), Failure> {
         if disk.read_only() {
-            return Err(S_IOERR);
+            return Err(Failure::Refused(S_IOERR));
         }
         let (max_ranges, max_sectors) = match self.kind {
             Kind::Discard => (MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS),
@@ -333,7 +433,7 @@ impl Request {
             || self.data_len % RANGE_LEN != 0
             || self.data_len / RANGE_LEN > u64::from(max_ranges)
         {
-            return Err(S_IOERR);
+            return Err(Failure::Refused(S_IOERR));
         }
         let payload = read_bytes(mem, &self.data, self.data_len);
         for range in payload.chunks_exact(RANGE_LEN as usize) {
@@ -345,23 +445,27 @@ impl Request {
             };
             let (sector, sectors, flags) = (field(0, 8), field(8, 4), field(12, 4) as u32);
             if sectors > u64::from(max_sectors) {
-                return Err(S_IOERR);
+                return Err(Failure::Refused(S_IOERR));
             }
             let bytes = sectors * SECTOR_SIZE;
             *work += bytes;
-            check_range(sector, bytes, disk.size()).map_err(|_| S_IOERR)?;
+            check_range(sector, bytes, disk.size()).map_err(Failure::refused)?;
             let offset = sector * SECTOR_SIZE;
-            let result = match self.kind {
-                Kind::Discard if flags != 0 => return Err(S_UNSUPP),
-                Kind::Discard if !disk.can_punch_holes() => return Err(S_UNSUPP),
-                Kind::Discard => disk.punch_hole(offset, bytes),
-                _ if flags & !WRITE_ZEROES_UNMAP != 0 => return Err(S_UNSUPP),
+            let (discard, zero) = (
+                HostOp::Discard { offset, len: bytes },
+                HostOp::WriteZeroes { offset, len: bytes },
+            );
+            let (op, result) = match self.kind {
+                Kind::Discard if flags != 0 => return Err(Failure::Refused(S_UNSUPP)),
+                Kind::Discard if !disk.can_punch_holes() => return Err(Failure::Refused(S_UNSUPP)),
+                Kind::Discard => (discard, disk.punch_hole(offset, bytes)),
+                _ if flags & !WRITE_ZEROES_UNMAP != 0 => return Err(Failure::Refused(S_UNSUPP)),
                 _ if flags & WRITE_ZEROES_UNMAP != 0 && disk.can_punch_holes() => {
-                    disk.punch_hole(offset, bytes)
+                    (zero, disk.punch_hole(offset, bytes))
                 }
-                _ => disk.write_zeroes(offset, bytes),
+                _ => (zero, disk.write_zeroes(offset, bytes)),
             };
-            result.map_err(|_| S_IOERR)?;
+            result.map_err(Failure::host(op))?;
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use super::rx::Rx;
 use super::tap::Backend;
 use super::tx::Tx;
 use super::{DEVICE_TYPE_NET, MacAddr, QUEUE_SIZE, features};
-use crate::sync::lock;
+use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
 
@@ -83,11 +83,13 @@ pub struct Interest {
 }
 
 /// A virtio-net device as the transport sees it. The serving side has its own lock, so
-/// register accesses from vCPUs never wait for frame I/O.
+/// register accesses from vCPUs never wait for frame I/O, and publishes its counters after
+/// each batch, so reading them never waits either.
 pub struct Net<B: Backend> {
     features: u64,
     config: [u8; CONFIG_LEN],
     serving: Arc<Mutex<Serving<B>>>,
+    stats: Arc<Published<NetStats>>,
     wake: Arc<EventFd>,
 }
 
@@ -112,12 +114,19 @@ pub(super) struct Io<B> {
     pub(super) stats: NetStats,
 }
 
-/// A handle for the thread that serves a network device.
-pub struct NetServer<B>(Arc<Mutex<Serving<B>>>);
+/// A handle for the thread that serves a network device, and for reading its counters.
+pub struct NetServer<B> {
+    serving: Arc<Mutex<Serving<B>>>,
+    /// `Serving`'s counters as of the end of its last batch.
+    stats: Arc<Published<NetStats>>,
+}
 
 impl<B> Clone for NetServer<B> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self {
+            serving: self.serving.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 
@@ -125,7 +134,7 @@ impl<B: Backend> NetServer<B> {
     /// What to wait for on the backend before calling [`NetServer::process_rx`] or
     /// [`NetServer::process_tx`] again.
     pub fn interest(&self) -> Interest {
-        let s = lock(&self.0);
+        let s = lock(&self.serving);
         Interest {
             readable: s.rx.wants_frames() && !s.io.backend_failed,
             writable: s.tx.queue.is_some() && s.tx.blocked && !s.io.backend_failed,
@@ -135,21 +144,25 @@ impl<B: Backend> NetServer<B> {
     /// Moves frames from the backend into the guest (at most `budget`); true if more may be
     /// waiting. Also the answer to the driver adding receive buffers.
     pub fn process_rx(&self, budget: usize) -> bool {
-        let s = &mut *lock(&self.0);
-        s.rx.process(&mut s.io, budget)
+        let s = &mut *lock(&self.serving);
+        let more = s.rx.process(&mut s.io, budget);
+        self.stats.publish(s.io.stats);
+        more
     }
 
     /// Moves frames from the guest to the backend (at most `budget`); true if more may be
     /// waiting.
     pub fn process_tx(&self, budget: usize) -> bool {
-        let s = &mut *lock(&self.0);
+        let s = &mut *lock(&self.serving);
         s.tx.blocked = false;
-        s.tx.process(&mut s.io, budget)
+        let more = s.tx.process(&mut s.io, budget);
+        self.stats.publish(s.io.stats);
+        more
     }
 
-    /// The counters.
+    /// The counters, as of the end of the last batch; never waits for frame I/O.
     pub fn stats(&self) -> NetStats {
-        lock(&self.0).io.stats
+        self.stats.get()
     }
 }
 
@@ -179,7 +192,7 @@ const WATCH_BACKEND: usize = 3;
 impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
         let want = self.server.interest();
-        let backend = lock(&self.server.0).io.backend.as_raw_fd();
+        let backend = lock(&self.server.serving).io.backend.as_raw_fd();
         watches.clear();
         watches.extend([
             Watch::readable(self.wake.as_raw_fd()),
@@ -271,13 +284,17 @@ impl<B: Backend> Net<B> {
             features,
             config,
             serving: Arc::new(Mutex::new(serving)),
+            stats: Arc::default(),
             wake: Arc::new(wake),
         }
     }
 
     /// A handle on the serving side (for counters, or to serve on the calling thread).
     pub fn server(&self) -> NetServer<B> {
-        NetServer(self.serving.clone())
+        NetServer {
+            serving: self.serving.clone(),
+            stats: self.stats.clone(),
+        }
     }
 
     /// The I/O handler for the device's worker thread; `queues` are the receive and transmit
@@ -394,6 +411,7 @@ impl<B: Backend> VirtioDevice for Net<B> {
 mod tests {
     use std::collections::VecDeque;
     use std::io;
+    use std::time::Duration;
 
     use vm_memory::{Bytes, GuestAddress};
 
@@ -608,6 +626,36 @@ mod tests {
         let s = rig.stats();
         assert_eq!((s.tx_frames, s.tx_bytes, s.tx_dropped), (1, 1500, 0));
         assert_eq!(rig.irq.status() & 1, 1);
+    }
+
+    #[test]
+    fn counters_are_read_while_another_thread_holds_the_serving_lock() {
+        let mut rig = Rig::new(all());
+        let f = frame([0; VNET_HDR_LEN], 60);
+        rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
+        rig.tx
+            .add(&rig.mem, &[(BUFS, f.len() as u32, false)])
+            .unwrap();
+        rig.server.process_tx(64);
+        // The I/O worker in the middle of a batch: it holds the serving lock until the reader
+        // is done, or gives up after a while so that a reader that waits for it is not stuck
+        // for ever (and the test fails).
+        let serving = rig.net.serving.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let _batch = lock(&serving);
+            held_tx.send(()).unwrap();
+            release_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+        });
+        held_rx.recv().unwrap();
+        let s = rig.stats();
+        let _ = release_tx.send(());
+        assert!(
+            worker.join().unwrap(),
+            "reading the counters waited for the serving lock"
+        );
+        assert_eq!((s.tx_frames, s.tx_bytes), (1, 60));
     }
 
     #[test]
