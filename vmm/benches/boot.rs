@@ -14,6 +14,14 @@
 //!
 //! Run: `EMBER_TEST_KERNEL=... EMBER_TEST_BZIMAGE=... cargo bench -p ember --bench boot`
 //! (without them the kernel is built by resources/build-kernel.sh).
+//!
+//! Baseline mode: with `EMBER_BENCH_BASELINE=/path/to/another/ember`, every figure is measured
+//! for that binary and for this build in the same run, alternating between the two on every run
+//! so that host drift hits both alike, and printed side by side with the change in percent.
+//! Build the baseline the way this bench builds its own binary (`cargo bench -p ember --bench
+//! boot --no-run` in a checkout of the old commit, leaving `target/release/ember`): a plain
+//! `cargo build --release` makes a different binary, as the bench's dev-dependencies turn on
+//! features of shared crates (serde_json, memchr) that a release build leaves off.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
@@ -24,10 +32,18 @@ use std::time::{Duration, Instant};
 use vmm::vcpu::monotonic_ns;
 
 const RUNS: usize = 15;
+/// Setup runs per binary in baseline mode: a run takes milliseconds, and a comparison needs
+/// more of them than a single figure to see a few percent through the host's noise.
+const SETUP_RUNS_BASELINE: usize = 60;
 const EMULATED_RUNS: usize = 3;
 /// EMBER_BENCH_QUICK=1 skips the emulated-guest parts (minutes on a PVM host).
 const QUICK: &str = "EMBER_BENCH_QUICK";
 const CI_RUNS: usize = 5;
+/// Memory-overhead boots per binary in baseline mode (each boots Linux: tens of seconds under
+/// PVM); without a baseline one boot is reported, as the figure barely moves between runs.
+const MEMORY_RUNS_BASELINE: usize = 3;
+/// Path of another ember binary to measure side by side with this build.
+const BASELINE: &str = "EMBER_BENCH_BASELINE";
 const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
 
 fn root() -> PathBuf {
@@ -49,8 +65,66 @@ fn artifact(var: &str, built: &str, script: &str) -> PathBuf {
     root().join("build/guest").join(built)
 }
 
-fn ember() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
+/// The ember binaries a figure is measured for.
+struct Binaries {
+    /// `EMBER_BENCH_BASELINE`, when set.
+    baseline: Option<PathBuf>,
+    /// The binary built with this bench.
+    this: PathBuf,
+}
+
+impl Binaries {
+    fn from_env() -> Self {
+        let baseline = std::env::var_os(BASELINE).map(PathBuf::from);
+        if let Some(path) = &baseline {
+            assert!(
+                path.is_file(),
+                "{BASELINE}={} is not a file: point it at another ember binary",
+                path.display()
+            );
+        }
+        Binaries {
+            baseline,
+            this: PathBuf::from(env!("CARGO_BIN_EXE_ember")),
+        }
+    }
+
+    /// `alone` without a baseline, `side_by_side` with one.
+    fn runs(&self, alone: usize, side_by_side: usize) -> usize {
+        match self.baseline {
+            Some(_) => side_by_side,
+            None => alone,
+        }
+    }
+
+    /// Runs `measure` `runs` times on each binary, baseline and this build taking turns run by
+    /// run so that slow drift of the host (thermal, page cache, neighbours) hits both alike.
+    fn interleaved<T>(&self, runs: usize, mut measure: impl FnMut(&Path) -> T) -> Pair<Vec<T>> {
+        let mut baseline = self.baseline.as_ref().map(|_| Vec::with_capacity(runs));
+        let mut this = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            if let (Some(path), Some(samples)) = (&self.baseline, &mut baseline) {
+                samples.push(measure(path));
+            }
+            this.push(measure(&self.this));
+        }
+        Pair { baseline, this }
+    }
+}
+
+/// One figure's values for this build and, in baseline mode, for the baseline binary.
+struct Pair<T> {
+    baseline: Option<T>,
+    this: T,
+}
+
+impl<T> Pair<T> {
+    fn map<U>(&self, f: impl Fn(&T) -> U) -> Pair<U> {
+        Pair {
+            baseline: self.baseline.as_ref().map(&f),
+            this: f(&self.this),
+        }
+    }
 }
 
 /// Reads `stream` until a line contains `needle`; returns that line.
@@ -63,9 +137,9 @@ fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String> {
 }
 
 /// Spawns ember on `kernel` (stopping it at its first KVM_RUN) and returns the setup time.
-fn setup_time(kernel: &Path) -> Duration {
+fn setup_time(binary: &Path, kernel: &Path) -> Duration {
     let start = monotonic_ns();
-    let mut child = ember()
+    let mut child = Command::new(binary)
         .arg("--kernel")
         .arg(kernel)
         .args([
@@ -101,8 +175,8 @@ fn setup_time(kernel: &Path) -> Duration {
 }
 
 /// Boots Linux to its root-device wait and returns (ember's RSS, guest-touched RSS) in KiB.
-fn memory_overhead(kernel: &Path) -> (u64, u64) {
-    let mut child = ember()
+fn memory_overhead(binary: &Path, kernel: &Path) -> (u64, u64) {
+    let mut child = Command::new(binary)
         .arg("--kernel")
         .arg(kernel)
         .args(["--memory", "128", "--timeout", "600", "--cmdline", ROOTWAIT])
@@ -139,9 +213,9 @@ fn memory_overhead(kernel: &Path) -> (u64, u64) {
 }
 
 /// Wall time from spawn to the initramfs init's marker.
-fn time_to_init(kernel: &Path, initramfs: &Path) -> Duration {
+fn time_to_init(binary: &Path, kernel: &Path, initramfs: &Path) -> Duration {
     let start = Instant::now();
-    let mut child = ember()
+    let mut child = Command::new(binary)
         .arg("--kernel")
         .arg(kernel)
         .arg("--initrd")
@@ -172,9 +246,9 @@ struct CiRun {
     exit: Duration,
 }
 
-fn ci_run(kernel: &Path, initramfs: &Path) -> CiRun {
+fn ci_run(binary: &Path, kernel: &Path, initramfs: &Path) -> CiRun {
     let start = monotonic_ns();
-    let out = ember()
+    let out = Command::new(binary)
         .arg("run")
         .arg("--kernel")
         .arg(kernel)
@@ -217,14 +291,131 @@ fn ci_run(kernel: &Path, initramfs: &Path) -> CiRun {
     }
 }
 
-fn report(name: &str, mut samples: Vec<f64>, unit: &str) {
-    samples.sort_by(f64::total_cmp);
-    let median = samples[samples.len() / 2];
-    println!(
-        "{name:<58} median {median:>9.2} {unit}  min {:>9.2}  max {:>9.2}  (n={})",
-        samples[0],
-        samples[samples.len() - 1],
-        samples.len()
+/// Median, min and max of one binary's samples.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+    n: usize,
+}
+
+fn stats(samples: &[f64]) -> Stats {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Stats {
+        median: sorted[sorted.len() / 2],
+        min: sorted[0],
+        max: sorted[sorted.len() - 1],
+        n: sorted.len(),
+    }
+}
+
+fn report(name: &str, samples: &Pair<Vec<f64>>, unit: &str) {
+    let Pair { baseline, this } = samples.map(|s| stats(s));
+    match baseline {
+        None => println!(
+            "{name:<58} median {:>9.2} {unit}  min {:>9.2}  max {:>9.2}  (n={})",
+            this.median, this.min, this.max, this.n
+        ),
+        Some(base) => println!(
+            "{name:<58} baseline {:>9.2} {unit} / this {:>9.2} {unit} (change {:+.1}%)  \
+             min {:.2} / {:.2}  max {:.2} / {:.2}  (n={} each)",
+            base.median,
+            this.median,
+            (this.median - base.median) / base.median * 100.0,
+            base.min,
+            this.min,
+            base.max,
+            this.max,
+            this.n
+        ),
+    }
+}
+
+fn report_setup(bins: &Binaries, vmlinux: &Path, bzimage: &Path) {
+    for (name, kernel) in [("vmlinux", vmlinux), ("bzImage", bzimage)] {
+        let runs = bins.runs(RUNS, SETUP_RUNS_BASELINE);
+        let ms = bins.interleaved(runs, |bin| setup_time(bin, kernel).as_secs_f64() * 1e3);
+        report(
+            &format!("setup: spawn to first KVM_RUN, {name}, 128 MiB"),
+            &ms,
+            "ms",
+        );
+    }
+}
+
+fn report_memory(bins: &Binaries, vmlinux: &Path) {
+    let runs = bins.runs(1, MEMORY_RUNS_BASELINE);
+    let samples = bins.interleaved(runs, |bin| memory_overhead(bin, vmlinux));
+    if samples.baseline.is_some() {
+        let overhead = samples.map(|s| s.iter().map(|(t, g)| (t - g) as f64).collect());
+        let rss = samples.map(|s| s.iter().map(|&(t, _)| t as f64).collect());
+        report(
+            "memory: overhead, ember RSS minus guest-touched",
+            &overhead,
+            "KiB",
+        );
+        report(
+            "memory: ember RSS, Linux at its root-device wait",
+            &rss,
+            "KiB",
+        );
+        return;
+    }
+    for (total, guest) in samples.this {
+        println!(
+            "memory: ember RSS {total} KiB, guest-touched {guest} KiB, overhead {} KiB ({:.2} MiB)",
+            total - guest,
+            (total - guest) as f64 / 1024.0
+        );
+    }
+}
+
+/// The emulated guest boot and the kernel-CI run (minutes on a PVM host).
+fn report_guest(bins: &Binaries, vmlinux: &Path, initramfs: &Path) {
+    let emulated = Path::new("/sys/module/kvm_pvm").exists();
+    let label = if emulated {
+        " [emulated guest: measures the host's emulator]"
+    } else {
+        ""
+    };
+    let secs = bins.interleaved(EMULATED_RUNS, |bin| {
+        time_to_init(bin, vmlinux, initramfs).as_secs_f64()
+    });
+    report(
+        &format!("guest: spawn to EMBER-INIT, vmlinux, 1 vCPU, 128 MiB{label}"),
+        &secs,
+        "s",
+    );
+
+    let runs = bins.interleaved(CI_RUNS, |bin| ci_run(bin, vmlinux, initramfs));
+    let each = |f: fn(&CiRun) -> Duration, scale: f64| -> Pair<Vec<f64>> {
+        runs.map(|r| r.iter().map(|r| f(r).as_secs_f64() * scale).collect())
+    };
+    report(
+        &format!("ci: `ember run -- true` start to exit status{label}"),
+        &each(|r| r.wall, 1.0),
+        "s",
+    );
+    report(
+        "ci: ember's share, setup + teardown",
+        &each(|r| r.setup + r.teardown, 1e3),
+        "ms",
+    );
+    report(
+        "ci: ember's setup, spawn to first KVM_RUN",
+        &each(|r| r.setup, 1e3),
+        "ms",
+    );
+    report(
+        "ci: ember's teardown, guest exit write to return from main",
+        &each(|r| r.teardown, 1e3),
+        "ms",
+    );
+    report(
+        "ci: host process exit, return from main to reaped",
+        &each(|r| r.exit, 1e3),
+        "ms",
     );
 }
 
@@ -232,68 +423,18 @@ fn main() {
     let vmlinux = artifact("EMBER_TEST_KERNEL", "vmlinux", "build-kernel.sh");
     let bzimage = artifact("EMBER_TEST_BZIMAGE", "bzImage", "build-kernel.sh");
     let initramfs = artifact("EMBER_TEST_INITRAMFS", "initramfs.cpio", "build-rootfs.sh");
-    let emulated = Path::new("/sys/module/kvm_pvm").exists();
-    let label = if emulated {
-        " [emulated guest: measures the host's emulator]"
-    } else {
-        ""
-    };
-
-    for (name, kernel) in [("vmlinux", &vmlinux), ("bzImage", &bzimage)] {
-        let ms = (0..RUNS)
-            .map(|_| setup_time(kernel).as_secs_f64() * 1e3)
-            .collect();
-        report(
-            &format!("setup: spawn to first KVM_RUN, {name}, 128 MiB"),
-            ms,
-            "ms",
+    let bins = Binaries::from_env();
+    if let Some(baseline) = &bins.baseline {
+        println!(
+            "baseline: {}\nthis:     {}",
+            baseline.display(),
+            bins.this.display()
         );
     }
-    let (total, guest) = memory_overhead(&vmlinux);
-    println!(
-        "memory: ember RSS {total} KiB, guest-touched {guest} KiB, overhead {} KiB ({:.2} MiB)",
-        total - guest,
-        (total - guest) as f64 / 1024.0
-    );
+    report_setup(&bins, &vmlinux, &bzimage);
+    report_memory(&bins, &vmlinux);
     if std::env::var(QUICK).as_deref() == Ok("1") {
         return;
     }
-    let secs = (0..EMULATED_RUNS)
-        .map(|_| time_to_init(&vmlinux, &initramfs).as_secs_f64())
-        .collect();
-    report(
-        &format!("guest: spawn to EMBER-INIT, vmlinux, 1 vCPU, 128 MiB{label}"),
-        secs,
-        "s",
-    );
-
-    let runs: Vec<_> = (0..CI_RUNS).map(|_| ci_run(&vmlinux, &initramfs)).collect();
-    let each = |f: fn(&CiRun) -> Duration, scale: f64| -> Vec<f64> {
-        runs.iter().map(|r| f(r).as_secs_f64() * scale).collect()
-    };
-    report(
-        &format!("ci: `ember run -- true` start to exit status{label}"),
-        each(|r| r.wall, 1.0),
-        "s",
-    );
-    report(
-        "ci: ember's share, setup + teardown",
-        each(|r| r.setup + r.teardown, 1e3),
-        "ms",
-    );
-    report(
-        "ci: ember's setup, spawn to first KVM_RUN",
-        each(|r| r.setup, 1e3),
-        "ms",
-    );
-    report(
-        "ci: ember's teardown, guest exit write to return from main",
-        each(|r| r.teardown, 1e3),
-        "ms",
-    );
-    report(
-        "ci: host process exit, return from main to reaped",
-        each(|r| r.exit, 1e3),
-        "ms",
-    );
+    report_guest(&bins, &vmlinux, &initramfs);
 }
