@@ -113,7 +113,9 @@ fn orchestrator_sequence_configures_boots_and_reports() {
     let kernel = guest("ctrl_alt_del");
     let (log_file, metrics_file) = (vm.dir.join("ember.log"), vm.dir.join("metrics.json"));
     // A second PUT of the same drive id replaces the first.
-    let first = json!({"drive_id": "data", "path_on_host": "/elsewhere", "is_root_device": false});
+    let elsewhere = vm.dir.join("elsewhere.img");
+    std::fs::write(&elsewhere, vec![0u8; 4096]).unwrap();
+    let first = json!({"drive_id": "data", "path_on_host": elsewhere, "is_root_device": false});
     done(&mut c, "PUT", "/drives/data", &first.to_string());
     let steps = [
         (
@@ -256,7 +258,7 @@ fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let logger = json!({"log_path": log, "level": "Info", "show_level": true});
     let machine = json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
-                         "track_dirty_pages": false});
+                         "track_dirty_pages": false, "huge_pages": "None"});
     let boot = json!({"kernel_image_path": linux_vmlinux(),
                       "boot_args": format!("console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait {SLOW_HOST_PARAMS}")});
     let drive = json!({"drive_id": "scratch", "path_on_host": disk, "is_root_device": false,
@@ -288,6 +290,11 @@ fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
     assert_eq!(cfg["boot-source"], boot);
     assert_eq!(cfg["drives"], json!([drive]));
     assert_eq!(cfg["network-interfaces"], json!([iface]));
+    assert_eq!(cfg["serial"], json!({"serial_out_path": console}));
+    // Every key Firecracker returns is there, null for what ember does not implement.
+    for key in ["balloon", "vsock", "mmds-config", "entropy", "cpu-config"] {
+        assert_eq!(cfg[key], Value::Null, "{key} in {cfg}");
+    }
     assert_eq!(cfg["logger"], logger);
     assert_eq!(cfg["metrics"], json!({"metrics_path": metrics}));
 
@@ -462,11 +469,35 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
         assert_eq!(status, 400, "{method} {path}: {answer}");
         assert!(fault(&answer).contains(want), "{method} {path}: {answer}");
     }
-    // A missing kernel file is reported at InstanceStart; the VM can still be configured.
+    // Missing files are refused at PUT time, with Firecracker's messages; the VM can still be
+    // configured, and an InstanceStart without a kernel says what is missing.
     let boot = r#"{"kernel_image_path": "/no/such/vmlinux"}"#;
-    done(&mut c, "PUT", "/boot-source", boot);
+    assert_eq!(
+        refused(&mut c, "PUT", "/boot-source", boot),
+        "The kernel file cannot be opened: No such file or directory (os error 2)"
+    );
+    let kernel = guest("spin");
+    let boot = json!({"kernel_image_path": kernel, "initrd_path": "/no/such/initrd"});
+    assert_eq!(
+        refused(&mut c, "PUT", "/boot-source", &boot.to_string()),
+        "The initrd file cannot be opened: No such file or directory (os error 2)"
+    );
+    let drive = r#"{"drive_id": "data", "path_on_host": "/no/such.img", "is_root_device": false}"#;
+    let message = refused(&mut c, "PUT", "/drives/data", drive);
+    assert!(
+        message.starts_with("drive 'data': the image cannot be opened"),
+        "{message}"
+    );
     let message = refused(&mut c, "PUT", "/actions", START);
-    assert!(message.contains("/no/such/vmlinux"), "{message}");
+    assert!(message.contains("--kernel"), "{message}");
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["drives"], json!([]));
+    let mem = r#"{"vcpu_count": 1, "mem_size_mib": 0}"#;
+    let message = refused(&mut c, "PUT", "/machine-config", mem);
+    assert!(
+        message.starts_with("The memory size (MiB) is invalid"),
+        "{message}"
+    );
     // Chunked bodies, garbage and a client that leaves mid-request.
     let mut g = vm.client();
     g.send_raw(
@@ -764,5 +795,84 @@ fn the_contract_check_catches_every_kind_of_breach() {
     for (method, path, body, status, answer, why) in breaches {
         let err = spec.check(method, path, body, status, answer).unwrap_err();
         assert!(err.contains(why), "{method} {path} ({why}): {err}");
+    }
+}
+
+/// Every flag Firecracker's launchers pass (but `--enable-pci`, `--metadata` and
+/// `--mmds-size-limit`, which come with the PCI and MMDS devices) starts ember serving its API.
+#[test]
+fn every_firecracker_flag_starts_ember_serving_its_api() {
+    if !kvm_available() {
+        return;
+    }
+    let now_us = (vmm::vcpu::monotonic_ns() / 1000).to_string();
+    let dir = tempdir("fc-flags-files");
+    let (log, metrics, filter) = (
+        dir.join("ember.log"),
+        dir.join("metrics.json"),
+        dir.join("filter.bpf"),
+    );
+    std::fs::write(&filter, b"").unwrap();
+    let (log, metrics, filter) = (
+        log.to_str().unwrap(),
+        metrics.to_str().unwrap(),
+        filter.to_str().unwrap(),
+    );
+    let cases: [&[&str]; 12] = [
+        &["--id", "fc_flags"],
+        &["--start-time-us", &now_us],
+        &["--start-time-cpu-us", "0", "--parent-cpu-time-us", "10"],
+        &["--seccomp-filter", filter],
+        &["--no-seccomp"],
+        &["--log-path", log, "--level", "Debug", "--show-level"],
+        &["--show-log-origin", "--module", "vmm"],
+        &["--metrics-path", metrics],
+        &["--boot-timer"],
+        &["--http-api-max-payload-size", "51200"],
+        &["--level", "Warning"],
+        &["--level", "Trace"],
+    ];
+    for (i, flags) in cases.iter().enumerate() {
+        let vm = Ember::start(&format!("fc-flags-{i}"), flags);
+        let mut c = vm.client();
+        let (status, body) = c.request("GET", "/", None);
+        assert_eq!(
+            (status, json(&body)["state"].as_str()),
+            (200, Some("Not started")),
+            "{flags:?}"
+        );
+    }
+    // The start-up time is measured against the launcher's stamp once the API is served.
+    let log = tempdir("fc-flags-start-time-log").join("ember.log");
+    let log = log.to_str().unwrap();
+    let vm = Ember::start(
+        "fc-flags-start-time",
+        &[
+            "--start-time-us",
+            &now_us,
+            "--level",
+            "Info",
+            "--log-path",
+            log,
+        ],
+    );
+    vm.client().request("GET", "/", None);
+    let logged = std::fs::read_to_string(log).unwrap();
+    assert!(logged.contains("us after --start-time-us"), "{logged}");
+    // Launchers read the version's first line as `<Name> v<X.Y.Z>`.
+    let out = ember().arg("--version").output().unwrap();
+    let first = text(&out.stdout);
+    assert_eq!(
+        first.lines().next(),
+        Some(concat!("ember v", env!("CARGO_PKG_VERSION")))
+    );
+    // Snapshot flags say ember has none, and fail.
+    for flags in [
+        &["--snapshot-version"][..],
+        &["--describe-snapshot", "state.snap"],
+    ] {
+        let out = ember().args(flags).output().unwrap();
+        assert_eq!(code(&out.status), 64, "{flags:?}");
+        assert_contains(&text(&out.stderr), "ember has no snapshots yet");
     }
 }

@@ -41,8 +41,9 @@ pub struct VmConfig {
     /// Where the guest's console output goes (`PUT /serial`); absent: the command line says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
-    /// Firecracker sections ember does not implement; kept so they can be refused by name.
-    #[serde(flatten, skip_serializing)]
+    /// Firecracker sections ember does not implement; kept so they can be refused by name,
+    /// and shown as `null` in `GET /vm/config` (every key Firecracker returns is there).
+    #[serde(flatten)]
     pub unsupported: UnsupportedSections,
 }
 
@@ -116,9 +117,14 @@ pub struct MachineConfig {
     /// Dirty-page tracking for snapshots; ember supports only `false`.
     #[serde(default)]
     pub track_dirty_pages: bool,
-    /// Huge-page backing ("None" or "2M"); ember supports only "None".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Huge-page backing: "None" (the default, shown as such) or "2M".
+    #[serde(default, serialize_with = "none_when_absent")]
     pub huge_pages: Option<String>,
+}
+
+/// Firecracker shows an absent `huge_pages` as "None".
+fn none_when_absent<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or("None"))
 }
 
 impl Default for MachineConfig {
@@ -284,6 +290,31 @@ mod tests {
     fn known_but_unsupported_sections_are_named() {
         let cfg = VmConfig::from_json(r#"{"balloon": {"amount_mib": 1}, "vsock": null}"#).unwrap();
         assert_eq!(cfg.unsupported_sections(), vec!["balloon"]);
+    }
+
+    #[test]
+    fn the_exported_configuration_has_every_key_firecracker_returns() {
+        let cfg = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}}"#).unwrap();
+        let out = serde_json::to_value(&cfg).unwrap();
+        for key in [
+            "balloon",
+            "drives",
+            "boot-source",
+            "cpu-config",
+            "logger",
+            "machine-config",
+            "metrics",
+            "mmds-config",
+            "network-interfaces",
+            "vsock",
+            "entropy",
+        ] {
+            assert!(out.get(key).is_some(), "{key} missing from {out}");
+        }
+        assert_eq!(out["machine-config"]["huge_pages"], "None");
+        // What GET /vm/config returns is a valid config file that describes the same VM.
+        let back: VmConfig = serde_json::from_value(out.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), out);
     }
 
     #[test]

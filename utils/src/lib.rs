@@ -4,5 +4,7 @@
 //! the API.
 //!
 //! - [`poll`]: waiting on several descriptors at once, for the threads outside the event loop.
+//! - [`time`]: reading the host's clocks.
 
 pub mod poll;
+pub mod time;

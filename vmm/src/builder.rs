@@ -92,7 +92,7 @@ pub fn run(
     lifecycle: Option<Arc<Mutex<Lifecycle>>>,
 ) -> Result<Outcome, BuildError> {
     let backends = Backends::open(spec)?;
-    let mem = memory::create_guest_memory(spec.mem_mib)?;
+    let mem = memory::create_guest_memory(spec.mem_mib, spec.pages)?;
     let (vm, entry) = create_vm_and_load_guest(&mem, spec)?;
     let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
     let (output, drain) = open_console(spec, &guest_exit)?;
@@ -148,9 +148,11 @@ impl Booted {
             .as_deref()
             .map(|path| -> Result<_, BuildError> {
                 let sources = dm.take_metrics_sources();
+                let out = metrics::open(path)?;
                 Ok(Arc::new(Mutex::new(Metrics::new(
-                    metrics::open(path)?,
+                    out,
                     sources,
+                    spec.startup,
                 ))))
             })
             .transpose()?;

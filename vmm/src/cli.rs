@@ -48,7 +48,8 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(
     name = "ember",
-    version,
+    // "ember vX.Y.Z": the `<Name> v<X.Y.Z>` first line Firecracker's launchers parse.
+    version = concat!("v", env!("CARGO_PKG_VERSION")),
     args_conflicts_with_subcommands = true,
     after_help = SHORT_FOOTER,
     after_long_help = LONG_FOOTER
@@ -145,6 +146,34 @@ pub struct VmArgs {
     /// Show each log line's source file and line.
     #[arg(long, action = ArgAction::SetTrue)]
     pub show_log_origin: bool,
+    /// Only log messages from this module (e.g. `vmm::lifecycle`).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// A launcher's start timestamp (CLOCK_MONOTONIC, microseconds): with --api-sock, the time
+    /// from it to the API being served is reported as `api_server.process_startup_time_us`
+    /// in the metrics.
+    #[arg(long, value_name = "US")]
+    pub start_time_us: Option<u64>,
+    /// A launcher's CPU-time stamp (CLOCK_PROCESS_CPUTIME_ID, microseconds): with --api-sock,
+    /// reported as `api_server.process_startup_time_cpu_us`.
+    #[arg(long, value_name = "US")]
+    pub start_time_cpu_us: Option<u64>,
+    /// The launcher's own CPU time (microseconds), added to the reported CPU start-up time.
+    #[arg(long, value_name = "US")]
+    pub parent_cpu_time_us: Option<u64>,
+    /// Firecracker's custom seccomp filter; accepted, but ember installs no seccomp filters
+    /// yet (a warning says so).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_seccomp")]
+    pub seccomp_filter: Option<PathBuf>,
+    /// Run without seccomp filtering (ember installs none yet).
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub no_seccomp: bool,
+    /// Firecracker's snapshot data format version; ember has no snapshots yet and says so.
+    #[arg(long, action = ArgAction::SetTrue, exclusive = true)]
+    pub snapshot_version: bool,
+    /// The data format version of a snapshot file; ember has no snapshots yet and says so.
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    pub describe_snapshot: Option<PathBuf>,
     /// Write device counters as JSON lines to this file or named pipe (every 60 s, on
     /// FlushMetrics and at exit).
     #[arg(long, value_name = "PATH")]
@@ -320,7 +349,21 @@ impl VmArgs {
             serial_out: self.serial_out.clone(),
             serial_out_max_bytes: self.serial_out_max_bytes,
             boot_timer: self.boot_timer,
+            startup: Default::default(),
         }
+    }
+
+    /// Why ember cannot do what a snapshot flag asks, if one was given.
+    pub fn snapshot_request(&self) -> Option<String> {
+        let what = if self.snapshot_version {
+            "--snapshot-version".to_owned()
+        } else {
+            let path = self.describe_snapshot.as_ref()?;
+            format!("--describe-snapshot {}", path.display())
+        };
+        Some(format!(
+            "{what}: ember has no snapshots yet, so it has no snapshot data format"
+        ))
     }
 
     /// The microVM the flags (or the config file) describe, in Firecracker's model (checked
@@ -423,6 +466,28 @@ mod tests {
             boot.boot_args.as_deref(),
             Some("console=ttyS0 -- \"echo hi; reboot -f\" x")
         );
+    }
+
+    #[test]
+    fn the_version_reads_as_launchers_expect_and_snapshot_flags_are_refused() {
+        use clap::CommandFactory;
+        let version = Cli::command().render_version();
+        assert_eq!(
+            version.trim_end(),
+            concat!("ember v", env!("CARGO_PKG_VERSION"))
+        );
+        let cli = parse(&["--snapshot-version"]).unwrap();
+        assert!(
+            cli.args()
+                .snapshot_request()
+                .unwrap()
+                .contains("no snapshots")
+        );
+        let cli = parse(&["--describe-snapshot", "vm.snap"]).unwrap();
+        assert!(cli.args().snapshot_request().unwrap().contains("vm.snap"));
+        assert!(parse(&["--snapshot-version", "--kernel", "k"]).is_err());
+        assert!(parse(&["--no-seccomp", "--seccomp-filter", "f"]).is_err());
+        assert_eq!(parse(&[]).unwrap().args().snapshot_request(), None);
     }
 
     #[test]

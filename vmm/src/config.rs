@@ -48,6 +48,9 @@ pub enum ConfigError {
         /// What serde found, with line and column.
         source: serde_json::Error,
     },
+    /// A memory size ember cannot back (Firecracker's message, then why).
+    #[error("The memory size (MiB) is invalid: {0}")]
+    MemSize(&'static str),
     /// vCPU count out of range.
     #[error("vcpu_count must be between 1 and {MAX_CPUS}, not {0}")]
     VcpuCount(u8),

@@ -13,10 +13,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::{LoggerConfig, MachineConfig, VmConfig};
+use api_server::model::{BootSource, LoggerConfig, MachineConfig, VmConfig};
 use api_server::request::{
     MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
 };
+use devices::host_file::{self, HostFileError, Use};
 use devices::sync::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
@@ -72,6 +73,21 @@ pub enum ActionError {
     /// No drive has this id.
     #[error("There is no drive '{0}'.")]
     NoDrive(String),
+    /// The kernel cannot be read (Firecracker's message).
+    #[error("The kernel file cannot be opened: {0}")]
+    KernelFile(#[source] HostFileError),
+    /// The initrd cannot be read (Firecracker's message).
+    #[error("The initrd file cannot be opened: {0}")]
+    InitrdFile(#[source] HostFileError),
+    /// A drive's image cannot be opened.
+    #[error("drive '{id}': the image cannot be opened: {source}")]
+    DriveFile {
+        /// The drive.
+        id: String,
+        /// Why.
+        #[source]
+        source: HostFileError,
+    },
     /// No network interface has this id.
     #[error("There is no network interface '{0}'.")]
     NoInterface(String),
@@ -128,7 +144,7 @@ enum Handled {
     /// Answered.
     Done(VmmData),
     /// InstanceStart: boot this (answered once the boot succeeds or fails).
-    Start(VmSpec),
+    Start(Box<VmSpec>),
 }
 
 impl Lifecycle {
@@ -160,7 +176,7 @@ impl Lifecycle {
                 Ok(Handled::Done(data)) => self.api.reply(Ok(data)),
                 Ok(Handled::Start(spec)) => {
                     self.start_pending = true;
-                    return Some(spec);
+                    return Some(*spec);
                 }
                 Err(err) => self.api.reply(Err(crate::error_chain(&err))),
             }
@@ -203,11 +219,28 @@ impl Lifecycle {
             VmmAction::PatchMachineConfig(patch) => {
                 self.configure(|c| patch_machine(&mut c.machine_config, patch))
             }
-            VmmAction::PutBootSource(boot) => self.configure(|c| c.boot_source = Some(boot)),
-            VmmAction::PutDrive(drive) => self.configure(|c| {
-                let id = drive.drive_id.clone();
-                upsert(&mut c.drives, drive, |d| d.drive_id == id);
-            }),
+            VmmAction::PutBootSource(boot) => {
+                self.not_started()?;
+                check_boot_files(&boot)?;
+                self.configure(|c| c.boot_source = Some(boot))
+            }
+            VmmAction::PutDrive(drive) => {
+                self.not_started()?;
+                // Firecracker opens the image at PUT time, so a wrong path fails here.
+                let image = Use::Disk {
+                    read_only: drive.is_read_only,
+                };
+                host_file::open(Path::new(&drive.path_on_host), image).map_err(|source| {
+                    ActionError::DriveFile {
+                        id: drive.drive_id.clone(),
+                        source,
+                    }
+                })?;
+                self.configure(|c| {
+                    let id = drive.drive_id.clone();
+                    upsert(&mut c.drives, drive, |d| d.drive_id == id);
+                })
+            }
             VmmAction::PutNetworkInterface(iface) => self.configure(|c| {
                 let id = iface.iface_id.clone();
                 upsert(&mut c.network_interfaces, iface, |n| n.iface_id == id);
@@ -222,7 +255,9 @@ impl Lifecycle {
             }
             VmmAction::InstanceStart => {
                 self.not_started()?;
-                Ok(Handled::Start(VmSpec::new(&self.cfg, &self.opts)?))
+                Ok(Handled::Start(Box::new(VmSpec::new(
+                    &self.cfg, &self.opts,
+                )?)))
             }
             VmmAction::PatchDrive(patch) => self.patch_drive(patch).map(done),
             VmmAction::PatchNetworkInterface(patch) => self.patch_interface(&patch).map(done),
@@ -340,6 +375,17 @@ impl RunningVm {
         }
         Ok(())
     }
+}
+
+/// Firecracker opens the kernel and initrd at `PUT /boot-source`, so a wrong path fails there
+/// rather than at InstanceStart.
+fn check_boot_files(boot: &BootSource) -> Result<(), ActionError> {
+    host_file::open(Path::new(&boot.kernel_image_path), Use::Read)
+        .map_err(ActionError::KernelFile)?;
+    if let Some(initrd) = &boot.initrd_path {
+        host_file::open(Path::new(initrd), Use::Read).map_err(ActionError::InitrdFile)?;
+    }
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Handled, ActionError> {
@@ -486,14 +532,29 @@ mod tests {
     #[test]
     fn instance_start_hands_back_the_spec_and_the_vm_then_runs_pauses_and_resumes() {
         let mut lc = lifecycle("life");
+        // PUT opens the files, as Firecracker's does: any readable file will do here.
+        let image = std::env::temp_dir().join(format!("ember-lc-{}.img", std::process::id()));
+        std::fs::write(&image, [0u8; 512]).unwrap();
         let boot = BootSource {
-            kernel_image_path: "vmlinux".into(),
+            kernel_image_path: image.display().to_string(),
             ..Default::default()
         };
+        let err = answer(
+            &mut lc,
+            VmmAction::PutBootSource(BootSource {
+                kernel_image_path: "/no/such/vmlinux".into(),
+                ..Default::default()
+            }),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("The kernel file cannot be opened: "),
+            "{err}"
+        );
         answer(&mut lc, VmmAction::PutBootSource(boot)).unwrap();
         let drive = Drive {
             drive_id: "rootfs".into(),
-            path_on_host: "rootfs.img".into(),
+            path_on_host: image.display().to_string(),
             is_root_device: true,
             ..Default::default()
         };
@@ -506,7 +567,7 @@ mod tests {
             "{}",
             spec.cmdline
         );
-        lc.started(running_vm(spec));
+        lc.started(running_vm(*spec));
         assert_eq!(state_of(&mut lc), "Running");
         for action in [
             VmmAction::InstanceStart,

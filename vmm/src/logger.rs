@@ -145,6 +145,8 @@ pub struct Options<'a> {
     pub show_level: bool,
     /// Prefix lines with their source file and line.
     pub show_origin: bool,
+    /// Only log this module (Firecracker's `--module`).
+    pub module: Option<&'a str>,
     /// Log this target at Info whatever the level.
     pub always: Option<&'static str>,
 }
@@ -162,7 +164,7 @@ pub fn init(opts: &Options) -> Result<(), LoggerError> {
             level: opts.level,
             show_level: opts.show_level,
             show_origin: opts.show_origin,
-            module: None,
+            module: opts.module.map(Into::into),
             output,
         }),
         budgets: Mutex::new(SiteBudgets::default()),

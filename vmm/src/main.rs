@@ -13,6 +13,7 @@ use vmm::builder;
 use vmm::cli::{Cli, VmArgs};
 use vmm::controller::{Outcome, StopSignals};
 use vmm::lifecycle::{Lifecycle, VmState};
+use vmm::metrics::ProcessStartup;
 use vmm::spec::{RunOptions, VmSpec};
 use vmm::{api, logger};
 
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         path: args.log_path.as_deref(),
         show_level: args.show_level,
         show_origin: args.show_log_origin,
+        module: args.module.as_deref(),
         // The boot time is the point of --boot-timer: show it whatever the level.
         always: args.boot_timer.then_some("devices::legacy::boot_timer"),
     };
@@ -43,6 +45,15 @@ fn main() -> ExitCode {
         return ExitCode::from(ExitStatus::ConfigError.code());
     }
 
+    if let Some(refusal) = args.snapshot_request() {
+        eprintln!("ember: error: {refusal}");
+        return ExitCode::from(ExitStatus::ConfigError.code());
+    }
+    if args.seccomp_filter.is_some() {
+        log::warn!(
+            "--seccomp-filter: ember installs no seccomp filters yet; the filter is not applied"
+        );
+    }
     let opts = args.run_options();
     // Before any thread exists, so that every thread inherits the mask.
     let result = match StopSignals::block() {
@@ -93,10 +104,19 @@ fn configured_vm(args: &VmArgs) -> Result<VmConfig, Box<dyn Error>> {
 fn serve_api(
     args: &VmArgs,
     sock: &std::path::Path,
-    opts: RunOptions,
+    mut opts: RunOptions,
     signals: StopSignals,
 ) -> Result<Outcome, Box<dyn Error>> {
     let api = api::start(sock, args.http_api_max_payload_size, &args.id)?;
+    // Measured as Firecracker does: once the API socket is bound.
+    opts.startup = ProcessStartup::measure(
+        args.start_time_us,
+        args.start_time_cpu_us,
+        args.parent_cpu_time_us.unwrap_or(0),
+    );
+    if let Some(us) = opts.startup.wall_us {
+        log::info!("serving the API {us} us after --start-time-us");
+    }
     if args.describes_vm() {
         let cfg = configured_vm(args)?;
         let spec = VmSpec::new(&cfg, &opts)?;

@@ -1,12 +1,23 @@
 //! Guest memory: anonymous host mappings laid out around the MMIO hole (see
-//! [`crate::arch::x86_64::ram_ranges`]). Pages are only committed when the guest touches them,
-//! and the mappings ask for transparent huge pages (as Cloud Hypervisor does): loading a kernel
-//! then takes a few faults instead of thousands, and KVM can map the guest with large pages.
+//! [`crate::arch::x86_64::ram_ranges`]). As in Firecracker, small pages back it unless the
+//! configuration asks for 2 MiB huge pages (`huge_pages: "2M"`, hugetlbfs pages reserved when
+//! the VM is built). Small pages are committed only when the guest touches them, so a guest's
+//! resident memory is what it uses, to the page; transparent huge pages (an earlier default)
+//! made a fresh guest's RSS grow in 2 MiB steps.
 
-use log::debug;
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::arch::x86_64::ram_ranges;
+
+/// The pages that back guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSize {
+    /// The host's base pages (4 KiB), committed on first touch.
+    Small,
+    /// 2 MiB hugetlbfs pages, reserved up front.
+    Huge2M,
+}
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +37,17 @@ pub enum MemoryError {
     },
     /// The host refused the mapping.
     #[error("cannot map {0} MiB of guest memory")]
-    Map(u64, #[source] vm_memory::mmap::FromRangesError),
+    Map(u64, #[source] vm_memory::mmap::MmapRegionError),
+    /// The host has too few free 2 MiB huge pages.
+    #[error(
+        "cannot back {0} MiB of guest memory with 2 MiB huge pages: the host has too few free \
+         (see HugePages_Free in /proc/meminfo; reserve more with \
+         `sysctl vm.nr_hugepages=N`), or use huge_pages \"None\""
+    )]
+    HugePages(u64, #[source] vm_memory::mmap::MmapRegionError),
+    /// The regions could not be assembled (they overlap or overflow).
+    #[error("cannot lay out {0} MiB of guest memory")]
+    Layout(u64),
 }
 
 const MIB: u64 = 1 << 20;
@@ -45,7 +66,7 @@ fn host_ram_bytes() -> Option<u64> {
 /// Maps `mib` MiB of guest memory. More than the host's RAM is refused: the mapping would
 /// succeed (it is not reserved up front) and the guest would be killed later, when it touches
 /// pages the host cannot provide.
-pub fn create_guest_memory(mib: usize) -> Result<GuestMemoryMmap, MemoryError> {
+pub fn create_guest_memory(mib: usize, pages: PageSize) -> Result<GuestMemoryMmap, MemoryError> {
     let asked_mib = mib as u64;
     if asked_mib == 0 {
         return Err(MemoryError::Empty);
@@ -59,26 +80,39 @@ pub fn create_guest_memory(mib: usize) -> Result<GuestMemoryMmap, MemoryError> {
                 asked_mib,
                 host_mib: host / MIB,
             })?;
-    let ranges: Vec<_> = ram_ranges(bytes)
+    let regions = ram_ranges(bytes)
         .into_iter()
-        .map(|(addr, len)| (addr, len as usize))
-        .collect();
-    let mem =
-        GuestMemoryMmap::from_ranges(&ranges).map_err(|err| MemoryError::Map(asked_mib, err))?;
-    for region in mem.iter() {
-        let addr = region.as_ptr();
-        // SAFETY: the range is exactly one live mapping owned by `mem`; MADV_HUGEPAGE only
-        // changes how the kernel backs it and cannot invalidate it.
-        let rc = unsafe { libc::madvise(addr.cast(), region.size(), libc::MADV_HUGEPAGE) };
-        if rc != 0 {
-            // Huge pages are an optimisation; a kernel without THP still runs the guest.
-            debug!(
-                "no transparent huge pages: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
+        .map(|(addr, len)| map_region(addr, len as usize, pages, asked_mib))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Layout(asked_mib))?;
     Ok(mem)
+}
+
+/// Maps one guest RAM range of `len` bytes at `addr`.
+fn map_region(
+    addr: GuestAddress,
+    len: usize,
+    pages: PageSize,
+    asked_mib: u64,
+) -> Result<GuestRegionMmap, MemoryError> {
+    let private = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
+    let flags = match pages {
+        // Reserved lazily: the guest's untouched memory costs the host nothing.
+        PageSize::Small => private | libc::MAP_NORESERVE,
+        // Reserved now: without enough free huge pages the mapping fails here, with an error
+        // that says so, instead of the guest being killed by SIGBUS on a later touch.
+        PageSize::Huge2M => private | libc::MAP_HUGETLB | libc::MAP_HUGE_2MB,
+    };
+    let region = MmapRegionBuilder::new(len)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags)
+        .with_hugetlbfs(pages == PageSize::Huge2M)
+        .build()
+        .map_err(|err| match pages {
+            PageSize::Small => MemoryError::Map(asked_mib, err),
+            PageSize::Huge2M => MemoryError::HugePages(asked_mib, err),
+        })?;
+    GuestRegionMmap::new(region, addr).ok_or(MemoryError::Layout(asked_mib))
 }
 
 #[cfg(test)]
@@ -88,7 +122,7 @@ mod tests {
 
     #[test]
     fn maps_the_requested_size_around_the_hole() {
-        let mem = create_guest_memory(4 * 1024 + 64).unwrap();
+        let mem = create_guest_memory(4 * 1024 + 64, PageSize::Small).unwrap();
         assert_eq!(mem.num_regions(), 2);
         assert!(mem.address_in_range(GuestAddress(0xbfff_ffff)));
         assert!(!mem.address_in_range(GuestAddress(0xc000_0000)));
@@ -97,12 +131,35 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_back_the_guest_or_the_error_says_the_host_has_too_few() {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let free = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .unwrap_or(0);
+        match create_guest_memory(4, PageSize::Huge2M) {
+            Ok(mem) => {
+                assert!(free >= 2, "mapped 4 MiB of huge pages with {free} free");
+                assert_eq!(mem.num_regions(), 1);
+            }
+            Err(err) => {
+                assert!(free < 2, "{err}");
+                assert!(err.to_string().contains("too few free"), "{err}");
+            }
+        }
+    }
+
+    #[test]
     fn refuses_zero_and_more_than_the_host() {
-        assert!(matches!(create_guest_memory(0), Err(MemoryError::Empty)));
-        let err = create_guest_memory(usize::MAX).unwrap_err();
+        assert!(matches!(
+            create_guest_memory(0, PageSize::Small),
+            Err(MemoryError::Empty)
+        ));
+        let err = create_guest_memory(usize::MAX, PageSize::Small).unwrap_err();
         assert!(matches!(err, MemoryError::ExceedsHost { .. }), "{err}");
         let host_mib = host_ram_bytes().unwrap() / MIB;
-        let err = create_guest_memory(host_mib as usize + 1).unwrap_err();
+        let err = create_guest_memory(host_mib as usize + 1, PageSize::Small).unwrap_err();
         assert!(err.to_string().contains("exceeds this host"), "{err}");
     }
 }

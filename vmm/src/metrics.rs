@@ -104,15 +104,55 @@ struct Reported {
     last: Vec<u64>,
 }
 
+/// How long ember took to serve its API, as Firecracker reports it (`api_server` in every
+/// metrics line) when a launcher passes `--start-time-us` and `--start-time-cpu-us`: the time
+/// since the launcher's timestamps, on the monotonic clock and on the process's CPU clock (plus
+/// `--parent-cpu-time-us`, the launcher's own CPU time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessStartup {
+    /// Microseconds from `--start-time-us` to the API being served.
+    pub wall_us: Option<u64>,
+    /// CPU microseconds from `--start-time-cpu-us`, plus the parent's.
+    pub cpu_us: Option<u64>,
+}
+
+impl ProcessStartup {
+    /// Measures now against the launcher's timestamps (monotonic and process-CPU clocks, in
+    /// microseconds), as Firecracker does once its API socket is bound.
+    pub fn measure(start_us: Option<u64>, start_cpu_us: Option<u64>, parent_cpu_us: u64) -> Self {
+        let micros = |clock| utils::time::clock_ns(clock) / 1000;
+        Self {
+            wall_us: start_us.map(|t| micros(libc::CLOCK_MONOTONIC).saturating_sub(t)),
+            cpu_us: start_cpu_us.map(|t| {
+                let own = micros(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(t);
+                own.saturating_add(parent_cpu_us)
+            }),
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        let mut found = Vec::new();
+        if let Some(us) = self.wall_us {
+            found.push(("process_startup_time_us", us));
+        }
+        if let Some(us) = self.cpu_us {
+            found.push(("process_startup_time_cpu_us", us));
+        }
+        found
+    }
+}
+
 /// The metrics of one VM, written to one file.
 pub struct Metrics {
     out: File,
     devices: Vec<Reported>,
+    startup: ProcessStartup,
 }
 
 impl Metrics {
-    /// Reports `devices` (named by their configuration ids) to `out`.
-    pub fn new(out: File, devices: Vec<(String, Source)>) -> Self {
+    /// Reports `devices` (named by their configuration ids) and the process's `startup` time
+    /// to `out`.
+    pub fn new(out: File, devices: Vec<(String, Source)>, startup: ProcessStartup) -> Self {
         let devices = devices
             .into_iter()
             .map(|(id, source)| Reported {
@@ -121,7 +161,11 @@ impl Metrics {
                 source,
             })
             .collect();
-        Self { out, devices }
+        Self {
+            out,
+            devices,
+            startup,
+        }
     }
 
     /// The next line: changes since the previous one.
@@ -153,6 +197,11 @@ impl Metrics {
         }
         for (kind, values) in totals {
             doc.insert(kind.into(), object(&values));
+        }
+        let startup = self.startup.counters();
+        if !startup.is_empty() {
+            // Firecracker's store metrics: the same values on every line.
+            doc.insert("api_server".into(), object(&startup));
         }
         let mut line = Value::Object(doc).to_string();
         line.push('\n');
@@ -230,7 +279,7 @@ mod tests {
     fn lines_without_devices_carry_zero_totals() {
         let path = temp("empty");
         let _ = std::fs::remove_file(&path);
-        let mut m = Metrics::new(open(&path).unwrap(), Vec::new());
+        let mut m = Metrics::new(open(&path).unwrap(), Vec::new(), ProcessStartup::default());
         m.write().unwrap();
         m.write().unwrap();
         let lines = lines(&path);
@@ -241,6 +290,32 @@ mod tests {
         }
         for (name, _) in NetStats::default().counters() {
             assert_eq!(lines[1]["net"][name], 0, "{name}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_process_start_up_time_is_reported_on_every_line_as_firecracker_does() {
+        let now_us = crate::vcpu::monotonic_ns() / 1000;
+        let startup = ProcessStartup::measure(Some(now_us - 5_000), Some(0), 7);
+        assert!(startup.wall_us.unwrap() >= 5_000);
+        assert!(startup.cpu_us.unwrap() >= 7);
+        assert_eq!(
+            ProcessStartup::measure(Some(u64::MAX), None, 0),
+            ProcessStartup {
+                wall_us: Some(0),
+                cpu_us: None
+            }
+        );
+        let path = temp("startup");
+        let _ = std::fs::remove_file(&path);
+        let mut m = Metrics::new(open(&path).unwrap(), Vec::new(), startup);
+        m.write().unwrap();
+        m.write().unwrap();
+        for line in lines(&path) {
+            let api = &line["api_server"];
+            assert_eq!(api["process_startup_time_us"], startup.wall_us.unwrap());
+            assert_eq!(api["process_startup_time_cpu_us"], startup.cpu_us.unwrap());
         }
         std::fs::remove_file(&path).unwrap();
     }
@@ -257,7 +332,11 @@ mod tests {
     fn the_timer_writes_a_line_each_period() {
         let path = temp("timer");
         let _ = std::fs::remove_file(&path);
-        let metrics = Arc::new(Mutex::new(Metrics::new(open(&path).unwrap(), Vec::new())));
+        let metrics = Arc::new(Mutex::new(Metrics::new(
+            open(&path).unwrap(),
+            Vec::new(),
+            ProcessStartup::default(),
+        )));
         let timer = MetricsTimer::new(metrics, Duration::from_millis(20)).unwrap();
         let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
             EventManager::new().unwrap();

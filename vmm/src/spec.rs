@@ -19,6 +19,8 @@ use serde_json::Value;
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{ConfigError, DEFAULT_CMDLINE, Unsupported};
 use crate::device_manager::{MAX_DEVICES, Slot};
+use crate::memory::PageSize;
+use crate::metrics::ProcessStartup;
 
 /// Options of one run that are not part of Firecracker's configuration model.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct RunOptions {
     pub serial_out_max_bytes: u64,
     /// Provide Firecracker's boot-timer device.
     pub boot_timer: bool,
+    /// How long ember took to serve its API, for the metrics.
+    pub startup: ProcessStartup,
 }
 
 impl Default for RunOptions {
@@ -40,6 +44,7 @@ impl Default for RunOptions {
             serial_out: Vec::new(),
             serial_out_max_bytes: crate::console::DEFAULT_SERIAL_FILE_LIMIT,
             boot_timer: false,
+            startup: ProcessStartup::default(),
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct VmSpec {
     pub vcpus: u8,
     /// Guest memory in MiB.
     pub mem_mib: usize,
+    /// The pages that back guest memory.
+    pub pages: PageSize,
     /// The drives in guest order (the root drive first), each with its slot.
     pub drives: Vec<DriveSpec>,
     /// The network interfaces in guest order, after the drives.
@@ -71,6 +78,8 @@ pub struct VmSpec {
     pub boot_timer: bool,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// How long ember took to serve its API, for the metrics.
+    pub startup: ProcessStartup,
 }
 
 /// How a drive's flushes are honoured.
@@ -144,6 +153,7 @@ impl VmSpec {
             cmdline: with_kernel_params(user, &announced.join(" ")),
             vcpus: cfg.machine_config.vcpu_count,
             mem_mib: cfg.machine_config.mem_size_mib,
+            pages: page_size(&cfg.machine_config),
             drives,
             nets,
             serial_out,
@@ -151,6 +161,7 @@ impl VmSpec {
             metrics: cfg.metrics.as_ref().map(|m| m.metrics_path.clone().into()),
             boot_timer: opts.boot_timer,
             timeout: opts.timeout,
+            startup: opts.startup,
         })
     }
 
@@ -175,6 +186,17 @@ impl Parts {
         let mc = &cfg.machine_config;
         if mc.vcpu_count == 0 || mc.vcpu_count > MAX_CPUS {
             return Err(ConfigError::VcpuCount(mc.vcpu_count));
+        }
+        if mc.mem_size_mib == 0 {
+            return Err(ConfigError::MemSize(
+                "guest memory must be at least 1 MiB (mem_size_mib / --memory is 0)",
+            ));
+        }
+        // Firecracker refuses it the same way.
+        if page_size(mc) == PageSize::Huge2M && mc.mem_size_mib % 2 != 0 {
+            return Err(ConfigError::MemSize(
+                "2 MiB huge pages need an even number of MiB",
+            ));
         }
         let count = cfg.drives.len() + cfg.network_interfaces.len();
         if count > MAX_DEVICES {
@@ -252,9 +274,18 @@ pub fn limiters<const N: usize>(owner: &str, given: [&Option<Value>; N]) -> Opti
         .then(|| Unsupported::Limiters(owner.into()))
 }
 
+/// Firecracker's `huge_pages`: "None" (or absent) or "2M".
+fn page_size(mc: &MachineConfig) -> PageSize {
+    match mc.huge_pages.as_deref() {
+        Some("2M") => PageSize::Huge2M,
+        _ => PageSize::Small,
+    }
+}
+
 fn machine_unsupported(mc: &MachineConfig) -> Vec<Unsupported> {
     let owner = "machine-config";
     let not_none = |v: &Option<String>| v.clone().filter(|v| v != "None");
+    let huge = mc.huge_pages.clone().filter(|h| h != "None" && h != "2M");
     let checks = [
         ("smt", mc.smt.then(|| "true".to_owned()), "false"),
         (
@@ -263,7 +294,7 @@ fn machine_unsupported(mc: &MachineConfig) -> Vec<Unsupported> {
             "false",
         ),
         ("cpu_template", not_none(&mc.cpu_template), "\"None\""),
-        ("huge_pages", not_none(&mc.huge_pages), "\"None\""),
+        ("huge_pages", huge, "\"None\" or \"2M\""),
     ];
     checks
         .into_iter()
@@ -431,10 +462,17 @@ mod tests {
         }
 
         let mut c = valid();
-        c.machine_config.huge_pages = Some("2M".into());
-        assert!(err(&c).contains("huge_pages = 2M"), "{}", err(&c));
+        c.machine_config.huge_pages = Some("1G".into());
+        assert!(err(&c).contains("huge_pages = 1G"), "{}", err(&c));
         c.machine_config.huge_pages = Some("None".into());
-        spec(&c).unwrap();
+        assert_eq!(spec(&c).unwrap().pages, PageSize::Small);
+        c.machine_config.huge_pages = Some("2M".into());
+        assert_eq!(spec(&c).unwrap().pages, PageSize::Huge2M);
+        c.machine_config.mem_size_mib = 129;
+        assert!(err(&c).ends_with("invalid: 2 MiB huge pages need an even number of MiB"));
+        c.machine_config.mem_size_mib = 0;
+        c.machine_config.huge_pages = None;
+        assert!(err(&c).starts_with("The memory size (MiB) is invalid: guest memory must be"));
 
         let c = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#)
             .unwrap();

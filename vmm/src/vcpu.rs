@@ -138,8 +138,10 @@ impl Vcpu {
             .try_clone()
             .map_err(|source| VcpuError::Spawn { index, source })?;
         let thread_stop = stop.clone();
+        // Firecracker's thread name: orchestrators (Kata Containers) find vCPU threads by it
+        // to pin them.
         let thread = thread::Builder::new()
-            .name(format!("ember_vcpu{index}"))
+            .name(format!("fc_vcpu {index}"))
             .spawn(move || {
                 let exit = self.run(&thread_stop, &gate);
                 if events.send(VcpuEvent { index, exit }).is_ok() {
@@ -266,13 +268,7 @@ impl VcpuHandle {
 
 /// CLOCK_MONOTONIC in nanoseconds, comparable across processes on this host.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    utils::time::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// The real-time signal that interrupts a vCPU thread.
