@@ -5,7 +5,8 @@
 //! the vCPUs (the buses), the lifecycle (keyboard, pause gate, drives) and metrics (counters)
 //! need. When it is dropped, the I/O workers are stopped and joined.
 //!
-//! Adding a virtio device: its model in a folder under `devices/src/virtio/`, its section in
+//! Adding a virtio device (docs/design.md, "Where to add things", has the whole recipe): its
+//! model in a folder under `devices/src/virtio/`, its configuration section, its section in
 //! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`].
 //!
 //! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd, so
