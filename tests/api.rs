@@ -723,6 +723,66 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
 }
 
 #[test]
+fn put_entropy_gives_the_guest_random_bytes_and_counts_them() {
+    if !kvm_available() {
+        return;
+    }
+    // The tiny guest reads 64 bytes twice (not all zero, different), offers a device-readable
+    // buffer (refused), and reads once more.
+    let want = "RANDOM OK\nREADABLE REFUSED\n";
+    let metrics = tempdir("api-entropy-metrics").join("metrics.json");
+    let vm = Ember::start(
+        "api-entropy",
+        &["--metrics-path", metrics.to_str().unwrap()],
+    );
+    let mut c = vm.client();
+    let limited = json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}});
+    assert_eq!(
+        refused(&mut c, "PUT", "/entropy", &limited.to_string()),
+        "the entropy device: rate limiters are not supported by ember; remove them"
+    );
+    // Firecracker's clients send an empty limiter for none.
+    done(&mut c, "PUT", "/entropy", r#"{"rate_limiter": {}}"#);
+    let boot = json!({"kernel_image_path": guest("virtio_rng")});
+    done(&mut c, "PUT", "/boot-source", &boot.to_string());
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["entropy"], json!({"rate_limiter": {}}));
+    done(&mut c, "PUT", "/actions", START);
+    let (status, console, stderr) = vm.finish();
+    assert_eq!(status, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
+    assert_eq!(console, want);
+    assert!(stderr.contains("device-readable"), "logged: {stderr}");
+    let lines = metric_lines(&metrics);
+    let sum = |name: &str| -> u64 {
+        lines
+            .iter()
+            .map(|l| l["entropy"][name].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        [
+            sum("entropy_event_count"),
+            sum("entropy_bytes"),
+            sum("entropy_event_fails")
+        ],
+        [3, 192, 1],
+        "{lines:?}"
+    );
+
+    // The same device from a config file's `entropy` section.
+    let dir = tempdir("config-entropy");
+    let cfg = dir.join("vm.json");
+    let config = json!({
+        "boot-source": {"kernel_image_path": guest("virtio_rng")},
+        "entropy": {"rate_limiter": null}
+    });
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let out = run(ember().arg("--config-file").arg(&cfg), LIMIT);
+    assert_eq!(text(&out.stdout), want, "{}", text(&out.stderr));
+    assert_eq!(code(&out.status), EXIT_OK);
+}
+
+#[test]
 fn the_contract_check_catches_every_kind_of_breach() {
     let spec = openapi::spec();
     let info = r#"{"app_name": "ember", "id": "a", "state": "Running", "vmm_version": "1"}"#;

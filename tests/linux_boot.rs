@@ -1,11 +1,11 @@
 //! Real Linux guests on ember: the lean kernel as vmlinux and as bzImage, 1 to 4 vCPUs, 128 MiB
 //! and 5 GiB, an initramfs whose init runs a command and reports its status, panics with and
-//! without `panic=`, ACPI power-off, Debian's stock kernel, and ext4 roots on virtio-blk with
-//! up to 8 disks. Each boot is slow when the guest kernel is emulated (20-90 s), so every boot
-//! checks several things and the boots run concurrently, as many at once as the host has
-//! CPUs (`common::linux_slot`). The kernel comes from
-//! $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/; the ACPI kernel from
-//! $EMBER_TEST_ACPI_KERNEL.
+//! without `panic=`, ACPI power-off (with the entropy device as the guest's hardware RNG),
+//! Debian's stock kernel, and ext4 roots on virtio-blk with up to 8 disks. Each boot is slow
+//! when the guest kernel is emulated (20-90 s), so every boot checks several things and the
+//! boots run concurrently, as many at once as the host has CPUs (`common::linux_slot`). The
+//! kernel comes from $EMBER_TEST_KERNEL / $EMBER_TEST_BZIMAGE, or is built by resources/; the
+//! ACPI kernel from $EMBER_TEST_ACPI_KERNEL.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -89,24 +89,34 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
 }
 
 #[test]
-fn an_acpi_kernel_mounts_its_virtio_root_and_poweroff_ends_ember_with_0() {
+fn an_acpi_kernel_mounts_its_virtio_root_finds_the_entropy_device_and_poweroff_ends_ember_with_0() {
     let Some(_turn) = linux_slot() else {
         return;
     };
     // The demo's set-up: ember's own kernel (which has ACPI) with its root on virtio-blk. A
     // hardware-reduced ACPI kernel finds the disk's interrupt only in the DSDT; without ACPI
     // power-off it halts ("reboot: System halted") and ember would run on, which the timeout
-    // turns into a failure.
+    // turns into a failure. The config file adds an entropy device (there is no flag for it),
+    // which the kernel's virtio-rng driver must take as a hardware RNG.
     let dir = tempdir("linux-acpi-poweroff");
     let root = dir.join("rootfs.ext4");
     std::fs::copy(rootfs_image(), &root).unwrap();
+    let command = "cat /sys/class/misc/hw_random/rng_available && poweroff -f";
+    let cfg = dir.join("vm.json");
+    let config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": linux_acpi_kernel(),
+            "boot_args": format!("{DEFAULT} -- \"{command}\""),
+        },
+        "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true}],
+        "entropy": {},
+    });
+    std::fs::write(&cfg, config.to_string()).unwrap();
     let out = run(
         ember()
-            .arg("--kernel")
-            .arg(linux_acpi_kernel())
-            .arg("--disk")
-            .arg(format!("{},root", root.display()))
-            .args(["--timeout", "600", "--", "poweroff -f"]),
+            .arg("--config-file")
+            .arg(&cfg)
+            .args(["--timeout", "600"]),
         LIMIT,
     );
     let log = text(&out.stdout);
@@ -114,7 +124,12 @@ fn an_acpi_kernel_mounts_its_virtio_root_and_poweroff_ends_ember_with_0() {
     assert_eq!(code(&out.status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
     assert_contains(&log, "ACPI: Interpreter enabled");
     assert_contains(&log, "EXT4-fs (vda): mounted filesystem");
-    assert_contains(&log, "EMBER-RUN: poweroff -f");
+    assert_contains(&log, &format!("EMBER-RUN: {command}"));
+    let rngs = log
+        .lines()
+        .find(|l| l.trim_start().starts_with("virtio_rng"))
+        .unwrap_or_else(|| panic!("no virtio_rng in rng_available:\n{log}"));
+    assert!(rngs.contains("virtio_rng."), "{rngs}");
     assert_contains(&log, "reboot: Power down");
     assert!(!log.contains("EMBER-DONE"), "poweroff -f returned:\n{log}");
 }

@@ -41,6 +41,9 @@ pub struct VmConfig {
     /// Where the guest's console output goes (`PUT /serial`); absent: the command line says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    /// A virtio-rng device fed from the host's entropy (`PUT /entropy`); absent: none.
+    #[serde(default)]
+    pub entropy: Option<EntropyConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name,
     /// and shown as `null` in `GET /vm/config` (every key Firecracker returns is there).
     #[serde(flatten)]
@@ -57,8 +60,6 @@ pub struct UnsupportedSections {
     vsock: Option<Value>,
     #[serde(rename = "mmds-config", default)]
     mmds_config: Option<Value>,
-    #[serde(default)]
-    entropy: Option<Value>,
     #[serde(rename = "cpu-config", default)]
     cpu_config: Option<Value>,
 }
@@ -76,7 +77,6 @@ impl VmConfig {
             ("balloon", &u.balloon),
             ("vsock", &u.vsock),
             ("mmds-config", &u.mmds_config),
-            ("entropy", &u.entropy),
             ("cpu-config", &u.cpu_config),
         ]
         .into_iter()
@@ -222,6 +222,15 @@ pub struct SerialConfig {
     pub serial_out_path: Option<String>,
 }
 
+/// `entropy` (`PUT /entropy`): a virtio-rng device, as Firecracker's entropy device.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    /// Firecracker's rate limiter; ember takes none (absent, `null` or `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Value>,
+}
+
 /// `metrics` (`PUT /metrics`): where counters are written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +324,17 @@ mod tests {
         // What GET /vm/config returns is a valid config file that describes the same VM.
         let back: VmConfig = serde_json::from_value(out.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), out);
+    }
+
+    #[test]
+    fn an_entropy_section_is_a_device_and_is_parsed_strictly() {
+        let cfg = VmConfig::from_json(r#"{"entropy": {}}"#).unwrap();
+        assert_eq!(cfg.entropy, Some(EntropyConfig::default()));
+        assert!(cfg.unsupported_sections().is_empty());
+        let cfg = VmConfig::from_json(r#"{"entropy": null}"#).unwrap();
+        assert_eq!(cfg.entropy, None);
+        let err = VmConfig::from_json(r#"{"entropy": {"rate": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `rate`"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use crate::http::{Method, Request};
 use crate::model::{
-    BootSource, Drive, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface, SerialConfig,
+    BootSource, Drive, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
+    SerialConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -39,6 +40,8 @@ pub enum VmmAction {
     PutMetrics(MetricsConfig),
     /// Before boot: `PUT /serial`.
     PutSerial(SerialConfig),
+    /// Before boot: `PUT /entropy`.
+    PutEntropy(EntropyConfig),
     /// Before boot: `PUT /actions` InstanceStart.
     InstanceStart,
     /// After boot: `PATCH /drives/{id}`.
@@ -122,11 +125,10 @@ struct VmStateBody {
 }
 
 /// Firecracker paths ember does not serve yet: answered with a message naming them.
-const NOT_YET: [&str; 9] = [
+const NOT_YET: [&str; 8] = [
     "/balloon",
     "/vsock",
     "/mmds",
-    "/entropy",
     "/cpu-config",
     "/snapshot",
     "/hotplug",
@@ -234,6 +236,7 @@ pub fn route(req: &Request) -> Result<VmmAction, String> {
         (Put, "logger", None) => VmmAction::PutLogger(body(req)?),
         (Put, "metrics", None) => VmmAction::PutMetrics(body(req)?),
         (Put, "serial", None) => VmmAction::PutSerial(body(req)?),
+        (Put, "entropy", None) => VmmAction::PutEntropy(body(req)?),
         _ => {
             let top = format!("/{first}");
             if NOT_YET.contains(&top.as_str()) {
@@ -360,6 +363,11 @@ mod tests {
             ok("PUT", "/serial", r#"{"serial_out_path": "s"}"#),
             VmmAction::PutSerial(_)
         ));
+        assert_eq!(
+            ok("PUT", "/entropy", "{}"),
+            VmmAction::PutEntropy(EntropyConfig::default())
+        );
+        assert!(err("PUT", "/entropy", r#"{"ratelimiter": {}}"#).contains("unknown field"));
     }
 
     #[test]

@@ -5,14 +5,16 @@
 //! the vCPUs (the buses), the lifecycle (keyboard, pause gate, drives) and metrics (counters)
 //! need. When it is dropped, the I/O workers are stopped and joined.
 //!
-//! Adding a virtio device: its model in a folder under `devices/src/virtio/`, its section in
+//! Adding a virtio device (docs/design.md, "Where to add things", has the whole recipe): its
+//! model in a folder under `devices/src/virtio/`, its configuration section, its section in
 //! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`].
 //!
 //! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd, so
 //! disk I/O, however slow, never holds up the event loop or a vCPU, and one thread per queue
 //! keeps requests, flushes included, in the guest's order. A network device's
 //! (`ember_net_<id>`) waits on its queues and on the TAP for exactly the readiness the device
-//! can use, so an idle or back-pressured NIC sleeps.
+//! can use, so an idle or back-pressured NIC sleeps. The entropy device's (`ember_rng`) is
+//! woken by its queue's ioeventfd and hands out a bounded amount of randomness per round.
 //!
 //! It must not decide anything about the configuration ([`crate::spec`] did) nor about the
 //! VM's life ([`crate::lifecycle`], [`crate::controller`]).
@@ -29,6 +31,7 @@ use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{Net, Tap, TapError};
+use devices::virtio::rng::Rng;
 use devices::virtio::worker::IoHandler;
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{ExitNotifier, IrqTrigger};
@@ -46,7 +49,7 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
-use crate::spec::{CacheType, DriveSpec, NetSpec, VmSpec};
+use crate::spec::{CacheType, DriveSpec, EntropySpec, NetSpec, VmSpec};
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
@@ -276,6 +279,9 @@ impl DeviceManager {
         for (net, tap) in spec.nets.iter().zip(backends.taps) {
             self.add_net(vm, mem, net, tap)?;
         }
+        if let Some(entropy) = &spec.entropy {
+            self.add_rng(vm, mem, entropy)?;
+        }
         Ok(())
     }
 
@@ -325,6 +331,27 @@ impl DeviceManager {
         })?;
         let server = lock(&net).device().server();
         self.sources.push((spec.id.clone(), Source::Net(server)));
+        Ok(())
+    }
+
+    /// The entropy device; it draws from the host's `getrandom`, so it has no backend to open.
+    fn add_rng(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        spec: &EntropySpec,
+    ) -> Result<(), DeviceError> {
+        let name = "ember_rng".to_owned();
+        let rng = self.attach(vm, mem, spec.slot, name, 1, |interrupt, queues| {
+            // The worker is woken by the queue's notification, and by activation.
+            let wake = queues[0].try_clone().map_err(host("events"))?;
+            let rng = Rng::new(mem.clone(), interrupt, wake);
+            let handler = rng.server();
+            Ok((rng, handler))
+        })?;
+        let server = lock(&rng).device().server();
+        self.sources
+            .push(("entropy".into(), Source::Entropy(server)));
         Ok(())
     }
 

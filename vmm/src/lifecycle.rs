@@ -246,6 +246,7 @@ impl Lifecycle {
                 upsert(&mut c.network_interfaces, iface, |n| n.iface_id == id);
             }),
             VmmAction::PutSerial(serial) => self.configure(|c| c.serial = Some(serial)),
+            VmmAction::PutEntropy(entropy) => self.configure(|c| c.entropy = Some(entropy)),
             VmmAction::PutLogger(section) => self.put_logger(section).map(done),
             VmmAction::PutMetrics(section) => {
                 self.not_started()?;
@@ -447,7 +448,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
-    use api_server::model::{BootSource, Drive, SerialConfig};
+    use api_server::model::{BootSource, Drive, EntropyConfig, SerialConfig};
     use devices::legacy::I8042;
     use devices::{ExitNotifier, IrqTrigger};
     use vmm_sys_util::eventfd::EventFd;
@@ -527,6 +528,36 @@ mod tests {
             VmmData::Json(cfg) => assert_eq!(cfg["serial"]["serial_out_path"], "console.log"),
             VmmData::Empty => panic!("GET /vm/config answered nothing"),
         }
+    }
+
+    #[test]
+    fn put_entropy_adds_the_device_before_boot_and_refuses_a_rate_limiter() {
+        let mut lc = lifecycle("entropy");
+        let limited = EntropyConfig {
+            rate_limiter: Some(json!({"bandwidth": {"size": 1000, "refill_time": 100}})),
+        };
+        let err = answer(&mut lc, VmmAction::PutEntropy(limited)).unwrap_err();
+        assert_eq!(
+            err,
+            "the entropy device: rate limiters are not supported by ember; remove them"
+        );
+        assert_eq!(lc.cfg.entropy, None);
+        let unlimited = EntropyConfig {
+            rate_limiter: Some(json!({})),
+        };
+        answer(&mut lc, VmmAction::PutEntropy(unlimited)).unwrap();
+        match answer(&mut lc, VmmAction::GetVmConfig).unwrap() {
+            VmmData::Json(cfg) => assert_eq!(cfg["entropy"], json!({"rate_limiter": {}})),
+            VmmData::Empty => panic!("GET /vm/config answered nothing"),
+        }
+        lc.cfg.boot_source = Some(BootSource::default());
+        let Ok(Handled::Start(spec)) = lc.handle(VmmAction::InstanceStart) else {
+            panic!("InstanceStart did not ask for a boot");
+        };
+        assert!(spec.entropy.is_some());
+        lc.started(running_vm(*spec));
+        let err = answer(&mut lc, VmmAction::PutEntropy(EntropyConfig::default())).unwrap_err();
+        assert!(err.contains(NOT_AFTER), "{err}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! [`FLUSH_PERIOD`], on `FlushMetrics` and when the VM stops. Each counter is the change since
 //! the previous line, so a reader sums lines (Firecracker's `SharedIncMetric` semantics).
 //!
-//! Keys: `utc_timestamp_ms`; `block` and `net`, the totals over all devices of that kind
-//! (present even without such devices); `block_<drive_id>` and `net_<iface_id>` per device.
+//! Keys: `utc_timestamp_ms`; `block`, `net` and `entropy`, the totals over all devices of that
+//! kind (present even without such devices); `block_<drive_id>` and `net_<iface_id>` per
+//! device. A VM has at most one entropy device, so, as in Firecracker, `entropy` is its only
+//! key.
 //!
 //! This module reads the devices' own counters and owns the metrics file. It must not keep
 //! a device lock across the file write.
@@ -20,6 +22,7 @@ use devices::sync::lock;
 use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::net::{NetServer, NetStats, Tap};
+use devices::virtio::rng::{RngServer, RngStats};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use serde_json::{Map, Value};
@@ -67,6 +70,8 @@ pub enum Source {
     Block(QueueServer),
     /// A virtio-net interface.
     Net(NetServer<Tap>),
+    /// The entropy device.
+    Entropy(RngServer),
 }
 
 impl Source {
@@ -74,6 +79,16 @@ impl Source {
         match self {
             Self::Block(_) => "block",
             Self::Net(_) => "net",
+            Self::Entropy(_) => "entropy",
+        }
+    }
+
+    /// The device's own key in a line, from its configuration id: none for the one entropy
+    /// device, whose counters are its kind's totals.
+    fn key(&self, id: &str) -> Option<String> {
+        match self {
+            Self::Entropy(_) => None,
+            _ => Some(format!("{}_{id}", self.kind())),
         }
     }
 
@@ -82,6 +97,7 @@ impl Source {
         match self {
             Self::Block(b) => b.stats().counters().to_vec(),
             Self::Net(n) => n.stats().counters().to_vec(),
+            Self::Entropy(r) => r.stats().counters().to_vec(),
         }
     }
 }
@@ -90,15 +106,17 @@ impl Source {
 type Counters = Vec<(&'static str, u64)>;
 
 /// Every kind's totals, all zero: the same names in the same order as each kind's devices.
-fn zero_totals() -> [(&'static str, Counters); 2] {
+fn zero_totals() -> [(&'static str, Counters); 3] {
     [
         ("block", BlockStats::default().counters().to_vec()),
         ("net", NetStats::default().counters().to_vec()),
+        ("entropy", RngStats::default().counters().to_vec()),
     ]
 }
 
 struct Reported {
-    key: String,
+    /// Its own key, besides its kind's totals.
+    key: Option<String>,
     source: Source,
     /// The values in the previous line (none before the first).
     last: Vec<u64>,
@@ -156,7 +174,7 @@ impl Metrics {
         let devices = devices
             .into_iter()
             .map(|(id, source)| Reported {
-                key: format!("{}_{id}", source.kind()),
+                key: source.key(&id),
                 last: Vec::new(),
                 source,
             })
@@ -193,7 +211,9 @@ impl Metrics {
                     .zip(&delta)
                     .for_each(|((_, t), (_, d))| *t += d);
             }
-            doc.insert(dev.key.clone(), object(&delta));
+            if let Some(key) = &dev.key {
+                doc.insert(key.clone(), object(&delta));
+            }
         }
         for (kind, values) in totals {
             doc.insert(kind.into(), object(&values));
@@ -290,6 +310,9 @@ mod tests {
         }
         for (name, _) in NetStats::default().counters() {
             assert_eq!(lines[1]["net"][name], 0, "{name}");
+        }
+        for (name, _) in RngStats::default().counters() {
+            assert_eq!(lines[1]["entropy"][name], 0, "{name}");
         }
         std::fs::remove_file(&path).unwrap();
     }

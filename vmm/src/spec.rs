@@ -68,6 +68,8 @@ pub struct VmSpec {
     pub drives: Vec<DriveSpec>,
     /// The network interfaces in guest order, after the drives.
     pub nets: Vec<NetSpec>,
+    /// The entropy device, after the network interfaces.
+    pub entropy: Option<EntropySpec>,
     /// Where the console's output goes: files, `-` for stdout; never empty.
     pub serial_out: Vec<PathBuf>,
     /// Most bytes written to each console file.
@@ -121,11 +123,20 @@ pub struct NetSpec {
     pub slot: Slot,
 }
 
+/// The virtio-rng device (Firecracker's entropy device); its rate limiter is not implemented
+/// yet, so only "none" is accepted (see [`limiters`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntropySpec {
+    /// Where it lives.
+    pub slot: Slot,
+}
+
 /// The devices and machine of a configuration, parsed: what [`check`] accepts after each API
 /// request, before the configuration has a boot source.
 struct Parts {
     drives: Vec<DriveSpec>,
     nets: Vec<NetSpec>,
+    entropy: Option<EntropySpec>,
     root: Option<String>,
 }
 
@@ -133,42 +144,50 @@ impl VmSpec {
     /// Parses `cfg` with `opts`; a `serial` section (`PUT /serial`) replaces `--serial-out`.
     pub fn new(cfg: &VmConfig, opts: &RunOptions) -> Result<Self, ConfigError> {
         let boot = cfg.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
-        let Parts { drives, nets, root } = Parts::parse(cfg)?;
-        let user = boot.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
-        let mut announced: Vec<String> = drives
-            .iter()
-            .map(|d| d.slot)
-            .chain(nets.iter().map(|n| n.slot))
-            .map(|slot| slot.cmdline_param())
-            .collect();
-        announced.extend(root);
+        let Parts {
+            drives,
+            nets,
+            entropy,
+            root,
+        } = Parts::parse(cfg)?;
         let serial_out = match cfg.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
             Some(path) => vec![path.into()],
             None if opts.serial_out.is_empty() => vec!["-".into()],
             None => opts.serial_out.clone(),
         };
-        Ok(Self {
+        let mut spec = Self {
             kernel: boot.kernel_image_path.clone().into(),
             initrd: boot.initrd_path.as_ref().map(Into::into),
-            cmdline: with_kernel_params(user, &announced.join(" ")),
+            cmdline: String::new(),
             vcpus: cfg.machine_config.vcpu_count,
             mem_mib: cfg.machine_config.mem_size_mib,
             pages: page_size(&cfg.machine_config),
             drives,
             nets,
+            entropy,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
             metrics: cfg.metrics.as_ref().map(|m| m.metrics_path.clone().into()),
             boot_timer: opts.boot_timer,
             timeout: opts.timeout,
             startup: opts.startup,
-        })
+        };
+        // Every virtio device is announced, then the root device.
+        let mut announced: Vec<String> = spec.virtio_slots().map(|s| s.cmdline_param()).collect();
+        announced.extend(root);
+        let user = boot.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        spec.cmdline = with_kernel_params(user, &announced.join(" "));
+        Ok(spec)
     }
 
-    /// Every virtio device's slot, in guest order.
+    /// Every virtio device's slot, in guest order: what the command line and the ACPI tables
+    /// announce.
     pub fn virtio_slots(&self) -> impl Iterator<Item = Slot> + '_ {
         let drives = self.drives.iter().map(|d| d.slot);
-        drives.chain(self.nets.iter().map(|n| n.slot))
+        let nets = self.nets.iter().map(|n| n.slot);
+        drives
+            .chain(nets)
+            .chain(self.entropy.iter().map(|e| e.slot))
     }
 }
 
@@ -198,13 +217,22 @@ impl Parts {
                 "2 MiB huge pages need an even number of MiB",
             ));
         }
-        let count = cfg.drives.len() + cfg.network_interfaces.len();
+        let count =
+            cfg.drives.len() + cfg.network_interfaces.len() + usize::from(cfg.entropy.is_some());
         if count > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices { count });
         }
         let (drives, root) = drives(&cfg.drives)?;
         let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
-        Ok(Self { drives, nets, root })
+        let entropy = cfg.entropy.as_ref().map(|_| EntropySpec {
+            slot: Slot::nth(drives.len() + nets.len()),
+        });
+        Ok(Self {
+            drives,
+            nets,
+            entropy,
+            root,
+        })
     }
 }
 
@@ -261,16 +289,24 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
         let owner = format!("network interface '{}'", n.iface_id);
         found.extend(limiters(&owner, [&n.rx_rate_limiter, &n.tx_rate_limiter]));
     }
+    if let Some(entropy) = &cfg.entropy {
+        found.extend(limiters("the entropy device", [&entropy.rate_limiter]));
+    }
     found
 }
 
-/// Rate limiters of `owner` (a drive or interface), which ember does not implement; also
-/// what `PATCH /drives` and `PATCH /network-interfaces` refuse. `null` is Firecracker's way of
-/// saying none.
+/// Rate limiters of `owner` (a drive, interface or the entropy device), which ember does not
+/// implement; also what `PATCH /drives` and `PATCH /network-interfaces` refuse. `null`, `{}`
+/// and an object whose buckets are all `null` are Firecracker's ways of saying none, and pass.
 pub fn limiters<const N: usize>(owner: &str, given: [&Option<Value>; N]) -> Option<Unsupported> {
+    let unlimited = |v: &Value| match v {
+        Value::Null => true,
+        Value::Object(buckets) => buckets.values().all(Value::is_null),
+        _ => false,
+    };
     given
         .iter()
-        .any(|l| l.as_ref().is_some_and(|v| !v.is_null()))
+        .any(|l| l.as_ref().is_some_and(|v| !unlimited(v)))
         .then(|| Unsupported::Limiters(owner.into()))
 }
 
@@ -420,7 +456,7 @@ fn network_interfaces(
 mod tests {
     use super::*;
     use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
-    use api_server::model::{BootSource, SerialConfig};
+    use api_server::model::{BootSource, EntropyConfig, SerialConfig};
 
     fn valid() -> VmConfig {
         VmConfig {
@@ -485,9 +521,11 @@ mod tests {
             r#"{"balloon": {}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8,
                 "smt": true, "cpu_template": "T2"},
                 "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
-                            "io_engine": "Async", "rate_limiter": {}}],
+                            "io_engine": "Async", "rate_limiter": {"ops": {}}}],
                 "network-interfaces": [{"iface_id": "n", "host_dev_name": "t",
-                                        "tx_rate_limiter": {}, "rx_rate_limiter": null}]}"#,
+                                        "tx_rate_limiter": {"bandwidth": {"size": 1}},
+                                        "rx_rate_limiter": null}],
+                "entropy": {"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}}"#,
         )
         .unwrap();
         let found: Vec<String> = unsupported(&c).iter().map(ToString::to_string).collect();
@@ -500,9 +538,12 @@ mod tests {
                 "drive 'a': io_engine = Async is not supported by ember (only \"Sync\")",
                 "drive 'a': rate limiters are not supported by ember; remove them",
                 "network interface 'n': rate limiters are not supported by ember; remove them",
+                "the entropy device: rate limiters are not supported by ember; remove them",
             ]
         );
-        assert!(limiters("x", [&None, &Some(Value::Null)]).is_none());
+        let none = [None, Some(Value::Null), Some(serde_json::json!({}))];
+        let buckets_null = Some(serde_json::json!({"bandwidth": null, "ops": null}));
+        assert!(limiters("x", [&none[0], &none[1], &none[2], &buckets_null]).is_none());
     }
 
     fn with_drives(ids: &[(&str, bool)]) -> VmConfig {
@@ -653,6 +694,32 @@ mod tests {
         let again = spec(&c).unwrap();
         assert_eq!(s.nets[0].mac, again.nets[0].mac);
         assert_ne!(s.nets[0].mac, s.nets[1].mac);
+    }
+
+    #[test]
+    fn the_entropy_device_follows_the_drives_and_interfaces_and_is_announced() {
+        let mut c = with_nics(&[("eth0", "tap0", None)]);
+        c.drives = with_drives(&[("data", false), ("rootfs", true)]).drives;
+        c.entropy = Some(EntropyConfig {
+            rate_limiter: Some(serde_json::json!({})),
+        });
+        let s = spec(&c).unwrap();
+        assert_eq!(s.entropy, Some(EntropySpec { slot: Slot::nth(3) }));
+        assert_eq!(s.virtio_slots().last(), Some(Slot::nth(3)));
+        assert!(
+            s.cmdline.contains(&Slot::nth(3).cmdline_param()),
+            "{}",
+            s.cmdline
+        );
+        assert!(s.cmdline.ends_with("root=/dev/vda rw"), "{}", s.cmdline);
+        // Alone, it takes the first slot; it counts toward the device limit.
+        let mut c = valid();
+        c.entropy = Some(EntropyConfig::default());
+        assert_eq!(spec(&c).unwrap().entropy.unwrap().slot, Slot::nth(0));
+        let ids: Vec<String> = (0..19).map(|i| format!("d{i}")).collect();
+        let ids: Vec<(&str, bool)> = ids.iter().map(|s| (s.as_str(), false)).collect();
+        c.drives = with_drives(&ids).drives;
+        assert!(err(&c).contains("20 virtio devices"));
     }
 
     #[test]

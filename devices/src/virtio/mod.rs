@@ -11,6 +11,7 @@ pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod worker;
@@ -61,7 +62,7 @@ pub enum ActivateError {
 
 /// What a device model provides to the transport.
 pub trait VirtioDevice: Send {
-    /// The virtio device id (2 for block, 1 for net).
+    /// The virtio device id (2 for block, 1 for net, 4 for an entropy source).
     fn device_type(&self) -> u32;
     /// Every feature bit the device offers.
     fn features(&self) -> u64;
