@@ -391,22 +391,25 @@ impl Serving {
                 Step::Used(done.used)
             }
         });
-        let busy = match self.ring.as_mut() {
-            Some(ring) => {
-                if let Err(err) = ring.submit() {
-                    warn!(
-                        "virtio-blk '{}': cannot submit to the io_uring: {err}",
-                        self.name
-                    );
-                }
-                ring.busy()
+        if let Some(ring) = self.ring.as_mut() {
+            if let Err(err) = ring.submit() {
+                warn!(
+                    "virtio-blk '{}': cannot submit to the io_uring: {err}",
+                    self.name
+                );
             }
-            None => false,
-        };
+        }
+        // What the kernel finished while submitting (reads from the page cache, mostly) is
+        // answered now rather than after another round through poll.
+        let reaped = reaped + self.reap();
+        let busy = self.ring.as_ref().is_some_and(Uring::busy);
         self.shared.stats.publish(self.stats);
+        let Some(queue) = self.queue.as_mut() else {
+            return false;
+        };
         match served {
             Ok(served) => {
-                signal_used(queue, mem, &self.interrupt, reaped + served.count);
+                signal_used(queue, &self.mem, &self.interrupt, reaped + served.count);
                 // A busy ring wakes the thread when requests complete.
                 served.more && !busy
             }
