@@ -672,8 +672,10 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
             json!({"kernel_image_path": guest("virtio_blk"), "boot_args": "resize"}),
         ),
         (
+            // The Async engine: a swap waits for the old image's requests in flight.
             "/drives/data",
-            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false}),
+            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false,
+                   "io_engine": "Async"}),
         ),
         ("/serial", json!({"serial_out_path": log})),
     ];

@@ -1,6 +1,7 @@
 //! virtio-blk end to end with a tiny guest that carries its own minimal virtio-mmio block
 //! driver (tests/guests/virtio_blk.c): data integrity, flush durability across SIGKILL,
-//! GET_ID, discard, read-only disks, malformed chains, and the errors users get for bad drives.
+//! GET_ID, discard, read-only disks, malformed chains (each with both I/O engines), and the
+//! errors users get for bad drives.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -30,6 +31,42 @@ fn image(dir: &Path, name: &str, mib: usize) -> PathBuf {
     path
 }
 
+/// The I/O engine a guest test's drive uses: the tests that move data run with both.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Sync,
+    Async,
+}
+
+impl Engine {
+    /// What `--disk` adds for it.
+    fn option(self) -> &'static str {
+        match self {
+            Self::Sync => "",
+            Self::Async => ",async",
+        }
+    }
+}
+
+/// Runs each named test function once per engine, as `sync_engine::NAME` and
+/// `async_engine::NAME`.
+macro_rules! for_both_engines {
+    ($($test:ident),* $(,)?) => {
+        mod sync_engine {
+            $(#[test] fn $test() { super::$test(super::Engine::Sync) })*
+        }
+        mod async_engine {
+            $(#[test] fn $test() { super::$test(super::Engine::Async) })*
+        }
+    };
+}
+
+for_both_engines!(
+    data_is_durable_after_flush_even_when_ember_is_killed,
+    a_read_only_disk_refuses_writes_and_is_unchanged,
+    malformed_chains_are_refused_and_ember_keeps_serving,
+);
+
 fn driver(mode: &str) -> std::process::Command {
     let mut cmd = ember();
     cmd.arg("--kernel")
@@ -38,19 +75,18 @@ fn driver(mode: &str) -> std::process::Command {
     cmd
 }
 
-#[test]
-fn data_is_durable_after_flush_even_when_ember_is_killed() {
+fn data_is_durable_after_flush_even_when_ember_is_killed(engine: Engine) {
     if !kvm_available() {
         return;
     }
-    let dir = tempdir("blk-rw");
+    let dir = tempdir(&format!("blk-rw-{engine:?}"));
     let disk = image(&dir, "disk.img", 4);
     let before = std::fs::read(&disk).unwrap();
     let blocks_before = std::fs::metadata(&disk).unwrap().blocks();
     let (sock, metrics) = (dir.join("api.sock"), dir.join("metrics.json"));
     let mut cmd = driver("rw");
     cmd.arg("--disk")
-        .arg(format!("{},id=tinydisk", disk.display()))
+        .arg(format!("{},id=tinydisk{}", disk.display(), engine.option()))
         .arg("--api-sock")
         .arg(&sock)
         .arg("--metrics-path")
@@ -100,18 +136,17 @@ fn data_is_durable_after_flush_even_when_ember_is_killed() {
     );
 }
 
-#[test]
-fn a_read_only_disk_refuses_writes_and_is_unchanged() {
+fn a_read_only_disk_refuses_writes_and_is_unchanged(engine: Engine) {
     if !kvm_available() {
         return;
     }
-    let dir = tempdir("blk-ro");
+    let dir = tempdir(&format!("blk-ro-{engine:?}"));
     let disk = image(&dir, "disk.img", 1);
     let before = std::fs::read(&disk).unwrap();
     let out = run(
         driver("ro")
             .arg("--disk")
-            .arg(format!("{},ro", disk.display())),
+            .arg(format!("{},ro{}", disk.display(), engine.option())),
         LIMIT,
     );
     assert_eq!(
@@ -127,15 +162,15 @@ fn a_read_only_disk_refuses_writes_and_is_unchanged() {
     );
 }
 
-#[test]
-fn malformed_chains_are_refused_and_ember_keeps_serving() {
+fn malformed_chains_are_refused_and_ember_keeps_serving(engine: Engine) {
     if !kvm_available() {
         return;
     }
-    let dir = tempdir("blk-hostile");
+    let dir = tempdir(&format!("blk-hostile-{engine:?}"));
     let disk = image(&dir, "disk.img", 1);
     let before = std::fs::read(&disk).unwrap();
-    let out = run(driver("hostile").arg("--disk").arg(&disk), LIMIT);
+    let drive = format!("{}{}", disk.display(), engine.option());
+    let out = run(driver("hostile").arg("--disk").arg(drive), LIMIT);
     let log = text(&out.stdout);
     let stderr = text(&out.stderr);
     // With a status byte: VIRTIO_BLK_S_IOERR. Without a usable one: returned untouched.

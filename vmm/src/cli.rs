@@ -93,11 +93,17 @@ pub struct VmArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_SIZE_MIB, requires = "kernel")]
     pub memory: usize,
-    /// A virtio-blk disk on a raw image: PATH[,ro][,root][,id=NAME]. Repeatable.
+    /// A virtio-blk disk on a raw image: PATH[,ro][,root][,async][,id=NAME]. Repeatable.
     ///
     /// `ro` read-only; `root` the root device (/dev/vda; `root=/dev/vda rw` or `ro` is added to
-    /// the kernel command line); `id=NAME` its drive id and serial number (default diskN).
-    #[arg(long, value_name = "PATH[,ro][,root][,id=NAME]", requires = "kernel")]
+    /// the kernel command line); `async` the Async I/O engine (io_uring, many requests in
+    /// flight; Firecracker's `io_engine`); `id=NAME` its drive id and serial number (default
+    /// diskN).
+    #[arg(
+        long,
+        value_name = "PATH[,ro][,root][,async][,id=NAME]",
+        requires = "kernel"
+    )]
     pub disk: Vec<String>,
     /// A network interface on an existing host TAP: tap=NAME[,mac=MAC][,mtu=N][,id=NAME].
     /// Repeatable; without mac= the guest gets a stable address derived from id and TAP.
@@ -215,7 +221,7 @@ pub enum ArgError {
     #[error("--disk '{0}' has no path")]
     NoPath(String),
     /// An option ember does not know.
-    #[error("--disk '{arg}': unknown option '{option}' (expected ro, root or id=NAME)")]
+    #[error("--disk '{arg}': unknown option '{option}' (expected ro, root, async or id=NAME)")]
     UnknownOption {
         /// The whole argument.
         arg: String,
@@ -240,7 +246,7 @@ pub enum ArgError {
     Mtu(String),
 }
 
-/// Parses `PATH[,ro][,root][,id=NAME]`; `index` numbers disks without an id.
+/// Parses `PATH[,ro][,root][,async][,id=NAME]`; `index` numbers disks without an id.
 pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, ArgError> {
     let mut parts = arg.split(',');
     let path = parts
@@ -256,6 +262,7 @@ pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, ArgError> {
         match option {
             "ro" => drive.is_read_only = true,
             "root" => drive.is_root_device = true,
+            "async" => drive.io_engine = Some("Async".into()),
             _ => match option.strip_prefix("id=") {
                 Some(id) => drive.drive_id = id.into(),
                 None => {
@@ -425,7 +432,10 @@ mod tests {
                 "internal description:\n{help}"
             );
             assert!(help.contains("Ctrl-A x"), "{help}");
-            assert!(help.contains("PATH[,ro][,root][,id=NAME]"), "{help}");
+            assert!(
+                help.contains("PATH[,ro][,root][,async][,id=NAME]"),
+                "{help}"
+            );
         }
         assert!(long.contains(DEFAULT_CMDLINE), "{long}");
         assert!(
@@ -544,6 +554,9 @@ mod tests {
             ("img", "data")
         );
         assert!(d.is_read_only && d.is_root_device);
+        assert_eq!(d.io_engine, None, "Sync is the default");
+        let d = parse_disk("img,async", 0).unwrap();
+        assert_eq!(d.io_engine.as_deref(), Some("Async"));
         assert_eq!(parse_disk("img", 3).unwrap().drive_id, "disk3");
         assert!(matches!(parse_disk(",ro", 0), Err(ArgError::NoPath(_))));
         assert!(matches!(

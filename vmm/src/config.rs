@@ -63,6 +63,27 @@ pub enum ConfigError {
         /// How many were asked for.
         count: usize,
     },
+    /// A drive's `io_engine` is neither "Sync" nor "Async".
+    #[error("drive '{id}': io_engine must be \"Sync\" or \"Async\", not '{value}'")]
+    IoEngine {
+        /// The drive id.
+        id: String,
+        /// The value given.
+        value: String,
+    },
+    /// A drive asks for the Async engine on a host without io_uring.
+    #[error(
+        "drive '{id}': io_engine \"Async\" needs io_uring, which this host does not allow \
+         (Linux 5.10 or later, not disabled by the kernel.io_uring_disabled sysctl or a seccomp \
+         filter); use \"Sync\""
+    )]
+    NoIoUring {
+        /// The drive id.
+        id: String,
+        /// Why a ring cannot be created.
+        #[source]
+        source: std::io::Error,
+    },
     /// A drive id is empty or has characters other than letters, digits and '_'.
     #[error("invalid drive id '{0}': use letters, digits and '_' only")]
     DriveId(String),

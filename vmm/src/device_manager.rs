@@ -9,9 +9,10 @@
 //! model in a folder under `devices/src/virtio/`, its configuration section, its section in
 //! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`].
 //!
-//! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd, so
-//! disk I/O, however slow, never holds up the event loop or a vCPU, and one thread per queue
-//! keeps requests, flushes included, in the guest's order. A network device's
+//! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd (and,
+//! with the Async engine, by its io_uring's completions), so disk I/O, however slow, never
+//! holds up the event loop or a vCPU; one thread per queue keeps flushes after the requests
+//! before them. A network device's
 //! (`ember_net_<id>`) waits on its queues and on the TAP for exactly the readiness the device
 //! can use, so an idle or back-pressured NIC sleeps. The entropy device's (`ember_rng`) is
 //! woken by its queue's ioeventfd and hands out a bounded amount of randomness per round.
@@ -28,7 +29,7 @@ use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
 use devices::sync::lock;
-use devices::virtio::block::{Block, Disk, DiskError};
+use devices::virtio::block::{Block, Disk, DiskError, Uring};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{Net, Tap, TapError};
 use devices::virtio::rng::Rng;
@@ -49,7 +50,7 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
-use crate::spec::{CacheType, DriveSpec, EntropySpec, NetSpec, VmSpec};
+use crate::spec::{CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VmSpec};
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
@@ -67,6 +68,15 @@ pub enum DeviceError {
         /// What is wrong with its image.
         #[source]
         source: DiskError,
+    },
+    /// A drive's io_uring (the Async engine) cannot be set up.
+    #[error("drive '{id}': cannot set up an io_uring for io_engine \"Async\"")]
+    Uring {
+        /// The drive id.
+        id: String,
+        /// The host's error.
+        #[source]
+        source: io::Error,
     },
     /// A network interface's TAP cannot be used.
     #[error("network interface '{id}'")]
@@ -137,7 +147,8 @@ impl Slot {
 /// The host side of the devices: images and TAPs, opened before KVM is touched so that a bad
 /// image or a busy TAP is the error a user sees first.
 pub struct Backends {
-    disks: Vec<Disk>,
+    /// Each drive's image, and its io_uring for the Async engine.
+    disks: Vec<(Disk, Option<Uring>)>,
     taps: Vec<Tap>,
 }
 
@@ -147,8 +158,8 @@ impl Backends {
         let disks = spec
             .drives
             .iter()
-            .map(open_disk)
-            .collect::<Result<_, _>>()?;
+            .map(|d| Ok((open_disk(d)?, open_engine(d)?)))
+            .collect::<Result<_, DeviceError>>()?;
         let taps = spec
             .nets
             .iter()
@@ -170,6 +181,18 @@ pub fn open_disk(drive: &DriveSpec) -> Result<Disk, DeviceError> {
         id: drive.id.clone(),
         source,
     })
+}
+
+/// The io_uring of a drive with the Async engine (none for Sync). A swapped image
+/// (`PATCH /drives`) keeps the drive's ring.
+fn open_engine(drive: &DriveSpec) -> Result<Option<Uring>, DeviceError> {
+    match drive.engine {
+        IoEngine::Sync => Ok(None),
+        IoEngine::Async => Uring::new().map(Some).map_err(|source| DeviceError::Uring {
+            id: drive.id.clone(),
+            source,
+        }),
+    }
 }
 
 /// A block device as the VMM holds it.
@@ -273,8 +296,8 @@ impl DeviceManager {
         spec: &VmSpec,
         backends: Backends,
     ) -> Result<(), DeviceError> {
-        for (drive, disk) in spec.drives.iter().zip(backends.disks) {
-            self.add_block(vm, mem, drive, disk)?;
+        for (drive, (disk, ring)) in spec.drives.iter().zip(backends.disks) {
+            self.add_block(vm, mem, drive, disk, ring)?;
         }
         for (net, tap) in spec.nets.iter().zip(backends.taps) {
             self.add_net(vm, mem, net, tap)?;
@@ -291,13 +314,15 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         drive: &DriveSpec,
         disk: Disk,
+        ring: Option<Uring>,
     ) -> Result<(), DeviceError> {
         let id = drive.id.clone();
         let name = format!("ember_blk_{id}");
         let block = self.attach(vm, mem, drive.slot, name, 1, |interrupt, queues| {
-            // The worker is woken by the queue's notification, and by a drive swap.
+            // The worker is woken by the queue's notification, and by a drive swap (and by
+            // the ring's completions).
             let wake = queues[0].try_clone().map_err(host("events"))?;
-            let block = Block::new(disk, &id, mem.clone(), interrupt, wake);
+            let block = Block::new(disk, ring, &id, mem.clone(), interrupt, wake);
             let handler = block.queue_server();
             Ok((block, handler))
         })?;

@@ -7,12 +7,16 @@
 //! [`unsupported`], which lists them all.
 //!
 //! This module must not touch KVM or the host: opening images and TAPs is the device
-//! manager's job, so a spec can be checked after every API request.
+//! manager's job, so a spec can be checked after every API request. The one exception is
+//! whether the host has io_uring, asked once per process for the first "Async" drive, as
+//! Firecracker refuses such a drive when it is configured.
 
+use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{Drive, MachineConfig, NetworkInterface, VmConfig};
+use devices::virtio::block::uring;
 use devices::virtio::net::MacAddr;
 use serde_json::Value;
 
@@ -93,6 +97,18 @@ pub enum CacheType {
     Writeback,
 }
 
+/// How a drive's requests reach its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoEngine {
+    /// Firecracker's "Sync" (the default): the drive's I/O thread executes one request at a
+    /// time.
+    #[default]
+    Sync,
+    /// Firecracker's "Async": reads, writes and flushes go through an io_uring, many in
+    /// flight at once.
+    Async,
+}
+
 /// One virtio-blk drive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriveSpec {
@@ -104,6 +120,8 @@ pub struct DriveSpec {
     pub read_only: bool,
     /// Flush semantics.
     pub cache: CacheType,
+    /// The I/O engine.
+    pub engine: IoEngine,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -222,7 +240,7 @@ impl Parts {
         if count > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices { count });
         }
-        let (drives, root) = drives(&cfg.drives)?;
+        let (drives, root) = drives(&cfg.drives, uring::probe)?;
         let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
         let entropy = cfg.entropy.as_ref().map(|_| EntropySpec {
             slot: Slot::nth(drives.len() + nets.len()),
@@ -261,14 +279,12 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
     for d in &cfg.drives {
         let owner = format!("drive '{}'", d.drive_id);
         let cache = d.cache_type.as_deref();
-        let engine = d.io_engine.as_deref();
         let checks = [
             (
                 "cache_type",
                 cache.filter(|c| !["Unsafe", "Writeback"].contains(c)),
                 "\"Unsafe\" or \"Writeback\"",
             ),
-            ("io_engine", engine.filter(|e| *e != "Sync"), "\"Sync\""),
             (
                 "socket",
                 d.socket.as_deref(),
@@ -350,15 +366,40 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A drive's I/O engine. "Async" needs io_uring, which `probe` checks on this host (once:
+/// the answer is kept), so that a host without it is reported when the drive is configured,
+/// as Firecracker does, rather than when the VM starts.
+fn io_engine(d: &Drive, probe: fn() -> io::Result<()>) -> Result<IoEngine, ConfigError> {
+    match d.io_engine.as_deref() {
+        None | Some("Sync") => Ok(IoEngine::Sync),
+        Some("Async") => match probe() {
+            Ok(()) => Ok(IoEngine::Async),
+            Err(source) => Err(ConfigError::NoIoUring {
+                id: d.drive_id.clone(),
+                source,
+            }),
+        },
+        Some(other) => Err(ConfigError::IoEngine {
+            id: d.drive_id.clone(),
+            value: other.into(),
+        }),
+    }
+}
+
 /// The drives in guest order (the root drive first, as Firecracker does, so it is /dev/vda),
-/// with their slots; and the `root=` parameter when one is the root device.
-fn drives(drives: &[Drive]) -> Result<(Vec<DriveSpec>, Option<String>), ConfigError> {
+/// with their slots; and the `root=` parameter when one is the root device. `probe` tells
+/// whether the host can run the Async engine.
+fn drives(
+    drives: &[Drive],
+    probe: fn() -> io::Result<()>,
+) -> Result<(Vec<DriveSpec>, Option<String>), ConfigError> {
     let mut root: Option<&Drive> = None;
     for (i, d) in drives.iter().enumerate() {
         let id = &d.drive_id;
         if !valid_id(id) {
             return Err(ConfigError::DriveId(id.clone()));
         }
+
         if drives[..i].iter().any(|other| &other.drive_id == id) {
             return Err(ConfigError::DuplicateDrive(id.clone()));
         }
@@ -374,17 +415,20 @@ fn drives(drives: &[Drive]) -> Result<(Vec<DriveSpec>, Option<String>), ConfigEr
         .chain(drives.iter().filter(|d| !d.is_root_device));
     let specs = ordered
         .enumerate()
-        .map(|(i, d)| DriveSpec {
-            id: d.drive_id.clone(),
-            path: d.path_on_host.clone().into(),
-            read_only: d.is_read_only,
-            cache: match d.cache_type.as_deref() {
-                Some("Unsafe") => CacheType::Unsafe,
-                _ => CacheType::Writeback,
-            },
-            slot: Slot::nth(i),
+        .map(|(i, d)| {
+            Ok(DriveSpec {
+                id: d.drive_id.clone(),
+                path: d.path_on_host.clone().into(),
+                read_only: d.is_read_only,
+                cache: match d.cache_type.as_deref() {
+                    Some("Unsafe") => CacheType::Unsafe,
+                    _ => CacheType::Writeback,
+                },
+                engine: io_engine(d, probe)?,
+                slot: Slot::nth(i),
+            })
         })
-        .collect();
+        .collect::<Result<_, ConfigError>>()?;
     let root = root.map(|d| {
         let device = match &d.partuuid {
             Some(uuid) => format!("PARTUUID={uuid}"),
@@ -535,7 +579,6 @@ mod tests {
                 "the config file's 'balloon' section is not supported by ember; remove it",
                 "machine-config: smt = true is not supported by ember (only false)",
                 "machine-config: cpu_template = T2 is not supported by ember (only \"None\")",
-                "drive 'a': io_engine = Async is not supported by ember (only \"Sync\")",
                 "drive 'a': rate limiters are not supported by ember; remove them",
                 "network interface 'n': rate limiters are not supported by ember; remove them",
                 "the entropy device: rate limiters are not supported by ember; remove them",
@@ -574,6 +617,35 @@ mod tests {
         let mut c = with_drives(&[("a", false)]);
         c.drives[0].cache_type = Some("Writethrough".into());
         assert!(err(&c).contains("cache_type"));
+    }
+
+    #[test]
+    fn io_engines_are_typed_and_async_needs_io_uring_on_the_host() {
+        let mut c = with_drives(&[("a", false), ("b", false), ("c", false)]);
+        c.drives[1].io_engine = Some("Sync".into());
+        c.drives[2].io_engine = Some("Async".into());
+        let engines: Vec<_> = spec(&c).unwrap().drives.iter().map(|d| d.engine).collect();
+        assert_eq!(engines, [IoEngine::Sync, IoEngine::Sync, IoEngine::Async]);
+
+        c.drives[0].io_engine = Some("async".into());
+        assert_eq!(
+            err(&c),
+            "drive 'a': io_engine must be \"Sync\" or \"Async\", not 'async'"
+        );
+
+        // A host without io_uring (an old kernel, the sysctl, a seccomp filter).
+        fn no_uring() -> io::Result<()> {
+            Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        }
+        let refused = drives(&c.drives[1..], no_uring).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("drive 'c': io_engine \"Async\" needs io_uring"),
+            "{refused}"
+        );
+        let sync_only = drives(&c.drives[1..2], no_uring).unwrap();
+        assert_eq!(sync_only.0[0].engine, IoEngine::Sync);
     }
 
     #[test]

@@ -380,6 +380,7 @@ mod tests {
         let disk = Disk::open(&image(name, 4096), false, true).unwrap();
         let block = Block::new(
             disk,
+            None,
             "t",
             mem.clone(),
             irq.clone(),

@@ -139,6 +139,11 @@ pub enum Step {
     Used(u32),
     /// Done, and this call has done enough: return it and stop (more may be waiting).
     UsedLast(u32),
+    /// Taken: the device returns it itself when the host has finished it (asynchronous
+    /// I/O), and go on.
+    Kept,
+    /// Taken, and this call has done enough.
+    KeptLast,
     /// The backend cannot take it now: leave it available and stop.
     Retry,
 }
@@ -146,7 +151,7 @@ pub enum Step {
 /// What a [`serve_chains`] call got through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Served {
-    /// Chains returned to the driver.
+    /// Chains returned to the driver (not counting those the device kept).
     pub count: usize,
     /// More chains may be waiting (the budget ran out or the device asked to stop).
     pub more: bool,
@@ -174,29 +179,34 @@ pub fn serve_chains<'m>(
     budget: usize,
     mut serve: impl FnMut(chain::Chain<'m>) -> Step,
 ) -> Result<Served, QueueError> {
-    let mut count = 0;
+    let (mut count, mut taken) = (0, 0);
     let mut empty_rounds = 0;
     let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
     loop {
         queue.disable_notification(mem)?;
-        let before = count;
+        let before = taken;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let (len, last) = match serve(chain::Chain::in_table(mem, table, size, head)) {
-                Step::Used(len) => (len, false),
-                Step::UsedLast(len) => (len, true),
+            let (used, last) = match serve(chain::Chain::in_table(mem, table, size, head)) {
+                Step::Used(len) => (Some(len), false),
+                Step::UsedLast(len) => (Some(len), true),
+                Step::Kept => (None, false),
+                Step::KeptLast => (None, true),
                 Step::Retry => {
                     queue.set_next_avail(queue.next_avail().wrapping_sub(1));
                     return Ok(Served { count, more: true });
                 }
             };
-            queue.add_used(mem, head, len)?;
-            count += 1;
-            if last || count >= budget {
+            if let Some(len) = used {
+                queue.add_used(mem, head, len)?;
+                count += 1;
+            }
+            taken += 1;
+            if last || taken >= budget {
                 return Ok(Served { count, more: true });
             }
         }
-        empty_rounds = if count == before { empty_rounds + 1 } else { 0 };
+        empty_rounds = if taken == before { empty_rounds + 1 } else { 0 };
         match queue.enable_notification(mem)? {
             true if empty_rounds > 1 => return Err(QueueError::CorruptAvail),
             true => {}

@@ -163,18 +163,9 @@ impl Disk {
             if n == 0 {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
             }
-            let mut done = n as usize;
-            offset += done as u64;
-            while let Some(first) = iovecs.first_mut() {
-                if done < first.iov_len {
-                    // SAFETY: advancing within the same buffer, by less than its length.
-                    first.iov_base = unsafe { first.iov_base.cast::<u8>().add(done) }.cast();
-                    first.iov_len -= done;
-                    break;
-                }
-                done -= first.iov_len;
-                iovecs = &mut iovecs[1..];
-            }
+            offset += n as u64;
+            let consumed = advance(iovecs, n as usize);
+            iovecs = &mut iovecs[consumed..];
         }
         Ok(())
     }
@@ -264,6 +255,12 @@ impl Disk {
     }
 }
 
+impl AsRawFd for Disk {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
 /// A writable writeback disk is synced as it is closed (its drive swapped by `PATCH /drives`,
 /// or the VM's end): from then on the guest cannot flush it, and what it wrote would otherwise
 /// reach the disk only when the host gets round to it. "Unsafe" disks promise nothing.
@@ -275,6 +272,21 @@ impl Drop for Disk {
             }
         }
     }
+}
+
+/// Accounts for `done` bytes moved from the start of `iovecs`: shortens the one it ends in;
+/// returns how many were moved completely, which the next transfer skips.
+pub(super) fn advance(iovecs: &mut [libc::iovec], mut done: usize) -> usize {
+    for (i, iov) in iovecs.iter_mut().enumerate() {
+        if done < iov.iov_len {
+            // SAFETY: advancing within the same buffer, by less than its length.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(done) }.cast();
+            iov.iov_len -= done;
+            return i;
+        }
+        done -= iov.iov_len;
+    }
+    iovecs.len()
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {

@@ -3,14 +3,17 @@
 //! [`disk::Disk`] owns the file and its I/O (positioned vectored reads and writes straight into
 //! guest memory, flush as `fdatasync`, discard and write-zeroes as `fallocate`).
 //! [`request`] turns a descriptor chain into a request and checks everything the guest
-//! controls; [`device::Block`] is the virtio device that serves the queue.
+//! controls; [`device::Block`] is the virtio device that serves the queue, executing requests
+//! on its thread (the Sync engine) or through [`uring::Uring`] (the Async engine, io_uring).
 
 pub mod device;
 pub mod disk;
 pub mod request;
+pub mod uring;
 
 pub use device::{Block, BlockStats};
 pub use disk::{Disk, DiskError};
+pub use uring::Uring;
 
 /// The virtio device id of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;

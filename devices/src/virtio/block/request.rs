@@ -213,6 +213,28 @@ pub struct Executed {
     pub host_error: Option<HostIoError>,
 }
 
+/// What a read, write or flush asks of the disk: the one thing an I/O engine carries out.
+#[derive(Debug)]
+pub enum DiskOp {
+    /// Fill the guest buffers from the disk at `offset`.
+    Read {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// The guest buffers, as host addresses.
+        iovecs: Vec<libc::iovec>,
+    },
+    /// Write the guest buffers to the disk at `offset`.
+    Write {
+        /// Byte offset in the disk.
+        offset: u64,
+        /// The guest buffers, as host addresses.
+        iovecs: Vec<libc::iovec>,
+    },
+    /// Make completed writes durable (`fdatasync`, unless the disk acknowledges flushes
+    /// without syncing).
+    Flush,
+}
+
 /// A parsed request.
 #[derive(Debug)]
 pub struct Request {
@@ -332,10 +354,76 @@ impl Request {
         self.data_len
     }
 
+    /// Whether the request is a read, write or flush: what an I/O engine carries out on the
+    /// disk ([`Request::prepare`], then [`Request::complete`]). The other kinds never wait
+    /// for the disk's data path and are [`Request::execute`]d at once.
+    pub fn is_disk_io(&self) -> bool {
+        matches!(self.kind, Kind::In | Kind::Out | Kind::Flush)
+    }
+
     /// Runs the request and writes its status byte.
     pub fn execute(&self, mem: &GuestMemoryMmap, disk: &Disk, id: &[u8; ID_LEN]) -> Executed {
         let (mut work, mut synced) = (0, false);
         let result = self.run(mem, disk, id, (&mut work, &mut synced));
+        self.finish(mem, result, work, synced)
+    }
+
+    /// The disk operation of a read, write or flush (see [`Request::is_disk_io`]), for an
+    /// engine that submits it and calls [`Request::complete`] when the host is done; or the
+    /// request answered, if the device refuses it.
+    pub fn prepare(&self, mem: &GuestMemoryMmap, disk: &Disk) -> Result<DiskOp, Executed> {
+        self.disk_op(mem, disk)
+            .map_err(|failure| self.finish(mem, Err(failure), 0, false))
+    }
+
+    /// Answers a prepared request with the host's `result` and writes its status byte;
+    /// `synced` says that a flush reached the host's disk.
+    pub fn complete(
+        &self,
+        mem: &GuestMemoryMmap,
+        result: io::Result<()>,
+        synced: bool,
+    ) -> Executed {
+        let written = if self.kind == Kind::In {
+            self.data_len
+        } else {
+            0
+        };
+        let result = result.map(|()| written);
+        let synced = synced && result.is_ok();
+        let result = result.map_err(Failure::host(self.host_op()));
+        self.finish(mem, result, self.disk_work(), synced)
+    }
+
+    /// The bytes of disk work a read, write or flush counts for (a flush: [`FLUSH_WORK`]).
+    pub fn disk_work(&self) -> u64 {
+        if self.kind == Kind::Flush {
+            FLUSH_WORK
+        } else {
+            self.data_len
+        }
+    }
+
+    /// A read, write or flush as the log names it.
+    pub fn host_op(&self) -> HostOp {
+        // Only reads and writes use the header's sector, and `parse` checked it for them;
+        // other types may carry any value there.
+        let (offset, len) = (self.sector.wrapping_mul(SECTOR_SIZE), self.data_len);
+        match self.kind {
+            Kind::In => HostOp::Read { offset, len },
+            Kind::Out => HostOp::Write { offset, len },
+            _ => HostOp::Flush,
+        }
+    }
+
+    /// Writes the status byte for `result` (the bytes written into guest buffers, or why not).
+    fn finish(
+        &self,
+        mem: &GuestMemoryMmap,
+        result: Result<u64, Failure>,
+        work: u64,
+        synced: bool,
+    ) -> Executed {
         let (written, status, host_error) = match result {
             Ok(written) => (written, S_OK, None),
             Err(Failure::Refused(status)) => (0, status, None),
@@ -355,6 +443,25 @@ impl Request {
         }
     }
 
+    /// What a read, write or flush asks of the disk, with the guest buffers as iovecs.
+    fn disk_op(&self, mem: &GuestMemoryMmap, disk: &Disk) -> Result<DiskOp, Failure> {
+        let offset = self.sector.wrapping_mul(SECTOR_SIZE);
+        match self.kind {
+            Kind::In => {
+                let iovecs = iovecs(mem, &self.data).map_err(Failure::refused)?;
+                Ok(DiskOp::Read { offset, iovecs })
+            }
+            Kind::Out => {
+                if disk.read_only() {
+                    return Err(Failure::Refused(S_IOERR));
+                }
+                let iovecs = iovecs(mem, &self.data).map_err(Failure::refused)?;
+                Ok(DiskOp::Write { offset, iovecs })
+            }
+            _ => Ok(DiskOp::Flush),
+        }
+    }
+
     /// Runs the request; returns the bytes written into guest buffers, adds to `work` the
     /// bytes of disk it touched (or [`FLUSH_WORK`]), which is what the I/O thread's yield
     /// counts (a request that moves no data can still keep the disk busy for long), and sets
@@ -366,41 +473,30 @@ impl Request {
         id: &[u8; ID_LEN],
         (work, synced): (&mut u64, &mut bool),
     ) -> Result<u64, Failure> {
-        // Only reads and writes use the header's sector, and `parse` checked it for them; other
-        // types may carry any value there.
-        let offset = self.sector.wrapping_mul(SECTOR_SIZE);
-        if matches!(self.kind, Kind::In | Kind::Out) {
-            *work += self.data_len;
+        if self.is_disk_io() {
+            *work += self.disk_work();
         }
         match self.kind {
-            Kind::In => {
-                let mut iov = iovecs(mem, &self.data).map_err(Failure::refused)?;
-                let op = HostOp::Read {
-                    offset,
-                    len: self.data_len,
-                };
-                // SAFETY: the iovecs cover guest memory checked by `parse`, mapped for as long
-                // as `mem` lives, which outlives this call; guest writable buffers only.
-                unsafe { disk.read_vectored_at(&mut iov, offset) }.map_err(Failure::host(op))?;
-                Ok(self.data_len)
-            }
-            Kind::Out => {
-                if disk.read_only() {
-                    return Err(Failure::Refused(S_IOERR));
+            Kind::In | Kind::Out | Kind::Flush => {
+                let host = Failure::host(self.host_op());
+                match self.disk_op(mem, disk)? {
+                    DiskOp::Read { offset, mut iovecs } => {
+                        // SAFETY: the iovecs cover guest memory checked by `parse`, mapped for
+                        // as long as `mem` lives, which outlives this call; guest writable
+                        // buffers only.
+                        unsafe { disk.read_vectored_at(&mut iovecs, offset) }.map_err(host)?;
+                        Ok(self.data_len)
+                    }
+                    DiskOp::Write { offset, mut iovecs } => {
+                        // SAFETY: as for reads; the kernel only reads these buffers.
+                        unsafe { disk.write_vectored_at(&mut iovecs, offset) }.map_err(host)?;
+                        Ok(0)
+                    }
+                    DiskOp::Flush => {
+                        *synced = disk.flush().map_err(host)?;
+                        Ok(0)
+                    }
                 }
-                let mut iov = iovecs(mem, &self.data).map_err(Failure::refused)?;
-                let op = HostOp::Write {
-                    offset,
-                    len: self.data_len,
-                };
-                // SAFETY: as for reads; the kernel only reads these buffers.
-                unsafe { disk.write_vectored_at(&mut iov, offset) }.map_err(Failure::host(op))?;
-                Ok(0)
-            }
-            Kind::Flush => {
-                *work += FLUSH_WORK;
-                *synced = disk.flush().map_err(Failure::host(HostOp::Flush))?;
-                Ok(0)
             }
             Kind::GetId => {
                 let mut left = &id[..];
