@@ -348,7 +348,7 @@ impl RateLimiter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bucket(size: u64, one_time_burst: u64, refill_time_ms: u64) -> Option<BucketConfig> {
@@ -363,7 +363,8 @@ mod tests {
         TokenBucket::new(bucket(size, burst, refill_ms).unwrap(), now).unwrap()
     }
 
-    fn readable(fd: RawFd, timeout_ms: i32) -> bool {
+    /// Whether `fd` becomes readable within `timeout_ms`.
+    pub(crate) fn readable(fd: RawFd, timeout_ms: i32) -> bool {
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,

@@ -14,6 +14,10 @@
 //! drive, the operation and the host's error; one the device refuses (a write to a read-only
 //! disk, a range out of bounds) is answered and counted, not logged.
 //!
+//! With a rate limiter ([`Block::with_rate_limiter`]), each request costs one op and, if it
+//! reads or writes, its data bytes (Firecracker's charge); a request the limiter refuses stays
+//! in the ring and the worker waits for the limiter's timer, then serves it.
+//!
 //! The VMM's main thread never takes the serving lock: counters are published to their own
 //! slot after each batch, and a new backing file is handed over through a slot the serving
 //! thread takes it from.
@@ -29,6 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
+use crate::rate_limiter::RateLimiter;
 use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
@@ -119,6 +124,7 @@ struct Serving {
     queue: Option<Queue>,
     stats: BlockStats,
     shared: Arc<Shared>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// A handle for the thread that serves a block device's queue.
@@ -126,6 +132,7 @@ struct Serving {
 pub struct QueueServer {
     serving: Arc<Mutex<Serving>>,
     shared: Arc<Shared>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl QueueServer {
@@ -143,16 +150,25 @@ impl QueueServer {
 }
 
 /// The worker waits for the guest's notifications, which reach the device as writes to its
-/// `wake` event (the queue's ioeventfd), and serves the queue in batches.
+/// `wake` event (the queue's ioeventfd), and for the rate limiter's timer, and serves the
+/// queue in batches.
 impl IoHandler for QueueServer {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
         watches.clear();
         watches.push(Watch::readable(self.shared.wake.as_raw_fd()));
+        if let Some(limiter) = &self.limiter {
+            watches.push(Watch::readable(limiter.timer_fd()));
+        }
     }
 
     fn ready(&mut self, ready: &[Ready]) -> bool {
-        if ready.iter().any(Ready::any) {
+        if ready.first().is_some_and(Ready::any) {
             let _ = self.shared.wake.read();
+        }
+        if let (Some(limiter), Some(timer)) = (&self.limiter, ready.get(1)) {
+            if timer.any() {
+                limiter.timer_fired();
+            }
         }
         self.process_queue(BLOCK_BUDGET)
     }
@@ -207,6 +223,7 @@ impl Block {
             queue: None,
             stats: BlockStats::default(),
             shared: shared.clone(),
+            limiter: None,
         };
         Self {
             features,
@@ -245,6 +262,13 @@ impl Block {
         }
     }
 
+    /// Holds the guest's requests to `limiter` (one op per request, and its data bytes if it
+    /// reads or writes). Set before [`Block::queue_server`] is called.
+    pub fn with_rate_limiter(self, limiter: Arc<RateLimiter>) -> Self {
+        lock(&self.serving).limiter = Some(limiter);
+        self
+    }
+
     /// The counters (see [`QueueServer::stats`]).
     pub fn stats(&self) -> BlockStats {
         self.shared.stats.get()
@@ -255,6 +279,7 @@ impl Block {
         QueueServer {
             serving: self.serving.clone(),
             shared: self.shared.clone(),
+            limiter: lock(&self.serving).limiter.clone(),
         }
     }
 
@@ -281,11 +306,16 @@ impl Serving {
             return false;
         };
         let (mem, disk, id, stats) = (&self.mem, &self.disk, &self.id, &mut self.stats);
-        let name = &self.name;
-        let mut work = 0;
+        let (name, limiter) = (&self.name, &self.limiter);
+        let (mut work, mut throttled) = (0, false);
         let served = serve_chains(queue, mem, budget, |chain| {
             let used = match request::parse(mem, chain, disk.size()) {
                 Ok(req) => {
+                    if limiter.as_ref().is_some_and(|l| !l.consume_op(charge(&req))) {
+                        // Left in the ring; the limiter's timer resumes the queue.
+                        throttled = true;
+                        return Step::Retry;
+                    }
                     let done = req.execute(mem, disk, id);
                     if let Some(err) = &done.host_error {
                         // One call site: ember's logger bounds each call site's lines per
@@ -313,7 +343,7 @@ impl Serving {
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &self.interrupt, served.count);
-                served.more
+                served.more && !throttled
             }
             Err(err) => {
                 warn!("virtio-blk: {err}");
@@ -321,6 +351,15 @@ impl Serving {
                 false
             }
         }
+    }
+}
+
+/// The bytes a request costs a rate limiter: its data if it reads or writes (Firecracker's
+/// charge; other requests cost only their op).
+fn charge(req: &request::Request) -> u64 {
+    match req.kind {
+        request::Kind::In | request::Kind::Out => req.data_len(),
+        _ => 0,
     }
 }
 
@@ -986,6 +1025,58 @@ pub(crate) mod tests {
             rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
             S_UNSUPP
         );
+    }
+
+    #[test]
+    fn a_throttled_request_stays_in_the_ring_until_the_limiters_timer_fires() {
+        use crate::rate_limiter::{BucketConfig, LimiterConfig, tests::readable};
+        let mem = mem();
+        let path = image("limited", 4096);
+        let ops = BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 20,
+        };
+        let limiter = Arc::new(
+            RateLimiter::new(LimiterConfig {
+                bandwidth: None,
+                ops: Some(ops),
+            })
+            .unwrap(),
+        );
+        let Rig {
+            mem: _,
+            vq,
+            block,
+            next_desc,
+        } = Rig::new(&mem, &path, false);
+        let block = block.with_rate_limiter(limiter.clone());
+        let mut rig = Rig {
+            mem: &mem,
+            vq,
+            block,
+            next_desc,
+        };
+        let mut server = rig.block.queue_server();
+        rig.header(8, 0);
+        rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
+        rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
+        assert!(!rig.block.process_queue(usize::MAX), "throttled is not more");
+        assert_eq!(rig.used_idx(), 1, "one op, one request");
+        // Serving again meanwhile (a notification) serves nothing, and does not ask for more.
+        assert!(!server.ready(&[]));
+        assert_eq!(rig.used_idx(), 1);
+        let mut watches = Vec::new();
+        server.interest(&mut watches);
+        assert_eq!(watches[1], Watch::readable(limiter.timer_fd()));
+        assert!(readable(limiter.timer_fd(), 1000), "the timer fires");
+        let timer = Ready {
+            readable: true,
+            ..Default::default()
+        };
+        server.ready(&[Ready::default(), timer]);
+        assert_eq!(rig.used_idx(), 2, "the waiting request is served");
+        assert_eq!(rig.block.stats().ok, 2);
     }
 
     #[test]
