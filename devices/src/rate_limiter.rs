@@ -297,6 +297,17 @@ impl RateLimiter {
         false
     }
 
+    /// Gives back what [`RateLimiter::consume_op`] took for an operation that then could not
+    /// go ahead (the host refused it for now).
+    pub fn refund_op(&self, bytes: u64) {
+        let mut state = lock(&self.state);
+        for (kind, tokens) in [(TokenKind::Ops, 1), (TokenKind::Bytes, bytes)] {
+            if let Some(bucket) = state.bucket(kind) {
+                bucket.refund(tokens);
+            }
+        }
+    }
+
     /// Whether requests are refused now (until the timer fires).
     pub fn is_blocked(&self) -> bool {
         lock(&self.state).blocked(Instant::now())
