@@ -295,24 +295,25 @@ fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
     assert_contains(&text, WAITING_FOR_ROOT);
     assert_contains(&text, "smp: Brought up 1 node, 2 CPUs");
     assert_contains(&text, "[vda] 2048 512-byte logical blocks");
-    // Firecracker's PATCH only updates rate limiters; ember has none to update.
+    // Firecracker's PATCH updates rate limiters at run time; GET /vm/config shows them.
     done(
         &mut c,
         "PATCH",
         "/network-interfaces/eth0",
         r#"{"iface_id": "eth0"}"#,
     );
-    let limiter =
-        json!({"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
-    let message = refused(
+    let limiter = json!({"ops": {"size": 10, "refill_time": 100}});
+    let patch = json!({"iface_id": "eth0", "rx_rate_limiter": limiter});
+    done(
         &mut c,
         "PATCH",
         "/network-interfaces/eth0",
-        &limiter.to_string(),
+        &patch.to_string(),
     );
-    assert!(
-        message.contains("rate limiters are not supported"),
-        "{message}"
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(
+        json(&body)["network-interfaces"][0]["rx_rate_limiter"],
+        limiter
     );
     let message = refused(
         &mut c,
@@ -642,7 +643,9 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
         ),
         (
             "/drives/data",
-            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false}),
+            // An empty limiter, as Kata Containers sends, limits nothing.
+            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false,
+                   "rate_limiter": {}}),
         ),
         ("/serial", json!({"serial_out_path": log})),
     ];
@@ -665,6 +668,12 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     done(&mut c, "PATCH", "/drives/data", &patch);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
+    // Its rate limiter changes at run time too.
+    let ops = json!({"size": 1000, "refill_time": 100});
+    let limit = json!({"drive_id": "data", "rate_limiter": {"ops": ops}}).to_string();
+    done(&mut c, "PATCH", "/drives/data", &limit);
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["drives"][0]["rate_limiter"]["ops"], ops);
     // Swapping back ends the guest, once it has read the new file.
     wait_for_text(&log, "FIRST BYTE", LIMIT);
     let back = json!({"drive_id": "data", "path_on_host": small}).to_string();

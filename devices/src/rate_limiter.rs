@@ -134,7 +134,10 @@ impl TokenBucket {
         let used = (tokens * period).div_ceil(size);
         self.last_update += Duration::from_nanos(u64::try_from(used).unwrap_or(u64::MAX));
         // tokens < size, as elapsed < period.
-        self.budget = self.budget.saturating_add(tokens as u64).min(self.config.size);
+        self.budget = self
+            .budget
+            .saturating_add(tokens as u64)
+            .min(self.config.size);
     }
 
     /// Takes `tokens`: from the one-time burst first, then the budget.
@@ -392,7 +395,10 @@ pub(crate) mod tests {
         assert_eq!(b.reduce(1000, t0), Reduction::Granted);
         // 1000 tokens per 100 ms: 10 per ms. 25 ms later, 250 are back.
         let t1 = t0 + Duration::from_millis(25);
-        assert_eq!(b.reduce(251, t1), Reduction::Refused(Duration::from_micros(100)));
+        assert_eq!(
+            b.reduce(251, t1),
+            Reduction::Refused(Duration::from_micros(100))
+        );
         assert_eq!(b.budget, 250);
         assert_eq!(b.reduce(250, t1), Reduction::Granted);
         // A fraction of a token is not lost: 0.15 ms earns 1.5 tokens, then 0.05 ms more
@@ -540,7 +546,10 @@ pub(crate) mod tests {
             bandwidth: None,
             ops: bucket(10, 0, 1000),
         });
-        assert!(readable(limiter.timer_fd(), 1000), "the device is woken now");
+        assert!(
+            readable(limiter.timer_fd(), 1000),
+            "the device is woken now"
+        );
         limiter.timer_fired();
         assert!(!limiter.is_blocked());
         for _ in 0..9 {

@@ -12,9 +12,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use api_server::model::{Drive, MachineConfig, NetworkInterface, VmConfig};
+use api_server::model::{
+    Drive, MachineConfig, NetworkInterface, RateLimiterConfig, TokenBucketConfig, VmConfig,
+};
+use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use devices::virtio::net::MacAddr;
-use serde_json::Value;
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{ConfigError, DEFAULT_CMDLINE, Unsupported};
@@ -93,6 +95,8 @@ pub struct DriveSpec {
     pub read_only: bool,
     /// Flush semantics.
     pub cache: CacheType,
+    /// Limits on the guest's requests.
+    pub rate_limiter: LimiterConfig,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -108,6 +112,10 @@ pub struct NetSpec {
     pub mac: MacAddr,
     /// The MTU offered to the guest.
     pub mtu: Option<u16>,
+    /// Limits on the frames the guest receives.
+    pub rx_rate_limiter: LimiterConfig,
+    /// Limits on the frames the guest sends.
+    pub tx_rate_limiter: LimiterConfig,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -233,23 +241,26 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
                 only,
             })
         }));
-        found.extend(limiters(&owner, [&d.rate_limiter]));
-    }
-    for n in &cfg.network_interfaces {
-        let owner = format!("network interface '{}'", n.iface_id);
-        found.extend(limiters(&owner, [&n.rx_rate_limiter, &n.tx_rate_limiter]));
     }
     found
 }
 
-/// Rate limiters of `owner` (a drive or interface), which ember does not implement; also
-/// what `PATCH /drives` and `PATCH /network-interfaces` refuse. `null` is Firecracker's way of
-/// saying none.
-pub fn limiters<const N: usize>(owner: &str, given: [&Option<Value>; N]) -> Option<Unsupported> {
-    given
-        .iter()
-        .any(|l| l.as_ref().is_some_and(|v| !v.is_null()))
-        .then(|| Unsupported::Limiters(owner.into()))
+/// A rate limiter as the devices take it: only the buckets that limit (Firecracker's rule: a
+/// size or refill time of 0, as an empty `{}` bucket has, limits nothing). Any size and refill
+/// time is valid; the devices' arithmetic does not overflow.
+pub fn rate_limiter(cfg: Option<&RateLimiterConfig>) -> LimiterConfig {
+    let bucket = |b: Option<TokenBucketConfig>| {
+        b.map(|b| BucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst.unwrap_or(0),
+            refill_time_ms: b.refill_time,
+        })
+        .filter(BucketConfig::limits)
+    };
+    cfg.map_or_else(LimiterConfig::default, |c| LimiterConfig {
+        bandwidth: bucket(c.bandwidth),
+        ops: bucket(c.ops),
+    })
 }
 
 fn machine_unsupported(mc: &MachineConfig) -> Vec<Unsupported> {
@@ -315,6 +326,7 @@ fn drives(drives: &[Drive]) -> Result<(Vec<DriveSpec>, Option<String>), ConfigEr
                 Some("Unsafe") => CacheType::Unsafe,
                 _ => CacheType::Writeback,
             },
+            rate_limiter: rate_limiter(d.rate_limiter.as_ref()),
             slot: Slot::nth(i),
         })
         .collect();
@@ -379,6 +391,8 @@ fn network_interfaces(
             tap: n.host_dev_name.clone(),
             mac,
             mtu: n.mtu,
+            rx_rate_limiter: rate_limiter(n.rx_rate_limiter.as_ref()),
+            tx_rate_limiter: rate_limiter(n.tx_rate_limiter.as_ref()),
             slot: Slot::nth(first + i),
         });
     }
@@ -460,11 +474,42 @@ mod tests {
                 "machine-config: smt = true is not supported by ember (only false)",
                 "machine-config: cpu_template = T2 is not supported by ember (only \"None\")",
                 "drive 'a': io_engine = Async is not supported by ember (only \"Sync\")",
-                "drive 'a': rate limiters are not supported by ember; remove them",
-                "network interface 'n': rate limiters are not supported by ember; remove them",
             ]
         );
-        assert!(limiters("x", [&None, &Some(Value::Null)]).is_none());
+    }
+
+    #[test]
+    fn rate_limiters_keep_only_the_buckets_that_limit() {
+        let c = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
+                            "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000,
+                                                           "one_time_burst": 65536},
+                                             "ops": {"size": 0, "refill_time": 100}}}],
+                "network-interfaces": [{"iface_id": "n", "host_dev_name": "t",
+                                        "rx_rate_limiter": {"ops": {}},
+                                        "tx_rate_limiter": {"ops": {"size": 10,
+                                                                    "refill_time": 18446744073709551615}}}]}"#,
+        )
+        .unwrap();
+        let s = spec(&c).unwrap();
+        let bucket = |size, one_time_burst, refill_time_ms| {
+            Some(BucketConfig {
+                size,
+                one_time_burst,
+                refill_time_ms,
+            })
+        };
+        assert_eq!(
+            s.drives[0].rate_limiter,
+            LimiterConfig {
+                bandwidth: bucket(1 << 20, 1 << 16, 1000),
+                ops: None,
+            }
+        );
+        assert_eq!(s.nets[0].rx_rate_limiter, LimiterConfig::default());
+        assert_eq!(s.nets[0].tx_rate_limiter.ops, bucket(10, 0, u64::MAX));
+        assert_eq!(rate_limiter(None), LimiterConfig::default());
     }
 
     fn with_drives(ids: &[(&str, bool)]) -> VmConfig {
@@ -589,8 +634,7 @@ mod tests {
         c.network_interfaces[0].mtu = Some(40);
         assert!(err(&c).contains("mtu 40 is too small"));
         c.network_interfaces[0].mtu = Some(9000);
-        c.network_interfaces[0].rx_rate_limiter = Some(serde_json::json!({"bandwidth": {}}));
-        assert!(err(&c).contains("rate limiters"));
+        spec(&c).unwrap();
         // Drives and NICs share the device slots.
         let mut c = with_nics(&[("a", "tap0", None)]);
         let ids: Vec<String> = (0..19).map(|i| format!("d{i}")).collect();

@@ -311,7 +311,10 @@ impl Serving {
         let served = serve_chains(queue, mem, budget, |chain| {
             let used = match request::parse(mem, chain, disk.size()) {
                 Ok(req) => {
-                    if limiter.as_ref().is_some_and(|l| !l.consume_op(charge(&req))) {
+                    if limiter
+                        .as_ref()
+                        .is_some_and(|l| !l.consume_op(charge(&req)))
+                    {
                         // Left in the ring; the limiter's timer resumes the queue.
                         throttled = true;
                         return Step::Retry;
@@ -1061,7 +1064,10 @@ pub(crate) mod tests {
         rig.header(8, 0);
         rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
         rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
-        assert!(!rig.block.process_queue(usize::MAX), "throttled is not more");
+        assert!(
+            !rig.block.process_queue(usize::MAX),
+            "throttled is not more"
+        );
         assert_eq!(rig.used_idx(), 1, "one op, one request");
         // Serving again meanwhile (a notification) serves nothing, and does not ask for more.
         assert!(!server.ready(&[]));

@@ -818,22 +818,35 @@ mod tests {
         let f = frame([0; VNET_HDR_LEN], 100);
         rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
         for _ in 0..2 {
-            rig.tx.add(&rig.mem, &[(BUFS, f.len() as u32, false)]).unwrap();
+            rig.tx
+                .add(&rig.mem, &[(BUFS, f.len() as u32, false)])
+                .unwrap();
             rig.inbound(f.clone());
         }
         for i in 1..3 {
-            rig.rx.add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)]).unwrap();
+            rig.rx
+                .add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)])
+                .unwrap();
         }
         assert!(!rig.server.process_tx(64), "throttled is not more");
         assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 1);
         assert!(!rig.server.process_rx(64), "throttled is not more");
         assert_eq!(rig.rx.take_used(&rig.mem).unwrap().len(), 1);
         assert_eq!(rig.sent.lock().unwrap().len(), 1);
-        assert!(!rig.server.interest().readable, "the TAP is not read meanwhile");
+        assert!(
+            !rig.server.interest().readable,
+            "the TAP is not read meanwhile"
+        );
         let mut watches = Vec::new();
         handler.interest(&mut watches);
-        assert_eq!(watches[WATCH_RX_LIMITER], Watch::readable(rx_limiter.timer_fd()));
-        assert_eq!(watches[WATCH_TX_LIMITER], Watch::readable(tx_limiter.timer_fd()));
+        assert_eq!(
+            watches[WATCH_RX_LIMITER],
+            Watch::readable(rx_limiter.timer_fd())
+        );
+        assert_eq!(
+            watches[WATCH_TX_LIMITER],
+            Watch::readable(tx_limiter.timer_fd())
+        );
 
         assert!(readable(rx_limiter.timer_fd(), 1000));
         assert!(readable(tx_limiter.timer_fd(), 1000));
