@@ -302,24 +302,25 @@ fn orchestrator_sequence_boots_linux_with_a_drive_and_an_interface() {
     assert_contains(&text, WAITING_FOR_ROOT);
     assert_contains(&text, "smp: Brought up 1 node, 2 CPUs");
     assert_contains(&text, "[vda] 2048 512-byte logical blocks");
-    // Firecracker's PATCH only updates rate limiters; ember has none to update.
+    // Firecracker's PATCH updates rate limiters at run time; GET /vm/config shows them.
     done(
         &mut c,
         "PATCH",
         "/network-interfaces/eth0",
         r#"{"iface_id": "eth0"}"#,
     );
-    let limiter =
-        json!({"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}});
-    let message = refused(
+    let limiter = json!({"ops": {"size": 10, "refill_time": 100}});
+    let patch = json!({"iface_id": "eth0", "rx_rate_limiter": limiter});
+    done(
         &mut c,
         "PATCH",
         "/network-interfaces/eth0",
-        &limiter.to_string(),
+        &patch.to_string(),
     );
-    assert!(
-        message.contains("rate limiters are not supported"),
-        "{message}"
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(
+        json(&body)["network-interfaces"][0]["rx_rate_limiter"],
+        limiter
     );
     let message = refused(
         &mut c,
@@ -674,8 +675,9 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
         (
             // The Async engine: a swap waits for the old image's requests in flight.
             "/drives/data",
+            // An empty limiter, as Kata Containers sends, limits nothing.
             json!({"drive_id": "data", "path_on_host": small, "is_root_device": false,
-                   "io_engine": "Async"}),
+                   "io_engine": "Async", "rate_limiter": {}}),
         ),
         ("/serial", json!({"serial_out_path": log})),
     ];
@@ -698,6 +700,12 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     done(&mut c, "PATCH", "/drives/data", &patch);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
+    // Its rate limiter changes at run time too.
+    let ops = json!({"size": 1000, "refill_time": 100});
+    let limit = json!({"drive_id": "data", "rate_limiter": {"ops": ops}}).to_string();
+    done(&mut c, "PATCH", "/drives/data", &limit);
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["drives"][0]["rate_limiter"]["ops"], ops);
     // Swapping back ends the guest, once it has read the new file.
     wait_for_text(&log, "FIRST BYTE", LIMIT);
     let back = json!({"drive_id": "data", "path_on_host": small}).to_string();
@@ -738,19 +746,18 @@ fn put_entropy_gives_the_guest_random_bytes_and_counts_them() {
         &["--metrics-path", metrics.to_str().unwrap()],
     );
     let mut c = vm.client();
-    let limited = json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}});
-    assert_eq!(
-        refused(&mut c, "PUT", "/entropy", &limited.to_string()),
-        "the entropy device: rate limiters are not supported by ember; remove them"
-    );
-    // Firecracker's clients send an empty limiter for none.
-    done(&mut c, "PUT", "/entropy", r#"{"rate_limiter": {}}"#);
+    // One request per 300 ms: the guest's three valid requests take at least 600 ms.
+    let limited = json!({"rate_limiter": {"ops": {"size": 1, "refill_time": 300}}});
+    done(&mut c, "PUT", "/entropy", &limited.to_string());
     let boot = json!({"kernel_image_path": guest("virtio_rng")});
     done(&mut c, "PUT", "/boot-source", &boot.to_string());
     let (_, body) = c.request("GET", "/vm/config", None);
-    assert_eq!(json(&body)["entropy"], json!({"rate_limiter": {}}));
+    assert_eq!(json(&body)["entropy"], limited);
+    let started = std::time::Instant::now();
     done(&mut c, "PUT", "/actions", START);
     let (status, console, stderr) = vm.finish();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(580), "took {took:?}");
     assert_eq!(status, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
     assert_eq!(console, want);
     assert!(stderr.contains("device-readable"), "logged: {stderr}");
@@ -774,9 +781,10 @@ fn put_entropy_gives_the_guest_random_bytes_and_counts_them() {
     // The same device from a config file's `entropy` section.
     let dir = tempdir("config-entropy");
     let cfg = dir.join("vm.json");
+    // Firecracker's clients send an empty limiter for none.
     let config = json!({
         "boot-source": {"kernel_image_path": guest("virtio_rng")},
-        "entropy": {"rate_limiter": null}
+        "entropy": {"rate_limiter": {}}
     });
     std::fs::write(&cfg, config.to_string()).unwrap();
     let out = run(ember().arg("--config-file").arg(&cfg), LIMIT);

@@ -1,7 +1,7 @@
 //! virtio-blk end to end with a tiny guest that carries its own minimal virtio-mmio block
 //! driver (tests/guests/virtio_blk.c): data integrity, flush durability across SIGKILL,
-//! GET_ID, discard, read-only disks, malformed chains (each with both I/O engines), and the
-//! errors users get for bad drives.
+//! GET_ID, discard, read-only disks, malformed chains (each with both I/O engines), rate
+//! limiting, and the errors users get for bad drives.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MIB: usize = 1 << 20;
@@ -291,4 +292,38 @@ fn random_port_and_mmio_traffic_cannot_hurt_ember() {
     );
     assert_eq!(code(&out.status), EXIT_OK, "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Runs the `stream` guest (256 KiB read in 4 KiB requests) on a drive with `rate_limiter`;
+/// returns how long ember ran.
+fn stream_with(name: &str, rate_limiter: serde_json::Value) -> Duration {
+    let dir = tempdir(name);
+    let disk = image(&dir, "disk.img", 1);
+    let cfg = dir.join("vm.json");
+    let vm = json!({
+        "boot-source": {"kernel_image_path": guest("virtio_blk"), "boot_args": "stream"},
+        "drives": [{"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+                    "rate_limiter": rate_limiter}],
+    });
+    std::fs::write(&cfg, vm.to_string()).unwrap();
+    let started = std::time::Instant::now();
+    let out = run(ember().arg("--config-file").arg(&cfg), LIMIT);
+    let took = started.elapsed();
+    assert_eq!(text(&out.stdout), "READ 262144\n", "{}", text(&out.stderr));
+    assert_eq!(code(&out.status), EXIT_OK);
+    took
+}
+
+#[test]
+fn a_rate_limited_drive_takes_as_long_as_its_limit_says_and_an_unlimited_one_does_not() {
+    if !kvm_available() {
+        return;
+    }
+    // 32 KiB per 125 ms (256 KiB/s), starting full: the other 224 KiB take 875 ms at least.
+    let bandwidth = json!({"bandwidth": {"size": 32768, "refill_time": 125}});
+    let limited = stream_with("blk-limited", bandwidth);
+    assert!(limited >= Duration::from_millis(875), "{limited:?}");
+    // The same reads unlimited ({} as Kata Containers sends it) do not wait for a limiter.
+    let unlimited = stream_with("blk-unlimited", json!({}));
+    assert!(unlimited < Duration::from_millis(875), "{unlimited:?}");
 }

@@ -162,9 +162,9 @@ pub struct Drive {
     /// Firecracker's I/O engine selection ("Sync" or "Async").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_engine: Option<String>,
-    /// Firecracker's rate limiter; not implemented by ember.
+    /// Limits on the guest's requests to this drive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
     /// vhost-user socket; not implemented by ember.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
@@ -184,12 +184,83 @@ pub struct NetworkInterface {
     /// The MTU offered to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
-    /// Firecracker's rate limiters; not implemented by ember.
+    /// Limits on the frames the guest receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rx_rate_limiter: Option<Value>,
-    /// Firecracker's rate limiters; not implemented by ember.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Limits on the frames the guest sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tx_rate_limiter: Option<Value>,
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Firecracker's rate limiter: a bandwidth (bytes) bucket and an ops bucket. A missing or
+/// `null` bucket, and an empty `{}` limiter, limit nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiterConfig {
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    /// Operations (requests, frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+impl RateLimiterConfig {
+    /// This limiter changed by `update`, as Firecracker's PATCH does: a bucket `update`
+    /// gives replaces this one's, a bucket it leaves out stays.
+    pub fn patched(self, update: RateLimiterConfig) -> Self {
+        Self {
+            bandwidth: update.bandwidth.or(self.bandwidth),
+            ops: update.ops.or(self.ops),
+        }
+    }
+}
+
+/// One token bucket: `size` tokens, refilled in `refill_time` ms, and `one_time_burst` extra
+/// tokens once. A size or refill time of 0 limits nothing (Firecracker's rule), and so does an
+/// empty `{}`; giving only one of `size` and `refill_time` is an error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TokenBucketFields")]
+pub struct TokenBucketConfig {
+    /// Most tokens the bucket holds.
+    pub size: u64,
+    /// Extra tokens available once, before the bucket limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    /// Milliseconds for an empty bucket to refill.
+    pub refill_time: u64,
+}
+
+/// A token bucket as written, before the rule that `size` and `refill_time` come together.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBucketFields {
+    size: Option<u64>,
+    #[serde(default)]
+    one_time_burst: Option<u64>,
+    refill_time: Option<u64>,
+}
+
+impl TryFrom<TokenBucketFields> for TokenBucketConfig {
+    type Error = &'static str;
+
+    fn try_from(f: TokenBucketFields) -> Result<Self, Self::Error> {
+        let (size, refill_time) = match (f.size, f.refill_time) {
+            (Some(size), Some(refill_time)) => (size, refill_time),
+            (None, None) if f.one_time_burst.is_none() => (0, 0),
+            _ => {
+                return Err(
+                    "a token bucket needs both size and refill_time (an empty {} \
+                            bucket limits nothing)",
+                );
+            }
+        };
+        Ok(Self {
+            size,
+            one_time_burst: f.one_time_burst,
+            refill_time,
+        })
+    }
 }
 
 /// `logger` (`PUT /logger`): ember's own log. Absent fields keep their current value, except
@@ -226,9 +297,9 @@ pub struct SerialConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntropyConfig {
-    /// Firecracker's rate limiter; ember takes none (absent, `null` or `{}`).
+    /// Limits on the bytes (bandwidth) and requests (ops) the guest takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limiter: Option<Value>,
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `metrics` (`PUT /metrics`): where counters are written.
@@ -335,6 +406,64 @@ mod tests {
         assert_eq!(cfg.entropy, None);
         let err = VmConfig::from_json(r#"{"entropy": {"rate": 1}}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `rate`"), "{err}");
+    }
+
+    #[test]
+    fn rate_limiters_parse_strictly_and_empty_ones_limit_nothing() {
+        let drive = |limiter: &str| {
+            let json = format!(
+                r#"{{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
+                     "rate_limiter": {limiter}}}"#
+            );
+            serde_json::from_str::<Drive>(&json).map(|d| d.rate_limiter)
+        };
+        let bucket = |size, one_time_burst, refill_time| TokenBucketConfig {
+            size,
+            one_time_burst,
+            refill_time,
+        };
+        assert_eq!(drive("null").unwrap(), None);
+        assert_eq!(drive("{}").unwrap(), Some(RateLimiterConfig::default()));
+        let both = drive(
+            r#"{"bandwidth": {"size": 1048576, "one_time_burst": 4096, "refill_time": 1000},
+                "ops": {"size": 100, "refill_time": 10}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.bandwidth, Some(bucket(1 << 20, Some(4096), 1000)));
+        assert_eq!(both.ops, Some(bucket(100, None, 10)));
+        let empty = drive(r#"{"bandwidth": {}, "ops": null}"#).unwrap().unwrap();
+        assert_eq!(empty.bandwidth, Some(bucket(0, None, 0)));
+        assert_eq!(empty.ops, None);
+        for (bad, why) in [
+            (r#"{"bandwith": {}}"#, "unknown field `bandwith`"),
+            (
+                r#"{"ops": {"size": 1, "refill_time": 1, "rate": 2}}"#,
+                "unknown field `rate`",
+            ),
+            (r#"{"ops": {"size": 1}}"#, "both size and refill_time"),
+            (
+                r#"{"ops": {"one_time_burst": 1}}"#,
+                "both size and refill_time",
+            ),
+            (
+                r#"{"ops": {"size": -1, "refill_time": 1}}"#,
+                "invalid value",
+            ),
+            (r#"{"ops": 5}"#, "invalid type"),
+        ] {
+            let err = drive(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        // GET /vm/config shows what was set, without the buckets left out.
+        assert_eq!(
+            serde_json::to_string(&both.patched(RateLimiterConfig {
+                bandwidth: None,
+                ops: Some(bucket(5, None, 50)),
+            }))
+            .unwrap(),
+            r#"{"bandwidth":{"size":1048576,"one_time_burst":4096,"refill_time":1000},"ops":{"size":5,"refill_time":50}}"#
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::http::{Method, Request};
 use crate::model::{
     BootSource, Drive, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
-    SerialConfig,
+    RateLimiterConfig, SerialConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -96,8 +96,8 @@ pub struct PartialDrive {
     pub drive_id: String,
     /// The new backing file.
     pub path_on_host: Option<String>,
-    /// Firecracker's rate limiter; not implemented by ember.
-    pub rate_limiter: Option<Value>,
+    /// Buckets to replace in the drive's rate limiter.
+    pub rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// `PATCH /network-interfaces/{id}`: Firecracker's rate limiter updates.
@@ -106,10 +106,10 @@ pub struct PartialDrive {
 pub struct PartialNetworkInterface {
     /// The interface.
     pub iface_id: String,
-    /// Receive rate limiter; not implemented by ember.
-    pub rx_rate_limiter: Option<Value>,
-    /// Transmit rate limiter; not implemented by ember.
-    pub tx_rate_limiter: Option<Value>,
+    /// Buckets to replace in the receive rate limiter.
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+    /// Buckets to replace in the transmit rate limiter.
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 #[derive(Deserialize)]

@@ -8,11 +8,13 @@
 //!
 //! It also owns [`host_file`], the one way ember opens a file a user names (disk images are
 //! among them, and the VMM uses it for kernels, config, console, log and metrics files).
-//! And [`sync`], the poison-tolerant way every ember thread takes a lock.
+//! And [`sync`], the poison-tolerant way every ember thread takes a lock, and [`rate_limiter`],
+//! the token buckets any device can hold its guest to.
 
 pub mod bus;
 pub mod host_file;
 pub mod legacy;
+pub mod rate_limiter;
 pub mod sync;
 pub mod virtio;
 

@@ -7,7 +7,8 @@
  *   resize   print the capacity, wait for a configuration change (the host swapped the
  *            backing file), print the new capacity and read its first sector; then wait
  *            for one more change and print the capacity again (the host can inspect the
- *            VM before it ends).
+ *            VM before it ends);
+ *   stream   read the first 256 KiB in 4 KiB requests and print READ (the host times it).
  * Every verdict is a line on COM1; the run ends with the exit port. */
 #include "virtio.h"
 
@@ -217,6 +218,13 @@ static void resize(void) {
     exit_with(0);
 }
 
+static void stream(void) {
+    for (u64 sector = 0; sector < 512; sector += 8)
+        expect(request(0, sector, back, sizeof back, 1), 0, "read");
+    puts("READ 262144\n");
+    exit_with(0);
+}
+
 void main(const void *boot_params) {
     const char *mode = cmdline(boot_params);
     setup();
@@ -224,5 +232,6 @@ void main(const void *boot_params) {
     else if (mode[0] == 'r' && mode[1] == 'o') ro();
     else if (mode[0] == 'h') hostile();
     else if (mode[0] == 'r' && mode[1] == 'e') resize();
+    else if (mode[0] == 's') stream();
     fail("unknown mode");
 }

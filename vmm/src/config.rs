@@ -157,9 +157,6 @@ pub enum Unsupported {
         /// What ember takes instead.
         only: &'static str,
     },
-    /// Rate limiters on a drive or network interface.
-    #[error("{0}: rate limiters are not supported by ember; remove them")]
-    Limiters(String),
 }
 
 /// Largest `--config-file` read. Firecracker's own configurations are a few KiB; the bound

@@ -28,6 +28,7 @@ use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError, Uring};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
@@ -229,6 +230,8 @@ pub struct DeviceManager {
     gate: Arc<PauseGate>,
     io: IoThreads,
     blocks: Vec<(String, SharedBlock)>,
+    drive_limiters: Vec<(String, Arc<RateLimiter>)>,
+    net_limiters: Vec<(String, NetLimiters)>,
     sources: Vec<(String, Source)>,
 }
 
@@ -284,6 +287,8 @@ impl DeviceManager {
                 threads: Vec::new(),
             },
             blocks: Vec::new(),
+            drive_limiters: Vec::new(),
+            net_limiters: Vec::new(),
             sources: Vec::new(),
         })
     }
@@ -318,11 +323,14 @@ impl DeviceManager {
     ) -> Result<(), DeviceError> {
         let id = drive.id.clone();
         let name = format!("ember_blk_{id}");
+        let limiter = rate_limiter(drive.rate_limiter)?;
+        self.drive_limiters.push((id.clone(), limiter.clone()));
         let block = self.attach(vm, mem, drive.slot, name, 1, |interrupt, queues| {
             // The worker is woken by the queue's notification, and by a drive swap (and by
             // the ring's completions).
             let wake = queues[0].try_clone().map_err(host("events"))?;
-            let block = Block::new(disk, ring, &id, mem.clone(), interrupt, wake);
+            let block = Block::new(disk, ring, &id, mem.clone(), interrupt, wake)
+                .with_rate_limiter(limiter);
             let handler = block.queue_server();
             Ok((block, handler))
         })?;
@@ -340,6 +348,11 @@ impl DeviceManager {
         tap: Tap,
     ) -> Result<(), DeviceError> {
         let name = format!("ember_net_{}", spec.id);
+        let limiters = NetLimiters {
+            rx: rate_limiter(spec.rx_rate_limiter)?,
+            tx: rate_limiter(spec.tx_rate_limiter)?,
+        };
+        self.net_limiters.push((spec.id.clone(), limiters.clone()));
         let net = self.attach(vm, mem, spec.slot, name, 2, |interrupt, queues| {
             let clone = |e: &EventFd| e.try_clone().map_err(host("events"));
             let net = Net::new(
@@ -350,7 +363,8 @@ impl DeviceManager {
                 mem.clone(),
                 interrupt,
                 event()?,
-            );
+            )
+            .with_rate_limiters(limiters.rx, limiters.tx);
             let handler = net.handler([clone(&queues[0])?, clone(&queues[1])?]);
             Ok((net, handler))
         })?;
@@ -367,10 +381,11 @@ impl DeviceManager {
         spec: &EntropySpec,
     ) -> Result<(), DeviceError> {
         let name = "ember_rng".to_owned();
+        let limiter = rate_limiter(spec.rate_limiter)?;
         let rng = self.attach(vm, mem, spec.slot, name, 1, |interrupt, queues| {
             // The worker is woken by the queue's notification, and by activation.
             let wake = queues[0].try_clone().map_err(host("events"))?;
-            let rng = Rng::new(mem.clone(), interrupt, wake);
+            let rng = Rng::new(mem.clone(), interrupt, wake).with_rate_limiter(limiter);
             let handler = rng.server();
             Ok((rng, handler))
         })?;
@@ -469,6 +484,8 @@ impl DeviceManager {
             gate: self.gate.clone(),
             io_workers: self.io.threads.len(),
             blocks: self.blocks.clone(),
+            drive_limiters: self.drive_limiters.clone(),
+            net_limiters: self.net_limiters.clone(),
         }
     }
 
@@ -489,6 +506,27 @@ pub struct DeviceControls {
     pub io_workers: usize,
     /// The drives by id.
     pub blocks: Vec<(String, SharedBlock)>,
+    /// The drives' rate limiters by id (`PATCH /drives`).
+    pub drive_limiters: Vec<(String, Arc<RateLimiter>)>,
+    /// The network interfaces' rate limiters by id (`PATCH /network-interfaces`).
+    pub net_limiters: Vec<(String, NetLimiters)>,
+}
+
+/// A network interface's rate limiters.
+#[derive(Clone)]
+pub struct NetLimiters {
+    /// Frames the guest receives.
+    pub rx: Arc<RateLimiter>,
+    /// Frames the guest sends.
+    pub tx: Arc<RateLimiter>,
+}
+
+/// A device's rate limiter: every drive and interface has one, unlimited unless configured,
+/// so that `PATCH` can set limits on a running VM.
+fn rate_limiter(config: LimiterConfig) -> Result<Arc<RateLimiter>, DeviceError> {
+    Ok(Arc::new(
+        RateLimiter::new(config).map_err(host("rate limiter timers"))?,
+    ))
 }
 
 #[cfg(test)]

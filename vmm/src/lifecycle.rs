@@ -13,11 +13,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::{BootSource, LoggerConfig, MachineConfig, VmConfig};
+use api_server::model::{BootSource, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use api_server::request::{
     MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
 };
 use devices::host_file::{self, HostFileError, Use};
+use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
@@ -300,47 +301,86 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Swaps a drive's backing file; the guest is told its size may have changed.
+    /// Swaps a drive's backing file (the guest is told its size may have changed), then
+    /// updates its rate limiter; a new file that cannot be opened changes nothing.
     fn patch_drive(&mut self, patch: PartialDrive) -> Result<(), ActionError> {
         let id = patch.drive_id;
         let vm = self.vm.as_mut().ok_or(ActionError::NotBeforeStart)?;
-        let owner = format!("drive '{id}'");
-        if let Some(refusal) = spec::limiters(&owner, [&patch.rate_limiter]) {
-            return Err(ConfigError::from(refusal).into());
-        }
         let drive = vm.spec.drives.iter_mut().find(|d| d.id == id);
-        let block = vm.devices.blocks.iter().find(|(b, _)| *b == id);
+        let limiter = vm.devices.drive_limiters.iter().find(|(d, _)| *d == id);
         let config = self.cfg.drives.iter_mut().find(|d| d.drive_id == id);
-        let (Some(drive), Some((_, block)), Some(config)) = (drive, block, config) else {
+        let (Some(drive), Some((_, limiter)), Some(config)) = (drive, limiter, config) else {
             return Err(ActionError::NoDrive(id));
         };
-        let Some(path) = patch.path_on_host else {
-            return Ok(());
-        };
-        let mut next = drive.clone();
-        next.path = path.clone().into();
-        let disk = device_manager::open_disk(&next)?;
-        let mut transport = lock(block);
-        transport.device_mut().swap_disk(disk);
-        transport.config_changed();
-        *drive = next;
-        config.path_on_host = path;
+        if let Some(path) = patch.path_on_host {
+            let Some((_, block)) = vm.devices.blocks.iter().find(|(b, _)| *b == id) else {
+                return Err(ActionError::NoDrive(id));
+            };
+            let mut next = drive.clone();
+            next.path = path.clone().into();
+            let disk = device_manager::open_disk(&next)?;
+            let mut transport = lock(block);
+            transport.device_mut().swap_disk(disk);
+            transport.config_changed();
+            *drive = next;
+            config.path_on_host = path;
+        }
+        patch_limiter(
+            patch.rate_limiter,
+            &mut config.rate_limiter,
+            &mut drive.rate_limiter,
+            limiter,
+        );
         Ok(())
     }
 
-    /// Firecracker's PATCH updates only rate limiters, which ember does not implement: an
-    /// interface that exists and no limiter is a successful no-op, a limiter a clear refusal.
+    /// Updates an interface's receive and transmit rate limiters (all Firecracker's PATCH
+    /// changes).
     fn patch_interface(&mut self, patch: &PartialNetworkInterface) -> Result<(), ActionError> {
-        let vm = self.running()?;
-        if !vm.spec.nets.iter().any(|n| n.id == patch.iface_id) {
-            return Err(ActionError::NoInterface(patch.iface_id.clone()));
-        }
-        let owner = format!("network interface '{}'", patch.iface_id);
-        match spec::limiters(&owner, [&patch.rx_rate_limiter, &patch.tx_rate_limiter]) {
-            Some(refusal) => Err(ConfigError::from(refusal).into()),
-            None => Ok(()),
-        }
+        let id = &patch.iface_id;
+        let vm = self.vm.as_mut().ok_or(ActionError::NotBeforeStart)?;
+        let net = vm.spec.nets.iter_mut().find(|n| n.id == *id);
+        let limiters = vm.devices.net_limiters.iter().find(|(n, _)| n == id);
+        let config = self
+            .cfg
+            .network_interfaces
+            .iter_mut()
+            .find(|n| n.iface_id == *id);
+        let (Some(net), Some((_, limiters)), Some(config)) = (net, limiters, config) else {
+            return Err(ActionError::NoInterface(id.clone()));
+        };
+        patch_limiter(
+            patch.rx_rate_limiter,
+            &mut config.rx_rate_limiter,
+            &mut net.rx_rate_limiter,
+            &limiters.rx,
+        );
+        patch_limiter(
+            patch.tx_rate_limiter,
+            &mut config.tx_rate_limiter,
+            &mut net.tx_rate_limiter,
+            &limiters.tx,
+        );
+        Ok(())
     }
+}
+
+/// Applies a PATCH's rate limiter `update` (Firecracker's rule: the buckets it gives replace
+/// the current ones, those it leaves out stay) to the running device's `limiter`, the spec
+/// and the configuration GET /vm/config shows.
+fn patch_limiter(
+    update: Option<RateLimiterConfig>,
+    config: &mut Option<RateLimiterConfig>,
+    spec: &mut LimiterConfig,
+    limiter: &RateLimiter,
+) {
+    let Some(update) = update else {
+        return;
+    };
+    let merged = config.unwrap_or_default().patched(update);
+    *spec = spec::rate_limiter(Some(&merged));
+    limiter.update(*spec);
+    *config = Some(merged);
 }
 
 impl RunningVm {
@@ -470,6 +510,8 @@ mod tests {
                 gate: Arc::new(PauseGate::new().unwrap()),
                 io_workers: 0,
                 blocks: Vec::new(),
+                drive_limiters: Vec::new(),
+                net_limiters: Vec::new(),
             },
             vcpus: Arc::new(Mutex::new(Vec::new())),
             metrics: None,
@@ -531,30 +573,31 @@ mod tests {
     }
 
     #[test]
-    fn put_entropy_adds_the_device_before_boot_and_refuses_a_rate_limiter() {
+    fn put_entropy_adds_the_device_with_its_rate_limiter_before_boot_only() {
         let mut lc = lifecycle("entropy");
-        let limited = EntropyConfig {
-            rate_limiter: Some(json!({"bandwidth": {"size": 1000, "refill_time": 100}})),
+        let limited: RateLimiterConfig =
+            serde_json::from_value(json!({"bandwidth": {"size": 1000, "refill_time": 100}}))
+                .unwrap();
+        let entropy = EntropyConfig {
+            rate_limiter: Some(limited),
         };
-        let err = answer(&mut lc, VmmAction::PutEntropy(limited)).unwrap_err();
-        assert_eq!(
-            err,
-            "the entropy device: rate limiters are not supported by ember; remove them"
-        );
-        assert_eq!(lc.cfg.entropy, None);
-        let unlimited = EntropyConfig {
-            rate_limiter: Some(json!({})),
-        };
-        answer(&mut lc, VmmAction::PutEntropy(unlimited)).unwrap();
+        answer(&mut lc, VmmAction::PutEntropy(entropy)).unwrap();
         match answer(&mut lc, VmmAction::GetVmConfig).unwrap() {
-            VmmData::Json(cfg) => assert_eq!(cfg["entropy"], json!({"rate_limiter": {}})),
+            VmmData::Json(cfg) => assert_eq!(
+                cfg["entropy"],
+                json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}})
+            ),
             VmmData::Empty => panic!("GET /vm/config answered nothing"),
         }
         lc.cfg.boot_source = Some(BootSource::default());
         let Ok(Handled::Start(spec)) = lc.handle(VmmAction::InstanceStart) else {
             panic!("InstanceStart did not ask for a boot");
         };
-        assert!(spec.entropy.is_some());
+        let limiter = spec.entropy.as_ref().map(|e| e.rate_limiter);
+        assert!(
+            limiter.is_some_and(|l| l.bandwidth.is_some()),
+            "{limiter:?}"
+        );
         lc.started(running_vm(*spec));
         let err = answer(&mut lc, VmmAction::PutEntropy(EntropyConfig::default())).unwrap_err();
         assert!(err.contains(NOT_AFTER), "{err}");
@@ -620,37 +663,89 @@ mod tests {
     }
 
     #[test]
-    fn runtime_patches_name_what_is_missing_or_unsupported() {
+    fn runtime_patches_update_rate_limiters_and_name_what_is_missing() {
         let mut lc = lifecycle("patch");
-        let cfg = VmConfig {
-            boot_source: Some(BootSource::default()),
-            ..Default::default()
-        };
-        lc.started(running_vm(
-            VmSpec::new(&cfg, &RunOptions::default()).unwrap(),
-        ));
-        let patch = PartialDrive {
-            drive_id: "data".into(),
-            ..Default::default()
+        let cfg = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "drives": [{"drive_id": "data", "path_on_host": "x", "is_root_device": false}],
+                "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+                    "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 100}}}]}"#,
+        )
+        .unwrap();
+        let spec = VmSpec::new(&cfg, &RunOptions::default()).unwrap();
+        let limiter = |c: LimiterConfig| Arc::new(RateLimiter::new(c).unwrap());
+        let drive = limiter(spec.drives[0].rate_limiter);
+        let (rx, tx) = (
+            limiter(spec.nets[0].rx_rate_limiter),
+            limiter(spec.nets[0].tx_rate_limiter),
+        );
+        let mut vm = running_vm(spec);
+        vm.devices.drive_limiters = vec![("data".into(), drive.clone())];
+        vm.devices.net_limiters = vec![(
+            "eth0".into(),
+            device_manager::NetLimiters {
+                rx: rx.clone(),
+                tx: tx.clone(),
+            },
+        )];
+        lc.cfg = cfg;
+        lc.started(vm);
+        let patch = |body: &str| {
+            let drive: PartialDrive = serde_json::from_str(body).unwrap();
+            VmmAction::PatchDrive(drive)
         };
         assert_eq!(
-            answer(&mut lc, VmmAction::PatchDrive(patch)).unwrap_err(),
-            "There is no drive 'data'."
+            answer(&mut lc, patch(r#"{"drive_id": "nope"}"#)).unwrap_err(),
+            "There is no drive 'nope'."
         );
-        let limited = PartialDrive {
-            drive_id: "data".into(),
-            rate_limiter: Some(json!({"ops": {"size": 1, "refill_time": 10}})),
-            ..Default::default()
+        // Buckets given replace, buckets left out stay (Firecracker's PATCH).
+        answer(
+            &mut lc,
+            patch(
+                r#"{"drive_id": "data", "rate_limiter": {"ops": {"size": 1, "refill_time": 10}}}"#,
+            ),
+        )
+        .unwrap();
+        answer(
+            &mut lc,
+            patch(r#"{"drive_id": "data", "rate_limiter": {"bandwidth": {"size": 4096, "refill_time": 100}}}"#),
+        )
+        .unwrap();
+        let config = drive.config();
+        assert_eq!(config.ops.map(|b| b.size), Some(1));
+        assert_eq!(config.bandwidth.map(|b| b.size), Some(4096));
+        let iface: PartialNetworkInterface = serde_json::from_str(
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}},
+                "tx_rate_limiter": {"ops": {}}}"#,
+        )
+        .unwrap();
+        answer(&mut lc, VmmAction::PatchNetworkInterface(iface)).unwrap();
+        assert_eq!(rx.config().bandwidth.map(|b| b.size), Some(1));
+        assert_eq!(
+            tx.config(),
+            LimiterConfig::default(),
+            "an empty bucket lifts the limit"
+        );
+        // GET /vm/config shows the limits in force.
+        let VmmData::Json(shown) = answer(&mut lc, VmmAction::GetVmConfig).unwrap() else {
+            panic!("GET /vm/config answered nothing");
         };
-        let err = answer(&mut lc, VmmAction::PatchDrive(limited)).unwrap_err();
-        assert!(err.contains("rate limiters are not supported"), "{err}");
+        assert_eq!(shown["drives"][0]["rate_limiter"]["ops"]["size"], 1);
+        assert_eq!(
+            shown["drives"][0]["rate_limiter"]["bandwidth"]["size"],
+            4096
+        );
+        assert_eq!(
+            shown["network-interfaces"][0]["rx_rate_limiter"]["bandwidth"]["refill_time"],
+            1
+        );
         let iface = PartialNetworkInterface {
-            iface_id: "eth0".into(),
+            iface_id: "eth1".into(),
             ..Default::default()
         };
         assert_eq!(
             answer(&mut lc, VmmAction::PatchNetworkInterface(iface)).unwrap_err(),
-            "There is no network interface 'eth0'."
+            "There is no network interface 'eth1'."
         );
     }
 }

@@ -15,10 +15,12 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use api_server::model::{Drive, MachineConfig, NetworkInterface, VmConfig};
+use api_server::model::{
+    Drive, MachineConfig, NetworkInterface, RateLimiterConfig, TokenBucketConfig, VmConfig,
+};
+use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use devices::virtio::block::uring;
 use devices::virtio::net::MacAddr;
-use serde_json::Value;
 
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{ConfigError, DEFAULT_CMDLINE, Unsupported};
@@ -122,6 +124,8 @@ pub struct DriveSpec {
     pub cache: CacheType,
     /// The I/O engine.
     pub engine: IoEngine,
+    /// Limits on the guest's requests.
+    pub rate_limiter: LimiterConfig,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -137,14 +141,19 @@ pub struct NetSpec {
     pub mac: MacAddr,
     /// The MTU offered to the guest.
     pub mtu: Option<u16>,
+    /// Limits on the frames the guest receives.
+    pub rx_rate_limiter: LimiterConfig,
+    /// Limits on the frames the guest sends.
+    pub tx_rate_limiter: LimiterConfig,
     /// Where it lives.
     pub slot: Slot,
 }
 
-/// The virtio-rng device (Firecracker's entropy device); its rate limiter is not implemented
-/// yet, so only "none" is accepted (see [`limiters`]).
+/// The virtio-rng device (Firecracker's entropy device).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntropySpec {
+    /// Limits on the bytes and requests the guest takes.
+    pub rate_limiter: LimiterConfig,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -242,7 +251,8 @@ impl Parts {
         }
         let (drives, root) = drives(&cfg.drives, uring::probe)?;
         let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
-        let entropy = cfg.entropy.as_ref().map(|_| EntropySpec {
+        let entropy = cfg.entropy.as_ref().map(|e| EntropySpec {
+            rate_limiter: rate_limiter(e.rate_limiter.as_ref()),
             slot: Slot::nth(drives.len() + nets.len()),
         });
         Ok(Self {
@@ -299,31 +309,26 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
                 only,
             })
         }));
-        found.extend(limiters(&owner, [&d.rate_limiter]));
-    }
-    for n in &cfg.network_interfaces {
-        let owner = format!("network interface '{}'", n.iface_id);
-        found.extend(limiters(&owner, [&n.rx_rate_limiter, &n.tx_rate_limiter]));
-    }
-    if let Some(entropy) = &cfg.entropy {
-        found.extend(limiters("the entropy device", [&entropy.rate_limiter]));
     }
     found
 }
 
-/// Rate limiters of `owner` (a drive, interface or the entropy device), which ember does not
-/// implement; also what `PATCH /drives` and `PATCH /network-interfaces` refuse. `null`, `{}`
-/// and an object whose buckets are all `null` are Firecracker's ways of saying none, and pass.
-pub fn limiters<const N: usize>(owner: &str, given: [&Option<Value>; N]) -> Option<Unsupported> {
-    let unlimited = |v: &Value| match v {
-        Value::Null => true,
-        Value::Object(buckets) => buckets.values().all(Value::is_null),
-        _ => false,
+/// A rate limiter as the devices take it: only the buckets that limit (Firecracker's rule: a
+/// size or refill time of 0, as an empty `{}` bucket has, limits nothing). Any size and refill
+/// time is valid; the devices' arithmetic does not overflow.
+pub fn rate_limiter(cfg: Option<&RateLimiterConfig>) -> LimiterConfig {
+    let bucket = |b: Option<TokenBucketConfig>| {
+        b.map(|b| BucketConfig {
+            size: b.size,
+            one_time_burst: b.one_time_burst.unwrap_or(0),
+            refill_time_ms: b.refill_time,
+        })
+        .filter(BucketConfig::limits)
     };
-    given
-        .iter()
-        .any(|l| l.as_ref().is_some_and(|v| !unlimited(v)))
-        .then(|| Unsupported::Limiters(owner.into()))
+    cfg.map_or_else(LimiterConfig::default, |c| LimiterConfig {
+        bandwidth: bucket(c.bandwidth),
+        ops: bucket(c.ops),
+    })
 }
 
 /// Firecracker's `huge_pages`: "None" (or absent) or "2M".
@@ -425,6 +430,7 @@ fn drives(
                     _ => CacheType::Writeback,
                 },
                 engine: io_engine(d, probe)?,
+                rate_limiter: rate_limiter(d.rate_limiter.as_ref()),
                 slot: Slot::nth(i),
             })
         })
@@ -490,6 +496,8 @@ fn network_interfaces(
             tap: n.host_dev_name.clone(),
             mac,
             mtu: n.mtu,
+            rx_rate_limiter: rate_limiter(n.rx_rate_limiter.as_ref()),
+            tx_rate_limiter: rate_limiter(n.tx_rate_limiter.as_ref()),
             slot: Slot::nth(first + i),
         });
     }
@@ -565,11 +573,7 @@ mod tests {
             r#"{"balloon": {}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8,
                 "smt": true, "cpu_template": "T2"},
                 "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
-                            "io_engine": "Async", "rate_limiter": {"ops": {}}}],
-                "network-interfaces": [{"iface_id": "n", "host_dev_name": "t",
-                                        "tx_rate_limiter": {"bandwidth": {"size": 1}},
-                                        "rx_rate_limiter": null}],
-                "entropy": {"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}}"#,
+                            "io_engine": "Async", "socket": "vhost.sock"}]}"#,
         )
         .unwrap();
         let found: Vec<String> = unsupported(&c).iter().map(ToString::to_string).collect();
@@ -579,14 +583,44 @@ mod tests {
                 "the config file's 'balloon' section is not supported by ember; remove it",
                 "machine-config: smt = true is not supported by ember (only false)",
                 "machine-config: cpu_template = T2 is not supported by ember (only \"None\")",
-                "drive 'a': rate limiters are not supported by ember; remove them",
-                "network interface 'n': rate limiters are not supported by ember; remove them",
-                "the entropy device: rate limiters are not supported by ember; remove them",
+                "drive 'a': socket = vhost.sock is not supported by ember (only none: vhost-user \
+                 is not implemented)",
             ]
         );
-        let none = [None, Some(Value::Null), Some(serde_json::json!({}))];
-        let buckets_null = Some(serde_json::json!({"bandwidth": null, "ops": null}));
-        assert!(limiters("x", [&none[0], &none[1], &none[2], &buckets_null]).is_none());
+    }
+
+    #[test]
+    fn rate_limiters_keep_only_the_buckets_that_limit() {
+        let c = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
+                            "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000,
+                                                           "one_time_burst": 65536},
+                                             "ops": {"size": 0, "refill_time": 100}}}],
+                "network-interfaces": [{"iface_id": "n", "host_dev_name": "t",
+                                        "rx_rate_limiter": {"ops": {}},
+                                        "tx_rate_limiter": {"ops": {"size": 10,
+                                                                    "refill_time": 18446744073709551615}}}]}"#,
+        )
+        .unwrap();
+        let s = spec(&c).unwrap();
+        let bucket = |size, one_time_burst, refill_time_ms| {
+            Some(BucketConfig {
+                size,
+                one_time_burst,
+                refill_time_ms,
+            })
+        };
+        assert_eq!(
+            s.drives[0].rate_limiter,
+            LimiterConfig {
+                bandwidth: bucket(1 << 20, 1 << 16, 1000),
+                ops: None,
+            }
+        );
+        assert_eq!(s.nets[0].rx_rate_limiter, LimiterConfig::default());
+        assert_eq!(s.nets[0].tx_rate_limiter.ops, bucket(10, 0, u64::MAX));
+        assert_eq!(rate_limiter(None), LimiterConfig::default());
     }
 
     fn with_drives(ids: &[(&str, bool)]) -> VmConfig {
@@ -740,8 +774,7 @@ mod tests {
         c.network_interfaces[0].mtu = Some(40);
         assert!(err(&c).contains("mtu 40 is too small"));
         c.network_interfaces[0].mtu = Some(9000);
-        c.network_interfaces[0].rx_rate_limiter = Some(serde_json::json!({"bandwidth": {}}));
-        assert!(err(&c).contains("rate limiters"));
+        spec(&c).unwrap();
         // Drives and NICs share the device slots.
         let mut c = with_nics(&[("a", "tap0", None)]);
         let ids: Vec<String> = (0..19).map(|i| format!("d{i}")).collect();
@@ -773,10 +806,16 @@ mod tests {
         let mut c = with_nics(&[("eth0", "tap0", None)]);
         c.drives = with_drives(&[("data", false), ("rootfs", true)]).drives;
         c.entropy = Some(EntropyConfig {
-            rate_limiter: Some(serde_json::json!({})),
+            rate_limiter: Some(RateLimiterConfig::default()),
         });
         let s = spec(&c).unwrap();
-        assert_eq!(s.entropy, Some(EntropySpec { slot: Slot::nth(3) }));
+        assert_eq!(
+            s.entropy,
+            Some(EntropySpec {
+                rate_limiter: LimiterConfig::default(),
+                slot: Slot::nth(3)
+            })
+        );
         assert_eq!(s.virtio_slots().last(), Some(Slot::nth(3)));
         assert!(
             s.cmdline.contains(&Slot::nth(3).cmdline_param()),

@@ -14,6 +14,10 @@
 //! drive, the operation and the host's error; one the device refuses (a write to a read-only
 //! disk, a range out of bounds) is answered and counted, not logged.
 //!
+//! With a rate limiter ([`Block::with_rate_limiter`]), each request costs one op and, if it
+//! reads or writes, its data bytes (Firecracker's charge); a request the limiter refuses stays
+//! in the ring and the worker waits for the limiter's timer, then serves it.
+//!
 //! The VMM's main thread never takes the serving lock: counters are published to their own
 //! slot after each batch, and a new backing file is handed over through a slot the serving
 //! thread takes it from.
@@ -37,6 +41,7 @@ use super::disk::Disk;
 use super::request::{self, S_OK};
 use super::uring::{Started, Uring};
 use super::{DEVICE_TYPE_BLOCK, ID_LEN, QUEUE_SIZE, SECTOR_SIZE, features};
+use crate::rate_limiter::RateLimiter;
 use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
@@ -132,6 +137,7 @@ struct Serving {
     queue: Option<Queue>,
     stats: BlockStats,
     shared: Arc<Shared>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// A handle for the thread that serves a block device's queue.
@@ -139,6 +145,7 @@ struct Serving {
 pub struct QueueServer {
     serving: Arc<Mutex<Serving>>,
     shared: Arc<Shared>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl QueueServer {
@@ -156,7 +163,8 @@ impl QueueServer {
 }
 
 /// The worker waits for the guest's notifications, which reach the device as writes to its
-/// `wake` event (the queue's ioeventfd), and serves the queue in batches.
+/// `wake` event (the queue's ioeventfd), and for the rate limiter's timer, and serves the
+/// queue in batches.
 impl IoHandler for QueueServer {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
         watches.clear();
@@ -164,15 +172,25 @@ impl IoHandler for QueueServer {
         if let Some(completions) = &self.shared.completions {
             watches.push(Watch::readable(completions.as_raw_fd()));
         }
+        if let Some(limiter) = &self.limiter {
+            watches.push(Watch::readable(limiter.timer_fd()));
+        }
     }
 
     fn ready(&mut self, ready: &[Ready]) -> bool {
         if ready.first().is_some_and(Ready::any) {
             let _ = self.shared.wake.read();
         }
-        if let (Some(c), Some(r)) = (&self.shared.completions, ready.get(1)) {
-            if r.any() {
-                let _ = c.read();
+        // The watches after the wake event, in `interest`'s order.
+        let mut rest = ready.iter().skip(1);
+        if let Some(completions) = &self.shared.completions {
+            if rest.next().is_some_and(Ready::any) {
+                let _ = completions.read();
+            }
+        }
+        if let Some(limiter) = &self.limiter {
+            if rest.next().is_some_and(Ready::any) {
+                limiter.timer_fired();
             }
         }
         self.process_queue(BLOCK_BUDGET)
@@ -232,6 +250,7 @@ impl Block {
             queue: None,
             stats: BlockStats::default(),
             shared: shared.clone(),
+            limiter: None,
         };
         Self {
             features,
@@ -270,6 +289,13 @@ impl Block {
         }
     }
 
+    /// Holds the guest's requests to `limiter` (one op per request, and its data bytes if it
+    /// reads or writes). Set before [`Block::queue_server`] is called.
+    pub fn with_rate_limiter(self, limiter: Arc<RateLimiter>) -> Self {
+        lock(&self.serving).limiter = Some(limiter);
+        self
+    }
+
     /// The counters (see [`QueueServer::stats`]).
     pub fn stats(&self) -> BlockStats {
         self.shared.stats.get()
@@ -280,6 +306,7 @@ impl Block {
         QueueServer {
             serving: self.serving.clone(),
             shared: self.shared.clone(),
+            limiter: lock(&self.serving).limiter.clone(),
         }
     }
 
@@ -353,14 +380,23 @@ impl Serving {
             return false;
         }
         let (mem, disk, id, stats) = (&self.mem, &self.disk, &self.id, &mut self.stats);
-        let (name, ring) = (&self.name, &mut self.ring);
-        let mut work = 0;
+        let (name, ring, limiter) = (&self.name, &mut self.ring, &self.limiter);
+        let (mut work, mut throttled) = (0, false);
         let served = serve_chains(queue, mem, budget, |chain| {
             if ring.as_ref().is_some_and(Uring::busy) {
                 return Step::Retry;
             }
             let head = chain.head();
             let (req, done) = match request::parse(mem, chain, disk.size()) {
+                Ok(req)
+                    if limiter
+                        .as_ref()
+                        .is_some_and(|l| !l.consume_op(charge(&req))) =>
+                {
+                    // Left in the ring; the limiter's timer resumes the queue.
+                    throttled = true;
+                    return Step::Retry;
+                }
                 Ok(req) => match ring.as_mut().filter(|_| req.is_disk_io()) {
                     Some(ring) => {
                         work += req.disk_work();
@@ -410,8 +446,9 @@ impl Serving {
         match served {
             Ok(served) => {
                 signal_used(queue, &self.mem, &self.interrupt, reaped + served.count);
-                // A busy ring wakes the thread when requests complete.
-                served.more && !busy
+                // A busy ring wakes the thread when requests complete, a throttled queue when
+                // its limiter's timer fires.
+                served.more && !busy && !throttled
             }
             Err(err) => {
                 warn!("virtio-blk: {err}");
@@ -454,6 +491,15 @@ fn record(name: &str, stats: &mut BlockStats, req: &request::Request, done: &req
         warn!("virtio-blk '{name}': {err}: {}", err.source);
     }
     count(stats, req, done);
+}
+
+/// The bytes a request costs a rate limiter: its data if it reads or writes (Firecracker's
+/// charge; other requests cost only their op).
+fn charge(req: &request::Request) -> u64 {
+    match req.kind {
+        request::Kind::In | request::Kind::Out => req.data_len(),
+        _ => 0,
+    }
 }
 
 /// Adds an executed request to the counters.
@@ -1174,6 +1220,61 @@ pub(crate) mod tests {
             rig.request(&[HDR_D, (DATA, 16, false), STATUS_D]).0,
             S_UNSUPP
         );
+    }
+
+    #[test]
+    fn a_throttled_request_stays_in_the_ring_until_the_limiters_timer_fires() {
+        use crate::rate_limiter::{BucketConfig, LimiterConfig, tests::readable};
+        let mem = mem();
+        let path = Engine::Sync.image("limited", 4096);
+        let ops = BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 20,
+        };
+        let limiter = Arc::new(
+            RateLimiter::new(LimiterConfig {
+                bandwidth: None,
+                ops: Some(ops),
+            })
+            .unwrap(),
+        );
+        let Rig {
+            mem: _,
+            vq,
+            block,
+            next_desc,
+        } = Rig::new(&mem, &path, false, Engine::Sync);
+        let block = block.with_rate_limiter(limiter.clone());
+        let mut rig = Rig {
+            mem: &mem,
+            vq,
+            block,
+            next_desc,
+        };
+        let mut server = rig.block.queue_server();
+        rig.header(8, 0);
+        rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
+        rig.chain(&[HDR_D, (DATA, 20, true), STATUS_D]);
+        assert!(
+            !rig.block.process_queue(usize::MAX),
+            "throttled is not more"
+        );
+        assert_eq!(rig.used_idx(), 1, "one op, one request");
+        // Serving again meanwhile (a notification) serves nothing, and does not ask for more.
+        assert!(!server.ready(&[]));
+        assert_eq!(rig.used_idx(), 1);
+        let mut watches = Vec::new();
+        server.interest(&mut watches);
+        assert_eq!(watches[1], Watch::readable(limiter.timer_fd()));
+        assert!(readable(limiter.timer_fd(), 1000), "the timer fires");
+        let timer = Ready {
+            readable: true,
+            ..Default::default()
+        };
+        server.ready(&[Ready::default(), timer]);
+        assert_eq!(rig.used_idx(), 2, "the waiting request is served");
+        assert_eq!(rig.block.stats().ok, 2);
     }
 
     fn config_space_reports_capacity_and_is_bounds_checked(engine: Engine) {

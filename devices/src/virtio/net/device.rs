@@ -8,6 +8,11 @@
 //! buffers; a transmit the TAP refuses (EAGAIN) stays in the ring until the TAP is writable.
 //! [`NetServer::interest`] tells the I/O worker which of those it waits for, so nothing spins.
 //!
+//! Rate limiters ([`Net::with_rate_limiters`]), one per direction, charge each frame one op
+//! and its bytes; a frame one refuses waits (a transmit in the ring, a received frame in the
+//! device) and the I/O worker waits for the limiter's timer to resume that direction, while
+//! the other direction goes on.
+//!
 //! Frames are transmitted straight from guest memory (writev); received frames pass through
 //! the buffer once, because with mergeable buffers (VIRTIO_NET_F_MRG_RXBUF) a frame's size
 //! decides how many chains it takes, and it is known only after the read.
@@ -32,6 +37,7 @@ use super::rx::Rx;
 use super::tap::Backend;
 use super::tx::Tx;
 use super::{DEVICE_TYPE_NET, MacAddr, QUEUE_SIZE, features};
+use crate::rate_limiter::RateLimiter;
 use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
@@ -178,6 +184,8 @@ pub struct NetHandler<B> {
     /// Each direction may have more to move without a new event.
     rx_more: bool,
     tx_more: bool,
+    /// The receive and transmit rate limiters, whose timers resume a throttled direction.
+    limiters: [Option<Arc<RateLimiter>>; 2],
 }
 
 /// Frames a network device moves per direction per round of its I/O worker.
@@ -188,6 +196,8 @@ const WATCH_WAKE: usize = 0;
 const WATCH_RX: usize = 1;
 const WATCH_TX: usize = 2;
 const WATCH_BACKEND: usize = 3;
+const WATCH_RX_LIMITER: usize = 4;
+const WATCH_TX_LIMITER: usize = 5;
 
 impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
@@ -204,6 +214,12 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
                 writable: want.writable,
             },
         ]);
+        // A direction without a limiter has a watch that waits for nothing.
+        watches.extend(self.limiters.iter().map(|l| Watch {
+            fd: l.as_ref().map_or(-1, |l| l.timer_fd()),
+            readable: l.is_some(),
+            writable: false,
+        }));
     }
 
     fn ready(&mut self, ready: &[Ready]) -> bool {
@@ -217,11 +233,24 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
                 let _ = evt.read();
             }
         }
+        let mut timers = [false; 2];
+        for ((fired, i), limiter) in timers
+            .iter_mut()
+            .zip([WATCH_RX_LIMITER, WATCH_TX_LIMITER])
+            .zip(&self.limiters)
+        {
+            if let Some(limiter) = limiter.as_ref().filter(|_| is(i).any()) {
+                limiter.timer_fired();
+                *fired = true;
+            }
+        }
         let (wake, backend) = (is(WATCH_WAKE).any(), is(WATCH_BACKEND));
         // An error or hang-up on the backend reaches the device through its next read or
         // write, which reports it and stops using the backend.
-        self.rx_more |= wake || is(WATCH_RX).any() || backend.readable || backend.failed;
-        self.tx_more |= wake || is(WATCH_TX).any() || backend.writable || backend.failed;
+        self.rx_more |=
+            wake || is(WATCH_RX).any() || backend.readable || backend.failed || timers[0];
+        self.tx_more |=
+            wake || is(WATCH_TX).any() || backend.writable || backend.failed || timers[1];
         if self.tx_more {
             self.tx_more = self.server.process_tx(NET_BUDGET);
         }
@@ -300,6 +329,9 @@ impl<B: Backend> Net<B> {
     /// The I/O handler for the device's worker thread; `queues` are the receive and transmit
     /// queues' notification events, in that order.
     pub fn handler(&self, [rx, tx]: [EventFd; 2]) -> NetHandler<B> {
+        let s = lock(&self.serving);
+        let limiters = [s.rx.limiter.clone(), s.tx.limiter.clone()];
+        drop(s);
         NetHandler {
             server: self.server(),
             wake: self.wake.clone(),
@@ -307,7 +339,18 @@ impl<B: Backend> Net<B> {
             tx,
             rx_more: false,
             tx_more: false,
+            limiters,
         }
+    }
+
+    /// Holds received frames to `rx` and transmitted ones to `tx` (one op and the frame's
+    /// bytes each). Set before [`Net::handler`] is called.
+    pub fn with_rate_limiters(self, rx: Arc<RateLimiter>, tx: Arc<RateLimiter>) -> Self {
+        let mut s = lock(&self.serving);
+        s.rx.limiter = Some(rx);
+        s.tx.limiter = Some(tx);
+        drop(s);
+        self
     }
 
     fn wake(&self) {
@@ -443,6 +486,13 @@ mod tests {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             Ok(())
+        }
+    }
+
+    /// No descriptor: the tests hand the handler its readiness themselves.
+    impl AsRawFd for Mock {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            -1
         }
     }
 
@@ -727,6 +777,89 @@ mod tests {
         assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 2);
         assert_eq!(rig.sent.lock().unwrap().len(), 2);
         assert!(!rig.server.interest().writable);
+    }
+
+    #[test]
+    fn throttled_frames_wait_for_their_directions_limiter_timer() {
+        use crate::rate_limiter::{BucketConfig, LimiterConfig, tests::readable};
+        let mut rig = Rig::new(all());
+        let one_op_per_20_ms = || {
+            let ops = BucketConfig {
+                size: 1,
+                one_time_burst: 0,
+                refill_time_ms: 20,
+            };
+            Arc::new(
+                RateLimiter::new(LimiterConfig {
+                    bandwidth: None,
+                    ops: Some(ops),
+                })
+                .unwrap(),
+            )
+        };
+        let (rx_limiter, tx_limiter) = (one_op_per_20_ms(), one_op_per_20_ms());
+        let net = std::mem::replace(
+            &mut rig.net,
+            Net::new(
+                "unused",
+                Mock::default(),
+                MacAddr([6, 0, 0, 0, 0, 1]),
+                None,
+                rig.mem.clone(),
+                rig.irq.clone(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ),
+        );
+        rig.net = net.with_rate_limiters(rx_limiter.clone(), tx_limiter.clone());
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut handler = rig.net.handler([evt(), evt()]);
+
+        // Two frames each way: one goes, the other waits.
+        let f = frame([0; VNET_HDR_LEN], 100);
+        rig.mem.write_slice(&f, GuestAddress(BUFS)).unwrap();
+        for _ in 0..2 {
+            rig.tx
+                .add(&rig.mem, &[(BUFS, f.len() as u32, false)])
+                .unwrap();
+            rig.inbound(f.clone());
+        }
+        for i in 1..3 {
+            rig.rx
+                .add(&rig.mem, &[(BUFS + i * 0x1000, 1536, true)])
+                .unwrap();
+        }
+        assert!(!rig.server.process_tx(64), "throttled is not more");
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 1);
+        assert!(!rig.server.process_rx(64), "throttled is not more");
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap().len(), 1);
+        assert_eq!(rig.sent.lock().unwrap().len(), 1);
+        assert!(
+            !rig.server.interest().readable,
+            "the TAP is not read meanwhile"
+        );
+        let mut watches = Vec::new();
+        handler.interest(&mut watches);
+        assert_eq!(
+            watches[WATCH_RX_LIMITER],
+            Watch::readable(rx_limiter.timer_fd())
+        );
+        assert_eq!(
+            watches[WATCH_TX_LIMITER],
+            Watch::readable(tx_limiter.timer_fd())
+        );
+
+        assert!(readable(rx_limiter.timer_fd(), 1000));
+        assert!(readable(tx_limiter.timer_fd(), 1000));
+        let mut ready = vec![Ready::default(); watches.len()];
+        for i in [WATCH_RX_LIMITER, WATCH_TX_LIMITER] {
+            ready[i].readable = true;
+        }
+        handler.ready(&ready);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 1);
+        assert_eq!(rig.rx.take_used(&rig.mem).unwrap().len(), 1);
+        assert_eq!(rig.sent.lock().unwrap().len(), 2);
+        let s = rig.stats();
+        assert_eq!((s.rx_frames, s.tx_frames), (2, 2));
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! queue, straight into guest buffers when they have room for any frame, else through the
 //! device's one-frame buffer (with mergeable buffers a frame's size decides how many chains it
 //! takes, and it is known only after the read). A frame that finds too little room waits, and
-//! the backend is not read again until the driver adds buffers.
+//! the backend is not read again until the driver adds buffers. With a rate limiter, a frame
+//! is charged (one op, its bytes with the header) once read and before the guest sees it; a
+//! frame the limiter refuses waits, unseen, for the limiter's timer, and the backend is not
+//! read meanwhile.
 
 use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use log::warn;
@@ -17,6 +21,7 @@ use super::device::{Io, IoVecs};
 use super::frame;
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN, features};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::chain::{self, Chain, Segment};
 use crate::virtio::{QueueError, signal_used};
 
@@ -43,6 +48,9 @@ pub(super) struct Rx {
     /// when it moves.
     starved_at: Option<Wrapping<u16>>,
     pub(super) scratch: Scratch,
+    pub(super) limiter: Option<Arc<RateLimiter>>,
+    /// The frame being delivered was charged to the limiter (or there is none).
+    admitted: bool,
 }
 
 /// How reading a frame straight into guest buffers went.
@@ -86,6 +94,8 @@ impl Scratch {
 /// How delivering the pending frame went.
 enum Delivery {
     Done,
+    /// The rate limiter refused it for now; wait for its timer.
+    Throttled,
     /// Too little room now; wait for the driver to add buffers.
     Starved,
     /// The frame cannot be delivered; it is dropped.
@@ -104,12 +114,16 @@ impl Rx {
             partial_first: Vec::new(),
             starved_at: None,
             scratch: Scratch::default(),
+            limiter: None,
+            admitted: true,
         }
     }
 
     /// Whether a frame could be taken now: the queue works and has not run out of room.
     pub(super) fn wants_frames(&self) -> bool {
-        self.queue.is_some() && self.starved_at.is_none()
+        self.queue.is_some()
+            && self.starved_at.is_none()
+            && !self.limiter.as_ref().is_some_and(|l| l.is_blocked())
     }
 
     /// Starts serving `queue` (the driver activated the device).
@@ -125,6 +139,7 @@ impl Rx {
         self.scratch.forget_held();
         self.pending = 0;
         self.partial.clear();
+        self.admitted = true;
     }
 
     /// Moves frames from the backend into the guest (at most `budget`); true if more may be
@@ -144,7 +159,7 @@ impl Rx {
         let mut delivered = 0;
         let mut more = false;
         loop {
-            let result = if self.pending > 0 {
+            let result = if self.pending > 0 || !self.admitted {
                 self.deliver(io)
             } else {
                 match self.receive_direct(io) {
@@ -160,6 +175,7 @@ impl Rx {
             };
             match result {
                 Delivery::Done => delivered += 1,
+                Delivery::Throttled => break,
                 Delivery::Starved => {
                     let Some(seen) = self.avail_idx(io) else {
                         break;
@@ -340,6 +356,7 @@ impl Rx {
             self.partial.push((h.head, take as u32));
         }
         self.frame_len = n;
+        self.admitted = false;
         // Whatever spilled is still to be delivered, from the start of `buf`.
         self.pending = left as usize;
         self.pending_at = 0;
@@ -354,6 +371,7 @@ impl Rx {
                     self.pending = n;
                     self.pending_at = 0;
                     self.frame_len = n;
+                    self.admitted = false;
                     return true;
                 }
                 Ok(n) => {
@@ -378,6 +396,14 @@ impl Rx {
     /// `pending_at`, after the chains in `partial`) into as many further receive chains as it
     /// needs (one without mergeable buffers), then returns them all to the driver.
     fn deliver<B>(&mut self, io: &mut Io<B>) -> Delivery {
+        if !self.admitted {
+            if let Some(limiter) = &self.limiter {
+                if !limiter.consume_op(self.frame_len as u64) {
+                    return Delivery::Throttled;
+                }
+            }
+            self.admitted = true;
+        }
         let mergeable = io.has(features::MRG_RXBUF);
         let Some(queue) = self.queue.as_mut() else {
             return Delivery::Starved;

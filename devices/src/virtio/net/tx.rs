@@ -1,8 +1,10 @@
 //! The transmitting half of a virtio-net device: frames from the guest's transmit queue to the
 //! backend, straight from guest memory (writev). A transmit the backend refuses (EAGAIN) stays
-//! in the ring until the backend is writable.
+//! in the ring until the backend is writable; so does one the transmit rate limiter refuses,
+//! until the limiter's timer fires.
 
 use std::io;
+use std::sync::Arc;
 
 use log::warn;
 use virtio_queue::Queue;
@@ -12,6 +14,7 @@ use super::device::{Io, IoVecs};
 use super::frame::{self, VnetHeader};
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
+use crate::rate_limiter::RateLimiter;
 use crate::virtio::chain::{self, Chain, Segment};
 use crate::virtio::{Step, serve_chains, signal_used};
 
@@ -24,6 +27,8 @@ pub(super) struct Tx {
     /// A transmit chain's buffers, and their iovecs, reused from frame to frame.
     segments: Vec<Segment>,
     iovecs: IoVecs,
+    /// Charges each frame one op and its bytes (header included, as Firecracker counts).
+    pub(super) limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Tx {
@@ -45,15 +50,20 @@ impl Tx {
         let (mem, backend, stats, name, acked) =
             (&io.mem, &mut io.backend, &mut io.stats, &io.name, io.acked);
         let (segments, iovecs) = (&mut self.segments, &mut self.iovecs);
-        let mut blocked = false;
+        let limiter = self.limiter.as_deref();
+        let (mut blocked, mut throttled) = (false, false);
         let served = serve_chains(queue, mem, budget, |chain| {
-            match transmit(mem, backend, chain, acked, segments, iovecs) {
+            match transmit(mem, backend, chain, acked, segments, iovecs, limiter) {
                 Ok(len) => {
                     stats.tx_frames += 1;
                     stats.tx_bytes += len as u64;
                 }
                 Err(TxError::Full) => {
                     blocked = true;
+                    return Step::Retry;
+                }
+                Err(TxError::Throttled) => {
+                    throttled = true;
                     return Step::Retry;
                 }
                 Err(TxError::Drop(why)) => {
@@ -67,7 +77,7 @@ impl Tx {
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &io.interrupt, served.count);
-                served.more && !blocked
+                served.more && !blocked && !throttled
             }
             Err(err) => {
                 warn!("virtio-net {name}: transmit queue: {err}");
@@ -82,6 +92,8 @@ impl Tx {
 enum TxError {
     /// The backend is full; try again when it is writable.
     Full,
+    /// The rate limiter refused it; try again when its timer fires.
+    Throttled,
     /// The frame is dropped.
     Drop(String),
 }
@@ -94,6 +106,7 @@ fn transmit<B: Backend>(
     acked: u64,
     segments: &mut Vec<Segment>,
     iovecs: &mut IoVecs,
+    limiter: Option<&RateLimiter>,
 ) -> Result<usize, TxError> {
     readable_segments(mem, chain, segments).map_err(TxError::Drop)?;
     let total = chain::total(segments);
@@ -119,13 +132,22 @@ fn transmit<B: Backend>(
             iovecs.len()
         )));
     }
+    if limiter.is_some_and(|l| !l.consume_op(total)) {
+        return Err(TxError::Throttled);
+    }
     loop {
         // SAFETY: the iovecs cover guest memory checked against the memory map, which stays
         // mapped for as long as `mem` lives, longer than this call; the kernel only reads it.
         match unsafe { backend.send(iovecs) } {
             Ok(n) if n as u64 == total => return Ok(len),
             Ok(n) => return Err(TxError::Drop(format!("the host took {n} of {total} bytes"))),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(TxError::Full),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                // Charged again when it is retried.
+                if let Some(limiter) = limiter {
+                    limiter.refund_op(total);
+                }
+                return Err(TxError::Full);
+            }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(TxError::Drop(format!("the host refused it: {err}"))),
         }

@@ -25,6 +25,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{DEVICE_TYPE_RNG, QUEUE_SIZE};
+use crate::rate_limiter::RateLimiter;
 use crate::sync::{Published, lock};
 use crate::virtio::chain::{self, Chain, ChainError, Segment};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
@@ -82,6 +83,7 @@ struct Serving {
     /// A request's buffers and the bytes drawn for it, reused from request to request.
     segments: Vec<Segment>,
     buf: Box<[u8]>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// A handle for the thread that serves an entropy device's queue, and for its counters.
@@ -90,6 +92,7 @@ pub struct RngServer {
     serving: Arc<Mutex<Serving>>,
     stats: Arc<Published<RngStats>>,
     wake: Arc<EventFd>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl RngServer {
@@ -109,16 +112,24 @@ impl RngServer {
 }
 
 /// The worker waits for the guest's notifications (the queue's ioeventfd, which activation
-/// also writes) and serves the queue in bounded rounds.
+/// also writes) and for the rate limiter's timer, and serves the queue in bounded rounds.
 impl IoHandler for RngServer {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
         watches.clear();
         watches.push(Watch::readable(self.wake.as_raw_fd()));
+        if let Some(limiter) = &self.limiter {
+            watches.push(Watch::readable(limiter.timer_fd()));
+        }
     }
 
     fn ready(&mut self, ready: &[Ready]) -> bool {
-        if ready.iter().any(Ready::any) {
+        if ready.first().is_some_and(Ready::any) {
             let _ = self.wake.read();
+        }
+        if let (Some(limiter), Some(timer)) = (&self.limiter, ready.get(1)) {
+            if timer.any() {
+                limiter.timer_fired();
+            }
         }
         self.process_queue(RNG_BUDGET)
     }
@@ -141,6 +152,7 @@ impl Rng {
             stats: RngStats::default(),
             segments: Vec::new(),
             buf: vec![0; MAX_BYTES_PER_CHAIN].into_boxed_slice(),
+            limiter: None,
         };
         Self {
             serving: Arc::new(Mutex::new(serving)),
@@ -149,12 +161,20 @@ impl Rng {
         }
     }
 
+    /// Holds the guest's requests to `limiter` (one op and the bytes asked for per request,
+    /// Firecracker's charge). Set before [`Rng::server`] is called.
+    pub fn with_rate_limiter(self, limiter: Arc<RateLimiter>) -> Self {
+        lock(&self.serving).limiter = Some(limiter);
+        self
+    }
+
     /// The handle the serving thread uses (also the I/O worker's handler).
     pub fn server(&self) -> RngServer {
         RngServer {
             serving: self.serving.clone(),
             stats: self.stats.clone(),
             wake: self.wake.clone(),
+            limiter: lock(&self.serving).limiter.clone(),
         }
     }
 }
@@ -188,20 +208,25 @@ impl Serving {
         let Some(queue) = self.queue.as_mut() else {
             return false;
         };
-        let (mem, stats, segments, buf) = (
+        let (mem, stats, segments, buf, limiter) = (
             &self.mem,
             &mut self.stats,
             &mut self.segments,
             &mut self.buf,
+            &self.limiter,
         );
-        let mut handed_out = 0u64;
+        let (mut handed_out, mut throttled) = (0u64, false);
         let served = serve_chains(queue, mem, budget, |chain| {
             let used = match writable(mem, chain, segments) {
                 Ok(room) => {
                     let len = room.min(buf.len() as u64) as usize;
                     // The one point every request passes, knowing its size before any
-                    // entropy is drawn: a rate limiter's check goes here (and answers
-                    // Step::Retry, leaving the chain in the ring, while it refuses).
+                    // entropy is drawn.
+                    if limiter.as_ref().is_some_and(|l| !l.consume_op(len as u64)) {
+                        // Left in the ring; the limiter's timer resumes the queue.
+                        throttled = true;
+                        return Step::Retry;
+                    }
                     match fill(mem, segments, &mut buf[..len]) {
                         Ok(n) => {
                             stats.requests += 1;
@@ -233,7 +258,7 @@ impl Serving {
         match served {
             Ok(served) => {
                 signal_used(queue, mem, &self.interrupt, served.count);
-                served.more
+                served.more && !throttled
             }
             Err(err) => {
                 warn!("virtio-rng: {err}");
