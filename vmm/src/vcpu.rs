@@ -139,16 +139,21 @@ impl Vcpu {
             .map_err(|source| VcpuError::Spawn { index, source })?;
         let thread_stop = stop.clone();
         // Firecracker's thread name: orchestrators (Kata Containers) find vCPU threads by it
-        // to pin them.
+        // to pin them, as soon as the API says Running. A new thread takes its name once it
+        // runs, so start() returns only then.
+        let (running_tx, running) = std::sync::mpsc::channel();
         let thread = thread::Builder::new()
             .name(format!("fc_vcpu {index}"))
             .spawn(move || {
+                let _ = running_tx.send(());
                 let exit = self.run(&thread_stop, &gate);
                 if events.send(VcpuEvent { index, exit }).is_ok() {
                     let _ = exit_evt.write(1);
                 }
             })
             .map_err(|source| VcpuError::Spawn { index, source })?;
+        // An error only means the thread ended first; its exit is reported as usual.
+        let _ = running.recv();
         Ok(VcpuHandle { thread, stop })
     }
 

@@ -1,0 +1,345 @@
+//! Firecracker's clients, replayed: each test is the exact sequence of process arguments and
+//! requests one kind of real Firecracker client sends (a fixture written from what those
+//! clients do, not a copy of their code), and checks that ember answers as Firecracker does and
+//! that the VM then runs. Tiny guests keep every boot to milliseconds.
+#![allow(clippy::unwrap_used)] // test code
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// A request that must succeed with an empty 204, as Firecracker answers a PUT or PATCH.
+fn done(c: &mut ApiClient, method: &str, path: &str, body: &Value) {
+    let (status, answer) = c.request(method, path, Some(&body.to_string()));
+    assert_eq!(
+        (status, answer.as_str()),
+        (204, ""),
+        "{method} {path} {body}"
+    );
+}
+
+/// ember started the way the client starts Firecracker; killed when dropped.
+struct Vmm {
+    child: Option<Child>,
+    sock: PathBuf,
+}
+
+impl Vmm {
+    fn spawn(dir: &Path, args: &[&str]) -> Self {
+        let sock = dir.join("firecracker.socket");
+        let child = ember()
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            sock,
+        }
+    }
+
+    /// Polls `GET /` every 10 ms until the state is Running, as Kata's driver does.
+    fn wait_running(&self, c: &mut ApiClient) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = c.request("GET", "/", None);
+            assert_eq!(status, 200, "{body}");
+            if json(&body)["state"] == "Running" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never Running: {body}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Stops the VM with SIGTERM, as orchestrators do; returns ember's exit status.
+    fn terminate(mut self) -> i32 {
+        let child = self.child.take().unwrap();
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        code(&wait_with_deadline(child, Duration::from_secs(30)).status)
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A named pipe the client creates and reads (Kata's `logs.fifo`, `metrics.fifo`): opened for
+/// reading before ember starts, its lines handed to the returned channel.
+fn listen_to_fifo(path: &Path) -> mpsc::Receiver<String> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    // Non-blocking, as Kata opens it, so the open does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(file);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 && line.ends_with('\n') => {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+                // No writer yet, or nothing written yet.
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line with `needle` on a FIFO.
+fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {needle:?} on the FIFO")
+}
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect()
+}
+
+/// Kata Containers' Firecracker driver: reads the version, writes a config file with the
+/// root image as a read-only drive, a pool of empty placeholder drives, `smt: false`, empty
+/// rate limiters, and a logger and metrics on FIFOs it reads; starts the VMM with
+/// `--api-sock` and `--config-file`; polls `GET /` until Running; finds the vCPU threads by
+/// name to pin them; swaps placeholders for real images with `PATCH /drives`; and stops the
+/// VM with SIGTERM.
+#[test]
+fn kata_containers_sequence() {
+    if !kvm_available() {
+        return;
+    }
+    // Kata takes the second word of the first line, without its "v", as a semver.
+    let out = run(ember().arg("--version"), Duration::from_secs(10));
+    let first = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let version = first
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_start_matches('v');
+    assert_eq!(version, env!("CARGO_PKG_VERSION"), "{first}");
+    assert_eq!(
+        version
+            .split('.')
+            .filter_map(|n| n.parse::<u64>().ok())
+            .count(),
+        3
+    );
+
+    let dir = tempdir("fc-kata");
+    let (log_fifo, metrics_fifo) = (dir.join("logs.fifo"), dir.join("metrics.fifo"));
+    let (logs, metrics) = (listen_to_fifo(&log_fifo), listen_to_fifo(&metrics_fifo));
+    let rootfs = dir.join("rootfs");
+    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    let mut drives = vec![json!({"drive_id": "rootfs", "path_on_host": rootfs,
+                                 "is_root_device": false, "is_read_only": true})];
+    for i in 0..8 {
+        // os.Create: an empty file stands in until the container's image arrives.
+        let placeholder = dir.join(format!("drive_{i}"));
+        std::fs::File::create(&placeholder).unwrap();
+        drives.push(
+            json!({"drive_id": format!("drive_{i}"), "path_on_host": placeholder,
+                           "is_root_device": false, "is_read_only": false,
+                           "rate_limiter": {}}),
+        );
+    }
+    let config = json!({
+        "boot-source": {"kernel_image_path": guest("spin"),
+                        "boot_args": "console=ttyS0 reboot=k panic=1 pci=off iommu=off net.ifnames=0 random.trust_cpu=on acpi=off"},
+        "drives": drives,
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "smt": false},
+        "logger": {"level": "Debug", "log_path": log_fifo},
+        "metrics": {"metrics_path": metrics_fifo},
+    });
+    let config_path = dir.join("fcConfig.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let vmm = Vmm::spawn(&dir, &["--config-file", config_path.to_str().unwrap()]);
+    let mut c = ApiClient::connect(&vmm.sock);
+    vmm.wait_running(&mut c);
+
+    let names = thread_names(vmm.pid());
+    assert!(names.iter().any(|n| n == "fc_vcpu 0"), "{names:?}");
+    line_with(&logs, "started 1 vCPUs");
+
+    let image = dir.join("container.img");
+    std::fs::write(&image, vec![0u8; 2 << 20]).unwrap();
+    done(
+        &mut c,
+        "PATCH",
+        "/drives/drive_0",
+        &json!({"drive_id": "drive_0", "path_on_host": image}),
+    );
+    let (_, body) = c.request("GET", "/vm/config", None);
+    let cfg = json(&body);
+    assert_eq!(cfg["drives"][1]["path_on_host"], json!(image));
+    assert_eq!(cfg["drives"][1]["rate_limiter"], json!({}));
+    assert_eq!(cfg["machine-config"]["smt"], false);
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "FlushMetrics"}),
+    );
+    let line = json(&line_with(&metrics, "block_drive_0"));
+    assert!(line["block_drive_7"].is_object(), "{line}");
+    assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
+
+/// A client whose every drive runs on `io_engine: "Async"` with bandwidth and ops limits, and
+/// which adds an entropy device with its own limiter, all through the API before
+/// InstanceStart; then the VM runs.
+#[test]
+fn async_drives_with_rate_limiters_and_a_limited_entropy_device() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("fc-async-limited");
+    let vmm = Vmm::spawn(&dir, &["--id", "limited_1"]);
+    let mut c = ApiClient::connect(&vmm.sock);
+    let limiter = json!({
+        "bandwidth": {"size": 52_428_800, "one_time_burst": 0, "refill_time": 1000},
+        "ops": {"size": 10_000, "refill_time": 1000}
+    });
+    done(
+        &mut c,
+        "PUT",
+        "/machine-config",
+        &json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "track_dirty_pages": false}),
+    );
+    done(
+        &mut c,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": guest("spin"), "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
+    );
+    for id in ["rootfs", "scratch"] {
+        let image = dir.join(format!("{id}.ext4"));
+        std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+        done(
+            &mut c,
+            "PUT",
+            &format!("/drives/{id}"),
+            &json!({"drive_id": id, "path_on_host": image, "is_root_device": id == "rootfs",
+                    "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Async",
+                    "rate_limiter": limiter}),
+        );
+    }
+    done(
+        &mut c,
+        "PUT",
+        "/entropy",
+        &json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}),
+    );
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_running(&mut c);
+    let (_, body) = c.request("GET", "/vm/config", None);
+    let cfg = json(&body);
+    assert_eq!(cfg["drives"][0]["io_engine"], "Async");
+    assert_eq!(cfg["drives"][1]["rate_limiter"], limiter);
+    // Limits change at run time.
+    done(
+        &mut c,
+        "PATCH",
+        "/drives/scratch",
+        &json!({"drive_id": "scratch", "rate_limiter": {"ops": {"size": 100, "refill_time": 1000}}}),
+    );
+    assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
+
+/// A client that always adds an entropy device with an empty body and says `smt: false`.
+#[test]
+fn an_empty_entropy_device_and_smt_false() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempdir("fc-entropy-smt");
+    let vmm = Vmm::spawn(&dir, &[]);
+    let mut c = ApiClient::connect(&vmm.sock);
+    done(
+        &mut c,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": guest("spin")}),
+    );
+    done(
+        &mut c,
+        "PUT",
+        "/machine-config",
+        &json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false}),
+    );
+    done(&mut c, "PUT", "/entropy", &json!({}));
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_running(&mut c);
+    let (_, body) = c.request("GET", "/machine-config", None);
+    assert_eq!(
+        json(&body),
+        json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
+               "track_dirty_pages": false, "huge_pages": "None"})
+    );
+    let names = thread_names(vmm.pid());
+    for vcpu in ["fc_vcpu 0", "fc_vcpu 1"] {
+        assert!(names.iter().any(|n| n == vcpu), "{names:?}");
+    }
+    assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
