@@ -1,8 +1,11 @@
 //! The REST API's own costs: process start to a ready socket (the first `GET /machine-config`
-//! answered), in wall time and in ember's CPU time, and the round trip of `GET /` over a
-//! keep-alive connection (p50, p99 over 1000 requests). No guest runs; nothing is emulated.
+//! answered), in wall time, in ember's CPU time and as ember's RSS at that moment, and the
+//! round trip of `GET /` over a keep-alive connection (p50, p99 over 1000 requests). No guest
+//! runs; nothing is emulated.
 //!
-//! Run: `cargo bench -p ember --bench api`
+//! Run: `cargo bench -p ember --bench api`. With `EMBER_BENCH_BASELINE=/path/to/other/ember`,
+//! the start-up figures are measured for both binaries in the same run, alternating, and shown
+//! side by side.
 #![allow(clippy::unwrap_used)] // benchmark code
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -54,50 +57,130 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// ember's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One start of `bin` to a ready API: (wall time, ember's CPU time, RSS in KiB), and the open
+/// connection with the process, for more requests.
+struct Started {
+    wall: Duration,
+    cpu: Duration,
+    rss_kib: u64,
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    child: std::process::Child,
+}
+
+fn start(bin: &str, sock: &std::path::Path) -> Started {
+    let begin = Instant::now();
+    let child = Command::new(bin)
+        .arg("--api-sock")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stream = loop {
+        if let Ok(s) = UnixStream::connect(sock) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    assert_eq!(get(&mut stream, &mut reader, "/machine-config"), 200);
+    Started {
+        wall: begin.elapsed(),
+        cpu: Duration::from_nanos(cpu_ns(child.id())),
+        rss_kib: rss_kib(child.id()),
+        stream,
+        reader,
+        child,
+    }
+}
+
+impl Started {
+    fn stop(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Start-up figures of one binary over several runs.
+#[derive(Default)]
+struct Figures {
+    walls: Vec<Duration>,
+    cpus: Vec<Duration>,
+    rss: Vec<u64>,
+}
+
+impl Figures {
+    fn add(&mut self, s: &Started) {
+        self.walls.push(s.wall);
+        self.cpus.push(s.cpu);
+        self.rss.push(s.rss_kib);
+    }
+
+    /// (wall p50 ms, CPU p50 ms, RSS p50 KiB)
+    fn medians(&mut self) -> (f64, f64, u64) {
+        self.walls.sort();
+        self.cpus.sort();
+        self.rss.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        (
+            ms(percentile(&self.walls, 0.5)),
+            ms(percentile(&self.cpus, 0.5)),
+            self.rss[self.rss.len() / 2],
+        )
+    }
+}
+
 fn main() {
     let dir = std::env::temp_dir().join(format!("ember-bench-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
-    let (mut walls, mut cpus) = (Vec::new(), Vec::new());
+    let this = env!("CARGO_BIN_EXE_ember");
+    let baseline = std::env::var("EMBER_BENCH_BASELINE").ok();
+    let (mut new, mut old) = (Figures::default(), Figures::default());
     let mut latencies = Vec::new();
     for run in 0..RUNS {
-        let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .arg("--api-sock")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stream = loop {
-            if let Ok(s) = UnixStream::connect(&sock) {
-                break s;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        };
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        assert_eq!(get(&mut stream, &mut reader, "/machine-config"), 200);
-        walls.push(start.elapsed());
-        cpus.push(Duration::from_nanos(cpu_ns(child.id())));
+        if let Some(bin) = &baseline {
+            let s = start(bin, &sock);
+            old.add(&s);
+            s.stop();
+        }
+        let mut s = start(this, &sock);
+        new.add(&s);
         if run == 0 {
             for _ in 0..REQUESTS {
                 let t = Instant::now();
-                assert_eq!(get(&mut stream, &mut reader, "/"), 200);
+                assert_eq!(get(&mut s.stream, &mut s.reader, "/"), 200);
                 latencies.push(t.elapsed());
             }
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        s.stop();
     }
-    walls.sort();
-    cpus.sort();
     latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (wall, cpu, rss) = new.medians();
+    let max_wall = new.walls.last().unwrap().as_secs_f64() * 1e3;
     println!(
-        "start to API ready ({RUNS} runs): wall p50 {:.2} ms, max {:.2} ms; ember CPU p50 {:.2} ms (target: under 10 ms wall)",
-        ms(percentile(&walls, 0.5)),
-        ms(*walls.last().unwrap()),
-        ms(percentile(&cpus, 0.5)),
+        "start to API ready ({RUNS} runs): wall p50 {wall:.2} ms, max {max_wall:.2} ms; ember CPU p50 {cpu:.2} ms; RSS p50 {rss} KiB (target: under 10 ms wall)"
     );
+    if let Some(bin) = &baseline {
+        let (owall, ocpu, orss) = old.medians();
+        let change = |o: f64, n: f64| (n - o) / o * 100.0;
+        println!(
+            "baseline {bin}: wall p50 {owall:.2} ms / this {wall:.2} ms ({:+.1}%); CPU p50 {ocpu:.2} / {cpu:.2} ms ({:+.1}%); RSS p50 {orss} / {rss} KiB ({:+.1}%)",
+            change(owall, wall),
+            change(ocpu, cpu),
+            change(orss as f64, rss as f64)
+        );
+    }
     println!(
         "GET / round trip ({REQUESTS} requests, one keep-alive connection): p50 {:.1} us, p99 {:.1} us, max {:.1} us (target: p99 under 1 ms)",
         percentile(&latencies, 0.5).as_secs_f64() * 1e6,
