@@ -5,67 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// An ember serving the API at a fresh socket, killed when dropped.
-struct Ember {
-    child: Option<Child>,
-    sock: PathBuf,
-    dir: PathBuf,
-}
-
-impl Ember {
-    fn start(name: &str, extra: &[&str]) -> Self {
-        Self::start_with(name, ember(), extra)
-    }
-
-    /// Starts `ember`, a command that runs the ember binary (in a network namespace, say).
-    fn start_with(name: &str, mut ember: std::process::Command, extra: &[&str]) -> Self {
-        let dir = tempdir(name);
-        let sock = dir.join("api.sock");
-        let child = ember
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            sock,
-            dir,
-        }
-    }
-
-    fn client(&self) -> ApiClient {
-        ApiClient::connect(&self.sock)
-    }
-
-    /// Waits for ember to exit; returns (status, console, stderr).
-    fn finish(mut self) -> (i32, String, String) {
-        let child = self.child.take().unwrap();
-        let out = wait_with_deadline(child, LIMIT);
-        (code(&out.status), text(&out.stdout), text(&out.stderr))
-    }
-}
-
-impl Drop for Ember {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))

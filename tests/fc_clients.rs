@@ -8,8 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,66 +27,6 @@ fn done(c: &mut ApiClient, method: &str, path: &str, body: &Value) {
         (204, ""),
         "{method} {path} {body}"
     );
-}
-
-/// ember started the way the client starts Firecracker; killed when dropped.
-struct Vmm {
-    child: Option<Child>,
-    sock: PathBuf,
-}
-
-impl Vmm {
-    fn spawn(dir: &Path, args: &[&str]) -> Self {
-        let sock = dir.join("firecracker.socket");
-        let child = ember()
-            .arg("--api-sock")
-            .arg(&sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            sock,
-        }
-    }
-
-    /// Polls `GET /` every 10 ms until the state is Running, as Kata's driver does.
-    fn wait_running(&self, c: &mut ApiClient) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (status, body) = c.request("GET", "/", None);
-            assert_eq!(status, 200, "{body}");
-            if json(&body)["state"] == "Running" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never Running: {body}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// Stops the VM with SIGTERM, as orchestrators do; returns ember's exit status.
-    fn terminate(mut self) -> i32 {
-        let child = self.child.take().unwrap();
-        // SAFETY: our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        code(&wait_with_deadline(child, Duration::from_secs(30)).status)
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A named pipe the client creates and reads (Kata's `logs.fifo`, `metrics.fifo`): opened for
@@ -177,7 +116,7 @@ fn kata_containers_sequence() {
         3
     );
 
-    let dir = tempdir("fc-kata");
+    let dir = tempdir("fc-kata-files");
     let (log_fifo, metrics_fifo) = (dir.join("logs.fifo"), dir.join("metrics.fifo"));
     let (logs, metrics) = (listen_to_fifo(&log_fifo), listen_to_fifo(&metrics_fifo));
     let rootfs = dir.join("rootfs");
@@ -204,8 +143,8 @@ fn kata_containers_sequence() {
     });
     let config_path = dir.join("fcConfig.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    let vmm = Vmm::spawn(&dir, &["--config-file", config_path.to_str().unwrap()]);
-    let mut c = ApiClient::connect(&vmm.sock);
+    let vmm = Ember::start("fc-kata", &["--config-file", config_path.to_str().unwrap()]);
+    let mut c = vmm.client();
     vmm.wait_running(&mut c);
 
     let names = thread_names(vmm.pid());
@@ -244,9 +183,8 @@ fn async_drives_with_rate_limiters_and_a_limited_entropy_device() {
     if !kvm_available() {
         return;
     }
-    let dir = tempdir("fc-async-limited");
-    let vmm = Vmm::spawn(&dir, &["--id", "limited_1"]);
-    let mut c = ApiClient::connect(&vmm.sock);
+    let vmm = Ember::start("fc-async-limited", &["--id", "limited_1"]);
+    let mut c = vmm.client();
     let limiter = json!({
         "bandwidth": {"size": 52_428_800, "one_time_burst": 0, "refill_time": 1000},
         "ops": {"size": 10_000, "refill_time": 1000}
@@ -264,7 +202,7 @@ fn async_drives_with_rate_limiters_and_a_limited_entropy_device() {
         &json!({"kernel_image_path": guest("spin"), "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
     );
     for id in ["rootfs", "scratch"] {
-        let image = dir.join(format!("{id}.ext4"));
+        let image = vmm.dir.join(format!("{id}.ext4"));
         std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
         done(
             &mut c,
@@ -308,9 +246,8 @@ fn an_empty_entropy_device_and_smt_false() {
     if !kvm_available() {
         return;
     }
-    let dir = tempdir("fc-entropy-smt");
-    let vmm = Vmm::spawn(&dir, &[]);
-    let mut c = ApiClient::connect(&vmm.sock);
+    let vmm = Ember::start("fc-entropy-smt", &[]);
+    let mut c = vmm.client();
     done(
         &mut c,
         "PUT",

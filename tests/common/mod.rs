@@ -359,6 +359,90 @@ impl Drop for NetNs {
     }
 }
 
+/// An ember serving the API at a fresh socket, killed when dropped.
+pub struct Ember {
+    /// The process, until it is waited for.
+    pub child: Option<Child>,
+    /// Its API socket.
+    pub sock: PathBuf,
+    /// The test's own directory.
+    pub dir: PathBuf,
+}
+
+impl Ember {
+    /// Starts ember with `--api-sock` and `extra` in a fresh directory named after `name`.
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with(name, ember(), extra)
+    }
+
+    /// Starts `ember`, a command that runs the ember binary (in a network namespace, say).
+    pub fn start_with(name: &str, mut ember: Command, extra: &[&str]) -> Self {
+        let dir = tempdir(name);
+        let sock = dir.join("api.sock");
+        let child = ember
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            sock,
+            dir,
+        }
+    }
+
+    /// A new connection to the API.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::connect(&self.sock)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Polls `GET /` every 10 ms until the state is Running, as Kata's driver does.
+    pub fn wait_running(&self, c: &mut ApiClient) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = c.request("GET", "/", None);
+            assert_eq!(status, 200, "{body}");
+            if body.contains(r#""state":"Running""#) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never Running: {body}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits up to a minute for ember to exit; returns (status, console, stderr).
+    pub fn finish(mut self) -> (i32, String, String) {
+        let child = self.child.take().unwrap();
+        let out = wait_with_deadline(child, Duration::from_secs(60));
+        (code(&out.status), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// Stops the VM with SIGTERM, as orchestrators do; returns ember's exit status.
+    pub fn terminate(self) -> i32 {
+        // SAFETY: our own child, not yet reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        self.finish().0
+    }
+}
+
+impl Drop for Ember {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A keep-alive client of ember's API socket.
 pub struct ApiClient {
     writer: std::os::unix::net::UnixStream,
