@@ -184,6 +184,7 @@ fn malformed_chains_are_refused_and_ember_keeps_serving(engine: Engine) {
         "huge-length status=255 len=0",
         "no-status status=255 len=0",
         "STILL SERVING",
+        "NEEDS RESET",
         "HOSTILE DONE",
     ] {
         assert!(log.contains(line), "'{line}' missing:\n{log}\n{stderr}");

@@ -186,9 +186,14 @@ static void hostile(void) {
     /* A good request still works. */
     expect(request(0, 0, back, 512, 1), 0, "read after malformed chains");
     puts("STILL SERVING\n");
-    /* Finally, an available index far ahead of the device: the queue cannot be trusted. */
+    /* Finally, an available index far ahead of the device: the queue cannot be trusted, and
+     * the device says so with DEVICE_NEEDS_RESET. */
     avail.idx += 1000;
     R(0x050) = 0;
+    u64 spins = 0;
+    while (!(R(0x070) & 64) && spins < 200000000UL) spins++;
+    if (!(R(0x070) & 64)) fail("no DEVICE_NEEDS_RESET after a corrupt ring");
+    puts("NEEDS RESET\n");
     puts("HOSTILE DONE\n");
     exit_with(0);
 }

@@ -120,9 +120,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.active
     }
 
-    /// The device status register.
+    /// The device status register, with DEVICE_NEEDS_RESET once the device asked for it.
     pub fn status(&self) -> u32 {
-        self.status
+        let needs_reset = if self.interrupt.reset_needed() {
+            status::DEVICE_NEEDS_RESET
+        } else {
+            0
+        };
+        self.status | needs_reset
     }
 
     /// Tells the driver that the configuration space changed (new generation, config
@@ -163,7 +168,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.status(),
             // No shared memory regions: length all ones means "none".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
             REG_CONFIG_GENERATION => self.config_generation,
@@ -485,6 +490,25 @@ mod tests {
         assert!(!t.is_active());
         bring_up(&mut t, 1, DESC);
         assert!(t.is_active());
+    }
+
+    #[test]
+    fn a_device_that_gives_up_on_its_queue_shows_needs_reset_until_the_driver_resets_it() {
+        let mut t = transport("mmio-device-reset");
+        bring_up(&mut t, 1, DESC);
+        assert_eq!(read(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        t.interrupt.needs_reset();
+        assert_ne!(read(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_ne!(
+            read(&mut t, REG_INTERRUPT_STATUS) & 2,
+            0,
+            "config interrupt"
+        );
+        write(&mut t, REG_STATUS, 0);
+        assert_eq!(read(&mut t, REG_STATUS), 0);
+        bring_up(&mut t, 1, DESC);
+        assert!(t.is_active());
+        assert_eq!(t.status() & status::DEVICE_NEEDS_RESET, 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod testing;
 pub mod worker;
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -95,6 +95,8 @@ pub trait VirtioDevice: Send {
 pub struct VirtioInterrupt {
     status: AtomicU32,
     irq: EventFd,
+    /// The device stopped using a queue it cannot trust (virtio 1.2, 2.1.2: DEVICE_NEEDS_RESET).
+    needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -103,6 +105,7 @@ impl VirtioInterrupt {
         Self {
             status: AtomicU32::new(0),
             irq,
+            needs_reset: AtomicBool::new(false),
         }
     }
 
@@ -127,8 +130,24 @@ impl VirtioInterrupt {
         self.status.fetch_and(!bits, Ordering::AcqRel);
     }
 
+    /// The device hit an error it cannot recover from without a reset (a corrupt ring): the
+    /// status register shows DEVICE_NEEDS_RESET and the driver gets a configuration-change
+    /// interrupt, as virtio 1.2 (2.1.2) asks, so it can reset the device.
+    pub fn needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::Release);
+        if let Err(err) = self.trigger(INTERRUPT_CONFIG_CHANGE) {
+            log::warn!("virtio: cannot interrupt the guest for a device reset: {err}");
+        }
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn reset_needed(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
     fn clear(&self) {
         self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
     }
 }
 

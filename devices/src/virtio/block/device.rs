@@ -453,6 +453,7 @@ impl Serving {
             Err(err) => {
                 warn!("virtio-blk: {err}");
                 self.queue = None;
+                self.interrupt.needs_reset();
                 false
             }
         }
@@ -477,6 +478,7 @@ impl Serving {
         if let Some(err) = broken {
             warn!("virtio-blk: {}", QueueError::Unusable(err));
             self.queue = None;
+            self.interrupt.needs_reset();
         }
         count
     }
@@ -1168,10 +1170,10 @@ pub(crate) mod tests {
         // An available index 1000 entries ahead of the device on a 16-entry queue.
         rig.vq.avail().idx().store(1000);
         assert!(!rig.serve(usize::MAX));
-        assert!(
-            rig.block.serving.lock().unwrap().queue.is_none(),
-            "the device stopped"
-        );
+        let serving = rig.block.serving.lock().unwrap();
+        assert!(serving.queue.is_none(), "the device stopped");
+        assert!(serving.interrupt.reset_needed(), "and asked for a reset");
+        drop(serving);
         rig.serve(usize::MAX);
     }
 

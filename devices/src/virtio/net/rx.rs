@@ -187,7 +187,7 @@ impl Rx {
                         break;
                     };
                     if let Err(err) = queue.enable_notification(&io.mem) {
-                        self.fail(&io.name, err.into());
+                        self.fail(io, err.into());
                         break;
                     }
                     match self.avail_idx(io) {
@@ -216,7 +216,7 @@ impl Rx {
         match queue.avail_idx(&io.mem, Ordering::Acquire) {
             Ok(idx) => Some(idx),
             Err(err) => {
-                self.fail(&io.name, err.into());
+                self.fail(io, err.into());
                 None
             }
         }
@@ -470,7 +470,7 @@ impl Rx {
         }
         for &(head, len) in &self.partial {
             if let Err(err) = queue.add_used(mem, head, len) {
-                self.fail(&io.name, err.into());
+                self.fail(io, err.into());
                 return Delivery::Starved;
             }
         }
@@ -488,7 +488,7 @@ impl Rx {
         if let Some(queue) = self.queue.as_mut() {
             for (head, _) in chains {
                 if let Err(err) = queue.add_used(&io.mem, head, 0) {
-                    self.fail(&io.name, err.into());
+                    self.fail(io, err.into());
                     break;
                 }
             }
@@ -497,10 +497,11 @@ impl Rx {
     }
 
     /// The queue cannot be trusted any more: stop using it until the driver resets it.
-    fn fail(&mut self, name: &str, err: QueueError) {
-        warn!("virtio-net {name}: receive queue: {err}");
+    fn fail<B>(&mut self, io: &Io<B>, err: QueueError) {
+        warn!("virtio-net {}: receive queue: {err}", io.name);
         self.scratch.forget_held();
         self.queue = None;
+        io.interrupt.needs_reset();
     }
 }
 

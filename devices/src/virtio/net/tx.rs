@@ -82,6 +82,7 @@ impl Tx {
             Err(err) => {
                 warn!("virtio-net {name}: transmit queue: {err}");
                 self.queue = None;
+                io.interrupt.needs_reset();
                 false
             }
         }

@@ -263,6 +263,7 @@ impl Serving {
             Err(err) => {
                 warn!("virtio-rng: {err}");
                 self.queue = None;
+                self.interrupt.needs_reset();
                 false
             }
         }
