@@ -23,38 +23,12 @@ static u8 buf[4096] __attribute__((aligned(512)));
 static u8 back[4096] __attribute__((aligned(512)));
 static u16 last_used;
 
-static void fail(const char *what) {
-    puts("FAIL ");
-    puts(what);
-    puts("\n");
-    exit_with(1);
-}
-
 static void setup(void) {
-    if (R(0x000) != 0x74726976 || R(0x004) != 2 || R(0x008) != 2) fail("not a virtio-mmio v2 block device");
-    R(0x070) = 0;
-    R(0x070) = 1 | 2; /* ACKNOWLEDGE | DRIVER */
-    R(0x014) = 0;
-    u32 lo = R(0x010);
-    R(0x014) = 1;
-    u32 hi = R(0x010);
-    if (!(hi & 1)) fail("no VIRTIO_F_VERSION_1");
+    u32 lo = virtio_begin(2, "not a virtio-mmio v2 block device");
     /* FLUSH, RO, DISCARD, WRITE_ZEROES as offered; no event index. */
-    R(0x024) = 0;
-    R(0x020) = lo & ((1u << 9) | (1u << 5) | (1u << 13) | (1u << 14));
-    R(0x024) = 1;
-    R(0x020) = 1;
-    R(0x070) = 1 | 2 | 8;
-    if (!(R(0x070) & 8)) fail("FEATURES_OK refused");
-    R(0x030) = 0;
-    if (R(0x034) < QN) fail("queue too small");
-    R(0x038) = QN;
-    R(0x080) = (u32)(u64)descs; R(0x084) = 0;
-    R(0x090) = (u32)(u64)&avail; R(0x094) = 0;
-    R(0x0a0) = (u32)(u64)&used; R(0x0a4) = 0;
-    R(0x044) = 1;
-    R(0x070) = 1 | 2 | 8 | 4;
-    if (!(R(0x070) & 4)) fail("DRIVER_OK refused");
+    virtio_features(lo & ((1u << 9) | (1u << 5) | (1u << 13) | (1u << 14)));
+    virtio_queue(0, descs, &avail, &used);
+    virtio_driver_ok();
 }
 
 /* Publishes the chain starting at descriptor 0 and notifies. */
@@ -68,16 +42,7 @@ static void kick(void) {
 
 /* Waits for the device to return the chain; returns its used length. */
 static u32 wait_used(void) {
-    for (u64 spins = 0; spins < 200000000UL; spins++) {
-        if (*(volatile u16 *)&used.idx != last_used) {
-            u32 len = used.ring[last_used % QN].len;
-            last_used++;
-            return len;
-        }
-        __asm__ volatile("pause");
-    }
-    fail("the device never answered");
-    return 0;
+    return virtio_wait_used(&used, &last_used);
 }
 
 static void set(int i, u64 addr, u32 len, u16 flags) {

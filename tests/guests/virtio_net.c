@@ -31,23 +31,7 @@ static u8 frame[BUF];
 static u8 mac[6], host_mac[6];
 static const u8 guest_ip[4] = {10, 0, 2, 2}, host_ip[4] = {10, 0, 2, 1};
 
-static void fail(const char *what) {
-    puts("FAIL ");
-    puts(what);
-    puts("\n");
-    exit_with(1);
-}
 
-
-static void queue_setup(int index, struct vq *q) {
-    R(0x030) = (u32)index;
-    if (R(0x034) < QN) fail("queue too small");
-    R(0x038) = QN;
-    R(0x080) = (u32)(u64)q->d; R(0x084) = 0;
-    R(0x090) = (u32)(u64)&q->a; R(0x094) = 0;
-    R(0x0a0) = (u32)(u64)&q->u; R(0x0a4) = 0;
-    R(0x044) = 1;
-}
 
 static void push(int index, struct vq *q, u16 head) {
     q->a.ring[q->a.idx % QN] = head;
@@ -79,22 +63,14 @@ static void post_rx(u16 i) {
 }
 
 static void setup(u32 features_lo) {
-    if (R(0x000) != 0x74726976 || R(0x004) != 2 || R(0x008) != 1) fail("not a virtio-mmio v2 network device");
-    R(0x070) = 0;
-    R(0x070) = 1 | 2;
-    R(0x014) = 1;
-    if (!(R(0x010) & 1)) fail("no VIRTIO_F_VERSION_1");
-    R(0x014) = 0;
-    if (!(R(0x010) & (1u << 5))) fail("no VIRTIO_NET_F_MAC");
+    u32 lo = virtio_begin(1, "not a virtio-mmio v2 network device");
+    if (!(lo & (1u << 5))) fail("no VIRTIO_NET_F_MAC");
     /* MAC (and what the caller adds): no offloads. */
-    R(0x024) = 0; R(0x020) = (1u << 5) | features_lo;
-    R(0x024) = 1; R(0x020) = 1;
-    R(0x070) = 1 | 2 | 8;
-    if (!(R(0x070) & 8)) fail("FEATURES_OK refused");
+    virtio_features((1u << 5) | features_lo);
     for (int i = 0; i < 6; i++) mac[i] = *(volatile u8 *)(MMIO + 0x100 + i);
-    queue_setup(0, &rxq);
-    queue_setup(1, &txq);
-    R(0x070) = 1 | 2 | 8 | 4;
+    virtio_queue(0, rxq.d, &rxq.a, &rxq.u);
+    virtio_queue(1, txq.d, &txq.a, &txq.u);
+    virtio_driver_ok();
     for (u16 i = 0; i < NRX; i++) post_rx(i);
 }
 

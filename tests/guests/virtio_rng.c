@@ -13,34 +13,11 @@ static struct used used __attribute__((aligned(4)));
 static u8 first[LEN], second[LEN], third[LEN];
 static u16 last_used;
 
-static void fail(const char *what) {
-    puts("FAIL ");
-    puts(what);
-    puts("\n");
-    exit_with(1);
-}
-
 static void setup(void) {
-    if (R(0x000) != 0x74726976 || R(0x004) != 2 || R(0x008) != 4) fail("not a virtio-mmio v2 entropy device");
-    R(0x070) = 0;
-    R(0x070) = 1 | 2; /* ACKNOWLEDGE | DRIVER */
-    R(0x014) = 1;
-    if (!(R(0x010) & 1)) fail("no VIRTIO_F_VERSION_1");
-    R(0x024) = 0;
-    R(0x020) = 0;
-    R(0x024) = 1;
-    R(0x020) = 1;
-    R(0x070) = 1 | 2 | 8;
-    if (!(R(0x070) & 8)) fail("FEATURES_OK refused");
-    R(0x030) = 0;
-    if (R(0x034) < QN) fail("queue too small");
-    R(0x038) = QN;
-    R(0x080) = (u32)(u64)descs; R(0x084) = 0;
-    R(0x090) = (u32)(u64)&avail; R(0x094) = 0;
-    R(0x0a0) = (u32)(u64)&used; R(0x0a4) = 0;
-    R(0x044) = 1;
-    R(0x070) = 1 | 2 | 8 | 4;
-    if (!(R(0x070) & 4)) fail("DRIVER_OK refused");
+    virtio_begin(4, "not a virtio-mmio v2 entropy device");
+    virtio_features(0);
+    virtio_queue(0, descs, &avail, &used);
+    virtio_driver_ok();
 }
 
 /* Offers one buffer of LEN bytes (device-writable or not), notifies and waits for it to come
@@ -55,16 +32,7 @@ static u32 request(u8 *buf, u16 flags) {
     avail.idx++;
     fence();
     R(0x050) = 0;
-    for (u64 spins = 0; spins < 200000000UL; spins++) {
-        if (*(volatile u16 *)&used.idx != last_used) {
-            u32 len = used.ring[last_used % QN].len;
-            last_used++;
-            return len;
-        }
-        __asm__ volatile("pause");
-    }
-    fail("the device never answered");
-    return 0;
+    return virtio_wait_used(&used, &last_used);
 }
 
 static int all_zero(const u8 *buf) {
