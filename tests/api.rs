@@ -598,6 +598,50 @@ fn pause_stops_a_counting_guest_and_resume_continues_it() {
 }
 
 #[test]
+fn a_serial_rate_limiter_bounds_the_console_and_counts_what_it_drops() {
+    if !kvm_available() {
+        return;
+    }
+    let vm = Ember::start("api-serial-limit", &[]);
+    let mut c = vm.client();
+    let log = vm.dir.join("console.log");
+    let boot = json!({"kernel_image_path": guest("counter"), "boot_args": "fast"}).to_string();
+    done(&mut c, "PUT", "/boot-source", &boot);
+    // Firecracker's shape: one token bucket of bytes, here 100 bytes a second.
+    let serial = json!({"serial_out_path": log,
+                        "rate_limiter": {"size": 100, "refill_time": 1000}});
+    done(&mut c, "PUT", "/serial", &serial.to_string());
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["serial"], serial);
+    let started = std::time::Instant::now();
+    done(&mut c, "PUT", "/actions", START);
+    let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let deadline = started + Duration::from_secs(20);
+    while size() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let Ember { child, .. } = &vm;
+    let pid = child.as_ref().unwrap().id() as libc::pid_t;
+    // SAFETY: our own child, not yet reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (code, _, stderr) = vm.finish();
+    let seconds = started.elapsed().as_secs() + 1;
+    assert_eq!(code, 128 + libc::SIGTERM, "{stderr}");
+    // The counter prints far more than 100 bytes a second; the file keeps the bucket's first
+    // 100 bytes and what refilled while ember ran.
+    let written = size();
+    assert!(
+        (100..=100 + 100 * seconds).contains(&written),
+        "{written} bytes in {seconds} s"
+    );
+    assert!(
+        stderr.contains("bytes of guest console output were dropped by the serial rate limiter"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     if !kvm_available() {
         return;

@@ -1,7 +1,8 @@
 //! virtio-net over a TAP: every test makes its own network namespace with its TAPs (removed
 //! when the test ends, even on failure) and runs ember inside it. A tiny guest with a minimal
 //! driver checks exact frames both ways and hostile chains; one Linux boot checks what users
-//! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs).
+//! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs). A transmit rate
+//! limiter is timed against the same frames unlimited.
 #![allow(clippy::unwrap_used)] // test code
 
 mod common;
@@ -202,6 +203,51 @@ fn missing_busy_and_misaddressed_taps_are_clear_errors() {
         busy.1
     );
     drop(holder);
+}
+
+/// Runs the tiny guest's "stream" (64 KiB in 64 frames, header included) through an interface
+/// with `tx_rate_limiter`; returns how long ember ran.
+fn stream_with(tag: &str, tx_rate_limiter: serde_json::Value) -> Duration {
+    let ns = NetNs::new(tag, &[("tap0", "10.0.2.1/24")]);
+    let path = tempdir(tag).join("vm.json");
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": guest("virtio_net"), "boot_args": "stream"},
+        "network-interfaces": [{
+            "iface_id": "eth0", "host_dev_name": "tap0", "tx_rate_limiter": tx_rate_limiter
+        }]
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    let started = Instant::now();
+    let out = run(
+        ns.command(env!("CARGO_BIN_EXE_ember"))
+            .arg("--no-api")
+            .arg("--config-file")
+            .arg(path),
+        TINY_LIMIT,
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        text(&out.stdout),
+        "STREAMED 65536\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(code(&out.status), EXIT_OK);
+    took
+}
+
+#[test]
+fn a_rate_limited_nic_takes_as_long_as_its_limit_says_and_an_unlimited_one_does_not() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    // 8 KiB per 100 ms (80 KiB/s), starting full: the other 56 KiB take 700 ms at least.
+    let bandwidth = serde_json::json!({"bandwidth": {"size": 8192, "refill_time": 100}});
+    let limited = stream_with("tx-limited", bandwidth);
+    assert!(limited >= Duration::from_millis(700), "{limited:?}");
+    // The same frames unlimited ({} as Kata Containers sends it) do not wait for a limiter.
+    let unlimited = stream_with("tx-unlimited", serde_json::json!({}));
+    assert!(unlimited < Duration::from_millis(700), "{unlimited:?}");
 }
 
 /// Kills and reaps a child when dropped.

@@ -285,12 +285,16 @@ pub struct LoggerConfig {
     pub module: Option<String>,
 }
 
-/// `serial` (`PUT /serial`): where the guest's console output goes.
+/// `serial` (`PUT /serial`): where the guest's console output goes, and how fast.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// A file or named pipe; absent: unchanged.
     pub serial_out_path: Option<String>,
+    /// Bytes of console output (one token bucket, as Firecracker's serial takes it, not the
+    /// bandwidth/ops pair of a drive); output beyond it is dropped. Absent or `{}`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<TokenBucketConfig>,
 }
 
 /// `entropy` (`PUT /entropy`): a virtio-rng device, as Firecracker's entropy device.

@@ -11,6 +11,9 @@
  * of a zero-length buffer and of an indirect table (never offered) of 16384 zero-length
  * buffers, kicking after each ring's worth: a device that took such chains would grow the
  * host's memory on every kick. It prints FLOODING once.
+ * With "stream" it transmits 64 broadcast frames of 1024 bytes each with the virtio-net header
+ * (an experimental EtherType the host ignores), one at a time, prints "STREAMED 65536" and
+ * exits: the host times it against the interface's transmit rate limiter.
  * Verdicts are lines on COM1; the run ends with the exit port. */
 #include "virtio.h"
 
@@ -208,10 +211,25 @@ static void flood(void) {
     }
 }
 
+#define STREAM_FRAMES 64
+#define STREAM_BYTES 1024 /* charged to the limiter: the header and the frame */
+
+static void stream(void) {
+    for (int i = 0; i < HDR; i++) frame[i] = 0;
+    u8 *e = frame + HDR;
+    for (int i = 0; i < 6; i++) e[i] = 0xff;
+    copy(e + 6, mac, 6); put16(e + 12, 0x88b5);
+    for (u32 i = 14; i < STREAM_BYTES - HDR; i++) e[i] = (u8)i;
+    for (int i = 0; i < STREAM_FRAMES; i++) send_frame(STREAM_BYTES - HDR);
+    puts("STREAMED 65536\n");
+    exit_with(0);
+}
+
 void main(const void *boot_params) {
     const char *cmd = cmdline(boot_params);
     setup(cmd[0] == 'f' ? 1u << 15 : 0);
     if (cmd[0] == 'f') flood();
+    if (cmd[0] == 's') stream();
     if (cmd[0] == 'i') {
         puts("IDLE\n");
         for (;;) __asm__ volatile("cli; hlt");

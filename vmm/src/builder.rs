@@ -105,9 +105,16 @@ pub fn run(
     };
     let result = booted.run(spec, backends, output, lifecycle);
     let dropped = drain.finish();
-    if dropped > 0 {
+    if dropped.slow > 0 {
         warn!(
-            "{dropped} bytes of guest console output were dropped because the output was too slow"
+            "{} bytes of guest console output were dropped because the output was too slow",
+            dropped.slow
+        );
+    }
+    if dropped.rate_limited > 0 {
+        warn!(
+            "{} bytes of guest console output were dropped by the serial rate limiter",
+            dropped.rate_limited
         );
     }
     result
@@ -344,7 +351,8 @@ fn open_console(
             sinks.push(Box::new(CappedFile::new(file, path.clone(), limit)));
         }
     }
-    console_output(sinks, Some(exit.clone())).map_err(host("console output thread"))
+    console_output(sinks, Some(exit.clone()), spec.serial_rate_limiter)
+        .map_err(host("console output thread"))
 }
 
 /// Creates and configures `count` vCPUs entering at `entry`.

@@ -5,7 +5,9 @@
 //! terminal, pipe or disk. [`ConsoleOutput`] appends to a bounded in-memory buffer that a
 //! `serial_out` thread drains to the sinks; if the sinks fall more than [`OUTPUT_BUFFER_LIMIT`]
 //! behind, further bytes are dropped and counted. [`ConsoleDrain::finish`] writes out whatever is
-//! buffered, so the log is complete when ember exits.
+//! buffered, so the log is complete when ember exits. A serial rate limiter (`PUT /serial`'s
+//! `rate_limiter`, one bucket of bytes) drops and counts what exceeds it, as Firecracker does:
+//! delaying the bytes would stall the guest's UART.
 //!
 //! The output is also watched for Linux's panic banner, so that a panic ends the VM even when
 //! the guest kernel has no pvpanic driver: "Kernel panic - not syncing" marks the guest as
@@ -28,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use devices::legacy::SerialDevice;
+use devices::rate_limiter::{LimiterConfig, RateLimiter, TokenKind};
 use devices::sync::{self, lock};
 use devices::{ExitNotifier, GuestExit};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -42,8 +45,17 @@ pub const OUTPUT_BUFFER_LIMIT: usize = 1 << 20;
 #[derive(Default)]
 struct OutputState {
     pending: VecDeque<u8>,
-    dropped: u64,
+    dropped: DroppedOutput,
     closed: bool,
+}
+
+/// Guest console output that never reached the sinks, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DroppedOutput {
+    /// The sinks were too slow for it.
+    pub slow: u64,
+    /// It exceeded the serial rate limiter.
+    pub rate_limited: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +68,8 @@ struct OutputShared {
 pub struct ConsoleOutput {
     shared: Arc<OutputShared>,
     panic_watch: Option<PanicWatch>,
+    /// Only when a limit is configured.
+    limiter: Option<RateLimiter>,
 }
 
 impl Write for ConsoleOutput {
@@ -63,7 +77,23 @@ impl Write for ConsoleOutput {
         if let Some(watch) = &mut self.panic_watch {
             buf.iter().for_each(|b| watch.feed(*b));
         }
+        let whole = buf.len();
+        // Charged byte by byte (the UART writes one at a time anyway), so a write is never
+        // larger than the bucket, which the limiter would grant; the limiter refuses every byte
+        // until a byte's worth has refilled.
+        let allowed = self.limiter.as_ref().map_or(whole, |limiter| {
+            buf.iter()
+                .take_while(|_| limiter.consume(1, TokenKind::Bytes))
+                .count()
+        });
+        let buf = &buf[..allowed];
         let mut state = lock(&self.shared.state);
+        if allowed < whole {
+            if state.dropped.rate_limited == 0 {
+                warn!("console output exceeds the serial rate limiter; dropping what exceeds it");
+            }
+            state.dropped.rate_limited += (whole - allowed) as u64;
+        }
         // The drain thread only sleeps on an empty buffer: wake it on that transition alone,
         // not for every byte.
         let was_empty = state.pending.is_empty();
@@ -71,18 +101,18 @@ impl Write for ConsoleOutput {
         let taken = room.min(buf.len());
         state.pending.extend(&buf[..taken]);
         if taken < buf.len() {
-            if state.dropped == 0 {
+            if state.dropped.slow == 0 {
                 warn!("console output is not being consumed; dropping guest output");
             }
-            state.dropped += (buf.len() - taken) as u64;
+            state.dropped.slow += (buf.len() - taken) as u64;
         }
         drop(state);
         if was_empty && taken > 0 {
             self.shared.wake.notify_one();
         }
         // The bytes are accounted for (written or counted as dropped): the guest's UART must not
-        // see an error for a slow host.
-        Ok(buf.len())
+        // see an error for a slow host or a limit.
+        Ok(whole)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -97,9 +127,9 @@ pub struct ConsoleDrain {
 }
 
 impl ConsoleDrain {
-    /// Writes out everything buffered so far, stops the thread and returns the number of bytes
-    /// that were dropped because the sinks were too slow.
-    pub fn finish(self) -> u64 {
+    /// Writes out everything buffered so far, stops the thread and says how much output was
+    /// dropped.
+    pub fn finish(self) -> DroppedOutput {
         lock(&self.shared.state).closed = true;
         self.shared.wake.notify_one();
         if self.thread.join().is_err() {
@@ -109,12 +139,19 @@ impl ConsoleDrain {
     }
 }
 
-/// Starts the output thread writing to `sinks` (each gets every byte). Panic banners are
-/// reported to `panics`, if given.
+/// Starts the output thread writing to `sinks` (each gets every byte) at most as fast as
+/// `limit`'s bandwidth bucket allows. Panic banners are reported to `panics`, if given, whatever
+/// the limit drops.
 pub fn console_output(
     sinks: Vec<Box<dyn Write + Send>>,
     panics: Option<ExitNotifier>,
+    limit: LimiterConfig,
 ) -> io::Result<(ConsoleOutput, ConsoleDrain)> {
+    let limiter = limit
+        .bandwidth
+        .is_some()
+        .then(|| RateLimiter::new(limit))
+        .transpose()?;
     let shared = Arc::new(OutputShared::default());
     let thread_shared = shared.clone();
     let thread = thread::Builder::new()
@@ -123,6 +160,7 @@ pub fn console_output(
     let output = ConsoleOutput {
         shared: shared.clone(),
         panic_watch: panics.map(PanicWatch::new),
+        limiter,
     };
     Ok((output, ConsoleDrain { shared, thread }))
 }
@@ -588,13 +626,17 @@ mod tests {
     #[test]
     fn every_sink_gets_everything_before_finish_returns() {
         let (a, b) = (Shared::default(), Shared::default());
-        let (mut out, drain) =
-            console_output(vec![Box::new(a.clone()), Box::new(b.clone())], None).unwrap();
+        let (mut out, drain) = console_output(
+            vec![Box::new(a.clone()), Box::new(b.clone())],
+            None,
+            LimiterConfig::default(),
+        )
+        .unwrap();
         let text: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
         for byte in &text {
             out.write_all(&[*byte]).unwrap();
         }
-        assert_eq!(drain.finish(), 0);
+        assert_eq!(drain.finish(), DroppedOutput::default());
         assert_eq!(*a.0.lock().unwrap(), text);
         assert_eq!(*b.0.lock().unwrap(), text);
     }
@@ -602,15 +644,19 @@ mod tests {
     #[test]
     fn a_stuck_sink_never_blocks_the_writer_and_drops_are_counted() {
         let release = Arc::new(AtomicBool::new(false));
-        let (mut out, drain) =
-            console_output(vec![Box::new(Stuck(release.clone()))], None).unwrap();
+        let (mut out, drain) = console_output(
+            vec![Box::new(Stuck(release.clone()))],
+            None,
+            LimiterConfig::default(),
+        )
+        .unwrap();
         let chunk = vec![b'x'; 4096];
         let total = 3 * OUTPUT_BUFFER_LIMIT;
         for _ in 0..total / chunk.len() {
             assert_eq!(out.write(&chunk).unwrap(), chunk.len());
         }
         release.store(true, Ordering::Release);
-        let dropped = drain.finish();
+        let dropped = drain.finish().slow;
         // The drain thread holds at most one chunk outside the buffer, so at least
         // total - 2 * limit bytes had nowhere to go.
         assert!(
@@ -620,11 +666,68 @@ mod tests {
         assert!(dropped < total as u64);
     }
 
+    /// `size` bytes, refilled at 10 bytes a second: nearly nothing over a test.
+    fn slow_limit(size: u64) -> LimiterConfig {
+        LimiterConfig {
+            bandwidth: Some(devices::rate_limiter::BucketConfig {
+                size,
+                one_time_burst: 0,
+                refill_time_ms: size * 100,
+            }),
+            ops: None,
+        }
+    }
+
+    #[test]
+    fn a_rate_limited_console_writes_at_most_its_limit_and_counts_what_it_drops() {
+        let sink = Shared::default();
+        let started = std::time::Instant::now();
+        let (mut out, drain) =
+            console_output(vec![Box::new(sink.clone())], None, slow_limit(100)).unwrap();
+        for _ in 0..1000 {
+            // The guest's UART never sees the limit.
+            assert_eq!(out.write(b"x").unwrap(), 1);
+        }
+        let dropped = drain.finish();
+        let refilled = started.elapsed().as_secs() * 10 + 10;
+        let written = sink.0.lock().unwrap().len() as u64;
+        assert!(
+            (100..=100 + refilled).contains(&written),
+            "{written} bytes written"
+        );
+        assert_eq!(
+            dropped,
+            DroppedOutput {
+                slow: 0,
+                rate_limited: 1000 - written
+            }
+        );
+    }
+
+    #[test]
+    fn a_panic_is_recognised_in_output_the_rate_limiter_drops() {
+        let exit = ExitNotifier::new().unwrap();
+        let (mut out, drain) = console_output(
+            vec![Box::new(io::sink())],
+            Some(exit.clone()),
+            slow_limit(4),
+        )
+        .unwrap();
+        out.write_all(b"Kernel panic - not syncing: x\n---[ end Kernel panic - not syncing: x")
+            .unwrap();
+        assert!(drain.finish().rate_limited > 0);
+        assert_eq!(exit.requested(), Some(GuestExit::Panic));
+    }
+
     #[test]
     fn a_failing_sink_does_not_stop_the_others() {
         let good = Shared::default();
-        let (mut out, drain) =
-            console_output(vec![Box::new(Broken), Box::new(good.clone())], None).unwrap();
+        let (mut out, drain) = console_output(
+            vec![Box::new(Broken), Box::new(good.clone())],
+            None,
+            LimiterConfig::default(),
+        )
+        .unwrap();
         out.write_all(b"one").unwrap();
         out.write_all(b"two").unwrap();
         drain.finish();
@@ -661,8 +764,12 @@ mod tests {
 
     fn watched(output: &[&[u8]]) -> Option<GuestExit> {
         let exit = ExitNotifier::new().unwrap();
-        let (mut out, drain) =
-            console_output(vec![Box::new(io::sink())], Some(exit.clone())).unwrap();
+        let (mut out, drain) = console_output(
+            vec![Box::new(io::sink())],
+            Some(exit.clone()),
+            LimiterConfig::default(),
+        )
+        .unwrap();
         for chunk in output {
             out.write_all(chunk).unwrap();
         }

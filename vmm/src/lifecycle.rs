@@ -564,6 +564,7 @@ mod tests {
         assert!(err.contains("--kernel"), "{err}");
         let serial = SerialConfig {
             serial_out_path: Some("console.log".into()),
+            rate_limiter: None,
         };
         answer(&mut lc, VmmAction::PutSerial(serial.clone())).unwrap();
         match answer(&mut lc, VmmAction::GetVmConfig).unwrap() {

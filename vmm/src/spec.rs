@@ -80,6 +80,8 @@ pub struct VmSpec {
     pub serial_out: Vec<PathBuf>,
     /// Most bytes written to each console file.
     pub serial_out_max_bytes: u64,
+    /// Limits on the console's output (bandwidth only): bytes beyond it are dropped.
+    pub serial_rate_limiter: LimiterConfig,
     /// The metrics file.
     pub metrics: Option<PathBuf>,
     /// Provide Firecracker's boot-timer device.
@@ -177,7 +179,8 @@ impl VmSpec {
             entropy,
             root,
         } = Parts::parse(cfg)?;
-        let serial_out = match cfg.serial.as_ref().and_then(|s| s.serial_out_path.as_ref()) {
+        let serial = cfg.serial.as_ref();
+        let serial_out = match serial.and_then(|s| s.serial_out_path.as_ref()) {
             Some(path) => vec![path.into()],
             None if opts.serial_out.is_empty() => vec!["-".into()],
             None => opts.serial_out.clone(),
@@ -194,6 +197,10 @@ impl VmSpec {
             entropy,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
+            serial_rate_limiter: LimiterConfig {
+                bandwidth: bucket(serial.and_then(|s| s.rate_limiter)),
+                ops: None,
+            },
             metrics: cfg.metrics.as_ref().map(|m| m.metrics_path.clone().into()),
             boot_timer: opts.boot_timer,
             timeout: opts.timeout,
@@ -317,18 +324,20 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
 /// size or refill time of 0, as an empty `{}` bucket has, limits nothing). Any size and refill
 /// time is valid; the devices' arithmetic does not overflow.
 pub fn rate_limiter(cfg: Option<&RateLimiterConfig>) -> LimiterConfig {
-    let bucket = |b: Option<TokenBucketConfig>| {
-        b.map(|b| BucketConfig {
-            size: b.size,
-            one_time_burst: b.one_time_burst.unwrap_or(0),
-            refill_time_ms: b.refill_time,
-        })
-        .filter(BucketConfig::limits)
-    };
     cfg.map_or_else(LimiterConfig::default, |c| LimiterConfig {
         bandwidth: bucket(c.bandwidth),
         ops: bucket(c.ops),
     })
+}
+
+/// One token bucket as the devices take it, if it limits.
+fn bucket(b: Option<TokenBucketConfig>) -> Option<BucketConfig> {
+    b.map(|b| BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst.unwrap_or(0),
+        refill_time_ms: b.refill_time,
+    })
+    .filter(BucketConfig::limits)
 }
 
 /// Firecracker's `huge_pages`: "None" (or absent) or "2M".
@@ -843,10 +852,38 @@ mod tests {
         assert_eq!(VmSpec::new(&c, &opts).unwrap().serial_out, opts.serial_out);
         c.serial = Some(SerialConfig {
             serial_out_path: Some("b.log".into()),
+            rate_limiter: None,
         });
         assert_eq!(
             VmSpec::new(&c, &opts).unwrap().serial_out,
             [PathBuf::from("b.log")]
         );
+    }
+
+    #[test]
+    fn a_serial_rate_limiter_becomes_a_bandwidth_bucket_and_an_empty_one_limits_nothing() {
+        let with = |limiter: &str| {
+            let mut c = valid();
+            c.serial =
+                Some(serde_json::from_str(&format!(r#"{{"rate_limiter": {limiter}}}"#)).unwrap());
+            VmSpec::new(&c, &RunOptions::default())
+                .unwrap()
+                .serial_rate_limiter
+        };
+        let limited = with(r#"{"size": 1024, "one_time_burst": 10, "refill_time": 100}"#);
+        assert_eq!(
+            limited,
+            LimiterConfig {
+                bandwidth: Some(BucketConfig {
+                    size: 1024,
+                    one_time_burst: 10,
+                    refill_time_ms: 100
+                }),
+                ops: None
+            }
+        );
+        for unlimited in ["{}", "null", r#"{"size": 0, "refill_time": 100}"#] {
+            assert_eq!(with(unlimited), LimiterConfig::default(), "{unlimited}");
+        }
     }
 }
