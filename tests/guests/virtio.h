@@ -59,7 +59,7 @@ static void virtio_queue(u32 index, struct desc *d, struct avail *a, struct used
 }
 
 /* Waits for the device to return a chain on `u` past `*last`; returns its used length. */
-static u32 virtio_wait_used(struct used *u, u16 *last) {
+static inline u32 virtio_wait_used(struct used *u, u16 *last) {
     for (u64 spins = 0; spins < 200000000UL; spins++) {
         if (*(volatile u16 *)&u->idx != *last) {
             u32 len = u->ring[*last % QN].len;
