@@ -12,12 +12,9 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::api::json;
 use common::*;
 use serde_json::{Value, json};
-
-fn json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
 
 /// A request that must succeed with an empty 204, as Firecracker answers a PUT or PATCH.
 fn done(c: &mut ApiClient, method: &str, path: &str, body: &Value) {
@@ -279,4 +276,83 @@ fn an_empty_entropy_device_and_smt_false() {
         assert!(names.iter().any(|n| n == vcpu), "{names:?}");
     }
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
+
+/// Every flag Firecracker's launchers pass (but `--enable-pci`, `--metadata` and
+/// `--mmds-size-limit`, which come with the PCI and MMDS devices) starts ember serving its API.
+#[test]
+fn every_firecracker_flag_starts_ember_serving_its_api() {
+    if !kvm_available() {
+        return;
+    }
+    let now_us = (vmm::vcpu::monotonic_ns() / 1000).to_string();
+    let dir = tempdir("fc-flags-files");
+    let (log, metrics, filter) = (
+        dir.join("ember.log"),
+        dir.join("metrics.json"),
+        dir.join("filter.bpf"),
+    );
+    std::fs::write(&filter, b"").unwrap();
+    let (log, metrics, filter) = (
+        log.to_str().unwrap(),
+        metrics.to_str().unwrap(),
+        filter.to_str().unwrap(),
+    );
+    let cases: [&[&str]; 12] = [
+        &["--id", "fc_flags"],
+        &["--start-time-us", &now_us],
+        &["--start-time-cpu-us", "0", "--parent-cpu-time-us", "10"],
+        &["--seccomp-filter", filter],
+        &["--no-seccomp"],
+        &["--log-path", log, "--level", "Debug", "--show-level"],
+        &["--show-log-origin", "--module", "vmm"],
+        &["--metrics-path", metrics],
+        &["--boot-timer"],
+        &["--http-api-max-payload-size", "51200"],
+        &["--level", "Warning"],
+        &["--level", "Trace"],
+    ];
+    for (i, flags) in cases.iter().enumerate() {
+        let vm = Ember::start(&format!("fc-flags-{i}"), flags);
+        let mut c = vm.client();
+        let (status, body) = c.request("GET", "/", None);
+        assert_eq!(
+            (status, json(&body)["state"].as_str()),
+            (200, Some("Not started")),
+            "{flags:?}"
+        );
+    }
+    // The start-up time is measured against the launcher's stamp once the API is served.
+    let log = tempdir("fc-flags-start-time-log").join("ember.log");
+    let log = log.to_str().unwrap();
+    let vm = Ember::start(
+        "fc-flags-start-time",
+        &[
+            "--start-time-us",
+            &now_us,
+            "--level",
+            "Info",
+            "--log-path",
+            log,
+        ],
+    );
+    vm.client().request("GET", "/", None);
+    let logged = std::fs::read_to_string(log).unwrap();
+    assert!(logged.contains("us after --start-time-us"), "{logged}");
+    // Launchers read the version's first line as `<Name> v<X.Y.Z>`.
+    let out = ember().arg("--version").output().unwrap();
+    let first = text(&out.stdout);
+    assert_eq!(
+        first.lines().next(),
+        Some(concat!("ember v", env!("CARGO_PKG_VERSION")))
+    );
+    // Snapshot flags say ember has none, and fail.
+    for flags in [
+        &["--snapshot-version"][..],
+        &["--describe-snapshot", "state.snap"],
+    ] {
+        let out = ember().args(flags).output().unwrap();
+        assert_eq!(code(&out.status), 64, "{flags:?}");
+        assert_contains(&text(&out.stderr), "ember has no snapshots yet");
+    }
 }

@@ -3,6 +3,7 @@
 //! hang.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod api;
 pub mod openapi;
 
 use std::io::{BufRead, BufReader, Read};
