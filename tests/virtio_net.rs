@@ -328,20 +328,7 @@ fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
                 return;
             }
             let data = outbound.clone();
-            host_side.push(ns.spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(300);
-                let mut conn = loop {
-                    match TcpStream::connect((Ipv4Addr::new(10, 0, 2, 2), 5001)) {
-                        Ok(conn) => break conn,
-                        Err(err) if Instant::now() > deadline => {
-                            panic!("cannot reach the guest: {err}")
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(500)),
-                    }
-                };
-                conn.write_all(&data).unwrap();
-                "sent".to_owned()
-            }));
+            host_side.push(ns.spawn(move || send_to_the_guest(&data)));
             for (size, addr) in [
                 ("1400", "10.0.2.2"),
                 ("60000", "10.0.2.2"),
@@ -380,6 +367,21 @@ fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
     let received = inbound.join().unwrap();
     assert_contains(&log, &format!("OUT {} /tmp/out", sha256(&received)));
     assert_contains(&log, &format!("IN {sent_sum} /tmp/in"));
+}
+
+/// Connects to the guest's listener on 10.0.2.2:5001 (retrying while it starts) and sends
+/// `data`.
+fn send_to_the_guest(data: &[u8]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut conn = loop {
+        match TcpStream::connect((Ipv4Addr::new(10, 0, 2, 2), 5001)) {
+            Ok(conn) => break conn,
+            Err(err) if Instant::now() > deadline => panic!("cannot reach the guest: {err}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    conn.write_all(data).unwrap();
+    "sent".to_owned()
 }
 
 /// Resident memory of `pid`, in KiB.
