@@ -315,7 +315,7 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
     }
     let vm = Ember::start("api-errors", &["--http-api-max-payload-size", "1000"]);
     let mut c = vm.client();
-    let cases: [(&str, &str, Option<&str>, &str); 17] = [
+    let cases: [(&str, &str, Option<&str>, &str); 18] = [
         (
             "GET",
             "/no/such/path",
@@ -398,9 +398,15 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
         ),
         (
             "PUT",
-            "/vsock",
+            "/balloon",
             Some("{}"),
-            "'/vsock' is a Firecracker API ember does not support yet.",
+            "'/balloon' is a Firecracker API ember does not support yet.",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid": 2, "uds_path": "/tmp/ember-v.sock"}"#),
+            "vsock guest_cid must be 3 or more (0, 1 and 2 are reserved), not 2",
         ),
         (
             "PUT",
