@@ -174,6 +174,7 @@ impl VsockServer {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn connections(&self) -> usize {
         lock(&self.serving).muxer.connections()
     }

@@ -199,6 +199,7 @@ impl Muxer {
     }
 
     /// Connections open now.
+    #[cfg(test)]
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
@@ -382,7 +383,7 @@ impl Muxer {
 
     /// A guest's connection request: forwarded to the host listener at `<uds_path>_<port>`.
     fn guest_connect(&mut self, key: Key, hdr: &Header, stats: &mut VsockStats) {
-        if hdr.dst_cid != HOST_CID || self.conns.len() + self.clients.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.clients.len() >= MAX_CONNECTIONS {
             self.reset_peer(key, stats);
             return;
         }
@@ -526,19 +527,18 @@ impl Muxer {
     }
 }
 
-/// Whether `c` has host data for the guest, or would have but for the guest's credit (then
-/// it asks the guest for credit once).
+/// Whether `c` has host data the guest has room for.
 fn can_send(c: &Conn) -> bool {
     c.readable && c.wants_read() && c.peer_credit() > 0
 }
 
 impl Muxer {
-    /// Asks the guest for credit on connections whose host data waits for it.
+    /// Asks the guest for credit on connections whose host data waits for it, once: the
+    /// socket is not read (nor watched) again until the guest's credit grows.
     pub fn request_credit(&mut self) {
         for c in self.conns.values_mut() {
             if c.readable && c.wants_read() && c.peer_credit() == 0 {
                 c.pending |= pending::CREDIT_REQUEST;
-                // Asked once: no reads (nor requests) until the guest's credit grows.
                 c.readable = false;
             }
         }

@@ -10,7 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Vsock, VsockServer};
-use super::muxer::{BUF_ALLOC, MAX_RESETS};
+use super::muxer::{BUF_ALLOC, MAX_CONNECTIONS, MAX_RESETS};
 use super::packet::{HDR_LEN, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use crate::virtio::testing::Driver;
 use crate::virtio::worker::{IoHandler, Ready};
@@ -529,4 +529,90 @@ fn the_configuration_space_holds_the_guest_cid_and_reset_drops_every_connection(
     rig._vsock.reset();
     assert_eq!(rig.server.connections(), 0);
     assert_eq!(host.read(&mut [0u8; 4]).unwrap(), 0);
+}
+
+#[test]
+fn guest_connections_beyond_the_limit_are_refused_and_host_clients_wait() {
+    let mut rig = Rig::new("limit");
+    let mut port_path = rig.path.clone().into_os_string();
+    port_path.push("_77");
+    let _ = std::fs::remove_file(&port_path);
+    let listener = UnixListener::bind(&port_path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = Vec::new();
+    for port in 0..MAX_CONNECTIONS as u32 {
+        rig.send(op::REQUEST, 10_000 + port, 77, &[]);
+        assert_eq!(rig.ops(), [op::RESPONSE], "connection {port}");
+        // Keep the listener's backlog short.
+        accepted.push(listener.accept().unwrap().0);
+    }
+    assert_eq!(rig.server.connections(), MAX_CONNECTIONS);
+    rig.send(op::REQUEST, 9, 77, &[]);
+    assert_eq!(rig.ops(), [op::RST], "one too many");
+    // A host client is not taken from the backlog while the device is full.
+    let mut host = UnixStream::connect(&rig.path).unwrap();
+    host.write_all(b"CONNECT 5\n").unwrap();
+    rig.pump();
+    assert!(rig.received().is_empty());
+    // One connection ends: the waiting client gets its turn.
+    rig.send(op::RST, 10_000, 77, &[]);
+    rig.pump();
+    let got = rig.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0.op, got[0].0.dst_port), (op::REQUEST, 5));
+    std::fs::remove_file(&port_path).unwrap();
+}
+
+#[test]
+fn a_guest_shutdown_delivers_what_the_slow_host_has_not_read_before_closing() {
+    let mut rig = Rig::new("drain");
+    let (mut host, local) = rig.host_connect(21);
+    // The guest sends as far as its credit goes while the host reads nothing: the host
+    // socket's buffer fills, then ember's.
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let (mut sent, mut fwd) = (0usize, 0u32);
+    let chunk = 16 << 10;
+    loop {
+        if sent - fwd as usize + chunk <= BUF_ALLOC as usize {
+            rig.send(op::RW, 21, local, &data[sent..sent + chunk]);
+            sent += chunk;
+            continue;
+        }
+        let told = rig.received().iter().map(|(h, _)| h.fwd_cnt).max();
+        match told {
+            Some(f) if f > fwd => fwd = f,
+            _ => break,
+        }
+    }
+    assert!(sent > BUF_ALLOC as usize, "the host socket took nothing");
+    let data = &data[..sent];
+    let mut hdr = rig.hdr();
+    (hdr.op, hdr.src_port, hdr.dst_port, hdr.flags) =
+        (op::SHUTDOWN, 21, local, SHUTDOWN_RCV | SHUTDOWN_SEND);
+    rig.send_hdr(hdr, &[]);
+    assert_eq!(
+        rig.server.connections(),
+        1,
+        "closed before the host read everything"
+    );
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        host.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut ops = Vec::new();
+    for _ in 0..100 {
+        rig.pump();
+        ops.extend(rig.ops());
+        if rig.server.connections() == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        reader.join().unwrap(),
+        data,
+        "every byte, in order, then the end"
+    );
+    assert_eq!(ops.last(), Some(&op::RST));
+    assert_eq!(rig.server.stats().conns_killed, 0);
 }
