@@ -469,7 +469,10 @@ impl Muxer {
                 pending::CREDIT_UPDATE => op::CREDIT_UPDATE,
                 pending::CREDIT_REQUEST => op::CREDIT_REQUEST,
                 _ => {
-                    flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                    // The host socket ended: a Unix socket's reader cannot tell a shutdown of
+                    // writing from a close, so the guest hears that the host sends no more and
+                    // may still send; if the host closed, that write fails and resets.
+                    flags = SHUTDOWN_SEND;
                     op::SHUTDOWN
                 }
             };

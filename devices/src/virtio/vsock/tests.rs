@@ -300,14 +300,23 @@ fn a_guest_connect_reaches_the_listener_at_uds_path_port_and_a_missing_one_reset
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
     host.write_all(b"pong").unwrap();
-    drop(host);
+    host.shutdown(std::net::Shutdown::Write).unwrap();
     rig.pump();
     let got = rig.received();
     assert_eq!(got[0].1, b"pong");
-    // The host's end of stream becomes a SHUTDOWN; the guest's reset ends the connection.
+    // The host's end of stream becomes a SHUTDOWN of sending: the guest may still answer.
     assert_eq!(got[1].0.op, op::SHUTDOWN);
-    assert_eq!(got[1].0.flags, SHUTDOWN_RCV | SHUTDOWN_SEND);
-    rig.send(op::RST, 5000, 1234, &[]);
+    assert_eq!(got[1].0.flags, SHUTDOWN_SEND);
+    rig.send(op::RW, 5000, 1234, b"bye");
+    let mut buf = [0u8; 3];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"bye");
+    // A host that closed altogether: the guest's next data resets the connection.
+    drop(host);
+    rig.send(op::RW, 5000, 1234, b"gone");
+    assert_eq!(rig.ops(), [op::RST]);
+    assert_eq!(rig.server.stats().tx_write_fails, 1);
+    assert_eq!(rig.server.connections(), 0);
     assert_eq!(rig.server.connections(), 0);
     std::fs::remove_file(&port_path).unwrap();
     // Nothing listens on 4321.
