@@ -359,7 +359,7 @@ fn malformed_requests() -> [BadRequest; 8] {
 
 /// Well-formed requests the VM refuses: invalid values, the wrong state, files that cannot be
 /// opened, paths ember does not serve, bodies over the limit.
-fn refused_requests() -> [BadRequest; 9] {
+fn refused_requests() -> [BadRequest; 10] {
     [
         (
             "PUT",
@@ -400,9 +400,15 @@ fn refused_requests() -> [BadRequest; 9] {
         ),
         (
             "PUT",
-            "/vsock",
+            "/balloon",
             Some("{}".to_owned()),
-            "'/vsock' is a Firecracker API ember does not support yet.",
+            "'/balloon' is a Firecracker API ember does not support yet.",
+        ),
+        (
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid": 2, "uds_path": "/tmp/ember-v.sock"}"#.to_owned()),
+            "vsock guest_cid must be 3 or more (0, 1 and 2 are reserved), not 2",
         ),
         (
             "PUT",

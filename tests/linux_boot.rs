@@ -89,7 +89,7 @@ fn initramfs_init_runs_a_command_on_4_vcpus_and_reboot_f_exits_0() {
 }
 
 #[test]
-fn an_acpi_kernel_mounts_its_virtio_root_finds_the_entropy_device_and_poweroff_ends_ember_with_0() {
+fn an_acpi_kernel_mounts_its_virtio_root_finds_entropy_and_vsock_and_poweroff_ends_ember_with_0() {
     let Some(_turn) = linux_slot() else {
         return;
     };
@@ -97,19 +97,29 @@ fn an_acpi_kernel_mounts_its_virtio_root_finds_the_entropy_device_and_poweroff_e
     // hardware-reduced ACPI kernel finds the disk's interrupt only in the DSDT; without ACPI
     // power-off it halts ("reboot: System halted") and ember would run on, which the timeout
     // turns into a failure. The config file adds an entropy device (there is no flag for it),
-    // which the kernel's virtio-rng driver must take as a hardware RNG.
+    // which the kernel's virtio-rng driver must take as a hardware RNG, and a vsock device,
+    // over which a guest program (on a second disk) moves 1 MiB each way with the host.
     let dir = tempdir("linux-acpi-poweroff");
     let root = dir.join("rootfs.ext4");
     std::fs::copy(rootfs_image(), &root).unwrap();
-    let command = "cat /sys/class/misc/hw_random/rng_available && poweroff -f";
+    let (agent, agent_len) = vsock_agent_disk(&dir);
+    let uds = dir.join("v.sock");
+    let host = vsock_host(&uds);
+    let command = format!(
+        "head -c {agent_len} /dev/vdb > /vsock-agent && chmod +x /vsock-agent && /vsock-agent && \
+         cat /sys/class/misc/hw_random/rng_available && poweroff -f"
+    );
     let cfg = dir.join("vm.json");
     let config = serde_json::json!({
         "boot-source": {
             "kernel_image_path": linux_acpi_kernel(),
             "boot_args": format!("{DEFAULT} -- \"{command}\""),
         },
-        "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true}],
+        "drives": [{"drive_id": "rootfs", "path_on_host": root, "is_root_device": true},
+                   {"drive_id": "agent", "path_on_host": agent, "is_root_device": false,
+                    "is_read_only": true}],
         "entropy": {},
+        "vsock": {"guest_cid": 3, "uds_path": uds},
     });
     std::fs::write(&cfg, config.to_string()).unwrap();
     let out = run(
@@ -130,8 +140,76 @@ fn an_acpi_kernel_mounts_its_virtio_root_finds_the_entropy_device_and_poweroff_e
         .find(|l| l.trim_start().starts_with("virtio_rng"))
         .unwrap_or_else(|| panic!("no virtio_rng in rng_available:\n{log}"));
     assert!(rngs.contains("virtio_rng."), "{rngs}");
+    assert_contains(&log, "GUEST GOT: thanks 1048576");
+    let sum: u64 = (0..1u32 << 20).map(|i| u64::from((i * 13) as u8)).sum();
+    assert_contains(&log, &format!("GUEST RECEIVED 1048576 bytes sum {sum}"));
+    assert_eq!(host.join().unwrap(), "bye\n");
     assert_contains(&log, "reboot: Power down");
     assert!(!log.contains("EMBER-DONE"), "poweroff -f returned:\n{log}");
+}
+
+/// Builds tests/guests/vsock_agent.c as a static Linux program into a disk image (padded to
+/// whole sectors) in `dir`; returns the image and the program's length.
+fn vsock_agent_disk(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let bin = dir.join("vsock-agent");
+    let status = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&bin)
+        .arg(root().join("tests/guests/vsock_agent.c"))
+        .status()
+        .expect("gcc (with a static libc) is needed to build the vsock test program");
+    assert!(status.success(), "building vsock_agent.c failed");
+    let mut image = std::fs::read(&bin).unwrap();
+    let len = image.len();
+    image.resize(len.div_ceil(512) * 512, 0);
+    let disk = dir.join("agent.img");
+    std::fs::write(&disk, image).unwrap();
+    (disk, len)
+}
+
+/// The host side of the vsock check: listens at `<uds>_1024`, takes the guest's 1 MiB only
+/// after a pause (a host that stops reading for a while), checks it and answers; then
+/// connects to the guest's port 52 through `uds`, sends 1 MiB and returns the guest's answer.
+fn vsock_host(uds: &std::path::Path) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let mut port = uds.as_os_str().to_owned();
+    port.push("_1024");
+    let listener = UnixListener::bind(&port).unwrap();
+    let uds = uds.to_owned();
+    std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        let want: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7) as u8).collect();
+        assert!(
+            got == want,
+            "the guest's 1 MiB arrived changed ({} bytes)",
+            got.len()
+        );
+        c.write_all(format!("thanks {}\n", got.len()).as_bytes())
+            .unwrap();
+        drop(c);
+        let mut h = UnixStream::connect(&uds).unwrap();
+        h.write_all(b"CONNECT 52\n").unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8];
+        while h.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        assert!(
+            line.starts_with(b"OK "),
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+        let data: Vec<u8> = (0..1u32 << 20).map(|i| (i * 13) as u8).collect();
+        h.write_all(&data).unwrap();
+        h.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        h.read_to_string(&mut answer).unwrap();
+        answer
+    })
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub struct VmConfig {
     /// A virtio-rng device fed from the host's entropy (`PUT /entropy`); absent: none.
     #[serde(default)]
     pub entropy: Option<EntropyConfig>,
+    /// A virtio-vsock device whose host side is Unix sockets (`PUT /vsock`); absent: none.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name,
     /// and shown as `null` in `GET /vm/config` (every key Firecracker returns is there).
     #[serde(flatten)]
@@ -56,8 +59,6 @@ pub struct VmConfig {
 pub struct UnsupportedSections {
     #[serde(default)]
     balloon: Option<Value>,
-    #[serde(default)]
-    vsock: Option<Value>,
     #[serde(rename = "mmds-config", default)]
     mmds_config: Option<Value>,
     #[serde(rename = "cpu-config", default)]
@@ -75,7 +76,6 @@ impl VmConfig {
         let u = &self.unsupported;
         [
             ("balloon", &u.balloon),
-            ("vsock", &u.vsock),
             ("mmds-config", &u.mmds_config),
             ("cpu-config", &u.cpu_config),
         ]
@@ -306,6 +306,20 @@ pub struct EntropyConfig {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
+/// `vsock` (`PUT /vsock`): a virtio-vsock device with Firecracker's Unix-socket backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Firecracker's (deprecated) identifier; kept and shown, not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context id: 3 or more (0-2 are reserved).
+    pub guest_cid: u64,
+    /// The Unix socket ember listens on for host-initiated connections; guest-initiated ones
+    /// go to `<uds_path>_<port>`.
+    pub uds_path: String,
+}
+
 /// `metrics` (`PUT /metrics`): where counters are written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -399,6 +413,27 @@ mod tests {
         // What GET /vm/config returns is a valid config file that describes the same VM.
         let back: VmConfig = serde_json::from_value(out.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), out);
+    }
+
+    #[test]
+    fn a_vsock_section_is_a_device_and_is_parsed_strictly() {
+        let cfg =
+            VmConfig::from_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v.sock"}}"#).unwrap();
+        let want = VsockConfig {
+            vsock_id: None,
+            guest_cid: 3,
+            uds_path: "/v.sock".into(),
+        };
+        assert_eq!(cfg.vsock, Some(want));
+        assert!(cfg.unsupported_sections().is_empty());
+        let err = VmConfig::from_json(r#"{"vsock": {"guest_cid": 3}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `uds_path`"),
+            "{err}"
+        );
+        let err = VmConfig::from_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "x", "p": 1}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `p`"), "{err}");
     }
 
     #[test]

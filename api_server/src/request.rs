@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::http::{Method, Request};
 use crate::model::{
     BootSource, Drive, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, NetworkInterface,
-    RateLimiterConfig, SerialConfig,
+    RateLimiterConfig, SerialConfig, VsockConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -42,6 +42,8 @@ pub enum VmmAction {
     PutSerial(SerialConfig),
     /// Before boot: `PUT /entropy`.
     PutEntropy(EntropyConfig),
+    /// Before boot: `PUT /vsock`.
+    PutVsock(VsockConfig),
     /// Before boot: `PUT /actions` InstanceStart.
     InstanceStart,
     /// After boot: `PATCH /drives/{id}`.
@@ -125,9 +127,8 @@ struct VmStateBody {
 }
 
 /// Firecracker paths ember does not serve yet: answered with a message naming them.
-const NOT_YET: [&str; 8] = [
+const NOT_YET: [&str; 7] = [
     "/balloon",
-    "/vsock",
     "/mmds",
     "/cpu-config",
     "/snapshot",
@@ -237,6 +238,7 @@ pub fn route(req: &Request) -> Result<VmmAction, String> {
         (Put, "metrics", None) => VmmAction::PutMetrics(body(req)?),
         (Put, "serial", None) => VmmAction::PutSerial(body(req)?),
         (Put, "entropy", None) => VmmAction::PutEntropy(body(req)?),
+        (Put, "vsock", None) => VmmAction::PutVsock(body(req)?),
         _ => {
             let top = format!("/{first}");
             if NOT_YET.contains(&top.as_str()) {
@@ -368,6 +370,15 @@ mod tests {
             VmmAction::PutEntropy(EntropyConfig::default())
         );
         assert!(err("PUT", "/entropy", r#"{"ratelimiter": {}}"#).contains("unknown field"));
+        assert!(matches!(
+            ok(
+                "PUT",
+                "/vsock",
+                r#"{"vsock_id": "v", "guest_cid": 3, "uds_path": "/v"}"#
+            ),
+            VmmAction::PutVsock(VsockConfig { guest_cid: 3, .. })
+        ));
+        assert!(err("PUT", "/vsock", r#"{"guest_cid": 3}"#).contains("uds_path"));
     }
 
     #[test]

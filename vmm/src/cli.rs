@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use api_server::model::{
     BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, MetricsConfig,
-    NetworkInterface, VmConfig,
+    NetworkInterface, VmConfig, VsockConfig,
 };
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -109,6 +109,11 @@ pub struct VmArgs {
     /// Repeatable; without mac= the guest gets a stable address derived from id and TAP.
     #[arg(long, value_name = "tap=NAME[,..]", requires = "kernel")]
     pub net: Vec<String>,
+    /// A virtio-vsock device: the guest's context id (3 or more) and the Unix socket ember
+    /// listens on for host connections (`CONNECT <port>`); the guest's connections to port P
+    /// of the host go to PATH_P.
+    #[arg(long, value_name = "CID,PATH", requires = "kernel")]
+    pub vsock: Option<String>,
     /// Where the serial console's output goes: a file, or - for stdout. Repeat to write to
     /// several places. [default: stdout]
     #[arg(long, value_name = "PATH")]
@@ -244,6 +249,20 @@ pub enum ArgError {
     /// An MTU that is not a number.
     #[error("--net '{0}': mtu must be a number from 68 to 65535")]
     Mtu(String),
+    /// A `--vsock` value that is not `CID,PATH`.
+    #[error("--vsock '{0}' is not CID,PATH (a context id of 3 or more, then a socket path)")]
+    Vsock(String),
+}
+
+/// Parses `CID,PATH`; the range of the CID is checked with the rest of the configuration.
+pub fn parse_vsock(arg: &str) -> Result<VsockConfig, ArgError> {
+    let bad = || ArgError::Vsock(arg.into());
+    let (cid, path) = arg.split_once(',').ok_or_else(bad)?;
+    Ok(VsockConfig {
+        vsock_id: None,
+        guest_cid: cid.parse().map_err(|_| bad())?,
+        uds_path: path.into(),
+    })
 }
 
 /// Parses `PATH[,ro][,root][,async][,id=NAME]`; `index` numbers disks without an id.
@@ -402,6 +421,7 @@ impl VmArgs {
                     .enumerate()
                     .map(|(i, n)| parse_net(n, i))
                     .collect::<Result<_, _>>()?,
+                vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
                 ..Default::default()
             },
         };
@@ -594,6 +614,15 @@ mod tests {
             parse_net("tap=t,mtu=big", 0),
             Err(ArgError::Mtu("tap=t,mtu=big".into()))
         );
+        let v = parse_vsock("3,/run/v.sock").unwrap();
+        assert_eq!((v.guest_cid, v.uds_path.as_str()), (3, "/run/v.sock"));
+        for bad in ["3", "x,/v", ",/v", "-1,/v"] {
+            assert_eq!(parse_vsock(bad), Err(ArgError::Vsock(bad.into())));
+        }
+        let err = spec(&["--kernel", "k", "--vsock", "2,/v.sock"]).unwrap_err();
+        assert!(err.contains("guest_cid must be 3 or more"), "{err}");
+        let ok = spec(&["--kernel", "k", "--vsock", "7,/v.sock"]).unwrap();
+        assert_eq!(ok.vsock.map(|v| v.guest_cid), Some(7));
         let err = spec(&[
             "--kernel",
             "k",

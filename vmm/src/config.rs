@@ -63,6 +63,12 @@ pub enum ConfigError {
         /// How many were asked for.
         count: usize,
     },
+    /// A vsock guest CID that is reserved (0 to 2).
+    #[error("vsock guest_cid must be 3 or more (0, 1 and 2 are reserved), not {0}")]
+    GuestCid(u64),
+    /// A vsock socket path that is empty.
+    #[error("vsock uds_path is empty; name the Unix socket ember should listen on")]
+    UdsPath,
     /// A drive's `io_engine` is neither "Sync" nor "Async".
     #[error("drive '{id}': io_engine must be \"Sync\" or \"Async\", not '{value}'")]
     IoEngine {

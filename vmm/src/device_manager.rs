@@ -16,11 +16,15 @@
 //! (`ember_net_<id>`) waits on its queues and on the TAP for exactly the readiness the device
 //! can use, so an idle or back-pressured NIC sleeps. The entropy device's (`ember_rng`) is
 //! woken by its queue's ioeventfd and hands out a bounded amount of randomness per round.
+//! The vsock device's (`ember_vsock`) waits on its receive and transmit queues, its listening
+//! socket and each connection's socket for exactly the readiness the connection can use.
 //!
 //! It must not decide anything about the configuration ([`crate::spec`] did) nor about the
 //! VM's life ([`crate::lifecycle`], [`crate::controller`]).
 
 use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -34,6 +38,7 @@ use devices::virtio::block::{Block, Disk, DiskError, Uring};
 use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{Net, Tap, TapError};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::worker::IoHandler;
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::{ExitNotifier, IrqTrigger};
@@ -51,7 +56,7 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
-use crate::spec::{CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VmSpec};
+use crate::spec::{CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VmSpec, VsockSpec};
 use crate::vm::{Vm, VmError};
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
@@ -87,6 +92,19 @@ pub enum DeviceError {
         /// What is wrong with its TAP.
         #[source]
         source: TapError,
+    },
+    /// The vsock device's socket cannot be created.
+    #[error(
+        "cannot listen on the vsock socket '{}': {source} (the path must not exist yet; \
+         remove a stale socket)",
+        path.display()
+    )]
+    Vsock {
+        /// Its `uds_path`.
+        path: PathBuf,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
     },
     /// KVM refused an eventfd or irqfd.
     #[error(transparent)]
@@ -151,6 +169,8 @@ pub struct Backends {
     /// Each drive's image, and its io_uring for the Async engine.
     disks: Vec<(Disk, Option<Uring>)>,
     taps: Vec<Tap>,
+    /// The vsock device's listening socket, bound at its `uds_path`.
+    vsock: Option<UnixListener>,
 }
 
 impl Backends {
@@ -171,8 +191,21 @@ impl Backends {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { disks, taps })
+        let vsock = spec.vsock.as_ref().map(listen_vsock).transpose()?;
+        Ok(Self { disks, taps, vsock })
     }
+}
+
+/// Binds the vsock device's listening socket, non-blocking. As in Firecracker, an existing
+/// file at the path is an error rather than something ember removes.
+fn listen_vsock(spec: &VsockSpec) -> Result<UnixListener, DeviceError> {
+    let err = |source| DeviceError::Vsock {
+        path: spec.uds_path.clone(),
+        source,
+    };
+    let listener = UnixListener::bind(&spec.uds_path).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 /// Opens `drive`'s image as its spec says (also a running VM's new image, `PATCH /drives`).
@@ -310,6 +343,9 @@ impl DeviceManager {
         if let Some(entropy) = &spec.entropy {
             self.add_rng(vm, mem, entropy)?;
         }
+        if let (Some(vsock), Some(listener)) = (&spec.vsock, backends.vsock) {
+            self.add_vsock(vm, mem, vsock, listener)?;
+        }
         Ok(())
     }
 
@@ -392,6 +428,29 @@ impl DeviceManager {
         let server = lock(&rng).device().server();
         self.sources
             .push(("entropy".into(), Source::Entropy(server)));
+        Ok(())
+    }
+
+    /// The vsock device, listening on `listener`; its worker waits on the receive and transmit
+    /// queues and the host sockets.
+    fn add_vsock(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        spec: &VsockSpec,
+        listener: UnixListener,
+    ) -> Result<(), DeviceError> {
+        let name = "ember_vsock".to_owned();
+        let vsock = self.attach(vm, mem, spec.slot, name, 3, |interrupt, queues| {
+            let clone = |e: &EventFd| e.try_clone().map_err(host("events"));
+            let wake = [clone(&queues[0])?, clone(&queues[1])?];
+            let path = spec.uds_path.clone();
+            let vsock = Vsock::new(mem.clone(), interrupt, wake, spec.guest_cid, listener, path);
+            let handler = vsock.server();
+            Ok((vsock, handler))
+        })?;
+        let server = lock(&vsock).device().server();
+        self.sources.push(("vsock".into(), Source::Vsock(server)));
         Ok(())
     }
 

@@ -248,6 +248,7 @@ impl Lifecycle {
             }),
             VmmAction::PutSerial(serial) => self.configure(|c| c.serial = Some(serial)),
             VmmAction::PutEntropy(entropy) => self.configure(|c| c.entropy = Some(entropy)),
+            VmmAction::PutVsock(vsock) => self.configure(|c| c.vsock = Some(vsock)),
             VmmAction::PutLogger(section) => self.put_logger(section).map(done),
             VmmAction::PutMetrics(section) => {
                 self.not_started()?;
@@ -488,7 +489,7 @@ mod tests {
     #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
     use super::*;
-    use api_server::model::{BootSource, Drive, EntropyConfig, SerialConfig};
+    use api_server::model::{BootSource, Drive, EntropyConfig, SerialConfig, VsockConfig};
     use devices::legacy::I8042;
     use devices::{ExitNotifier, IrqTrigger};
     use vmm_sys_util::eventfd::EventFd;
@@ -601,6 +602,35 @@ mod tests {
         );
         lc.started(running_vm(*spec));
         let err = answer(&mut lc, VmmAction::PutEntropy(EntropyConfig::default())).unwrap_err();
+        assert!(err.contains(NOT_AFTER), "{err}");
+    }
+
+    #[test]
+    fn put_vsock_adds_the_device_before_boot_only_and_refuses_a_reserved_cid() {
+        let mut lc = lifecycle("vsock");
+        let vsock = |guest_cid| VsockConfig {
+            vsock_id: Some("vsock0".into()),
+            guest_cid,
+            uds_path: "/tmp/ember-v.sock".into(),
+        };
+        let err = answer(&mut lc, VmmAction::PutVsock(vsock(2))).unwrap_err();
+        assert!(err.contains("guest_cid must be 3 or more"), "{err}");
+        assert_eq!(lc.cfg.vsock, None);
+        answer(&mut lc, VmmAction::PutVsock(vsock(3))).unwrap();
+        match answer(&mut lc, VmmAction::GetVmConfig).unwrap() {
+            VmmData::Json(cfg) => assert_eq!(
+                cfg["vsock"],
+                json!({"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/tmp/ember-v.sock"})
+            ),
+            VmmData::Empty => panic!("GET /vm/config answered nothing"),
+        }
+        lc.cfg.boot_source = Some(BootSource::default());
+        let Ok(Handled::Start(spec)) = lc.handle(VmmAction::InstanceStart) else {
+            panic!("InstanceStart did not ask for a boot");
+        };
+        assert_eq!(spec.vsock.as_ref().map(|v| v.guest_cid), Some(3));
+        lc.started(running_vm(*spec));
+        let err = answer(&mut lc, VmmAction::PutVsock(vsock(4))).unwrap_err();
         assert!(err.contains(NOT_AFTER), "{err}");
     }
 

@@ -2,10 +2,10 @@
 //! [`FLUSH_PERIOD`], on `FlushMetrics` and when the VM stops. Each counter is the change since
 //! the previous line, so a reader sums lines (Firecracker's `SharedIncMetric` semantics).
 //!
-//! Keys: `utc_timestamp_ms`; `block`, `net` and `entropy`, the totals over all devices of that
-//! kind (present even without such devices); `block_<drive_id>` and `net_<iface_id>` per
-//! device. A VM has at most one entropy device, so, as in Firecracker, `entropy` is its only
-//! key.
+//! Keys: `utc_timestamp_ms`; `block`, `net`, `entropy` and `vsock`, the totals over all
+//! devices of that kind (present even without such devices); `block_<drive_id>` and
+//! `net_<iface_id>` per device. A VM has at most one entropy and one vsock device, so, as in
+//! Firecracker, `entropy` and `vsock` are their only keys.
 //!
 //! This module reads the devices' own counters and owns the metrics file. It must not keep
 //! a device lock across the file write.
@@ -23,6 +23,7 @@ use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
 use devices::virtio::net::{NetServer, NetStats, Tap};
 use devices::virtio::rng::{RngServer, RngStats};
+use devices::virtio::vsock::{VsockServer, VsockStats};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
 use serde_json::{Map, Value};
@@ -72,6 +73,8 @@ pub enum Source {
     Net(NetServer<Tap>),
     /// The entropy device.
     Entropy(RngServer),
+    /// The vsock device.
+    Vsock(VsockServer),
 }
 
 impl Source {
@@ -80,6 +83,7 @@ impl Source {
             Self::Block(_) => "block",
             Self::Net(_) => "net",
             Self::Entropy(_) => "entropy",
+            Self::Vsock(_) => "vsock",
         }
     }
 
@@ -87,7 +91,7 @@ impl Source {
     /// device, whose counters are its kind's totals.
     fn key(&self, id: &str) -> Option<String> {
         match self {
-            Self::Entropy(_) => None,
+            Self::Entropy(_) | Self::Vsock(_) => None,
             _ => Some(format!("{}_{id}", self.kind())),
         }
     }
@@ -98,6 +102,7 @@ impl Source {
             Self::Block(b) => b.stats().counters().to_vec(),
             Self::Net(n) => n.stats().counters().to_vec(),
             Self::Entropy(r) => r.stats().counters().to_vec(),
+            Self::Vsock(v) => v.stats().counters().to_vec(),
         }
     }
 }
@@ -106,11 +111,12 @@ impl Source {
 type Counters = Vec<(&'static str, u64)>;
 
 /// Every kind's totals, all zero: the same names in the same order as each kind's devices.
-fn zero_totals() -> [(&'static str, Counters); 3] {
+fn zero_totals() -> [(&'static str, Counters); 4] {
     [
         ("block", BlockStats::default().counters().to_vec()),
         ("net", NetStats::default().counters().to_vec()),
         ("entropy", RngStats::default().counters().to_vec()),
+        ("vsock", VsockStats::default().counters().to_vec()),
     ]
 }
 
@@ -313,6 +319,9 @@ mod tests {
         }
         for (name, _) in RngStats::default().counters() {
             assert_eq!(lines[1]["entropy"][name], 0, "{name}");
+        }
+        for (name, _) in VsockStats::default().counters() {
+            assert_eq!(lines[1]["vsock"][name], 0, "{name}");
         }
         std::fs::remove_file(&path).unwrap();
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use api_server::model::{
     Drive, MachineConfig, NetworkInterface, RateLimiterConfig, TokenBucketConfig, VmConfig,
+    VsockConfig,
 };
 use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use devices::virtio::block::uring;
@@ -76,6 +77,8 @@ pub struct VmSpec {
     pub nets: Vec<NetSpec>,
     /// The entropy device, after the network interfaces.
     pub entropy: Option<EntropySpec>,
+    /// The vsock device, after the entropy device.
+    pub vsock: Option<VsockSpec>,
     /// Where the console's output goes: files, `-` for stdout; never empty.
     pub serial_out: Vec<PathBuf>,
     /// Most bytes written to each console file.
@@ -160,12 +163,24 @@ pub struct EntropySpec {
     pub slot: Slot,
 }
 
+/// The virtio-vsock device with Firecracker's Unix-socket backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VsockSpec {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// The Unix socket ember listens on; guest connections go to `<uds_path>_<port>`.
+    pub uds_path: PathBuf,
+    /// Where it lives.
+    pub slot: Slot,
+}
+
 /// The devices and machine of a configuration, parsed: what [`check`] accepts after each API
 /// request, before the configuration has a boot source.
 struct Parts {
     drives: Vec<DriveSpec>,
     nets: Vec<NetSpec>,
     entropy: Option<EntropySpec>,
+    vsock: Option<VsockSpec>,
     root: Option<String>,
 }
 
@@ -177,6 +192,7 @@ impl VmSpec {
             drives,
             nets,
             entropy,
+            vsock,
             root,
         } = Parts::parse(cfg)?;
         let serial = cfg.serial.as_ref();
@@ -195,6 +211,7 @@ impl VmSpec {
             drives,
             nets,
             entropy,
+            vsock,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
             serial_rate_limiter: LimiterConfig {
@@ -222,6 +239,7 @@ impl VmSpec {
         drives
             .chain(nets)
             .chain(self.entropy.iter().map(|e| e.slot))
+            .chain(self.vsock.iter().map(|v| v.slot))
     }
 }
 
@@ -251,8 +269,10 @@ impl Parts {
                 "2 MiB huge pages need an even number of MiB",
             ));
         }
-        let count =
-            cfg.drives.len() + cfg.network_interfaces.len() + usize::from(cfg.entropy.is_some());
+        let count = cfg.drives.len()
+            + cfg.network_interfaces.len()
+            + usize::from(cfg.entropy.is_some())
+            + usize::from(cfg.vsock.is_some());
         if count > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices { count });
         }
@@ -262,13 +282,31 @@ impl Parts {
             rate_limiter: rate_limiter(e.rate_limiter.as_ref()),
             slot: Slot::nth(drives.len() + nets.len()),
         });
+        let before = drives.len() + nets.len() + usize::from(entropy.is_some());
+        let vsock = cfg.vsock.as_ref().map(|v| vsock(v, before)).transpose()?;
         Ok(Self {
             drives,
             nets,
             entropy,
+            vsock,
             root,
         })
     }
+}
+
+/// The vsock device in the slot after the `before` devices.
+fn vsock(v: &VsockConfig, before: usize) -> Result<VsockSpec, ConfigError> {
+    if v.guest_cid < 3 {
+        return Err(ConfigError::GuestCid(v.guest_cid));
+    }
+    if v.uds_path.is_empty() {
+        return Err(ConfigError::UdsPath);
+    }
+    Ok(VsockSpec {
+        guest_cid: v.guest_cid,
+        uds_path: PathBuf::from(&v.uds_path),
+        slot: Slot::nth(before),
+    })
 }
 
 /// The user's command line with `params` added. Kernel parameters must come before `--`,
@@ -517,7 +555,7 @@ fn network_interfaces(
 mod tests {
     use super::*;
     use crate::arch::x86_64::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
-    use api_server::model::{BootSource, EntropyConfig, SerialConfig};
+    use api_server::model::{BootSource, EntropyConfig, SerialConfig, VsockConfig};
 
     fn valid() -> VmConfig {
         VmConfig {
@@ -571,9 +609,10 @@ mod tests {
         c.machine_config.huge_pages = None;
         assert!(err(&c).starts_with("The memory size (MiB) is invalid: guest memory must be"));
 
-        let c = VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "vsock": {}}"#)
-            .unwrap();
-        assert!(err(&c).contains("'vsock'"));
+        let c =
+            VmConfig::from_json(r#"{"boot-source": {"kernel_image_path": "k"}, "balloon": {}}"#)
+                .unwrap();
+        assert!(err(&c).contains("'balloon'"));
     }
 
     #[test]
@@ -808,6 +847,30 @@ mod tests {
         let again = spec(&c).unwrap();
         assert_eq!(s.nets[0].mac, again.nets[0].mac);
         assert_ne!(s.nets[0].mac, s.nets[1].mac);
+    }
+
+    #[test]
+    fn the_vsock_device_follows_the_entropy_device_and_its_cid_and_path_are_checked() {
+        let mut c = with_nics(&[("eth0", "tap0", None)]);
+        c.entropy = Some(EntropyConfig::default());
+        c.vsock = Some(VsockConfig {
+            vsock_id: Some("v".into()),
+            guest_cid: 3,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        let s = spec(&c).unwrap();
+        let v = s.vsock.clone().unwrap();
+        assert_eq!((v.guest_cid, v.slot), (3, Slot::nth(2)));
+        assert_eq!(v.uds_path, PathBuf::from("/tmp/v.sock"));
+        assert_eq!(s.virtio_slots().last(), Some(Slot::nth(2)));
+        assert!(s.cmdline.contains(&Slot::nth(2).cmdline_param()));
+        for cid in [0, 1, 2] {
+            c.vsock.as_mut().unwrap().guest_cid = cid;
+            assert!(err(&c).contains("guest_cid must be 3 or more"), "{cid}");
+        }
+        c.vsock.as_mut().unwrap().guest_cid = 3;
+        c.vsock.as_mut().unwrap().uds_path.clear();
+        assert!(err(&c).contains("uds_path is empty"));
     }
 
     #[test]

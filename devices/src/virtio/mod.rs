@@ -14,6 +14,7 @@ pub mod net;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod vsock;
 pub mod worker;
 
 use std::io;

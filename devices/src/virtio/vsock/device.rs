@@ -1,0 +1,448 @@
+//! The virtio-vsock device: a receive, a transmit and an event queue, and the guest's context
+//! id in its configuration space. Whichever thread holds its [`VsockServer`] (the VMM's I/O
+//! worker) serves the queues and the host sockets the [`Muxer`] names, a bounded batch per
+//! round.
+//!
+//! The guest is not trusted: a transmitted packet whose header does not fit its buffers, whose
+//! length exceeds its buffers or [`MAX_PAYLOAD`], or whose addresses are not the guest's and
+//! the host's is dropped and counted; an unknown operation or type, or a packet for a
+//! connection that does not exist, is answered with a reset; a corrupt ring stops the device
+//! until the driver resets it. The event queue is never written: ember has no snapshots, after
+//! which a TRANSPORT_RESET event would be due.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use log::warn;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::muxer::{HOST_CID, Muxer, Rx, Target};
+use super::packet::{HDR_LEN, Header, MAX_PAYLOAD};
+use super::{DEVICE_TYPE_VSOCK, QUEUE_SIZE};
+use crate::sync::{Published, lock};
+use crate::virtio::chain::{self, Chain, ChainError, Segment};
+use crate::virtio::worker::{IoHandler, Ready, Watch};
+use crate::virtio::{
+    ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioInterrupt, serve_chains, signal_used,
+};
+
+/// Packets taken from each queue per round.
+pub const VSOCK_BUDGET: usize = 64;
+const RX: usize = 0;
+const TX: usize = 1;
+
+/// Counters a vsock device keeps, by Firecracker's names.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VsockStats {
+    /// Rounds started by the guest's receive-queue notification.
+    pub rx_queue_event_count: u64,
+    /// Rounds started by the guest's transmit-queue notification.
+    pub tx_queue_event_count: u64,
+    /// Host bytes handed to the guest.
+    pub rx_bytes_count: u64,
+    /// Guest bytes written to host sockets.
+    pub tx_bytes_count: u64,
+    /// Packets put into the receive queue.
+    pub rx_packets_count: u64,
+    /// Packets taken from the transmit queue.
+    pub tx_packets_count: u64,
+    /// Connections opened.
+    pub conns_added: u64,
+    /// Connections ember ended with a reset (host socket failure, a guest breaking the rules).
+    pub conns_killed: u64,
+    /// Connections ended in order (a reset from the guest, a completed shutdown).
+    pub conns_removed: u64,
+    /// Receive buffers too small for a header, and resets dropped for lack of room.
+    pub rx_queue_event_fails: u64,
+    /// Malformed transmitted packets, unknown operations and types, sends beyond credit.
+    pub tx_queue_event_fails: u64,
+    /// Host sockets that failed a read.
+    pub rx_read_fails: u64,
+    /// Host sockets that failed a write.
+    pub tx_write_fails: u64,
+}
+
+impl VsockStats {
+    /// The counters by their metric names, in the order metrics report them.
+    pub fn counters(&self) -> [(&'static str, u64); 13] {
+        [
+            ("rx_queue_event_count", self.rx_queue_event_count),
+            ("tx_queue_event_count", self.tx_queue_event_count),
+            ("rx_bytes_count", self.rx_bytes_count),
+            ("tx_bytes_count", self.tx_bytes_count),
+            ("rx_packets_count", self.rx_packets_count),
+            ("tx_packets_count", self.tx_packets_count),
+            ("conns_added", self.conns_added),
+            ("conns_killed", self.conns_killed),
+            ("conns_removed", self.conns_removed),
+            ("rx_queue_event_fails", self.rx_queue_event_fails),
+            ("tx_queue_event_fails", self.tx_queue_event_fails),
+            ("rx_read_fails", self.rx_read_fails),
+            ("tx_write_fails", self.tx_write_fails),
+        ]
+    }
+}
+
+/// A virtio-vsock device, as the transport sees it.
+pub struct Vsock {
+    config: [u8; 8],
+    serving: Arc<Mutex<Serving>>,
+    stats: Arc<Published<VsockStats>>,
+    wake: Arc<[EventFd; 2]>,
+}
+
+struct Serving {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    guest_cid: u64,
+    /// Receive, transmit and event queue, once activated.
+    queues: Option<Vec<Queue>>,
+    muxer: Muxer,
+    stats: VsockStats,
+    segments: Vec<Segment>,
+    buf: Box<[u8]>,
+}
+
+/// The handle of the thread serving a vsock device, and of its counters.
+#[derive(Clone)]
+pub struct VsockServer {
+    serving: Arc<Mutex<Serving>>,
+    stats: Arc<Published<VsockStats>>,
+    wake: Arc<[EventFd; 2]>,
+    /// What each watch after the two queue events is, as of the last `interest`.
+    targets: Vec<Target>,
+}
+
+impl Vsock {
+    /// A device for guest `guest_cid` whose host side listens on `listener` (bound at
+    /// `uds_path`). `wake` are the receive and transmit queues' notification events; writing
+    /// either must make the serving thread run a round.
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        wake: [EventFd; 2],
+        guest_cid: u64,
+        listener: UnixListener,
+        uds_path: PathBuf,
+    ) -> Self {
+        let serving = Serving {
+            mem,
+            interrupt,
+            guest_cid,
+            queues: None,
+            muxer: Muxer::new(guest_cid, listener, uds_path),
+            stats: VsockStats::default(),
+            segments: Vec::new(),
+            buf: vec![0; MAX_PAYLOAD as usize].into_boxed_slice(),
+        };
+        Self {
+            config: guest_cid.to_le_bytes(),
+            serving: Arc::new(Mutex::new(serving)),
+            stats: Arc::default(),
+            wake: Arc::new(wake),
+        }
+    }
+
+    /// The handle the serving thread uses (also the I/O worker's handler).
+    pub fn server(&self) -> VsockServer {
+        VsockServer {
+            serving: self.serving.clone(),
+            stats: self.stats.clone(),
+            wake: self.wake.clone(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+impl VsockServer {
+    /// Serves a round of both queues; returns true if more is waiting.
+    pub fn process(&self, budget: usize) -> bool {
+        let s = &mut *lock(&self.serving);
+        let more = s.process(budget);
+        self.stats.publish(s.stats);
+        more
+    }
+
+    /// The counters, as of the end of the last round.
+    pub fn stats(&self) -> VsockStats {
+        self.stats.get()
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    pub fn connections(&self) -> usize {
+        lock(&self.serving).muxer.connections()
+    }
+}
+
+/// The worker waits on both queues' notifications and, once the driver activated the device,
+/// on the host sockets for exactly the readiness the connections can use.
+impl IoHandler for VsockServer {
+    fn interest(&mut self, watches: &mut Vec<Watch>) {
+        watches.clear();
+        self.targets.clear();
+        watches.extend(self.wake.iter().map(|e| Watch::readable(e.as_raw_fd())));
+        let s = lock(&self.serving);
+        if s.queues.is_none() {
+            return;
+        }
+        let mut wanted = Vec::new();
+        s.muxer.interest(&mut wanted);
+        for (target, fd, readable, writable) in wanted {
+            self.targets.push(target);
+            watches.push(Watch {
+                fd,
+                readable,
+                writable,
+            });
+        }
+    }
+
+    fn ready(&mut self, ready: &[Ready]) -> bool {
+        {
+            let s = &mut *lock(&self.serving);
+            for (i, wake) in self.wake.iter().enumerate() {
+                if ready.get(i).is_some_and(Ready::any) {
+                    let _ = wake.read();
+                    match i {
+                        RX => s.stats.rx_queue_event_count += 1,
+                        _ => s.stats.tx_queue_event_count += 1,
+                    }
+                }
+            }
+            for (target, r) in self.targets.iter().zip(ready.iter().skip(2)) {
+                if r.any() {
+                    let readable = r.readable || r.failed;
+                    s.muxer
+                        .ready(*target, readable, r.writable || r.failed, &mut s.stats);
+                }
+            }
+        }
+        self.process(VSOCK_BUDGET)
+    }
+
+    fn resumed(&mut self) -> bool {
+        true
+    }
+}
+
+/// Why a transmitted packet is dropped.
+#[derive(Debug, thiserror::Error)]
+enum PacketError {
+    #[error("malformed chain: {0}")]
+    Chain(#[from] ChainError),
+    #[error("a buffer is device-writable or outside guest memory")]
+    Buffer,
+    #[error("{0} bytes cannot hold a packet header")]
+    Short(u64),
+    #[error(
+        "the header claims {len} payload bytes; the buffers hold {room} (at most {MAX_PAYLOAD})"
+    )]
+    Length { len: u32, room: u64 },
+    #[error(
+        "packet from CID {src} to CID {dst}; only the guest's CID {guest} to the host's is allowed"
+    )]
+    Address { src: u64, dst: u64, guest: u64 },
+}
+
+impl Serving {
+    fn process(&mut self, budget: usize) -> bool {
+        let Some(queues) = self.queues.as_mut() else {
+            return false;
+        };
+        let (mem, muxer, stats, segments, buf) = (
+            &self.mem,
+            &mut self.muxer,
+            &mut self.stats,
+            &mut self.segments,
+            &mut self.buf,
+        );
+        let guest_cid = self.guest_cid;
+        let tx = serve_chains(&mut queues[TX], mem, budget, |chain| {
+            stats.tx_packets_count += 1;
+            match transmitted(mem, chain, segments, buf, guest_cid) {
+                Ok((hdr, len)) => muxer.from_guest(&hdr, &buf[..len], stats),
+                Err(err) => {
+                    warn!("virtio-vsock: dropped a packet: {err}");
+                    stats.tx_queue_event_fails += 1;
+                }
+            }
+            Step::Used(0)
+        });
+        let tx_more = match tx {
+            Ok(served) => {
+                signal_used(&mut queues[TX], mem, &self.interrupt, served.count);
+                served.more
+            }
+            Err(err) => return self.broken(err),
+        };
+        muxer.request_credit();
+        if !muxer.has_rx() {
+            return tx_more;
+        }
+        let mut idle = false;
+        let rx = serve_chains(&mut queues[RX], mem, budget, |chain| {
+            match receive(mem, chain, segments, buf, muxer, stats) {
+                Some(used) => Step::Used(used),
+                None => {
+                    // Nothing to send after all: the buffer stays in the ring.
+                    idle = true;
+                    Step::Retry
+                }
+            }
+        });
+        match rx {
+            Ok(served) => {
+                signal_used(&mut queues[RX], mem, &self.interrupt, served.count);
+                tx_more || (served.more && !idle)
+            }
+            Err(err) => self.broken(err),
+        }
+    }
+
+    fn broken(&mut self, err: crate::virtio::QueueError) -> bool {
+        warn!("virtio-vsock: {err}");
+        self.queues = None;
+        self.muxer.reset();
+        self.interrupt.needs_reset();
+        false
+    }
+}
+
+/// Reads a transmitted packet's header and payload (into `buf`); returns the header and the
+/// payload's length.
+fn transmitted(
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+    segments: &mut Vec<Segment>,
+    buf: &mut [u8],
+    guest_cid: u64,
+) -> Result<(Header, usize), PacketError> {
+    collect(mem, chain, segments, false)?;
+    let room = chain::total(segments);
+    let mut raw = [0u8; HDR_LEN];
+    chain::read_into(mem, segments, &mut raw).map_err(|_| PacketError::Short(room))?;
+    let hdr = Header::parse(&raw);
+    let room = room - HDR_LEN as u64;
+    if hdr.len > MAX_PAYLOAD || u64::from(hdr.len) > room {
+        return Err(PacketError::Length { len: hdr.len, room });
+    }
+    if hdr.src_cid != guest_cid || hdr.dst_cid != HOST_CID {
+        let (src, dst, guest) = (hdr.src_cid, hdr.dst_cid, guest_cid);
+        return Err(PacketError::Address { src, dst, guest });
+    }
+    let len = hdr.len as usize;
+    let (_, payload) = chain::split(segments, HDR_LEN as u64);
+    chain::read_into(mem, &payload, &mut buf[..len]).map_err(|_| PacketError::Buffer)?;
+    Ok((hdr, len))
+}
+
+/// Fills a receive buffer with the muxer's next packet; returns the bytes written, or `None`
+/// if nothing is to be sent.
+fn receive(
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+    segments: &mut Vec<Segment>,
+    buf: &mut [u8],
+    muxer: &mut Muxer,
+    stats: &mut super::VsockStats,
+) -> Option<u32> {
+    if let Err(err) = collect(mem, chain, segments, true) {
+        warn!("virtio-vsock: unusable receive buffer: {err}");
+        stats.rx_queue_event_fails += 1;
+        return Some(0);
+    }
+    let room = chain::total(segments);
+    if room < HDR_LEN as u64 {
+        stats.rx_queue_event_fails += 1;
+        return Some(0);
+    }
+    // Each try that yields nothing takes a connection out of the running (its socket had no
+    // data, ended or failed), so this ends.
+    let (hdr, len) = loop {
+        match muxer.next_rx()? {
+            Rx::Control(hdr) => break (hdr, 0),
+            Rx::Data(key, mut hdr, credit) => {
+                let max = u64::from(credit).min(room - HDR_LEN as u64) as usize;
+                if let Some(n) = muxer.read(key, &mut buf[..max], stats) {
+                    hdr.len = n as u32;
+                    break (hdr, n);
+                }
+            }
+        }
+    };
+    let written = chain::write_bytes(mem, segments, 0, &hdr.bytes())
+        .and_then(|_| chain::write_bytes(mem, segments, HDR_LEN as u64, &buf[..len]));
+    if let Err(err) = written {
+        warn!("virtio-vsock: cannot write a receive buffer: {err}");
+    }
+    stats.rx_packets_count += 1;
+    // At most MAX_PAYLOAD plus a header.
+    Some((HDR_LEN + len) as u32)
+}
+
+/// Collects a chain's buffers into `segments`; all must be device-writable (receive) or
+/// device-readable (transmit) and inside guest memory.
+fn collect(
+    mem: &GuestMemoryMmap,
+    chain: Chain<'_>,
+    segments: &mut Vec<Segment>,
+    writable: bool,
+) -> Result<(), PacketError> {
+    segments.clear();
+    for desc in chain {
+        let desc = desc?;
+        if desc.is_write_only() != writable {
+            return Err(PacketError::Buffer);
+        }
+        let seg = Segment::checked(mem, desc.addr(), desc.len()).ok_or(PacketError::Buffer)?;
+        segments.push(seg);
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_VSOCK
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+
+    fn config(&self) -> &[u8] {
+        &self.config
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(&mut self, mut queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
+        if queues.len() != 3 {
+            return Err(ActivateError::QueueNotReady(queues.len()));
+        }
+        for q in &mut queues {
+            q.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        }
+        lock(&self.serving).queues = Some(queues);
+        if let Err(err) = self.wake[TX].write(1) {
+            warn!("virtio-vsock: cannot wake the I/O thread: {err}");
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        let mut s = lock(&self.serving);
+        s.queues = None;
+        // The guest's sockets are gone: so are their host ends.
+        s.muxer.reset();
+    }
+}
