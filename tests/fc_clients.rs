@@ -237,6 +237,41 @@ fn async_drives_with_rate_limiters_and_a_limited_entropy_device() {
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
+/// A client that always sets up vsock (for its in-guest agent) and an entropy device before
+/// InstanceStart; then the VM runs and its configuration shows both.
+#[test]
+fn a_client_that_sets_up_vsock_and_entropy_boots() {
+    if !kvm_available() {
+        return;
+    }
+    let vmm = Ember::start("fc-vsock-entropy", &["--id", "agent_1"]);
+    let mut c = vmm.client();
+    let uds = vmm.dir.join("v.sock");
+    let vsock = json!({"vsock_id": "vsock0", "guest_cid": 3, "uds_path": uds});
+    done(&mut c, "PUT", "/vsock", &vsock);
+    done(&mut c, "PUT", "/entropy", &json!({"rate_limiter": {}}));
+    done(
+        &mut c,
+        "PUT",
+        "/boot-source",
+        &json!({"kernel_image_path": guest("spin")}),
+    );
+    done(
+        &mut c,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_running(&mut c);
+    let (_, body) = c.request("GET", "/vm/config", None);
+    let cfg = json(&body);
+    assert_eq!(cfg["vsock"], vsock);
+    assert_eq!(cfg["entropy"], json!({"rate_limiter": {}}));
+    // The host side of vsock is listening.
+    std::os::unix::net::UnixStream::connect(&uds).unwrap();
+    assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
+
 /// A client that always adds an entropy device with an empty body and says `smt: false`.
 #[test]
 fn an_empty_entropy_device_and_smt_false() {
