@@ -26,6 +26,17 @@ fn done(c: &mut ApiClient, method: &str, path: &str, body: &Value) {
     );
 }
 
+/// `PUT /actions` InstanceStart, then `GET /` polled until Running, as the clients do.
+fn instance_start(vmm: &Ember, c: &mut ApiClient) {
+    done(
+        c,
+        "PUT",
+        "/actions",
+        &json!({"action_type": "InstanceStart"}),
+    );
+    vmm.wait_running(c);
+}
+
 /// A named pipe the client creates and reads (Kata's `logs.fifo`, `metrics.fifo`): opened for
 /// reading before ember starts, its lines handed to the returned channel.
 fn listen_to_fifo(path: &Path) -> mpsc::Receiver<String> {
@@ -216,13 +227,7 @@ fn async_drives_with_rate_limiters_and_a_limited_entropy_device() {
         "/entropy",
         &json!({"rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}}}),
     );
-    done(
-        &mut c,
-        "PUT",
-        "/actions",
-        &json!({"action_type": "InstanceStart"}),
-    );
-    vmm.wait_running(&mut c);
+    instance_start(&vmm, &mut c);
     let (_, body) = c.request("GET", "/vm/config", None);
     let cfg = json(&body);
     assert_eq!(cfg["drives"][0]["io_engine"], "Async");
@@ -256,13 +261,7 @@ fn a_client_that_sets_up_vsock_and_entropy_boots() {
         "/boot-source",
         &json!({"kernel_image_path": guest("spin")}),
     );
-    done(
-        &mut c,
-        "PUT",
-        "/actions",
-        &json!({"action_type": "InstanceStart"}),
-    );
-    vmm.wait_running(&mut c);
+    instance_start(&vmm, &mut c);
     let (_, body) = c.request("GET", "/vm/config", None);
     let cfg = json(&body);
     assert_eq!(cfg["vsock"], vsock);
@@ -293,13 +292,7 @@ fn an_empty_entropy_device_and_smt_false() {
         &json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false}),
     );
     done(&mut c, "PUT", "/entropy", &json!({}));
-    done(
-        &mut c,
-        "PUT",
-        "/actions",
-        &json!({"action_type": "InstanceStart"}),
-    );
-    vmm.wait_running(&mut c);
+    instance_start(&vmm, &mut c);
     let (_, body) = c.request("GET", "/machine-config", None);
     assert_eq!(
         json(&body),
