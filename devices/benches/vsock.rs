@@ -22,7 +22,8 @@
 //! work nor the host threads), per packet and per 64 KiB moved; "loop us" is the loop writer's
 //! (guest to host) or reader's (host to guest) CPU per 64 KiB. Interrupt suppression
 //! (EVENT_IDX) is not negotiated, so ember raises the interrupt every round, as for a guest
-//! waiting on it. Each measurement runs three times, interleaved; the best run counts. The first
+//! waiting on it. The serving thread (and the loop's writer) runs on CPU 0, the host threads on
+//! CPU 1. Each measurement runs five times, interleaved; the best run counts. The first
 //! 4 MiB each way are checked byte for byte before measuring.
 //!
 //! Run: `cargo bench -p devices --bench vsock`
@@ -66,9 +67,12 @@ const PATTERN_CHUNKS: u64 = 4;
 const RX_BUFS: u64 = 0x100_0000;
 const RX_STRIDE: u64 = 0x2000;
 const MEM: usize = 32 << 20;
-const TOTAL: u64 = 512 << 20;
+const TOTAL: u64 = 256 << 20;
 const VERIFIED: u64 = 4 << 20;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
+/// Where the serving thread (and the loop's writer) runs, and where the host thread runs.
+const SERVING_CPU: usize = 0;
+const HOST_CPU: usize = 1;
 const TARGET_PERCENT: f64 = 70.0;
 /// The longest a run may go without progress before the benchmark gives up.
 const STALL: Duration = Duration::from_secs(10);
@@ -86,6 +90,19 @@ fn pattern_chunks() -> Vec<Vec<u8>> {
     (0..PATTERN_CHUNKS)
         .map(|c| (0..CHUNK).map(|i| pattern(c * CHUNK + i)).collect())
         .collect()
+}
+
+/// Runs the calling thread on `cpu` only (if the machine has it): the serving thread (or the
+/// loop's writer) on one core, the host thread on the other, the same in every run, so the
+/// figures do not depend on where the scheduler happened to put the threads.
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: CPU_SET writes a bit of `set`, a valid cpu_set_t, below its size.
+    unsafe { libc::CPU_SET(cpu % cpus, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the stated size; 0 is the calling thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
 fn check(bytes: &[u8], offset: u64) {
@@ -127,6 +144,7 @@ fn reader(
     verify: bool,
 ) -> JoinHandle<(UnixStream, Instant, Duration)> {
     std::thread::spawn(move || {
+        pin(HOST_CPU);
         let cpu = thread_cpu_exact();
         let mut buf = vec![0u8; chunk];
         let mut got = 0u64;
@@ -143,14 +161,16 @@ fn reader(
     })
 }
 
-/// A host thread writing `total` bytes of the pattern in 64 KiB writes; returns the stream and
-/// the thread's CPU time.
+/// A thread writing `total` bytes of the pattern in 64 KiB writes, on `cpu`; returns the
+/// stream and the thread's CPU time.
 fn writer(
     mut s: UnixStream,
     total: u64,
     chunks: Arc<Vec<Vec<u8>>>,
+    cpu: usize,
 ) -> JoinHandle<(UnixStream, Duration)> {
     std::thread::spawn(move || {
+        pin(cpu);
         let cpu = thread_cpu_exact();
         for c in 0..total / CHUNK {
             s.write_all(&chunks[(c % PATTERN_CHUNKS) as usize]).unwrap();
@@ -169,7 +189,7 @@ fn host_loop(
 ) -> (Figures, Figures) {
     let (a, b) = UnixStream::pair().unwrap();
     let start = Instant::now();
-    let w = writer(a, total, chunks.clone());
+    let w = writer(a, total, chunks.clone(), SERVING_CPU);
     let r = reader(b, total, read_chunk, verify);
     let (_, write_cpu) = w.join().unwrap();
     let (_, end, read_cpu) = r.join().unwrap();
@@ -194,6 +214,8 @@ struct Rig {
     path: PathBuf,
     /// The queues' notifications (receive, transmit), as the driver's kicks write them.
     kicks: [EventFd; 2],
+    /// Queues that got buffers since their last notification.
+    unkicked: [bool; 2],
     rx: Driver,
     tx: Driver,
     watches: Vec<Watch>,
@@ -272,6 +294,7 @@ impl Rig {
             _vsock: vsock,
             path,
             kicks,
+            unkicked: [false; 2],
             rx,
             tx,
             watches: Vec::new(),
@@ -306,8 +329,14 @@ impl Rig {
         (rig, host)
     }
 
-    /// One round of the I/O worker's loop: interest, poll, ready.
+    /// Notifies the queues that got buffers since the last round (once per batch, as a
+    /// driver does), then runs one round of the I/O worker's loop: interest, poll, ready.
     fn round(&mut self, wait_ms: i32) {
+        for (kick, unkicked) in self.kicks.iter().zip(&mut self.unkicked) {
+            if std::mem::take(unkicked) {
+                kick.write(1).unwrap();
+            }
+        }
         let start = thread_cpu_exact();
         self.server.interest(&mut self.watches);
         let mut fds: Vec<libc::pollfd> = self
@@ -367,7 +396,7 @@ impl Rig {
         self.tx_in_ring += 1;
         self.tx_cnt = self.tx_cnt.wrapping_add(len);
         self.told_fwd_cnt = self.fwd_cnt;
-        self.kicks[1].write(1).unwrap();
+        self.unkicked[1] = true;
     }
 
     fn take_tx(&mut self) {
@@ -431,9 +460,7 @@ impl Rig {
             self.rx_next += 1;
             self.rx_posted += 1;
         }
-        if added {
-            self.kicks[0].write(1).unwrap();
-        }
+        self.unkicked[0] |= added;
     }
 
     /// Sends `total` bytes to the host as 64 KiB writes would go, within ember's credit.
@@ -494,7 +521,7 @@ impl Rig {
         let (bytes_before, packets_before) = (self.rx_bytes, self.rx_packets);
         let cpu_before = self.cpu;
         let start = Instant::now();
-        let writer = writer(host, total, chunks.clone());
+        let writer = writer(host, total, chunks.clone(), HOST_CPU);
         let (mut progress, mut last) = (Instant::now(), 0);
         loop {
             self.take_rx(verify.then_some(bytes_before));
@@ -547,6 +574,7 @@ fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figure
 
 fn main() {
     env_logger::init();
+    pin(SERVING_CPU);
     let chunks = Arc::new(pattern_chunks());
     let (mut rig, host) = Rig::connected();
     // Check the streams byte for byte first (not measured).
