@@ -20,6 +20,10 @@ use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, italic, roman};
 use vmm::cli::{CONSOLE_KEYS, Cli, EXAMPLES, EXIT_STATUSES};
 
+/// Where the ember-guest-kernel package installs its kernel (resources/build-kernel-deb.sh),
+/// which the example config boots.
+const GUEST_KERNEL: &str = "/usr/lib/ember/vmlinux";
+
 /// The files the package installs that a user of `ember` may look for, with what each is.
 const FILES: &[(&str, &str)] = &[
     (
@@ -35,7 +39,7 @@ const FILES: &[(&str, &str)] = &[
         "where ember@.service may write: disk images of the VMs it runs",
     ),
     (
-        "/usr/lib/ember/vmlinux",
+        GUEST_KERNEL,
         "the guest kernel of the optional ember-guest-kernel package",
     ),
     (
@@ -203,6 +207,14 @@ mod tests {
         let root = fs::read_to_string(out.join("man/ember.1")).unwrap();
         assert!(root.contains("ember\\-run(1)"), "{root}");
         fs::remove_dir_all(out).unwrap();
+    }
+
+    #[test]
+    fn the_example_config_is_one_ember_reads_and_boots_the_kernel_package() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/deb/examples/vm.json");
+        let cfg = vmm::config::load_config_file(&example).unwrap();
+        assert_eq!(cfg.boot_source.unwrap().kernel_image_path, GUEST_KERNEL);
     }
 
     #[test]
