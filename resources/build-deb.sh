@@ -3,7 +3,8 @@
 # on stdout: cargo-deb (installed with `cargo install --locked` if missing) packages the release
 # binary with what is generated here into build/deb/: the man pages and shell
 # completions (the `packaging` crate, from ember's clap definitions), the DEP-5 copyright file
-# (resources/deb-copyright.sh) and a Debian changelog entry. The version is deb_version's
+# (resources/deb-copyright.sh) and a Debian changelog entry; then lintian checks it (no error or
+# warning). The version is deb_version's
 # (resources/lib.sh); every date in the package is the commit's (SOURCE_DATE_EPOCH), so the
 # same commit always gives the same bytes. Needs a git checkout.
 set -euo pipefail
@@ -13,7 +14,7 @@ me=build-deb
 . "$here/lib.sh"
 cd "$root"
 
-"$here/setup-host.sh" jq dpkg-dev
+"$here/setup-host.sh" jq dpkg-dev lintian
 if ! command -v cargo-deb >/dev/null; then
   stage "installing cargo-deb (cargo install --locked cargo-deb)"
   cargo install --locked cargo-deb
@@ -46,5 +47,6 @@ mkdir -p "$root/target/debian"
 deb="$root/target/debian/ember_${version}_amd64.deb"
 rm -f "$deb"
 cargo deb --locked -p ember --deb-version "$version" --output "$deb" >&2
+lint_deb "$deb"
 stage "built $deb"
 echo "$deb"

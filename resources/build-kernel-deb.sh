@@ -6,14 +6,16 @@
 # KERNEL is an existing ELF vmlinux (e.g. /work/shared/guest/full-vmlinux); without it,
 # resources/build-kernel.sh builds (or finds cached) build/guest/vmlinux and that is packaged.
 # The version is the ember package's (deb_version in resources/lib.sh); dates are the
-# commit's (SOURCE_DATE_EPOCH), so the same commit and kernel give the same bytes.
+# commit's (SOURCE_DATE_EPOCH), so the same commit and kernel give the same bytes. lintian
+# checks it (no error or warning; resources/deb/ember-guest-kernel.lintian-overrides says why
+# two tags do not apply to a guest kernel).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 me=build-kernel-deb
 . "$here/lib.sh"
 
-"$here/setup-host.sh" dpkg-dev jq
+"$here/setup-host.sh" dpkg-dev jq lintian
 kernel=${1:-}
 if [ -z "$kernel" ]; then
   "$here/build-kernel.sh"
@@ -78,5 +80,6 @@ find "$pkg" -exec touch --no-dereference -d "@$SOURCE_DATE_EPOCH" {} +
 mkdir -p "$root/target/debian"
 deb="$root/target/debian/ember-guest-kernel_${version}_amd64.deb"
 dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
+lint_deb "$deb"
 stage "built $deb"
 echo "$deb"

@@ -25,3 +25,10 @@ deb_version() {
   git -C "$root" diff --quiet HEAD -- || desc="$desc.dirty"
   echo "$desc"
 }
+
+# Runs lintian on the package $1; fails unless it reports no error and no warning (overrides,
+# each with its reason, are in the package's /usr/share/lintian/overrides/).
+lint_deb() {
+  stage "lintian $(basename "$1")"
+  lintian --fail-on error,warning "$1" >&2 || { stage "lintian found errors or warnings (above)"; return 1; }
+}
