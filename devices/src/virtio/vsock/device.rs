@@ -6,8 +6,8 @@
 //! Payloads never pass through a device buffer: a transmitted packet's payload is written to
 //! the host socket from the guest's buffers (`writev`), and host data is read into the payload
 //! areas of the available receive buffers (`readv`): one read fills as many as the guest's
-//! credit and `READ_MAX` (64 KiB) allow (Linux gives 4 KiB buffers), and each buffer it reached is
-//! then completed as its own data packet, with its header, in order.
+//! credit and `READ_MAX` (64 KiB) allow (Linux gives 4 KiB buffers), and each buffer it
+//! reached is then completed as its own data packet, with its header, in order.
 //!
 //! The guest is not trusted: a transmitted packet whose header does not fit its buffers, whose
 //! length exceeds its buffers or [`MAX_PAYLOAD`], or whose addresses are not the guest's and
