@@ -17,7 +17,9 @@
 //! taken yet, which is the credit ember advertises, so a guest that sends beyond its credit is
 //! reset. That buffer exists only while the host socket is full and is freed once it drains:
 //! at worst 256 connections x 256 KiB = 64 MiB, when every host peer stops reading while its
-//! guest sends. Host data is read only into the guest's receive buffers and only as far as
+//! guest sends. Ember's end of each host socket asks for a kernel send buffer of the same
+//! size (which the kernel doubles and caps at `net.core.wmem_max`), so a host reader that
+//! keeps up never makes ember copy. Host data is read only into the guest's receive buffers and only as far as
 //! the guest's credit allows, so a slow guest makes ember read nothing rather than buffer; at
 //! most [`MAX_RESETS`] resets wait for receive buffers (more are dropped: the guest gets a
 //! reset when it next uses the connection).
@@ -93,6 +95,7 @@ struct Conn {
 
 impl Conn {
     fn new(stream: UnixStream, connecting: bool, pending: u8) -> Self {
+        size_send_buffer(&stream);
         Self {
             stream,
             connecting,
@@ -201,6 +204,31 @@ impl Conn {
     fn forwarded(&mut self, n: usize, stats: &mut VsockStats) {
         self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
         stats.tx_bytes_count += n as u64;
+    }
+}
+
+/// Asks for a send buffer on ember's end of a connection that holds the credit ember gives
+/// the guest, so guest data waits in the connection's own buffer (a copy) only when the host
+/// reader falls behind, not while it keeps up. The kernel caps it (`net.core.wmem_max`) and
+/// doubles it for its own overhead; failing that, the default stays, which is only slower.
+fn size_send_buffer(stream: &UnixStream) {
+    let size = BUF_ALLOC as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `size` is a c_int of `len` bytes that outlives the call; the descriptor is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        warn!(
+            "virtio-vsock: cannot size a host socket's send buffer: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
