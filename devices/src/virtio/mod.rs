@@ -199,29 +199,56 @@ pub fn serve_chains<'m>(
     budget: usize,
     mut serve: impl FnMut(chain::Chain<'m>) -> Step,
 ) -> Result<Served, QueueError> {
+    serve_chain_runs(queue, mem, budget, |chain, _| serve(chain))
+}
+
+/// [`serve_chains`] for a device that may fill a run of chains at once (several packets from
+/// one host read): `serve` may also take the chains available after the one it serves, with
+/// [`Following`]. Those it keeps are returned to the driver right after the served one, in
+/// the order taken, and count toward `budget`; [`Step::Retry`] leaves them available too.
+pub fn serve_chain_runs<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    budget: usize,
+    mut serve: impl FnMut(chain::Chain<'m>, &mut Following<'_, 'm>) -> Step,
+) -> Result<Served, QueueError> {
     let (mut count, mut taken) = (0, 0);
     let mut empty_rounds = 0;
     let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
+    let mut following = Vec::new();
     loop {
         queue.disable_notification(mem)?;
         let before = taken;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let (used, last) = match serve(chain::Chain::in_table(mem, table, size, head)) {
-                Step::Used(len) => (Some(len), false),
-                Step::UsedLast(len) => (Some(len), true),
-                Step::Kept => (None, false),
-                Step::KeptLast => (None, true),
-                Step::Retry => {
-                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                    return Ok(Served { count, more: true });
-                }
+            following.clear();
+            let mut more = Following {
+                queue: &mut *queue,
+                mem,
+                taken: &mut following,
+                room: budget.saturating_sub(taken + 1),
             };
+            let (used, last) =
+                match serve(chain::Chain::in_table(mem, table, size, head), &mut more) {
+                    Step::Used(len) => (Some(len), false),
+                    Step::UsedLast(len) => (Some(len), true),
+                    Step::Kept => (None, false),
+                    Step::KeptLast => (None, true),
+                    Step::Retry => {
+                        let back = 1 + following.len() as u16;
+                        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
+                        return Ok(Served { count, more: true });
+                    }
+                };
             if let Some(len) = used {
                 queue.add_used(mem, head, len)?;
                 count += 1;
             }
-            taken += 1;
+            for &(head, len) in &following {
+                queue.add_used(mem, head, len)?;
+                count += 1;
+            }
+            taken += 1 + following.len();
             if last || taken >= budget {
                 return Ok(Served { count, more: true });
             }
@@ -232,6 +259,44 @@ pub fn serve_chains<'m>(
             true => {}
             false => return Ok(Served { count, more: false }),
         }
+    }
+}
+
+/// The chains available after the one [`serve_chain_runs`] hands its device, for the device
+/// to take while it serves that one.
+pub struct Following<'a, 'm> {
+    queue: &'a mut Queue,
+    mem: &'m GuestMemoryMmap,
+    /// The chains taken, each with the bytes written to it.
+    taken: &'a mut Vec<(u16, u32)>,
+    /// How many more the round's budget allows.
+    room: usize,
+}
+
+impl<'m> Following<'_, 'm> {
+    /// The next available chain, or `None` when there is none or the round's budget is spent.
+    pub fn take(&mut self) -> Option<chain::Chain<'m>> {
+        if self.taken.len() >= self.room {
+            return None;
+        }
+        let head = self.queue.pop_descriptor_chain(self.mem)?.head_index();
+        self.taken.push((head, 0));
+        Some(chain::Chain::new(self.mem, self.queue, head))
+    }
+
+    /// Records that `len` bytes were written to the `i`-th chain taken.
+    pub fn set_used(&mut self, i: usize, len: u32) {
+        if let Some(chain) = self.taken.get_mut(i) {
+            chain.1 = len;
+        }
+    }
+
+    /// Keeps the first `n` chains taken; the rest stay available, as if never taken.
+    pub fn keep(&mut self, n: usize) {
+        let back = self.taken.len().saturating_sub(n);
+        let next = self.queue.next_avail().wrapping_sub(back as u16);
+        self.queue.set_next_avail(next);
+        self.taken.truncate(n);
     }
 }
 
