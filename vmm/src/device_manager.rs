@@ -32,6 +32,7 @@ use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::mmds::SharedMmds;
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError, Uring};
@@ -326,17 +327,25 @@ impl DeviceManager {
         })
     }
 
-    /// Adds every virtio device `spec` lists, on the `backends` opened for it.
+    /// Adds every virtio device `spec` lists, on the `backends` opened for it; the interfaces
+    /// `mmds-config` names answer the guest's metadata requests from `mmds`.
     pub fn add_virtio_devices(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
         spec: &VmSpec,
         backends: Backends,
+        mmds: &SharedMmds,
     ) -> Result<(), DeviceError> {
         for (drive, (disk, ring)) in spec.drives.iter().zip(backends.disks) {
             self.add_block(vm, mem, drive, disk, ring)?;
         }
+        if let Some(m) = &spec.mmds {
+            lock(mmds).configure(m.version, m.imds_compat);
+        }
+        // Reported whether or not an interface reaches it, as Firecracker always reports it.
+        self.sources
+            .push(("mmds".into(), Source::Mmds(mmds.clone())));
         for (net, tap) in spec.nets.iter().zip(backends.taps) {
             self.add_net(vm, mem, net, tap)?;
         }
