@@ -21,6 +21,7 @@
 //! waiting for the guest's receive queue, answers no larger than the store's size limit
 //! allows, at most [`MAX_TOKENS`] live V2 tokens. Nothing a frame holds can panic the stack.
 
+mod http;
 mod stack;
 mod store;
 mod token;

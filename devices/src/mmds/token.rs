@@ -90,7 +90,8 @@ fn decode(token: &str) -> Option<[u8; TOKEN_BYTES]> {
     Some(secret)
 }
 
-fn fill_random(buf: &mut [u8]) -> Result<(), TokenError> {
+/// Fills `buf` from the kernel's random source.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), TokenError> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
