@@ -24,6 +24,8 @@
 mod http;
 mod stack;
 mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 mod token;
 
 pub use stack::MmdsStack;
