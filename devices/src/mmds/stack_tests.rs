@@ -291,6 +291,9 @@ fn hostile_frames_are_counted_and_dropped_without_panicking() {
     let mut bad_sum = good.clone();
     bad_sum[50] ^= 0xff;
     frames.push(bad_sum);
+    let mut huge = good.clone();
+    huge.resize(MAX_INPUT_FRAME_LEN + 1, 0);
+    frames.push(huge);
     let n = frames.len() as u64;
     for f in frames {
         s.receive(f);

@@ -16,7 +16,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::VNET_HDR_LEN;
-use crate::mmds::MmdsStack;
+use crate::mmds::{MAX_INPUT_FRAME_LEN, MmdsStack};
 use crate::virtio::chain::{self, Segment};
 use crate::virtio::worker::nonblocking_timer;
 
@@ -52,8 +52,13 @@ impl MmdsLink {
         self.stack.is_mmds_frame(peek)
     }
 
-    /// Hands the stack the frame in `segments` (with its virtio-net header).
+    /// Hands the stack the frame in `segments` (with its virtio-net header); one too long
+    /// for it is dropped uncopied.
     pub(super) fn take(&mut self, mem: &GuestMemoryMmap, segments: &[Segment], len: usize) {
+        if len > MAX_INPUT_FRAME_LEN {
+            self.stack.refuse();
+            return;
+        }
         let (_, body) = chain::split(segments, VNET_HDR_LEN as u64);
         let mut frame = vec![0u8; len];
         match chain::read_into(mem, &body, &mut frame) {

@@ -21,6 +21,11 @@ fn arp_request(target: Ipv4Addr) -> Vec<u8> {
 
 /// The rig's device, serving MMDS at the default address, with its I/O handler.
 fn mmds_rig() -> (Rig, NetHandler<Mock>) {
+    let (rig, handler, _) = mmds_rig_with_store();
+    (rig, handler)
+}
+
+fn mmds_rig_with_store() -> (Rig, NetHandler<Mock>, crate::mmds::SharedMmds) {
     let mut rig = Rig::new(all());
     let placeholder = Net::new(
         "unused",
@@ -32,11 +37,12 @@ fn mmds_rig() -> (Rig, NetHandler<Mock>) {
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     );
     let net = std::mem::replace(&mut rig.net, placeholder);
-    let stack = MmdsStack::new(DEFAULT_IPV4, Arc::new(Mutex::new(Mmds::default())));
+    let store = Arc::new(Mutex::new(Mmds::default()));
+    let stack = MmdsStack::new(DEFAULT_IPV4, store.clone());
     rig.net = net.with_mmds(stack).unwrap();
     let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let handler = rig.net.handler([evt(), evt()]);
-    (rig, handler)
+    (rig, handler, store)
 }
 
 /// Puts `frames` in the transmit queue (one chain each, at 0x3000 apart).
@@ -154,4 +160,17 @@ fn tcp_answers_and_timed_acks_reach_the_guest_through_the_worker() {
     let acked = segment(&got[VNET_HDR_LEN..]);
     assert_eq!((acked.ack, acked.payload.len()), (Some(108), 0));
     assert!(rig.sent.lock().unwrap().is_empty(), "nothing reached the TAP");
+}
+
+#[test]
+fn an_oversized_frame_to_the_mmds_is_dropped_uncopied_and_counted() {
+    let (mut rig, mut handler, store) = mmds_rig_with_store();
+    let mut big = with_header(tcp_frame(40000, 1, None, TcpControl::None, b""));
+    big.resize(VNET_HDR_LEN + crate::mmds::MAX_INPUT_FRAME_LEN + 1, 0);
+    transmit(&mut rig, &[big]);
+    kick_tx(&mut handler);
+    assert!(rig.sent.lock().unwrap().is_empty());
+    assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 1, "the chain is returned");
+    let m = lock(&store).metrics();
+    assert_eq!((m.rx_accepted, m.rx_accepted_err), (1, 1));
 }
