@@ -24,9 +24,11 @@
 mod http;
 mod stack;
 mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 mod token;
 
-pub use stack::MmdsStack;
+pub use stack::{MAX_INPUT_FRAME_LEN, MmdsStack};
 pub use store::{Mmds, MmdsError};
 pub use token::{MAX_TOKEN_TTL_SECONDS, MAX_TOKENS, MIN_TOKEN_TTL_SECONDS, TokenError};
 

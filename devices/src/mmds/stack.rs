@@ -39,6 +39,9 @@ const ETH_HEADER: usize = 14;
 const IP_MTU: usize = 1500;
 /// Detoured frames waiting for a poll; a transmit pass moves at most this many anyway.
 const MAX_INPUT_FRAMES: usize = 64;
+/// Longest frame from the guest the stack takes: more than any segment its TCP window lets
+/// a guest send, far less than the 64 KiB a segmentation-offload frame may have.
+pub const MAX_INPUT_FRAME_LEN: usize = 16 * 1024;
 /// Bytes of unread request a connection's TCP buffer holds (its receive window).
 const TCP_RX_BUFFER: usize = 4096;
 /// Bytes of unsent answer a connection's TCP buffer holds; longer answers are fed in as it
@@ -194,16 +197,25 @@ impl MmdsStack {
 
     /// Takes a frame the guest sent to the MMDS (one [`MmdsStack::is_mmds_frame`] accepted),
     /// to be processed by the next [`MmdsStack::poll`]. Beyond [`MAX_INPUT_FRAMES`] unpolled
-    /// frames it is dropped and counted.
+    /// frames, or longer than [`MAX_INPUT_FRAME_LEN`], it is dropped and counted.
     pub fn receive(&mut self, frame: Vec<u8>) {
         let link = &mut self.link;
         link.metrics.rx_accepted += 1;
-        if link.input.len() >= MAX_INPUT_FRAMES {
+        if link.input.len() >= MAX_INPUT_FRAMES || frame.len() > MAX_INPUT_FRAME_LEN {
             link.metrics.rx_accepted_err += 1;
             return;
         }
         link.input.push_back(frame);
         link.dirty = true;
+    }
+
+    /// Counts a frame for the MMDS that was dropped unread (longer than
+    /// [`MAX_INPUT_FRAME_LEN`]), so that its caller need not copy it.
+    pub fn refuse(&mut self) {
+        self.link.metrics.rx_accepted += 1;
+        self.link.metrics.rx_accepted_err += 1;
+        // The next poll reports it.
+        self.link.dirty = true;
     }
 
     /// Whether a poll has work: frames came in, or room for output opened up.

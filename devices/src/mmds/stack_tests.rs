@@ -4,14 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::TcpControl;
 
 use super::*;
+use crate::mmds::testing::{GUEST_IP, GUEST_MAC, Segment, arp_request, segment, tcp_frame};
 use crate::mmds::{DEFAULT_IPV4, Mmds, MmdsVersion};
-
-const GUEST_MAC: [u8; 6] = [6, 0, 0xac, 0x10, 0, 2];
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
 
 fn stack(version: MmdsVersion) -> MmdsStack {
     let mut mmds = Mmds::default();
@@ -23,82 +20,6 @@ fn stack(version: MmdsVersion) -> MmdsStack {
     MmdsStack::new(DEFAULT_IPV4, Arc::new(Mutex::new(mmds)))
 }
 
-fn arp_request(target: Ipv4Addr) -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: EthernetAddress(GUEST_MAC),
-        source_protocol_addr: GUEST_IP,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: target,
-    };
-    let mut frame = vec![0u8; ETH_HEADER + repr.buffer_len()];
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-    repr.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH_HEADER..]));
-    frame
-}
-
-fn tcp_frame(
-    port: u16,
-    seq: i32,
-    ack: Option<i32>,
-    control: TcpControl,
-    payload: &[u8],
-) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: port,
-        dst_port: MMDS_PORT,
-        control,
-        seq_number: TcpSeqNumber(seq),
-        ack_number: ack.map(TcpSeqNumber),
-        window_len: 65535,
-        window_scale: None,
-        max_seg_size: (control == TcpControl::Syn).then_some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload,
-    };
-    let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
-        dst_addr: DEFAULT_IPV4,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let mut frame = vec![0u8; ETH_HEADER + ip.buffer_len() + tcp.buffer_len()];
-    EthernetRepr {
-        src_addr: EthernetAddress(GUEST_MAC),
-        dst_addr: EthernetAddress(MMDS_MAC),
-        ethertype: EthernetProtocol::Ipv4,
-    }
-    .emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-    let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv4Packet::new_unchecked(&mut frame[ETH_HEADER..]);
-    ip.emit(&mut packet, &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(packet.payload_mut()),
-        &GUEST_IP.into(),
-        &DEFAULT_IPV4.into(),
-        &caps,
-    );
-    frame
-}
-
-/// A TCP segment the stack sent, checked down to its checksums.
-#[derive(Debug)]
-struct Segment {
-    port: u16,
-    control: TcpControl,
-    seq: i32,
-    ack: Option<i32>,
-    payload: Vec<u8>,
-}
-
 /// The frames the stack has for the guest.
 fn take(stack: &mut MmdsStack) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -107,30 +28,6 @@ fn take(stack: &mut MmdsStack) -> Vec<Vec<u8>> {
         out.push(buf[..n].to_vec());
     }
     out
-}
-
-fn segment(frame: &[u8]) -> Segment {
-    let eth = EthernetFrame::new_checked(frame).unwrap();
-    assert_eq!(eth.dst_addr(), EthernetAddress(GUEST_MAC));
-    assert_eq!(eth.src_addr(), EthernetAddress(MMDS_MAC));
-    assert!(frame.len() <= ETH_HEADER + IP_MTU);
-    let caps = ChecksumCapabilities::default();
-    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-    let ip_repr = Ipv4Repr::parse(&ip, &caps).expect("a valid IPv4 header and checksum");
-    assert_eq!(
-        (ip_repr.src_addr, ip_repr.dst_addr),
-        (DEFAULT_IPV4, GUEST_IP)
-    );
-    let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
-    let repr = TcpRepr::parse(&tcp, &DEFAULT_IPV4.into(), &GUEST_IP.into(), &caps)
-        .expect("a valid TCP checksum");
-    Segment {
-        port: repr.dst_port,
-        control: repr.control,
-        seq: repr.seq_number.0,
-        ack: repr.ack_number.map(|a| a.0),
-        payload: repr.payload.to_vec(),
-    }
 }
 
 /// A guest-side TCP client on one port.
@@ -394,6 +291,9 @@ fn hostile_frames_are_counted_and_dropped_without_panicking() {
     let mut bad_sum = good.clone();
     bad_sum[50] ^= 0xff;
     frames.push(bad_sum);
+    let mut huge = good.clone();
+    huge.resize(MAX_INPUT_FRAME_LEN + 1, 0);
+    frames.push(huge);
     let n = frames.len() as u64;
     for f in frames {
         s.receive(f);
