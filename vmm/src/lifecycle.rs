@@ -5,9 +5,13 @@
 //! the main thread [`Lifecycle::start_failed`]), which answers that InstanceStart. While the
 //! VM runs, the event loop's [`ApiSubscriber`] calls `serve`.
 //!
-//! Errors are [`ActionError`]s, rendered as Firecracker's `fault_message`; an action in the
-//! wrong state gets Firecracker's own messages. This module must not build devices or touch
-//! KVM: it acts on the handles the boot gives it.
+//! The MMDS data store is the one thing answered the same before and after boot: it is the
+//! process's store ([`crate::mmds`]), which the booted VM's interfaces serve the guest from.
+//!
+//! Errors are [`ActionError`]s, rendered as Firecracker's `fault_message` (with its 413 for
+//! metadata beyond the store's limit); an action in the wrong state gets Firecracker's own
+//! messages. This module must not build devices or touch KVM: it acts on the handles the boot
+//! gives it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

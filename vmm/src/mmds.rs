@@ -142,5 +142,8 @@ mod tests {
         );
         let err = message(100, &huge);
         assert!(err.contains("is larger than 1048576 bytes"), "{err}");
+        for path in [pretty, bad, huge] {
+            std::fs::remove_file(path).unwrap();
+        }
     }
 }
