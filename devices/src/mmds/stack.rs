@@ -249,7 +249,8 @@ impl MmdsStack {
 
     /// Processes the frames received, serves the requests they complete (one per connection)
     /// and queues what goes back. Returns how soon it must be called again (retransmission,
-    /// delayed ACKs, requests still waiting), or `None` if only new frames need it.
+    /// delayed ACKs, requests still waiting), or `None` if only new frames, or the guest
+    /// taking frames ([`MmdsStack::needs_poll`]), need it.
     pub fn poll(&mut self, now: Instant) -> Option<Duration> {
         self.link.dirty = false;
         let stamp = self.stamp(now);
@@ -266,6 +267,11 @@ impl MmdsStack {
             .iface
             .poll_delay(stamp, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
+        if self.link.output.len() >= MAX_PENDING_FRAMES {
+            // Nothing can go out until the guest takes frames, and taking one asks for a
+            // poll: a timer now would only wake the worker for nothing, again and again.
+            return None;
+        }
         let delay = if waiting { Some(Duration::ZERO) } else { delay };
         delay.map(|d| d.max(MIN_POLL_DELAY))
     }
@@ -339,14 +345,17 @@ impl MmdsStack {
         for slot in &mut self.slots {
             let socket = self.sockets.get_mut::<tcp::Socket>(slot.handle);
             match socket.state() {
-                tcp::State::Listen => {}
-                tcp::State::Closed => {
+                // A half-open connection that was reset goes back to listening by itself.
+                tcp::State::Listen | tcp::State::Closed => {
                     if slot.open {
                         slot.open = false;
                         self.link.metrics.connections_destroyed += 1;
+                        slot.reset();
                     }
-                    slot.reset();
-                    let _ = socket.listen(MMDS_PORT);
+                    if socket.state() == tcp::State::Closed {
+                        slot.reset();
+                        let _ = socket.listen(MMDS_PORT);
+                    }
                 }
                 _ if !slot.open => {
                     slot.open = true;

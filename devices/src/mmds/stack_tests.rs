@@ -204,6 +204,28 @@ fn a_get_over_tcp_is_answered_and_the_connection_closes_cleanly() {
 }
 
 #[test]
+fn connections_reset_by_the_guest_are_counted_and_their_slots_listen_again() {
+    let mut s = stack(MmdsVersion::V1);
+    let now = Instant::now();
+    // Reset while half open (SYN-RECEIVED), and once established.
+    s.receive(tcp_frame(40000, 10, None, TcpControl::Syn, b""));
+    s.poll(now);
+    s.receive(tcp_frame(40000, 11, None, TcpControl::Rst, b""));
+    s.poll(now);
+    let c = Client::connect(&mut s, 40001, now);
+    s.receive(tcp_frame(40001, c.seq, Some(c.ack), TcpControl::Rst, b""));
+    s.poll(now);
+    let m = metrics(&mut s);
+    assert_eq!((m.connections_created, m.connections_destroyed), (2, 2));
+    let sockets = &s.sockets;
+    assert!(
+        s.slots
+            .iter()
+            .all(|slot| !slot.open && sockets.get::<tcp::Socket>(slot.handle).is_listening())
+    );
+}
+
+#[test]
 fn v2_tokens_work_end_to_end_over_frames() {
     let mut s = stack(MmdsVersion::V2);
     let now = Instant::now();
@@ -316,6 +338,29 @@ fn hostile_frames_are_counted_and_dropped_without_panicking() {
     // Output beyond the bound is dropped and counted, never queued.
     assert_eq!(s.link.output.len(), MAX_PENDING_FRAMES);
     assert!(metrics(&mut s).tx_errors > 0);
+}
+
+#[test]
+fn a_guest_that_takes_no_frames_is_not_polled_for_until_it_takes_one() {
+    let mut s = stack(MmdsVersion::V1);
+    let now = Instant::now();
+    for _ in 0..MAX_PENDING_FRAMES / MAX_INPUT_FRAMES {
+        for _ in 0..MAX_INPUT_FRAMES {
+            s.receive(arp_request(DEFAULT_IPV4));
+        }
+        s.poll(now);
+    }
+    assert_eq!(s.link.output.len(), MAX_PENDING_FRAMES);
+    // The SYN-ACK has nowhere to go: no timer to spin on, it waits for room.
+    s.receive(tcp_frame(40000, 1, None, TcpControl::Syn, b""));
+    assert_eq!(s.poll(now), None);
+    assert_eq!(s.poll(now + Duration::from_millis(5)), None);
+    let mut buf = [0u8; 64];
+    assert!(s.pop_frame(&mut buf).is_some());
+    assert!(s.needs_poll(), "room opened up");
+    s.poll(now + Duration::from_millis(10));
+    let last = s.link.output.back().expect("a frame").clone();
+    assert_eq!(segment(&last).control, TcpControl::Syn);
 }
 
 #[test]
