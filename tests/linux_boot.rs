@@ -102,7 +102,7 @@ fn an_acpi_kernel_mounts_its_virtio_root_finds_entropy_and_vsock_and_poweroff_en
     let dir = tempdir("linux-acpi-poweroff");
     let root = dir.join("rootfs.ext4");
     std::fs::copy(rootfs_image(), &root).unwrap();
-    let (agent, agent_len) = vsock_agent_disk(&dir);
+    let (agent, agent_len) = program_disk(&dir, "vsock_agent");
     let uds = dir.join("v.sock");
     let host = vsock_host(&uds);
     let command = format!(
@@ -146,25 +146,6 @@ fn an_acpi_kernel_mounts_its_virtio_root_finds_entropy_and_vsock_and_poweroff_en
     assert_eq!(host.join().unwrap(), "bye\n");
     assert_contains(&log, "reboot: Power down");
     assert!(!log.contains("EMBER-DONE"), "poweroff -f returned:\n{log}");
-}
-
-/// Builds tests/guests/vsock_agent.c as a static Linux program into a disk image (padded to
-/// whole sectors) in `dir`; returns the image and the program's length.
-fn vsock_agent_disk(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
-    let bin = dir.join("vsock-agent");
-    let status = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
-        .arg(&bin)
-        .arg(root().join("tests/guests/vsock_agent.c"))
-        .status()
-        .expect("gcc (with a static libc) is needed to build the vsock test program");
-    assert!(status.success(), "building vsock_agent.c failed");
-    let mut image = std::fs::read(&bin).unwrap();
-    let len = image.len();
-    image.resize(len.div_ceil(512) * 512, 0);
-    let disk = dir.join("agent.img");
-    std::fs::write(&disk, image).unwrap();
-    (disk, len)
 }
 
 /// The host side of the vsock check: listens at `<uds>_1024`, takes the guest's 1 MiB only

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use devices::ExitNotifier;
 use devices::bus::Bus;
 use devices::host_file::{self, HostFileError, Use};
+use devices::mmds::SharedMmds;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -85,11 +86,13 @@ fn host(what: &'static str) -> impl FnOnce(io::Error) -> BuildError {
 
 /// Boots the VM `spec` describes and runs it until it stops; returns how it ended. `signals`
 /// must have been blocked before any thread was started. With an API, `lifecycle` learns
-/// when the VM runs and answers requests while it does.
+/// when the VM runs and answers requests while it does. The interfaces `spec` names answer
+/// the guest's metadata requests from `mmds`, the process's one store.
 pub fn run(
     spec: &VmSpec,
     signals: StopSignals,
     lifecycle: Option<Arc<Mutex<Lifecycle>>>,
+    mmds: &SharedMmds,
 ) -> Result<Outcome, BuildError> {
     let backends = Backends::open(spec)?;
     let mem = memory::create_guest_memory(spec.mem_mib, spec.pages)?;
@@ -103,7 +106,7 @@ pub fn run(
         guest_exit,
         signals,
     };
-    let result = booted.run(spec, backends, output, lifecycle);
+    let result = booted.run(spec, backends, output, lifecycle, mmds);
     let dropped = drain.finish();
     if dropped.slow > 0 {
         warn!(
@@ -147,9 +150,10 @@ impl Booted {
         backends: Backends,
         output: ConsoleOutput,
         lifecycle: Option<Arc<Mutex<Lifecycle>>>,
+        mmds: &SharedMmds,
     ) -> Result<Outcome, BuildError> {
         let mut dm = DeviceManager::new(&self.vm, output, &self.guest_exit)?;
-        dm.add_virtio_devices(&self.vm, &self.mem, spec, backends)?;
+        dm.add_virtio_devices(&self.vm, &self.mem, spec, backends, mmds)?;
         let metrics = spec
             .metrics
             .as_deref()

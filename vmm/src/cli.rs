@@ -165,6 +165,14 @@ pub struct VmArgs {
     /// Largest API request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     pub http_api_max_payload_size: usize,
+    /// A JSON file put in the MMDS data store at start (the metadata guests read from the
+    /// MMDS; `PUT /mmds` replaces it).
+    #[arg(long, value_name = "PATH")]
+    pub metadata: Option<PathBuf>,
+    /// Largest MMDS data store, in bytes of compact JSON; metadata beyond it is refused.
+    /// [default: --http-api-max-payload-size]
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
     /// Firecracker's boot timer: log "Guest-boot-time = N us" when the guest writes 123 to
     /// MMIO address 0xd0000000.
     #[arg(long, action = ArgAction::SetTrue)]
@@ -380,6 +388,13 @@ impl VmArgs {
         args
     }
 
+    /// The MMDS data store's limit: `--mmds-size-limit`, else the API's largest body (as in
+    /// Firecracker, so that any body the API takes fits).
+    pub fn mmds_size_limit(&self) -> usize {
+        self.mmds_size_limit
+            .unwrap_or(self.http_api_max_payload_size)
+    }
+
     /// Whether the flags (or a config file) describe a VM to boot right away.
     pub fn describes_vm(&self) -> bool {
         self.kernel.is_some() || self.config_file.is_some()
@@ -542,6 +557,23 @@ mod tests {
         assert!(parse(&["--snapshot-version", "--kernel", "k"]).is_err());
         assert!(parse(&["--no-seccomp", "--seccomp-filter", "f"]).is_err());
         assert_eq!(parse(&[]).unwrap().args().snapshot_request(), None);
+    }
+
+    #[test]
+    fn the_mmds_size_limit_defaults_to_the_largest_api_body() {
+        assert_eq!(parse(&[]).unwrap().args().mmds_size_limit(), 51200);
+        let cli = parse(&["--http-api-max-payload-size", "1000"]).unwrap();
+        assert_eq!(cli.args().mmds_size_limit(), 1000);
+        let cli = parse(&[
+            "--http-api-max-payload-size",
+            "1000",
+            "--mmds-size-limit",
+            "7",
+        ]);
+        assert_eq!(cli.unwrap().args().mmds_size_limit(), 7);
+        assert!(parse(&["--mmds-size-limit", "-1"]).is_err());
+        let cli = parse(&["--metadata", "meta.json"]).unwrap();
+        assert_eq!(cli.args().metadata, Some(PathBuf::from("meta.json")));
     }
 
     #[test]

@@ -32,6 +32,7 @@ use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::mmds::{MmdsStack, SharedMmds};
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError, Uring};
@@ -326,19 +327,30 @@ impl DeviceManager {
         })
     }
 
-    /// Adds every virtio device `spec` lists, on the `backends` opened for it.
+    /// Adds every virtio device `spec` lists, on the `backends` opened for it; the interfaces
+    /// `mmds-config` names answer the guest's metadata requests from `mmds`.
     pub fn add_virtio_devices(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
         spec: &VmSpec,
         backends: Backends,
+        mmds: &SharedMmds,
     ) -> Result<(), DeviceError> {
         for (drive, (disk, ring)) in spec.drives.iter().zip(backends.disks) {
             self.add_block(vm, mem, drive, disk, ring)?;
         }
+        if let Some(m) = &spec.mmds {
+            lock(mmds).configure(m.version, m.imds_compat);
+        }
+        // Reported whether or not an interface reaches it, as Firecracker always reports it.
+        self.sources
+            .push(("mmds".into(), Source::Mmds(mmds.clone())));
         for (net, tap) in spec.nets.iter().zip(backends.taps) {
-            self.add_net(vm, mem, net, tap)?;
+            // Each interface that reaches the MMDS has a stack of its own on the one store.
+            let stack = spec.mmds.as_ref().filter(|_| net.mmds);
+            let stack = stack.map(|m| MmdsStack::new(m.ipv4, mmds.clone()));
+            self.add_net(vm, mem, net, tap, stack)?;
         }
         if let Some(entropy) = &spec.entropy {
             self.add_rng(vm, mem, entropy)?;
@@ -382,6 +394,7 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         spec: &NetSpec,
         tap: Tap,
+        mmds: Option<MmdsStack>,
     ) -> Result<(), DeviceError> {
         let name = format!("ember_net_{}", spec.id);
         let limiters = NetLimiters {
@@ -401,6 +414,10 @@ impl DeviceManager {
                 event()?,
             )
             .with_rate_limiters(limiters.rx, limiters.tx);
+            let net = match mmds {
+                Some(stack) => net.with_mmds(stack).map_err(host("MMDS timer"))?,
+                None => net,
+            };
             let handler = net.handler([clone(&queues[0])?, clone(&queues[1])?]);
             Ok((net, handler))
         })?;

@@ -12,13 +12,15 @@
 //! Firecracker refuses such a drive when it is configured.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{
-    Drive, MachineConfig, NetworkInterface, RateLimiterConfig, TokenBucketConfig, VmConfig,
-    VsockConfig,
+    self, DEFAULT_MMDS_IPV4, Drive, MachineConfig, MmdsConfig, NetworkInterface, RateLimiterConfig,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
+use devices::mmds::MmdsVersion;
 use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use devices::virtio::block::uring;
 use devices::virtio::net::MacAddr;
@@ -79,6 +81,8 @@ pub struct VmSpec {
     pub entropy: Option<EntropySpec>,
     /// The vsock device, after the entropy device.
     pub vsock: Option<VsockSpec>,
+    /// The metadata service, when some interfaces reach it (their `mmds` says which).
+    pub mmds: Option<MmdsSpec>,
     /// Where the console's output goes: files, `-` for stdout; never empty.
     pub serial_out: Vec<PathBuf>,
     /// Most bytes written to each console file.
@@ -150,6 +154,8 @@ pub struct NetSpec {
     pub rx_rate_limiter: LimiterConfig,
     /// Limits on the frames the guest sends.
     pub tx_rate_limiter: LimiterConfig,
+    /// Its frames to the MMDS address are answered by ember (`mmds-config` lists it).
+    pub mmds: bool,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -174,6 +180,17 @@ pub struct VsockSpec {
     pub slot: Slot,
 }
 
+/// The microVM metadata service (MMDS) as the guest reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MmdsSpec {
+    /// V1 (plain GETs) or V2 (session tokens).
+    pub version: MmdsVersion,
+    /// Plain-text answers whatever the guest's `Accept` header says.
+    pub imds_compat: bool,
+    /// Its address: link-local, 169.254.1.0 to 169.254.254.255.
+    pub ipv4: Ipv4Addr,
+}
+
 /// The devices and machine of a configuration, parsed: what [`check`] accepts after each API
 /// request, before the configuration has a boot source.
 struct Parts {
@@ -181,6 +198,7 @@ struct Parts {
     nets: Vec<NetSpec>,
     entropy: Option<EntropySpec>,
     vsock: Option<VsockSpec>,
+    mmds: Option<MmdsSpec>,
     root: Option<String>,
 }
 
@@ -193,6 +211,7 @@ impl VmSpec {
             nets,
             entropy,
             vsock,
+            mmds,
             root,
         } = Parts::parse(cfg)?;
         let serial = cfg.serial.as_ref();
@@ -212,6 +231,7 @@ impl VmSpec {
             nets,
             entropy,
             vsock,
+            mmds,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
             serial_rate_limiter: LimiterConfig {
@@ -277,7 +297,12 @@ impl Parts {
             return Err(ConfigError::TooManyDevices { count });
         }
         let (drives, root) = drives(&cfg.drives, uring::probe)?;
-        let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
+        let mut nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
+        let mmds = cfg
+            .mmds_config
+            .as_ref()
+            .map(|m| mmds(m, &mut nets))
+            .transpose()?;
         let entropy = cfg.entropy.as_ref().map(|e| EntropySpec {
             rate_limiter: rate_limiter(e.rate_limiter.as_ref()),
             slot: Slot::nth(drives.len() + nets.len()),
@@ -289,6 +314,7 @@ impl Parts {
             nets,
             entropy,
             vsock,
+            mmds,
             root,
         })
     }
@@ -306,6 +332,33 @@ fn vsock(v: &VsockConfig, before: usize) -> Result<VsockSpec, ConfigError> {
         guest_cid: v.guest_cid,
         uds_path: PathBuf::from(&v.uds_path),
         slot: Slot::nth(before),
+    })
+}
+
+/// The metadata service, checked in Firecracker's order (address, then interfaces); marks the
+/// interfaces that reach it in `nets`.
+fn mmds(m: &MmdsConfig, nets: &mut [NetSpec]) -> Result<MmdsSpec, ConfigError> {
+    let ipv4 = m.ipv4_address.unwrap_or(DEFAULT_MMDS_IPV4);
+    // Firecracker's rule: link-local, but not the first and last /24 (RFC 3927 reserves them).
+    let [a, b, c, _] = ipv4.octets();
+    if (a, b) != (169, 254) || c == 0 || c == 255 {
+        return Err(ConfigError::MmdsAddress(ipv4));
+    }
+    if m.network_interfaces.is_empty() {
+        return Err(ConfigError::MmdsNoInterface);
+    }
+    for id in &m.network_interfaces {
+        let net = nets.iter_mut().find(|n| &n.id == id);
+        net.ok_or_else(|| ConfigError::MmdsInterface(id.clone()))?
+            .mmds = true;
+    }
+    Ok(MmdsSpec {
+        version: match m.version {
+            model::MmdsVersion::V1 => MmdsVersion::V1,
+            model::MmdsVersion::V2 => MmdsVersion::V2,
+        },
+        imds_compat: m.imds_compat,
+        ipv4,
     })
 }
 
@@ -545,6 +598,7 @@ fn network_interfaces(
             mtu: n.mtu,
             rx_rate_limiter: rate_limiter(n.rx_rate_limiter.as_ref()),
             tx_rate_limiter: rate_limiter(n.tx_rate_limiter.as_ref()),
+            mmds: false,
             slot: Slot::nth(first + i),
         });
     }
@@ -871,6 +925,67 @@ mod tests {
         c.vsock.as_mut().unwrap().guest_cid = 3;
         c.vsock.as_mut().unwrap().uds_path.clear();
         assert!(err(&c).contains("uds_path is empty"));
+    }
+
+    #[test]
+    fn mmds_config_marks_its_interfaces_and_checks_the_address_and_ids_as_firecracker_does() {
+        let mut c = with_nics(&[("eth0", "tap0", None), ("eth1", "tap1", None)]);
+        let s = spec(&c).unwrap();
+        assert_eq!(s.mmds, None);
+        assert!(s.nets.iter().all(|n| !n.mmds));
+        c.mmds_config = Some(MmdsConfig {
+            version: model::MmdsVersion::V2,
+            network_interfaces: vec!["eth1".into()],
+            ..Default::default()
+        });
+        let s = spec(&c).unwrap();
+        assert_eq!(
+            s.mmds,
+            Some(MmdsSpec {
+                version: MmdsVersion::V2,
+                imds_compat: false,
+                ipv4: Ipv4Addr::new(169, 254, 169, 254),
+            })
+        );
+        let marked: Vec<bool> = s.nets.iter().map(|n| n.mmds).collect();
+        assert_eq!(marked, [false, true]);
+        // MMDS is no device: the slots are the interfaces'.
+        assert_eq!(s.virtio_slots().count(), 2);
+        let with_address = |addr: &str| {
+            let mut c = c.clone();
+            c.mmds_config.as_mut().unwrap().ipv4_address = Some(addr.parse().unwrap());
+            spec(&c).map(|s| s.mmds.unwrap().ipv4.to_string())
+        };
+        for ok in ["169.254.1.0", "169.254.170.2", "169.254.254.255"] {
+            assert_eq!(with_address(ok).unwrap(), ok);
+        }
+        for bad in ["169.254.0.1", "169.254.255.1", "10.0.2.15", "169.253.1.1"] {
+            let err = with_address(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("The MMDS IPv4 address is not link local: {bad} (")),
+                "{err}"
+            );
+        }
+        c.mmds_config.as_mut().unwrap().network_interfaces = vec!["eth0".into(), "eth9".into()];
+        let message = err(&c);
+        assert!(
+            message
+                .starts_with("The list of network interface IDs provided contains at least one ID")
+                && message.contains(": 'eth9' ("),
+            "{message}"
+        );
+        // Checked while a configuration is built through the API, too.
+        let mut building = c.clone();
+        building.boot_source = None;
+        assert!(check(&building).is_err());
+        c.mmds_config.as_mut().unwrap().network_interfaces.clear();
+        assert!(
+            err(&c).starts_with(
+                "The list of network interface IDs that allow forwarding MMDS requests is empty"
+            ),
+            "{}",
+            err(&c)
+        );
     }
 
     #[test]
