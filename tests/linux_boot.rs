@@ -210,7 +210,7 @@ fn a_failing_test_in_the_initramfs_becomes_ember_s_exit_status() {
     );
     let log = text(&out.stdout);
     let stderr = text(&out.stderr);
-    assert_contains(&log, "test one passed");
+    assert_line(&log, "test one passed");
     assert_contains(&log, "EMBER-DONE: status=3");
     assert_eq!(code(&out.status), 3, "log:\n{log}\nstderr:\n{stderr}");
 }

@@ -313,10 +313,11 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
     let (client, client_len) = program_disk(&dir, "mmds_client");
     let script = format!(
         "nc -l -p 5001 > /tmp/in & echo NET-UP; \
-        ping -c 2 -W 20 10.0.2.1 >/dev/null && echo CHECK ping-ok; \
-        ping -c 1 -W 30 -s 1400 10.0.2.1 >/dev/null && echo CHECK ping1400-ok; \
-        ping -c 1 -W 60 -s 60000 10.0.2.1 >/dev/null && echo CHECK ping60000-ok; \
-        ping -c 1 -W 20 10.0.3.1 >/dev/null && echo CHECK ping-eth1-ok; \
+        p() {{ for i in 1 2 3; do ping $* >/dev/null && return; done; false; }}; \
+        p -c 2 -W 20 10.0.2.1 && echo CHECK ping-ok; \
+        p -c 1 -W 30 -s 1400 10.0.2.1 && echo CHECK ping1400-ok; \
+        p -c 1 -W 60 -s 60000 10.0.2.1 && echo CHECK ping60000-ok; \
+        p -c 1 -W 20 10.0.3.1 && echo CHECK ping-eth1-ok; \
         head -c 1048576 /bin/busybox > /tmp/out; echo OUT $(sha256sum /tmp/out); \
         nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in); \
         head -c {client_len} /dev/vda > /tmp/mmds && chmod +x /tmp/mmds && \
@@ -392,30 +393,27 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
         .map(|l| l["mmds"]["rx_no_token"].as_u64().unwrap())
         .sum();
     assert_eq!(no_token, 1);
-    for needle in [
+    // Verdicts are whole lines: the init echoes the script, which holds every CHECK word. A
+    // guest ping is tried up to three times (p) because busybox ping has crashed on the
+    // emulating test hosts; a lost reply on ember's side fails all three.
+    for line in [
         "EMBER-NET: eth0 10.0.2.2",
         "EMBER-NET: eth1 10.0.3.2",
         "CHECK ping-ok",
         "CHECK ping1400-ok",
         "CHECK ping60000-ok",
         "CHECK ping-eth1-ok",
-    ] {
-        assert_contains(&log, needle);
-    }
-    // The metadata service's verdicts, each a whole line (the console's ends in "\r").
-    let lines: Vec<&str> = log.lines().map(str::trim_end).collect();
-    let token = lines.iter().find(|l| l.starts_with("MMDS TOKEN: "));
-    assert!(
-        token.is_some_and(|l| l.starts_with("MMDS TOKEN: HTTP/1.1 200 OK, ")),
-        "{token:?}"
-    );
-    for line in [
         "MMDS GOT: HTTP/1.1 200 OK ami-12345678",
         "MMDS NO TOKEN: HTTP/1.1 401 Unauthorized",
         "MMDS CHANGED: HTTP/1.1 200 OK ami-87654321",
     ] {
-        assert!(lines.contains(&line), "{line:?} is not a line of:\n{log}");
+        assert_line(&log, line);
     }
+    let token = log.lines().find(|l| l.starts_with("MMDS TOKEN: "));
+    assert!(
+        token.is_some_and(|l| l.starts_with("MMDS TOKEN: HTTP/1.1 200 OK, ")),
+        "{token:?}"
+    );
     assert_eq!(
         results,
         [

@@ -554,6 +554,16 @@ pub fn assert_contains(log: &str, needle: &str) {
     );
 }
 
+/// Asserts that `line` is a whole line of the console log (the console's lines end in "\r").
+/// Verdicts a guest script prints must be checked this way: the init echoes the script
+/// itself, so a substring check would find the verdict in the echoed command.
+pub fn assert_line(log: &str, line: &str) {
+    assert!(
+        log.lines().any(|l| l.trim_end() == line),
+        "{line:?} is not a line of the console log:\n{log}"
+    );
+}
+
 /// A fresh directory for one test's files.
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
