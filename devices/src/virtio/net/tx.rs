@@ -10,7 +10,7 @@ use log::warn;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::device::{Io, IoVecs};
+use super::device::{Io, IoVecs, TX};
 use super::frame::{self, VnetHeader};
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
@@ -76,7 +76,7 @@ impl Tx {
         self.blocked = blocked;
         match served {
             Ok(served) => {
-                signal_used(queue, mem, &io.interrupt, served.count);
+                signal_used(queue, TX as u16, mem, &io.interrupt, served.count);
                 served.more && !blocked && !throttled
             }
             Err(err) => {
