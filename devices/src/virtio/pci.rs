@@ -20,6 +20,8 @@
 //! | 0x2000   | 0x1000 | MSI-X table (16 bytes per vector)                           |
 //! | 0x3000   | 0x1000 | MSI-X pending-bit array                                     |
 //!
+//! Configuration space also carries the VIRTIO_PCI_CAP_PCI_CFG window into the BAR.
+//!
 //! The VMM registers one ioeventfd per queue at `bar_address() + notify_offset(n)`; a
 //! notification that reaches the BAR anyway is forwarded to the same eventfd. Interrupts go
 //! through the device's [`VirtioInterrupt`], built with [`VirtioInterrupt::with_msix`]: INTx
@@ -70,6 +72,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 
 // Common configuration fields (virtio 1.2, 4.1.4.3).
 const DEVICE_FEATURE_SELECT: u64 = 0x00;
@@ -128,6 +131,8 @@ pub struct VirtioPci<D: VirtioDevice> {
     msix: Arc<Msix>,
     /// The register holding the MSI-X message control (in its upper half).
     msix_control_reg: usize,
+    /// The first register of the VIRTIO_PCI_CAP_PCI_CFG capability.
+    pci_cfg_reg: usize,
 }
 
 impl<D: VirtioDevice> VirtioPci<D> {
@@ -173,6 +178,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         });
         config.add_bar(BAR_INDEX, BarKind::Memory64, bar_address, BAR_SIZE)?;
         add_virtio_capabilities(&mut config)?;
+        let pci_cfg_reg = add_pci_cfg_capability(&mut config)?;
         let body = msix.capability(BAR_INDEX, MSIX_TABLE as u32, MSIX_PBA as u32);
         let msix_cap = config.add_capability(msix::CAPABILITY_ID, &body)?;
         let msix_control_reg = msix_cap / 4;
@@ -185,6 +191,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             config,
             msix,
             msix_control_reg,
+            pci_cfg_reg,
         })
     }
 
@@ -298,6 +305,23 @@ impl<D: VirtioDevice> VirtioPci<D> {
     }
 }
 
+impl<D: VirtioDevice> VirtioPci<D> {
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG window is set up for: (offset, length), if
+    /// the driver chose BAR 0, a length of 1, 2 or 4 and an aligned offset inside the BAR.
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let bar = self.config.read(self.pci_cfg_reg + 1) as u8;
+        let offset = u64::from(self.config.read(self.pci_cfg_reg + 2));
+        let len = self.config.read(self.pci_cfg_reg + 3) as usize;
+        let fits = matches!(len, 1 | 2 | 4) && offset % len as u64 == 0 && offset < BAR_SIZE;
+        (bar == BAR_INDEX && fits).then_some((offset, len))
+    }
+
+    /// The register through which the window reads and writes (pci_cfg_data).
+    fn pci_cfg_data_reg(&self) -> usize {
+        self.pci_cfg_reg + 4
+    }
+}
+
 /// The ring whose address field starts at `offset`.
 fn ring_at(offset: u64) -> Option<Ring> {
     match offset {
@@ -331,12 +355,41 @@ fn add_virtio_capabilities(config: &mut ConfigSpace) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// VIRTIO_PCI_CAP_PCI_CFG (4.1.4.9): a window into the BAR through configuration space, for
+/// drivers that cannot map the BAR (firmware below a 64-bit BAR). The driver writes the BAR,
+/// offset and length fields; pci_cfg_data then reads and writes the BAR there. Returns the
+/// capability's first register.
+fn add_pci_cfg_capability(config: &mut ConfigSpace) -> Result<usize, ConfigError> {
+    let mut body = vec![20, CAP_PCI_CFG, BAR_INDEX, 0, 0, 0];
+    // Offset, length and pci_cfg_data, all zero until the driver writes them.
+    body.extend_from_slice(&[0; 12]);
+    let reg = config.add_capability(VENDOR_CAPABILITY, &body)? / 4;
+    config.set_writable(reg + 1, 0xff);
+    config.set_writable(reg + 2, u32::MAX);
+    config.set_writable(reg + 3, u32::MAX);
+    Ok(reg)
+}
+
 impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
     fn read_config(&mut self, reg: usize) -> u32 {
+        if reg == self.pci_cfg_data_reg() {
+            let mut data = [0u8; 4];
+            if let Some((offset, len)) = self.pci_cfg_window() {
+                self.read(offset, &mut data[..len]);
+            }
+            return u32::from_le_bytes(data);
+        }
         self.config.read(reg)
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) -> Option<BarMove> {
+        if offset / 4 == self.pci_cfg_data_reg() {
+            match self.pci_cfg_window() {
+                Some((at, len)) if offset % 4 == 0 && data.len() == len => self.write(at, data),
+                _ => debug!("virtio-pci: pci_cfg_data write outside the window ignored"),
+            }
+            return None;
+        }
         let request = self.config.write(offset, data);
         if offset / 4 == self.msix_control_reg {
             let control = (self.config.read(self.msix_control_reg) >> 16) as u16;
@@ -364,7 +417,11 @@ impl<D: VirtioDevice> BusDevice for VirtioPci<D> {
                     data.copy_from_slice(&value.to_le_bytes()[..n]);
                 }
             }
-            ISR => data[0] = self.state.interrupt().take_status() as u8,
+            ISR => {
+                if let Some(byte) = data.first_mut() {
+                    *byte = self.state.interrupt().take_status() as u8;
+                }
+            }
             DEVICE_CONFIG..MSIX_TABLE => self
                 .state
                 .device()

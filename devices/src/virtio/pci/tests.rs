@@ -220,6 +220,7 @@ fn the_capabilities_point_into_the_bar_as_documented() {
             (CAP_NOTIFY, 20, 0, 0x800, 0x800),
             (CAP_ISR, 16, 0, 0x400, 0x4),
             (CAP_DEVICE, 16, 0, 0x1000, 0x1000),
+            (CAP_PCI_CFG, 20, 0, 0, 0),
         ]
     );
     let cap = rig.msix_cap();
@@ -235,7 +236,7 @@ fn the_capabilities_point_into_the_bar_as_documented() {
         0x3000,
         "PBA in BAR 0 at 0x3000"
     );
-    assert_eq!(caps.len(), 5);
+    assert_eq!(caps.len(), 6);
 }
 
 #[test]
@@ -375,6 +376,59 @@ fn a_reset_forgets_queues_and_vectors_and_the_device_comes_up_again() {
         1,
         "works again after a reset"
     );
+}
+
+#[test]
+fn the_pci_cfg_capability_is_a_window_into_the_bar() {
+    let mut rig = Rig::new();
+    let caps = rig.capabilities();
+    let cap = caps
+        .iter()
+        .find(|(at, id)| *id == VENDOR_CAPABILITY && rig.config_byte(at + 3) == CAP_PCI_CFG)
+        .unwrap()
+        .0;
+    let window = |rig: &mut Rig, offset: u32, len: u32| {
+        rig.t.write_config(cap + 8, &offset.to_le_bytes());
+        rig.t.write_config(cap + 12, &len.to_le_bytes());
+    };
+    window(&mut rig, NUM_QUEUES as u32, 2);
+    assert_eq!(
+        rig.t.read_config(cap / 4 + 4),
+        1,
+        "num_queues through the window"
+    );
+    window(&mut rig, DEVICE_STATUS as u32, 1);
+    rig.t.write_config(cap + 16, &[status::ACKNOWLEDGE as u8]);
+    assert_eq!(
+        rig.status(),
+        status::ACKNOWLEDGE as u8,
+        "device_status written through it"
+    );
+    window(&mut rig, NUM_QUEUES as u32 + 1, 2);
+    assert_eq!(
+        rig.t.read_config(cap / 4 + 4),
+        0,
+        "a misaligned window reads nothing"
+    );
+    window(&mut rig, BAR_SIZE as u32, 4);
+    assert_eq!(rig.t.read_config(cap / 4 + 4), 0, "nor one past the BAR");
+    window(&mut rig, DEVICE_STATUS as u32, 1);
+    rig.t.write_config(cap + 4, &[1]);
+    rig.t.write_config(cap + 16, &[0]);
+    assert_eq!(
+        rig.status(),
+        status::ACKNOWLEDGE as u8,
+        "BAR 1 does not exist: ignored"
+    );
+    rig.t.write_config(cap + 4, &[0]);
+    rig.t.write_config(cap + 16, &0u16.to_le_bytes());
+    assert_eq!(
+        rig.status(),
+        status::ACKNOWLEDGE as u8,
+        "a write of the wrong width too"
+    );
+    rig.t.write_config(cap + 16, &[0]);
+    assert_eq!(rig.status(), 0, "the right one resets the device");
 }
 
 /// Refuses every move, so the BAR must stay where the VMM put it.
