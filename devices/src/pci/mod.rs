@@ -15,6 +15,20 @@
 //!   ([`bus::PciConfigIo`]) and ECAM ([`bus::PciConfigMmio`]), both [`crate::bus::BusDevice`]s.
 //!   A function that does not exist reads all ones.
 //!
+//! Wiring a virtio device on PCI (the VMM's side, in order):
+//! 1. `Msix::new(irqfds, routing)` with `virtio::pci::vectors_needed(queues)` irqfds, each
+//!    registered with KVM; `routing` ([`msix::MsiRouting`]) sets the vector's GSI route.
+//! 2. `VirtioInterrupt::with_msix(intx_irqfd, msix, queues)`; build the device with it.
+//! 3. `VirtioPci::new(device, mem, interrupt, queue_eventfds, bar_address)`, `bar_address`
+//!    aligned to `virtio::pci::BAR_SIZE` in the 64-bit window; `set_interrupt_line(gsi)`.
+//! 4. One `Arc<Mutex<VirtioPci<_>>>`: on the MMIO bus at `bar_address` for `BAR_SIZE` bytes,
+//!    and `PciBus::add` for its slot; queue `n`'s ioeventfd at `bar_address +
+//!    virtio::pci::notify_offset(n)`.
+//! 5. `Arc<PciBus>` into a [`bus::PciConfigIo`] at port 0xCF8 (8 ports) and a
+//!    [`bus::PciConfigMmio`] at the ECAM base ([`bus::ECAM_BUS_SIZE`] bytes for bus 0).
+//! 6. [`bus::BarMover::move_bar`] answers BAR moves: refuse (ember keeps BARs where it put
+//!    them) or re-place the BAR and its ioeventfds and accept.
+//!
 //! This module must not touch KVM, spawn threads or map memory: placing BARs in the MMIO
 //! windows, registering ioeventfds and irqfds and describing the bus in ACPI belong to the VMM.
 //! The virtio transport over PCI is [`crate::virtio::pci`].

@@ -452,6 +452,32 @@ mod tests {
     }
 
     #[test]
+    fn a_trigger_racing_an_unmask_is_never_left_pending_on_a_live_vector() {
+        let (m, _) = table(1);
+        let m = Arc::new(m);
+        m.set_message_control(CONTROL_ENABLE);
+        program(&m, 0, 0x41);
+        for _ in 0..200 {
+            set_mask(&m, 0, true);
+            let device = {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        m.trigger(0).unwrap();
+                    }
+                })
+            };
+            set_mask(&m, 0, false);
+            device.join().unwrap();
+            assert!(
+                !m.pending(0),
+                "an interrupt stayed pending on an unmasked vector"
+            );
+            assert!(fired(&m, 0), "and the triggers were delivered");
+        }
+    }
+
+    #[test]
     fn table_sizes_are_checked() {
         let routes: Arc<dyn MsiRouting> = Arc::new(Routes::default());
         assert!(matches!(
