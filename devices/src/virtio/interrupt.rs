@@ -89,6 +89,11 @@ impl VirtioInterrupt {
         self.vectors.as_ref().map(|v| &v.msix)
     }
 
+    /// How many queues have an MSI-X vector field (0 without MSI-X).
+    pub fn vector_queues(&self) -> usize {
+        self.vectors.as_ref().map_or(0, |v| v.queues.len())
+    }
+
     /// Tells the driver about `source`.
     pub fn trigger(&self, source: InterruptSource) -> io::Result<()> {
         let bit = match source {

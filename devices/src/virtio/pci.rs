@@ -61,8 +61,6 @@ const DEVICE_CONFIG_LEN: u64 = 0x1000;
 const MSIX_TABLE: u64 = 0x2000;
 const MSIX_PBA: u64 = 0x3000;
 const MSIX_REGION_LEN: u64 = 0x1000;
-/// The most queues the notification region has room for.
-pub const MAX_QUEUES: usize = (NOTIFY_LEN / NOTIFY_OFF_MULTIPLIER as u64) as usize;
 
 const VENDOR_ID: u16 = 0x1af4;
 const DEVICE_ID_BASE: u16 = 0x1040;
@@ -108,6 +106,14 @@ pub enum PciTransportError {
         /// The most the BAR has room for.
         max: u64,
     },
+    /// The interrupt was built for another number of queues.
+    #[error("the device has {queues} queues but its interrupt was built for {interrupt}")]
+    InterruptQueues {
+        /// The device's queues.
+        queues: usize,
+        /// The queues the interrupt has vectors for.
+        interrupt: usize,
+    },
     /// The configuration space refused the BAR or a capability.
     #[error("cannot lay out the configuration space")]
     Config(#[from] ConfigError),
@@ -149,10 +155,14 @@ impl<D: VirtioDevice> VirtioPci<D> {
         let msix = interrupt.msix().ok_or(PciTransportError::NoMsix)?.clone();
         let queues = device.queue_max_sizes().len();
         let vectors = usize::from(msix.vectors());
-        if vectors < vectors_needed(queues)
-            || msix.table_len() > MSIX_REGION_LEN
-            || queues > MAX_QUEUES
-        {
+        if interrupt.vector_queues() != queues {
+            return Err(PciTransportError::InterruptQueues {
+                queues,
+                interrupt: interrupt.vector_queues(),
+            });
+        }
+        // The table's region also bounds the queues far below the notification region's room.
+        if vectors < vectors_needed(queues) || msix.table_len() > MSIX_REGION_LEN {
             return Err(PciTransportError::Vectors {
                 queues,
                 vectors,

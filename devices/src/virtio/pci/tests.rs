@@ -431,6 +431,40 @@ fn the_pci_cfg_capability_is_a_window_into_the_bar() {
     assert_eq!(rig.status(), 0, "the right one resets the device");
 }
 
+#[test]
+fn a_transport_refuses_an_interrupt_that_does_not_fit_the_device() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let build = |interrupt: VirtioInterrupt| {
+        let interrupt = Arc::new(interrupt);
+        let rng = Rng::new(mem.clone(), interrupt.clone(), event());
+        VirtioPci::new(rng, mem.clone(), interrupt, vec![event()], BAR).err()
+    };
+    let msix = |n: usize| {
+        let irqs = (0..n).map(|_| event()).collect();
+        Arc::new(Msix::new(irqs, Arc::new(Routes::default())).unwrap())
+    };
+    assert!(matches!(
+        build(VirtioInterrupt::new(event())),
+        Some(PciTransportError::NoMsix)
+    ));
+    assert!(matches!(
+        build(VirtioInterrupt::with_msix(event(), msix(2), 2)),
+        Some(PciTransportError::InterruptQueues {
+            queues: 1,
+            interrupt: 2
+        })
+    ));
+    assert!(matches!(
+        build(VirtioInterrupt::with_msix(event(), msix(1), 1)),
+        Some(PciTransportError::Vectors { vectors: 1, .. })
+    ));
+    assert!(matches!(
+        build(VirtioInterrupt::with_msix(event(), msix(257), 1)),
+        Some(PciTransportError::Vectors { vectors: 257, .. })
+    ));
+    assert!(build(VirtioInterrupt::with_msix(event(), msix(2), 1)).is_none());
+}
+
 /// Refuses every move, so the BAR must stay where the VMM put it.
 struct Refuse;
 
