@@ -18,3 +18,15 @@ pub fn since(start: (Duration, Duration)) -> (Duration, Duration) {
     let now = thread_cpu();
     (now.0 - start.0, now.1 - start.1)
 }
+
+/// This thread's CPU time so far, user and system together, exact to the nanosecond (getrusage
+/// may lag a running thread by up to a tick, too coarse to time one short round).
+pub fn thread_cpu_exact() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}

@@ -110,21 +110,29 @@ impl Conn {
         !self.connecting && !self.host_eof && self.guest_shut & SHUTDOWN_RCV == 0
     }
 
+    /// Forwards guest data: straight to the host socket when nothing waits before it (no
+    /// copy into `tx_buf`), keeping what the socket does not take; an error if it failed.
+    fn send(&mut self, payload: &[u8], stats: &mut VsockStats) -> io::Result<()> {
+        let mut rest = payload;
+        if self.tx_buf.is_empty() && !rest.is_empty() {
+            let n = write_some(&mut self.stream, rest)?;
+            self.forwarded(n, stats);
+            rest = &rest[n..];
+        }
+        self.tx_buf.extend(rest);
+        self.flush(stats)
+    }
+
     /// Writes what the guest sent and the host socket takes; an error if the socket failed.
     fn flush(&mut self, stats: &mut VsockStats) -> io::Result<()> {
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
-            match self.stream.write(front) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.tx_buf.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
-                    stats.tx_bytes_count += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let n = write_some(&mut self.stream, front)?;
+            if n == 0 {
+                break;
             }
+            self.tx_buf.drain(..n);
+            self.forwarded(n, stats);
         }
         if self.fwd_cnt.wrapping_sub(self.told_fwd_cnt) >= CREDIT_UPDATE_THRESHOLD {
             self.pending |= pending::CREDIT_UPDATE;
@@ -134,6 +142,26 @@ impl Conn {
             let _ = self.stream.shutdown(Shutdown::Write);
         }
         Ok(())
+    }
+
+    /// Counts `n` guest bytes the host socket took.
+    fn forwarded(&mut self, n: usize, stats: &mut VsockStats) {
+        self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+        stats.tx_bytes_count += n as u64;
+    }
+}
+
+/// Writes what of `bytes` (not empty) the socket takes now: 0 when it is full, an error if it
+/// failed.
+fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -350,8 +378,8 @@ impl Muxer {
                     stats.tx_queue_event_fails += 1;
                     Err(())
                 } else {
-                    c.tx_buf.extend(payload);
-                    c.flush(stats).map_err(|_| stats.tx_write_fails += 1)
+                    c.send(payload, stats)
+                        .map_err(|_| stats.tx_write_fails += 1)
                 }
             }
             op::CREDIT_UPDATE => Ok(()),

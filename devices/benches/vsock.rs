@@ -1,0 +1,628 @@
+//! The virtio-vsock device model's throughput and CPU cost between mock guest queues and a real
+//! Unix socket, next to a plain Unix-socket copy loop on the host in the same run (the physical
+//! limit), against the target of issue 14: each direction at least 70% of the loop.
+//!
+//! One connection, opened as a guest opens one (a REQUEST to the host listener at
+//! `<uds_path>_<port>`), carries every run. Guest to host: the mock driver sends OP_RW packets
+//! as Linux does for 64 KiB writes: a 44-byte header buffer and one payload buffer of at most
+//! 64 KiB (Linux's largest packet, which is also the most the device accepts), never beyond the
+//! credit ember advertised; a host thread reads the socket in 64 KiB reads. Host to guest: a
+//! host thread writes 64 KiB chunks into the socket and the driver drains the receive queue as
+//! Linux does: a full ring of 4 KiB buffers (Linux's receive buffer, one descriptor for header
+//! and payload) refilled at once, a 256 KiB receive buffer (Linux's default) of which it tells
+//! the device once less than 64 KiB of credit would be left, and answers to credit requests.
+//! The loop: a writer thread writing 64 KiB chunks into one end of a socket pair and a reader
+//! reading them out of the other in 64 KiB reads, the same number of bytes. A second loop reads
+//! in 4 KiB reads ("vs 4K loop"): the limit for a reader that, like the device serving Linux's
+//! buffers, cannot take more than 4 KiB per read.
+//!
+//! The serving thread runs the I/O worker's loop as ember's does (the device's `interest`,
+//! `poll`, `ready`), alternating with the mock driver. "ember us" is that loop's CPU time alone
+//! (the thread's CPU clock around it: the device's work and its syscalls, not the driver's ring
+//! work nor the host threads), per packet and per 64 KiB moved; "loop us" is the loop writer's
+//! (guest to host) or reader's (host to guest) CPU per 64 KiB. Interrupt suppression
+//! (EVENT_IDX) is not negotiated, so ember raises the interrupt every round, as for a guest
+//! waiting on it. The serving thread (and the loop's writer) runs on CPU 0, the host threads on
+//! CPU 1. Each measurement runs five times, interleaved; the best run counts. The first
+//! 4 MiB each way are checked byte for byte before measuring.
+//!
+//! Run: `cargo bench -p devices --bench vsock`
+#![allow(clippy::unwrap_used)] // benchmark code
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::virtio::testing::Driver;
+use devices::virtio::vsock::packet::{HDR_LEN, Header, MAX_PAYLOAD, TYPE_STREAM, op};
+use devices::virtio::vsock::{QUEUE_SIZE, Vsock, VsockServer};
+use devices::virtio::worker::{IoHandler, Ready, Watch};
+use devices::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use common::thread_cpu_exact;
+
+const GUEST_CID: u64 = 3;
+const GUEST_PORT: u32 = 5000;
+const HOST_PORT: u32 = 1234;
+/// The host's writes and reads, and the largest packet Linux sends.
+const CHUNK: u64 = MAX_PAYLOAD as u64;
+/// Linux's receive buffer payload (VIRTIO_VSOCK_DEFAULT_RX_BUF_SIZE).
+const RX_PAYLOAD: u32 = 4096;
+/// Linux's receive buffer per connection (SO_VM_SOCKETS_BUFFER_SIZE's default).
+const GUEST_BUF_ALLOC: u32 = 256 << 10;
+const RXQ: u64 = 0;
+const TXQ: u64 = 0x4000;
+const EVQ: u64 = 0x8000;
+const TX_HDRS: u64 = 0x10_0000;
+/// Guest payload buffers, one per chunk of the pattern, cycled through.
+const TX_DATA: u64 = 0x20_0000;
+const PATTERN_CHUNKS: u64 = 4;
+const RX_BUFS: u64 = 0x100_0000;
+const RX_STRIDE: u64 = 0x2000;
+const MEM: usize = 32 << 20;
+const TOTAL: u64 = 256 << 20;
+const VERIFIED: u64 = 4 << 20;
+const RUNS: usize = 5;
+/// Where the serving thread (and the loop's writer) runs, and where the host thread runs.
+const SERVING_CPU: usize = 0;
+const HOST_CPU: usize = 1;
+const TARGET_PERCENT: f64 = 70.0;
+/// The longest a run may go without progress before the benchmark gives up.
+const STALL: Duration = Duration::from_secs(10);
+
+/// The byte at `offset` of every stream the benchmark moves: chunk `c` is pattern chunk
+/// `c % PATTERN_CHUNKS`, so a misordered chunk shows.
+fn pattern(offset: u64) -> u8 {
+    let chunk = (offset / CHUNK % PATTERN_CHUNKS) as u8;
+    chunk
+        .wrapping_mul(64)
+        .wrapping_add((offset % CHUNK % 251) as u8)
+}
+
+fn pattern_chunks() -> Vec<Vec<u8>> {
+    (0..PATTERN_CHUNKS)
+        .map(|c| (0..CHUNK).map(|i| pattern(c * CHUNK + i)).collect())
+        .collect()
+}
+
+/// Runs the calling thread on `cpu` only (if the machine has it): the serving thread (or the
+/// loop's writer) on one core, the host thread on the other, the same in every run, so the
+/// figures do not depend on where the scheduler happened to put the threads.
+fn pin(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: CPU_SET writes a bit of `set`, a valid cpu_set_t, below its size.
+    unsafe { libc::CPU_SET(cpu % cpus, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the stated size; 0 is the calling thread.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+fn check(bytes: &[u8], offset: u64) {
+    for (i, b) in bytes.iter().enumerate() {
+        let at = offset + i as u64;
+        assert_eq!(*b, pattern(at), "byte {at} of the stream is wrong");
+    }
+}
+
+struct Figures {
+    bytes: u64,
+    packets: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Figures {
+    fn mbs(&self) -> f64 {
+        self.bytes as f64 / self.wall.as_secs_f64() / 1e6
+    }
+    fn us_per_packet(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.packets.max(1) as f64
+    }
+    fn us_per_chunk(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 * CHUNK as f64 / self.bytes.max(1) as f64
+    }
+}
+
+fn best(a: Figures, b: Figures) -> Figures {
+    if a.mbs() >= b.mbs() { a } else { b }
+}
+
+/// A host thread reading `total` bytes in reads of `chunk`, checking them with `verify`;
+/// returns the stream, when the last byte arrived and the thread's CPU time.
+fn reader(
+    mut s: UnixStream,
+    total: u64,
+    chunk: usize,
+    verify: bool,
+) -> JoinHandle<(UnixStream, Instant, Duration)> {
+    std::thread::spawn(move || {
+        pin(HOST_CPU);
+        let cpu = thread_cpu_exact();
+        let mut buf = vec![0u8; chunk];
+        let mut got = 0u64;
+        while got < total {
+            let want = chunk.min((total - got) as usize);
+            let n = s.read(&mut buf[..want]).unwrap();
+            assert!(n > 0, "the stream ended after {got} of {total} bytes");
+            if verify {
+                check(&buf[..n], got);
+            }
+            got += n as u64;
+        }
+        (s, Instant::now(), thread_cpu_exact() - cpu)
+    })
+}
+
+/// A thread writing `total` bytes of the pattern in 64 KiB writes, on `cpu`; returns the
+/// stream and the thread's CPU time.
+fn writer(
+    mut s: UnixStream,
+    total: u64,
+    chunks: Arc<Vec<Vec<u8>>>,
+    cpu: usize,
+) -> JoinHandle<(UnixStream, Duration)> {
+    std::thread::spawn(move || {
+        pin(cpu);
+        let cpu = thread_cpu_exact();
+        for c in 0..total / CHUNK {
+            s.write_all(&chunks[(c % PATTERN_CHUNKS) as usize]).unwrap();
+        }
+        (s, thread_cpu_exact() - cpu)
+    })
+}
+
+/// The plain copy loop: (the writer's figures, the reader's), each reading `read_chunk` bytes
+/// at a time.
+fn host_loop(
+    total: u64,
+    read_chunk: usize,
+    chunks: &Arc<Vec<Vec<u8>>>,
+    verify: bool,
+) -> (Figures, Figures) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let start = Instant::now();
+    let w = writer(a, total, chunks.clone(), SERVING_CPU);
+    let r = reader(b, total, read_chunk, verify);
+    let (_, write_cpu) = w.join().unwrap();
+    let (_, end, read_cpu) = r.join().unwrap();
+    let wall = end - start;
+    let figures = |packets, cpu| Figures {
+        bytes: total,
+        packets,
+        wall,
+        cpu,
+    };
+    (
+        figures(total / CHUNK, write_cpu),
+        figures(total / read_chunk as u64, read_cpu),
+    )
+}
+
+/// The device, its serving loop and the guest side of one connection.
+struct Rig {
+    mem: GuestMemoryMmap,
+    server: VsockServer,
+    _vsock: Vsock,
+    path: PathBuf,
+    /// The queues' notifications (receive, transmit), as the driver's kicks write them.
+    kicks: [EventFd; 2],
+    /// Queues that got buffers since their last notification.
+    unkicked: [bool; 2],
+    rx: Driver,
+    tx: Driver,
+    watches: Vec<Watch>,
+    /// The device said more work is pending: the worker polls without sleeping.
+    more: bool,
+    /// The serving loop's CPU time so far.
+    cpu: Duration,
+    rx_posted: u16,
+    rx_next: u64,
+    tx_in_ring: u16,
+    tx_next: u64,
+    /// Guest bytes sent, ever (wrapping), and ember's receive buffer and consumption.
+    tx_cnt: u32,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Host bytes the guest consumed, ever (wrapping), and as last told ember.
+    fwd_cnt: u32,
+    told_fwd_cnt: u32,
+    /// Payload bytes and data packets received, ever.
+    rx_bytes: u64,
+    rx_packets: u64,
+    connected: bool,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(port_path(&self.path));
+    }
+}
+
+fn port_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.to_path_buf().into_os_string();
+    p.push(format!("_{HOST_PORT}"));
+    p.into()
+}
+
+fn event() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).unwrap()
+}
+
+impl Rig {
+    /// A device with a connection the guest opened; returns it and the host's end.
+    fn connected() -> (Self, UnixStream) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        // A running guest's memory is populated: fault it in before measuring.
+        mem.write_slice(&vec![0u8; MEM], GuestAddress(0)).unwrap();
+        for (c, chunk) in pattern_chunks().iter().enumerate() {
+            let at = TX_DATA + c as u64 * CHUNK;
+            mem.write_slice(chunk, GuestAddress(at)).unwrap();
+        }
+        let path = std::env::temp_dir().join(format!("ember-bench-vsock-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(port_path(&path));
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port_listener = UnixListener::bind(port_path(&path)).unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(event()));
+        let kicks = [event(), event()];
+        let wake = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
+        let mut vsock = Vsock::new(mem.clone(), irq, wake, GUEST_CID, listener, path.clone());
+        let (rx, tx, ev) = (
+            Driver::new(RXQ, QUEUE_SIZE),
+            Driver::new(TXQ, QUEUE_SIZE),
+            Driver::new(EVQ, QUEUE_SIZE),
+        );
+        let queues = vec![
+            rx.queue().unwrap(),
+            tx.queue().unwrap(),
+            ev.queue().unwrap(),
+        ];
+        vsock.activate(queues, 1 << VIRTIO_F_VERSION_1).unwrap();
+        let mut rig = Self {
+            mem,
+            server: vsock.server(),
+            _vsock: vsock,
+            path,
+            kicks,
+            unkicked: [false; 2],
+            rx,
+            tx,
+            watches: Vec::new(),
+            more: true,
+            cpu: Duration::ZERO,
+            rx_posted: 0,
+            rx_next: 0,
+            tx_in_ring: 0,
+            tx_next: 0,
+            tx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            fwd_cnt: 0,
+            told_fwd_cnt: 0,
+            rx_bytes: 0,
+            rx_packets: 0,
+            connected: false,
+        };
+        rig.refill();
+        rig.send(op::REQUEST, None);
+        let start = Instant::now();
+        while !rig.connected {
+            assert!(
+                start.elapsed() < STALL,
+                "no answer to the connection request"
+            );
+            rig.round(10);
+            rig.take_rx(None);
+            rig.take_tx();
+        }
+        let (host, _) = port_listener.accept().unwrap();
+        (rig, host)
+    }
+
+    /// Notifies the queues that got buffers since the last round (once per batch, as a
+    /// driver does), then runs one round of the I/O worker's loop: interest, poll, ready.
+    fn round(&mut self, wait_ms: i32) {
+        for (kick, unkicked) in self.kicks.iter().zip(&mut self.unkicked) {
+            if std::mem::take(unkicked) {
+                kick.write(1).unwrap();
+            }
+        }
+        let start = thread_cpu_exact();
+        self.server.interest(&mut self.watches);
+        let mut fds: Vec<libc::pollfd> = self
+            .watches
+            .iter()
+            .map(|w| libc::pollfd {
+                fd: w.fd,
+                events: if w.readable { libc::POLLIN } else { 0 }
+                    | if w.writable { libc::POLLOUT } else { 0 },
+                revents: 0,
+            })
+            .collect();
+        let timeout = if self.more { 0 } else { wait_ms };
+        // SAFETY: `fds` is a valid array of pollfds of that length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        let ready: Vec<Ready> = fds
+            .iter()
+            .map(|p| Ready {
+                readable: p.revents & libc::POLLIN != 0,
+                writable: p.revents & libc::POLLOUT != 0,
+                failed: p.revents & (libc::POLLERR | libc::POLLHUP) != 0,
+            })
+            .collect();
+        self.more = self.server.ready(&ready);
+        self.cpu += thread_cpu_exact() - start;
+    }
+
+    /// Puts a packet into the transmit queue: a header buffer and, for data, a payload buffer
+    /// at (address, length).
+    fn send(&mut self, op: u16, payload: Option<(u64, u32)>) {
+        let len = payload.map_or(0, |(_, len)| len);
+        let hdr = Header {
+            src_cid: GUEST_CID,
+            dst_cid: 2,
+            src_port: GUEST_PORT,
+            dst_port: HOST_PORT,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: GUEST_BUF_ALLOC,
+            fwd_cnt: self.fwd_cnt,
+        };
+        let at = TX_HDRS + (self.tx_next % u64::from(QUEUE_SIZE)) * 64;
+        self.mem
+            .write_slice(&hdr.bytes(), GuestAddress(at))
+            .unwrap();
+        let mut chain = vec![(at, HDR_LEN as u32, false)];
+        chain.extend(payload.map(|(addr, len)| (addr, len, false)));
+        // At most two descriptors a packet: half the ring's descriptors in packets.
+        assert!(
+            self.tx_in_ring < QUEUE_SIZE / 2,
+            "the transmit ring is full"
+        );
+        self.tx.add(&self.mem, &chain).unwrap();
+        self.tx_next += 1;
+        self.tx_in_ring += 1;
+        self.tx_cnt = self.tx_cnt.wrapping_add(len);
+        self.told_fwd_cnt = self.fwd_cnt;
+        self.unkicked[1] = true;
+    }
+
+    fn take_tx(&mut self) {
+        self.tx_in_ring -= self.tx.take_used(&self.mem).unwrap().len() as u16;
+    }
+
+    /// Bytes ember can still take.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Takes what the device put into the receive queue (checking data against the stream's
+    /// pattern with `verify`), answers what needs an answer and refills the ring.
+    fn take_rx(&mut self, verify: Option<u64>) {
+        for (head, len) in self.rx.take_used(&self.mem).unwrap() {
+            self.rx_posted -= 1;
+            let addr = RX_BUFS + u64::from(head) * RX_STRIDE;
+            let mut raw = [0u8; HDR_LEN];
+            self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
+            let hdr = Header::parse(&raw);
+            assert_eq!(len, HDR_LEN as u32 + hdr.len, "{hdr:?}");
+            // Linux takes the peer's credit from every packet.
+            self.peer_buf_alloc = hdr.buf_alloc;
+            self.peer_fwd_cnt = hdr.fwd_cnt;
+            match hdr.op {
+                op::RESPONSE => self.connected = true,
+                op::CREDIT_UPDATE => {}
+                op::CREDIT_REQUEST => self.send(op::CREDIT_UPDATE, None),
+                op::RW => {
+                    if let Some(base) = verify {
+                        let mut payload = vec![0u8; hdr.len as usize];
+                        let at = GuestAddress(addr + HDR_LEN as u64);
+                        self.mem.read_slice(&mut payload, at).unwrap();
+                        check(&payload, self.rx_bytes - base);
+                    }
+                    // Consumed at once, as by a reader always waiting.
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(hdr.len);
+                    self.rx_bytes += u64::from(hdr.len);
+                    self.rx_packets += 1;
+                }
+                _ => panic!("unexpected packet {hdr:?}"),
+            }
+        }
+        // Linux tells its peer once the free space it last reported falls under 64 KiB.
+        let unreported = self.fwd_cnt.wrapping_sub(self.told_fwd_cnt);
+        if GUEST_BUF_ALLOC - unreported.min(GUEST_BUF_ALLOC) < MAX_PAYLOAD {
+            self.send(op::CREDIT_UPDATE, None);
+        }
+        self.refill();
+    }
+
+    /// Makes the whole receive ring available again, as Linux does after taking buffers.
+    fn refill(&mut self) {
+        let added = self.rx_posted < QUEUE_SIZE;
+        while self.rx_posted < QUEUE_SIZE {
+            // One-descriptor chains: the head is the slot.
+            let addr = RX_BUFS + (self.rx_next % u64::from(QUEUE_SIZE)) * RX_STRIDE;
+            let len = HDR_LEN as u32 + RX_PAYLOAD;
+            self.rx.add(&self.mem, &[(addr, len, true)]).unwrap();
+            self.rx_next += 1;
+            self.rx_posted += 1;
+        }
+        self.unkicked[0] |= added;
+    }
+
+    /// Sends `total` bytes to the host as 64 KiB writes would go, within ember's credit.
+    fn guest_to_host(
+        &mut self,
+        host: UnixStream,
+        total: u64,
+        verify: bool,
+    ) -> (Figures, UnixStream) {
+        let written_before = self.server.stats().tx_bytes_count;
+        let cpu_before = self.cpu;
+        let start = Instant::now();
+        let reader = reader(host, total, CHUNK as usize, verify);
+        let (mut sent, mut packets) = (0u64, 0u64);
+        let (mut progress, mut last) = (Instant::now(), 0);
+        loop {
+            self.take_rx(None);
+            self.take_tx();
+            let written = self.server.stats().tx_bytes_count - written_before;
+            if written == total {
+                break;
+            }
+            if written != last {
+                (progress, last) = (Instant::now(), written);
+            }
+            assert!(progress.elapsed() < STALL, "stalled at {written} bytes");
+            while sent < total && self.peer_credit() > 0 {
+                // Never across the writes the packets come from, as Linux sends them.
+                let off = sent % CHUNK;
+                let len = (CHUNK - off)
+                    .min(u64::from(self.peer_credit()))
+                    .min(total - sent);
+                let at = TX_DATA + (sent / CHUNK % PATTERN_CHUNKS) * CHUNK + off;
+                self.send(op::RW, Some((at, len as u32)));
+                sent += len;
+                packets += 1;
+            }
+            self.round(100);
+        }
+        let (host, end, _) = reader.join().unwrap();
+        let figures = Figures {
+            bytes: total,
+            packets,
+            wall: end - start,
+            cpu: self.cpu - cpu_before,
+        };
+        (figures, host)
+    }
+
+    /// Receives `total` bytes the host writes in 64 KiB writes.
+    fn host_to_guest(
+        &mut self,
+        host: UnixStream,
+        total: u64,
+        chunks: &Arc<Vec<Vec<u8>>>,
+        verify: bool,
+    ) -> (Figures, UnixStream) {
+        let (bytes_before, packets_before) = (self.rx_bytes, self.rx_packets);
+        let cpu_before = self.cpu;
+        let start = Instant::now();
+        let writer = writer(host, total, chunks.clone(), HOST_CPU);
+        let (mut progress, mut last) = (Instant::now(), 0);
+        loop {
+            self.take_rx(verify.then_some(bytes_before));
+            self.take_tx();
+            let got = self.rx_bytes - bytes_before;
+            if got == total {
+                break;
+            }
+            if got != last {
+                (progress, last) = (Instant::now(), got);
+            }
+            assert!(progress.elapsed() < STALL, "stalled at {got} bytes");
+            self.round(100);
+        }
+        let end = Instant::now();
+        let (host, _) = writer.join().unwrap();
+        let figures = Figures {
+            bytes: total,
+            packets: self.rx_packets - packets_before,
+            wall: end - start,
+            cpu: self.cpu - cpu_before,
+        };
+        (figures, host)
+    }
+}
+
+fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figures>) {
+    let ratio = dev.mbs() / host.mbs() * 100.0;
+    let verdict = if ratio >= TARGET_PERCENT {
+        "PASS"
+    } else {
+        "FAIL"
+    };
+    let small = small_reads.map_or("-".to_owned(), |s| {
+        format!("{:.0}%", dev.mbs() / s.mbs() * 100.0)
+    });
+    println!(
+        "{name:<14} {:>9.0} {:>9.0} {:>6.0}% {:>6} {:>10} {:>9} {:>10.2} {:>12.2} {:>10.2}",
+        host.mbs(),
+        dev.mbs(),
+        ratio,
+        verdict,
+        small,
+        dev.packets,
+        dev.us_per_packet(),
+        dev.us_per_chunk(),
+        host.us_per_chunk(),
+    );
+}
+
+fn main() {
+    env_logger::init();
+    pin(SERVING_CPU);
+    let chunks = Arc::new(pattern_chunks());
+    let (mut rig, host) = Rig::connected();
+    // Check the streams byte for byte first (not measured).
+    host_loop(VERIFIED, CHUNK as usize, &chunks, true);
+    let (_, host) = rig.guest_to_host(host, VERIFIED, true);
+    let (_, mut host) = rig.host_to_guest(host, VERIFIED, &chunks, true);
+
+    let (mut loop_w, mut loop_r, mut small_r) = (None::<Figures>, None::<Figures>, None);
+    let (mut tx, mut rx) = (None::<Figures>, None::<Figures>);
+    let keep = |slot: &mut Option<Figures>, f: Figures| {
+        *slot = Some(match slot.take() {
+            Some(old) => best(old, f),
+            None => f,
+        });
+    };
+    for _ in 0..RUNS {
+        let (w, r) = host_loop(TOTAL, CHUNK as usize, &chunks, false);
+        keep(&mut loop_w, w);
+        keep(&mut loop_r, r);
+        let (f, h) = rig.guest_to_host(host, TOTAL, false);
+        keep(&mut tx, f);
+        let (f, h) = rig.host_to_guest(h, TOTAL, &chunks, false);
+        keep(&mut rx, f);
+        host = h;
+        keep(
+            &mut small_r,
+            host_loop(TOTAL, RX_PAYLOAD as usize, &chunks, false).1,
+        );
+    }
+    let [loop_w, loop_r, small_r, tx, rx] = [loop_w, loop_r, small_r, tx, rx].map(|f| f.unwrap());
+    println!(
+        "{} MiB each way per run, best of {RUNS}; target: the device at >= {TARGET_PERCENT}% of \
+         the loop's MB/s",
+        TOTAL >> 20
+    );
+    println!(
+        "{:<14} {:>9} {:>9} {:>7} {:>6} {:>10} {:>9} {:>10} {:>12} {:>10}",
+        "direction",
+        "loop MB/s",
+        "dev MB/s",
+        "ratio",
+        "target",
+        "vs 4K loop",
+        "packets",
+        "ember us",
+        "ember us/64K",
+        "loop us/64K"
+    );
+    report("guest to host", &tx, &loop_w, None);
+    report("host to guest", &rx, &loop_r, Some(&small_r));
+}
