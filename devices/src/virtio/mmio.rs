@@ -142,6 +142,20 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 }
 
+impl<D: VirtioDevice> super::Transport<D> for MmioTransport<D> {
+    fn device(&self) -> &D {
+        MmioTransport::device(self)
+    }
+
+    fn device_mut(&mut self) -> &mut D {
+        MmioTransport::device_mut(self)
+    }
+
+    fn config_changed(&mut self) {
+        MmioTransport::config_changed(self);
+    }
+}
+
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {

@@ -50,6 +50,17 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
+/// What the VMM does to a running device, whichever transport carries it (a drive swap
+/// changes the device and tells the driver its configuration changed).
+pub trait Transport<D>: Send {
+    /// The device model.
+    fn device(&self) -> &D;
+    /// The device model, mutably.
+    fn device_mut(&mut self) -> &mut D;
+    /// Tells the driver that the configuration space changed.
+    fn config_changed(&mut self);
+}
+
 /// Errors activating a device.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

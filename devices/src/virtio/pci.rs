@@ -413,6 +413,20 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
     }
 }
 
+impl<D: VirtioDevice> super::Transport<D> for VirtioPci<D> {
+    fn device(&self) -> &D {
+        VirtioPci::device(self)
+    }
+
+    fn device_mut(&mut self) -> &mut D {
+        VirtioPci::device_mut(self)
+    }
+
+    fn config_changed(&mut self) {
+        VirtioPci::config_changed(self);
+    }
+}
+
 /// Accesses wider than 8 bytes are not something a vCPU makes; they are ignored.
 impl<D: VirtioDevice> BusDevice for VirtioPci<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
