@@ -28,7 +28,7 @@ use crate::lifecycle::{ApiSubscriber, Lifecycle, RunningVm};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{self, FLUSH_PERIOD, Metrics, MetricsError, MetricsTimer};
 use crate::pause::PauseGate;
-use crate::spec::VmSpec;
+use crate::spec::{VirtioTransport, VmSpec};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{Vm, VmError};
 
@@ -325,7 +325,11 @@ fn load_guest(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, Buil
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, spec.vcpus)?;
-    let virtio: Vec<acpi::VirtioMmio> = spec.virtio_slots().map(|slot| slot.acpi()).collect();
+    // PCI devices are found on the bus, not described one by one.
+    let virtio: Vec<acpi::VirtioMmio> = match spec.transport {
+        VirtioTransport::Mmio => spec.virtio_slots().map(|slot| slot.acpi()).collect(),
+        VirtioTransport::Pci => Vec::new(),
+    };
     arch::write_acpi(mem, spec.vcpus, &virtio)?;
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
