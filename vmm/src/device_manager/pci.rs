@@ -22,8 +22,9 @@ use devices::virtio::{Transport, VirtioDevice, VirtioInterrupt};
 use vm_memory::GuestMemoryMmap;
 
 use super::{DeviceError, Slot, Wired, event};
+use crate::arch::x86_64::acpi;
 use crate::arch::x86_64::layout::{
-    MSI_GSI_BASE, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, pci_mmio64_start,
+    MSI_GSI_BASE, PCI_CONFIG_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO64_SIZE, pci_mmio64_start,
 };
 use crate::vm::{GsiRouting, Vm};
 
@@ -59,6 +60,15 @@ pub fn device_number(slot: Slot) -> u8 {
 /// Where the BAR of the virtio device at `slot` lives in a guest of `mem_bytes`.
 pub fn bar_address(mem_bytes: u64, slot: Slot) -> u64 {
     pci_mmio64_start(mem_bytes) + slot.index as u64 * BAR_SIZE
+}
+
+/// The host bridge as the ACPI tables describe it, for a guest of `mem_bytes` with virtio
+/// devices at `slots`.
+pub fn acpi_host(mem_bytes: u64, slots: impl Iterator<Item = Slot>) -> acpi::PciHost {
+    acpi::PciHost {
+        mmio64: (pci_mmio64_start(mem_bytes), PCI_MMIO64_SIZE),
+        intx: slots.map(|slot| (device_number(slot), slot.irq)).collect(),
+    }
 }
 
 /// Refuses every BAR move: BARs stay where ember placed them, where its ioeventfds are.
@@ -179,7 +189,6 @@ impl PciDevices {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::x86_64::layout::PCI_MMIO64_SIZE;
     use crate::device_manager::MAX_DEVICES;
 
     #[test]
