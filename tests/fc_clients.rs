@@ -306,8 +306,8 @@ fn an_empty_entropy_device_and_smt_false() {
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
-/// Every flag Firecracker's launchers pass (but `--enable-pci`, `--metadata` and
-/// `--mmds-size-limit`, which come with the PCI and MMDS devices) starts ember serving its API.
+/// Every flag Firecracker's launchers pass (but `--metadata` and `--mmds-size-limit`, which come
+/// with the MMDS device) starts ember serving its API.
 #[test]
 fn every_firecracker_flag_starts_ember_serving_its_api() {
     if !kvm_available() {
@@ -326,7 +326,7 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
         metrics.to_str().unwrap(),
         filter.to_str().unwrap(),
     );
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 13] = [
         &["--id", "fc_flags"],
         &["--start-time-us", &now_us],
         &["--start-time-cpu-us", "0", "--parent-cpu-time-us", "10"],
@@ -336,6 +336,7 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
         &["--show-log-origin", "--module", "vmm"],
         &["--metrics-path", metrics],
         &["--boot-timer"],
+        &["--enable-pci"],
         &["--http-api-max-payload-size", "51200"],
         &["--level", "Warning"],
         &["--level", "Trace"],
