@@ -1,14 +1,18 @@
 //! virtio over PCI (`--enable-pci`) end to end with a tiny guest that carries its own
 //! virtio-pci block driver (tests/guests/virtio_pci_blk.c): bus 0 through the legacy
 //! configuration ports, the capabilities, MSI-X delivered through KVM's GSI routing, and a
-//! masked vector held pending until it is unmasked.
+//! masked vector held pending until it is unmasked; and through the API as Firecracker's client
+//! libraries launch it, a drive swapped at run time reaching the guest as an MSI-X
+//! configuration interrupt.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
 use std::time::Duration;
 
+use common::api::*;
 use common::*;
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -72,4 +76,42 @@ fn without_enable_pci_there_is_no_pci_bus() {
     );
     assert!(!log.contains("PCI 00:00.0"), "{log}");
     assert_eq!(code(&out.status), 1);
+}
+
+#[test]
+fn through_the_api_with_enable_pci_a_drive_swap_reaches_the_guest_by_msix() {
+    if !kvm_available() {
+        return;
+    }
+    // A client library passes --enable-pci with --api-sock, then configures and starts.
+    let vm = Ember::start("api-pci-patch", &["--enable-pci"]);
+    let mut c = vm.client();
+    let (small, big) = (image("api-pci-small"), vm.dir.join("big.img"));
+    std::fs::write(&big, std::fs::read(&small).unwrap().repeat(2)).unwrap();
+    let log = vm.dir.join("console.log");
+    let steps = [
+        (
+            "/boot-source",
+            json!({"kernel_image_path": guest("virtio_pci_blk"), "boot_args": "resize"}),
+        ),
+        (
+            "/drives/data",
+            json!({"drive_id": "data", "path_on_host": small, "is_root_device": false}),
+        ),
+        ("/serial", json!({"serial_out_path": log})),
+    ];
+    for (path, body) in steps {
+        done(&mut c, "PUT", path, &body.to_string());
+    }
+    done(&mut c, "PUT", "/actions", START);
+    wait_for_text(&log, "CAPACITY 2048", LIMIT);
+    let patch = json!({"drive_id": "data", "path_on_host": big}).to_string();
+    done(&mut c, "PATCH", "/drives/data", &patch);
+    let (code, _, stderr) = vm.finish();
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, EXIT_OK, "console:\n{console}\nstderr:\n{stderr}");
+    assert!(
+        console.ends_with("PENDING DELIVERED ON UNMASK\nCAPACITY 2048\nCAPACITY 4096\n"),
+        "{console}"
+    );
 }

@@ -10,6 +10,9 @@
  * Then it masks the queue's vector, reads sector 1 polling the used ring: no interrupt may
  * arrive, and the vector's pending bit must be set; unmasking it must deliver the interrupt
  * and clear the bit.
+ * With `resize` as the command line it then prints the capacity and waits for the
+ * configuration-change interrupt (the host swapped the drive's file), and prints the new
+ * capacity once the configuration generation moved.
  * Every step prints a line on COM1; the verdict is the exit port (0 passed, 1 failed). */
 #include "virtio.h"
 
@@ -40,31 +43,37 @@ static u16 cfg16(u32 dev, u32 reg) { select(dev, reg); return inw(PCI_DATA + (re
 static u8 cfg8(u32 dev, u32 reg) { select(dev, reg); return inb(PCI_DATA + (reg & 3)); }
 static void cfg16_write(u32 dev, u32 reg, u16 v) { select(dev, reg); outw(PCI_DATA + (reg & 2), v); }
 
-/* The interrupt handler: counts queue interrupts and acknowledges the local APIC. */
-static volatile u32 queue_irqs;
-extern void isr_queue(void);
-__asm__(
-    ".text\n"
-    "isr_queue:\n"
-    "  push %rax\n"
-    "  lock incl queue_irqs(%rip)\n"
-    "  mov $0xfee000b0, %rax\n"
-    "  movl $0, (%rax)\n"
-    "  pop %rax\n"
-    "  iretq\n");
+/* The interrupt handlers: each counts its interrupts and acknowledges the local APIC. */
+static volatile u32 queue_irqs, config_irqs;
+extern void isr_queue(void), isr_config(void);
+#define ISR(name, counter) \
+    __asm__(".text\n" #name ":\n" \
+            "  push %rax\n" \
+            "  lock incl " #counter "(%rip)\n" \
+            "  mov $0xfee000b0, %rax\n" \
+            "  movl $0, (%rax)\n" \
+            "  pop %rax\n" \
+            "  iretq\n");
+ISR(isr_queue, queue_irqs)
+ISR(isr_config, config_irqs)
 
 static u64 idt[256 * 2] __attribute__((aligned(16)));
 /* The page directory that maps the GiB holding the BAR. */
 static u64 bar_pd[512] __attribute__((aligned(4096)));
 
-static void install_idt(void) {
-    u64 handler = (u64)isr_queue;
+/* A present 64-bit interrupt gate for `vector`. */
+static void set_gate(u32 vector, void (*isr)(void)) {
+    u64 handler = (u64)isr;
     u16 cs;
     __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    /* A present 64-bit interrupt gate. */
-    idt[VECTOR_QUEUE * 2] = (handler & 0xffff) | (u64)cs << 16 | 0x8e00UL << 32
-                            | ((handler >> 16) & 0xffff) << 48;
-    idt[VECTOR_QUEUE * 2 + 1] = handler >> 32;
+    idt[vector * 2] = (handler & 0xffff) | (u64)cs << 16 | 0x8e00UL << 32
+                      | ((handler >> 16) & 0xffff) << 48;
+    idt[vector * 2 + 1] = handler >> 32;
+}
+
+static void install_idt(void) {
+    set_gate(VECTOR_QUEUE, isr_queue);
+    set_gate(VECTOR_CONFIG, isr_config);
     struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof idt - 1, (u64)idt };
     __asm__ volatile("lidt %0" : : "m"(idtr));
     LAPIC[LAPIC_TPR] = 0;
@@ -228,7 +237,29 @@ static int wait_irqs(u32 want) {
     return 0;
 }
 
-void main(void) {
+static void print_capacity(void) {
+    puts("CAPACITY ");
+    putdec(*(volatile u32 *)device_cfg);
+    puts("\n");
+}
+
+/* Waits (halted) for the configuration-change interrupt and a new configuration generation. */
+static void resize(void) {
+    u8 generation = C8(0x15);
+    print_capacity();
+    /* sti takes effect after hlt starts, so an interrupt between the check and hlt wakes it. */
+    for (;;) {
+        __asm__ volatile("cli");
+        if (config_irqs) break;
+        __asm__ volatile("sti; hlt");
+    }
+    __asm__ volatile("sti");
+    if (C8(0x15) == generation) fail("a configuration interrupt without a new generation");
+    print_capacity();
+}
+
+void main(const void *boot_params) {
+    const char *mode = cmdline(boot_params);
     install_idt();
     u32 dev = scan();
     find_structures(dev);
@@ -254,5 +285,6 @@ void main(void) {
     if (!wait_irqs(2)) fail("unmasking did not deliver the pending interrupt");
     if (msix_pba[0] & 2) fail("the pending bit stayed set after delivery");
     puts("PENDING DELIVERED ON UNMASK\n");
+    if (mode[0] == 'r' && mode[1] == 'e') resize();
     exit_with(0);
 }
