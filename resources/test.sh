@@ -3,8 +3,9 @@
 # artifacts (the kernel only if a test kernel variable below is unset: about 12 minutes on 2
 # cores the first time, cached afterwards), downloads Debian's stock cloud kernel, checks
 # formatting and lints, then runs every test binary, even after one fails, and ends with the
-# line "N passed, N failed, N ignored" (resources/cargo-test.sh). Exits non-zero if anything
-# failed.
+# line "N passed, N failed, N ignored" (resources/cargo-test.sh); then builds, installs and
+# checks the Debian package (resources/test-deb.sh: root only; EMBER_SKIP_DEB_TESTS=1 skips
+# it). Exits non-zero if anything failed.
 #
 # Kernels: EMBER_TEST_KERNEL (ELF vmlinux) and EMBER_TEST_BZIMAGE (bzImage) boot most Linux
 # tests; EMBER_TEST_ACPI_KERNEL (a kernel with CONFIG_ACPI) the power-off test. Unset ones
@@ -36,5 +37,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 stage "cargo test (Linux boots take minutes on an emulating KVM)"
 status=0
 "$root/resources/cargo-test.sh" --workspace || status=$?
+if [ "${EMBER_SKIP_DEB_TESTS:-}" = 1 ]; then
+  stage "Debian package: SKIPPED (EMBER_SKIP_DEB_TESTS=1)"
+else
+  stage "Debian package (resources/test-deb.sh; the last stage line says which check failed)"
+  "$root/resources/test-deb.sh" || status=1
+fi
 stage "done"
 exit $status

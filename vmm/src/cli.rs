@@ -20,26 +20,50 @@ use api_server::server::DEFAULT_MAX_PAYLOAD;
 const SHORT_FOOTER: &str = "Console: Ctrl-A x ends the VM, Ctrl-A h lists the console keys. \
     More, with exit statuses and examples: ember --help";
 
-const LONG_FOOTER: &str = "\
-Console keys (when stdin is the terminal; every other key, Ctrl-C included, goes to the guest):
-  Ctrl-A x        end the VM (exit status 130, as Ctrl-C would)
-  Ctrl-A Ctrl-A   send Ctrl-A to the guest
-  Ctrl-A h        list these keys
-A background `ember ... &` neither reads the terminal nor changes its mode.
+/// The console's escape keys and what each does. `--help` and the man page list them.
+pub const CONSOLE_KEYS: &[(&str, &str)] = &[
+    ("Ctrl-A x", "end the VM (exit status 130, as Ctrl-C would)"),
+    ("Ctrl-A Ctrl-A", "send Ctrl-A to the guest"),
+    ("Ctrl-A h", "list these keys"),
+];
 
-Exit status:
-  0      the guest rebooted or powered off
-  N      the guest wrote the byte N to I/O port 0xf4
-  64     configuration error (flags, config file, kernel, /dev/kvm)
-  123    the guest kernel panicked
-  124    --timeout expired
-  125    the guest crashed (triple fault, KVM error)
-  128+N  stopped by signal N (130 also for Ctrl-A x)
+/// ember's exit statuses and what each means. `--help` and the man page list them.
+pub const EXIT_STATUSES: &[(&str, &str)] = &[
+    ("0", "the guest rebooted or powered off"),
+    ("N", "the guest wrote the byte N to I/O port 0xf4"),
+    (
+        "64",
+        "configuration error (flags, config file, kernel, /dev/kvm)",
+    ),
+    ("123", "the guest kernel panicked"),
+    ("124", "--timeout expired"),
+    ("125", "the guest crashed (triple fault, KVM error)"),
+    ("128+N", "stopped by signal N (130 also for Ctrl-A x)"),
+];
 
-Examples:
-  ember --kernel vmlinux --initrd initramfs.cpio -- 'uname -a'
-  ember --kernel vmlinux --disk rootfs.ext4,root --vcpus 2 --memory 512
-  ember --api-sock /tmp/ember.sock &";
+/// Example command lines. `--help` and the man page list them.
+pub const EXAMPLES: &[&str] = &[
+    "ember --kernel vmlinux --initrd initramfs.cpio -- 'uname -a'",
+    "ember --kernel vmlinux --disk rootfs.ext4,root --vcpus 2 --memory 512",
+    "ember --api-sock /tmp/ember.sock &",
+];
+
+/// What `--help` shows after the flags: the console keys, exit statuses and examples.
+fn long_footer() -> String {
+    let table = |rows: &[(&str, &str)], width: usize| -> String {
+        rows.iter()
+            .map(|(key, meaning)| format!("  {key:width$}  {meaning}\n"))
+            .collect()
+    };
+    let examples: String = EXAMPLES.iter().map(|e| format!("\n  {e}")).collect();
+    format!(
+        "Console keys (when stdin is the terminal; every other key, Ctrl-C included, goes to the \
+         guest):\n{}A background `ember ... &` neither reads the terminal nor changes its mode.\n\n\
+         Exit status:\n{}\nExamples:{examples}",
+        table(CONSOLE_KEYS, 14),
+        table(EXIT_STATUSES, 5),
+    )
+}
 
 /// ember: boot a Linux kernel in a KVM microVM whose serial console is this terminal.
 ///
@@ -52,7 +76,7 @@ Examples:
     version = concat!("v", env!("CARGO_PKG_VERSION")),
     args_conflicts_with_subcommands = true,
     after_help = SHORT_FOOTER,
-    after_long_help = LONG_FOOTER
+    after_long_help = long_footer()
 )]
 pub struct Cli {
     /// One-shot forms.
