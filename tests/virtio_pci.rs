@@ -1,7 +1,7 @@
 //! virtio over PCI (`--enable-pci`) end to end with a tiny guest that carries its own
 //! virtio-pci block driver (tests/guests/virtio_pci_blk.c): bus 0 through the legacy
 //! configuration ports, the capabilities, MSI-X delivered through KVM's GSI routing, and a
-//! masked vector held pending until it is unmasked; and through the API as Firecracker's client
+//! masked vector held pending until it is unmasked, INTx on the IOAPIC pin when MSI-X is off; and through the API as Firecracker's client
 //! libraries launch it, a drive swapped at run time reaching the guest as an MSI-X
 //! configuration interrupt.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -60,6 +60,25 @@ fn a_guest_finds_the_disk_on_pci_and_reads_it_with_msix_interrupts() {
         assert!(log.contains(line), "'{line}' missing:\n{log}\n{stderr}");
     }
     assert!(!log.contains("PCI 00:03.0"), "{log}");
+    assert_eq!(code(&out.status), EXIT_OK, "{log}\n{stderr}");
+}
+
+#[test]
+fn a_driver_without_msix_gets_intx_on_the_ioapic_pin_in_its_interrupt_line() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(
+        driver(&image("pci-intx")).args(["--enable-pci", "--cmdline", "intx"]),
+        LIMIT,
+    );
+    let (log, stderr) = (text(&out.stdout), text(&out.stderr));
+    // The first virtio slot's line, as on virtio-mmio.
+    assert!(
+        log.contains("SECTOR 0 OK BY INTX on pin 5"),
+        "{log}\n{stderr}"
+    );
+    assert!(!log.contains("MSI-X ON"), "{log}");
     assert_eq!(code(&out.status), EXIT_OK, "{log}\n{stderr}");
 }
 

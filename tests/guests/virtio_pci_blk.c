@@ -10,6 +10,9 @@
  * Then it masks the queue's vector, reads sector 1 polling the used ring: no interrupt may
  * arrive, and the vector's pending bit must be set; unmasking it must deliver the interrupt
  * and clear the bit.
+ * With `intx` as the command line it leaves MSI-X off instead: it routes the function's
+ * interrupt line (its IOAPIC pin) to a vector of its own and reads sector 0 with the INTx
+ * interrupt, checking the ISR status says "queue".
  * With `resize` as the command line it then prints the capacity and waits for the
  * configuration-change interrupt (the host swapped the drive's file), and prints the new
  * capacity once the configuration generation moved.
@@ -24,6 +27,8 @@
 #define LAPIC_TPR (0x80 / 4)
 #define VECTOR_QUEUE 0x40
 #define VECTOR_CONFIG 0x41
+#define VECTOR_INTX 0x42
+#define IOAPIC ((volatile u32 *)0xfec00000UL)
 #define PML4 ((volatile u64 *)0x9000UL)
 #define PDPT ((volatile u64 *)0xa000UL)
 
@@ -44,8 +49,8 @@ static u8 cfg8(u32 dev, u32 reg) { select(dev, reg); return inb(PCI_DATA + (reg 
 static void cfg16_write(u32 dev, u32 reg, u16 v) { select(dev, reg); outw(PCI_DATA + (reg & 2), v); }
 
 /* The interrupt handlers: each counts its interrupts and acknowledges the local APIC. */
-static volatile u32 queue_irqs, config_irqs;
-extern void isr_queue(void), isr_config(void);
+static volatile u32 queue_irqs, config_irqs, intx_irqs;
+extern void isr_queue(void), isr_config(void), isr_intx(void);
 #define ISR(name, counter) \
     __asm__(".text\n" #name ":\n" \
             "  push %rax\n" \
@@ -56,6 +61,7 @@ extern void isr_queue(void), isr_config(void);
             "  iretq\n");
 ISR(isr_queue, queue_irqs)
 ISR(isr_config, config_irqs)
+ISR(isr_intx, intx_irqs)
 
 static u64 idt[256 * 2] __attribute__((aligned(16)));
 /* The page directory that maps the GiB holding the BAR. */
@@ -74,6 +80,10 @@ static void set_gate(u32 vector, void (*isr)(void)) {
 static void install_idt(void) {
     set_gate(VECTOR_QUEUE, isr_queue);
     set_gate(VECTOR_CONFIG, isr_config);
+    set_gate(VECTOR_INTX, isr_intx);
+    /* The 8259s stay masked: interrupts come through the IOAPIC and MSI only. */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
     struct { u16 limit; u64 base; } __attribute__((packed)) idtr = { sizeof idt - 1, (u64)idt };
     __asm__ volatile("lidt %0" : : "m"(idtr));
     LAPIC[LAPIC_TPR] = 0;
@@ -132,7 +142,8 @@ static u64 bar_address(u32 dev, u32 bar) {
     return (u64)cfg32(dev, 0x14 + 4 * bar) << 32 | (lo & ~0xfu);
 }
 
-static void find_structures(u32 dev) {
+/* Finds the structures; with `msix`, enables MSI-X. */
+static void find_structures(u32 dev, int msix) {
     if (!(cfg16(dev, 6) & 0x10)) fail("no capability list");
     /* Memory space and bus master. */
     cfg16_write(dev, 4, cfg16(dev, 4) | 6);
@@ -157,6 +168,7 @@ static void find_structures(u32 dev) {
     u32 table = cfg32(dev, msix_cap + 4), pba = cfg32(dev, msix_cap + 8);
     msix_table = (volatile u32 *)(bar_address(dev, table & 7) + (table & ~7u));
     msix_pba = (volatile u64 *)(bar_address(dev, pba & 7) + (pba & ~7u));
+    if (!msix) return;
     /* MSI-X on, function unmasked. */
     cfg16_write(dev, msix_cap + 2, (control | 0x8000) & ~0x4000);
     puts("MSI-X ON\n");
@@ -178,7 +190,9 @@ static volatile u8 status;
 static u8 buf[512] __attribute__((aligned(512)));
 static u16 last_used;
 
-static void setup_device(void) {
+/* Brings the device up with queue 0; with `msix`, vector 0 for configuration changes and
+ * vector 1 for the queue, else no vectors (INTx). */
+static void setup_device(int msix) {
     C8(0x14) = 0;
     while (C8(0x14)) {}
     C8(0x14) = 1 | 2;
@@ -188,15 +202,21 @@ static void setup_device(void) {
     C32(0x08) = 1; C32(0x0c) = 1;
     C8(0x14) = 1 | 2 | 8;
     if (!(C8(0x14) & 8)) fail("FEATURES_OK refused");
-    program_vector(0, VECTOR_CONFIG, 0);
-    program_vector(1, VECTOR_QUEUE, 0);
-    C16(0x10) = 0;
-    if (C16(0x10) != 0) fail("config vector refused");
+    if (msix) {
+        program_vector(0, VECTOR_CONFIG, 0);
+        program_vector(1, VECTOR_QUEUE, 0);
+        C16(0x10) = 0;
+        if (C16(0x10) != 0) fail("config vector refused");
+    }
     C16(0x16) = 0;
     if (C16(0x18) < QN) fail("queue too small");
     C16(0x18) = QN;
-    C16(0x1a) = 1;
-    if (C16(0x1a) != 1) fail("queue vector refused");
+    if (msix) {
+        C16(0x1a) = 1;
+        if (C16(0x1a) != 1) fail("queue vector refused");
+    } else if (C16(0x1a) != 0xffff) {
+        fail("a queue vector without MSI-X");
+    }
     C32(0x20) = (u32)(u64)descs; C32(0x24) = 0;
     C32(0x28) = (u32)(u64)&avail; C32(0x2c) = 0;
     C32(0x30) = (u32)(u64)&used; C32(0x34) = 0;
@@ -258,13 +278,41 @@ static void resize(void) {
     print_capacity();
 }
 
+/* Reads sector 0 with the INTx interrupt: the interrupt line register names the IOAPIC pin,
+ * routed here edge-triggered to VECTOR_INTX on APIC 0. */
+static void intx(u32 dev) {
+    u32 pin = cfg8(dev, 0x3c);
+    if (cfg8(dev, 0x3d) != 1) fail("interrupt pin is not INTA#");
+    if (pin == 0 || pin >= 24) fail("no IOAPIC pin in the interrupt line register");
+    IOAPIC[0] = 0x10 + 2 * pin + 1;
+    IOAPIC[4] = 0;
+    IOAPIC[0] = 0x10 + 2 * pin;
+    IOAPIC[4] = VECTOR_INTX;
+    submit_read(0);
+    for (u64 spins = 0; !intx_irqs; spins++) {
+        if (spins > 100000000UL) fail("no INTx interrupt for the request");
+        __asm__ volatile("pause");
+    }
+    if (!(*isr & 1)) fail("ISR status does not say queue");
+    if (*isr) fail("reading ISR status did not clear it");
+    virtio_wait_used(&used, &last_used);
+    check_sector();
+    if (queue_irqs) fail("an MSI-X vector fired with MSI-X off");
+    puts("SECTOR 0 OK BY INTX on pin ");
+    putdec(pin);
+    puts("\n");
+    exit_with(0);
+}
+
 void main(const void *boot_params) {
     const char *mode = cmdline(boot_params);
+    int msix = !(mode[0] == 'i' && mode[1] == 'n');
     install_idt();
     u32 dev = scan();
-    find_structures(dev);
-    setup_device();
+    find_structures(dev, msix);
+    setup_device(msix);
     __asm__ volatile("sti");
+    if (!msix) intx(dev);
 
     submit_read(0);
     if (!wait_irqs(1)) fail("no MSI-X interrupt for the request");
