@@ -358,8 +358,7 @@ fn an_empty_entropy_device_and_smt_false() {
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
-/// Every flag Firecracker's launchers pass (but `--enable-pci`, which comes with PCI) starts
-/// ember serving its API.
+/// Every flag Firecracker's launchers pass starts ember serving its API.
 #[test]
 fn every_firecracker_flag_starts_ember_serving_its_api() {
     if !kvm_available() {
@@ -381,7 +380,7 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
         filter.to_str().unwrap(),
         metadata.to_str().unwrap(),
     );
-    let cases: [&[&str]; 13] = [
+    let cases: [&[&str]; 14] = [
         &["--id", "fc_flags"],
         &["--start-time-us", &now_us],
         &["--start-time-cpu-us", "0", "--parent-cpu-time-us", "10"],
@@ -391,6 +390,7 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
         &["--show-log-origin", "--module", "vmm"],
         &["--metrics-path", metrics],
         &["--boot-timer"],
+        &["--enable-pci"],
         &["--http-api-max-payload-size", "51200"],
         &["--metadata", metadata, "--mmds-size-limit", "102400"],
         &["--level", "Warning"],

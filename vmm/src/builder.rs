@@ -24,12 +24,12 @@ use crate::console::{
     CappedFile, ConsoleDrain, ConsoleOutput, RawTerminal, StdinKind, console_output,
 };
 use crate::controller::{Controller, Outcome, StopSignals};
-use crate::device_manager::{Backends, DeviceError, DeviceManager};
+use crate::device_manager::{self, Backends, DeviceError, DeviceManager};
 use crate::lifecycle::{ApiSubscriber, Lifecycle, RunningVm};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{self, FLUSH_PERIOD, Metrics, MetricsError, MetricsTimer};
 use crate::pause::PauseGate;
-use crate::spec::VmSpec;
+use crate::spec::{VirtioTransport, VmSpec};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{Vm, VmError};
 
@@ -329,8 +329,16 @@ fn load_guest(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, Buil
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, spec.vcpus)?;
-    let virtio: Vec<acpi::VirtioMmio> = spec.virtio_slots().map(|slot| slot.acpi()).collect();
-    arch::write_acpi(mem, spec.vcpus, &virtio)?;
+    match spec.transport {
+        VirtioTransport::Mmio => {
+            let virtio: Vec<acpi::VirtioMmio> = spec.virtio_slots().map(|s| s.acpi()).collect();
+            arch::write_acpi(mem, spec.vcpus, acpi::Virtio::Mmio(&virtio))?;
+        }
+        VirtioTransport::Pci => {
+            let host = device_manager::pci::acpi_host(mem_bytes, spec.virtio_slots());
+            arch::write_acpi(mem, spec.vcpus, acpi::Virtio::Pci(&host))?;
+        }
+    }
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)

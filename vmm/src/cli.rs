@@ -14,7 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
-use crate::spec::RunOptions;
+use crate::spec::{RunOptions, VirtioTransport};
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
 const SHORT_FOOTER: &str = "Console: Ctrl-A x ends the VM, Ctrl-A h lists the console keys. \
@@ -173,6 +173,11 @@ pub struct VmArgs {
     /// [default: --http-api-max-payload-size]
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<usize>,
+    /// Make every virtio device a virtio-pci device on PCI bus 0 instead of virtio-mmio
+    /// (Firecracker's flag), for kernels that find their disks on PCI (distribution kernels);
+    /// `pci=off` is dropped from the kernel command line.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub enable_pci: bool,
     /// Firecracker's boot timer: log "Guest-boot-time = N us" when the guest writes 123 to
     /// MMIO address 0xd0000000.
     #[arg(long, action = ArgAction::SetTrue)]
@@ -414,6 +419,11 @@ impl VmArgs {
             serial_out: self.serial_out.clone(),
             serial_out_max_bytes: self.serial_out_max_bytes,
             boot_timer: self.boot_timer,
+            transport: if self.enable_pci {
+                VirtioTransport::Pci
+            } else {
+                VirtioTransport::Mmio
+            },
             startup: Default::default(),
         }
     }
@@ -620,6 +630,16 @@ mod tests {
         let ok = spec(&["--kernel", "k", "--serial-out", "a.log", "--timeout", "2"]).unwrap();
         assert_eq!(ok.serial_out, [PathBuf::from("a.log")]);
         assert_eq!(ok.timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn enable_pci_puts_the_virtio_devices_on_pci() {
+        let pci = spec(&["--kernel", "k", "--disk", "r,root", "--enable-pci"]).unwrap();
+        assert_eq!(pci.transport, VirtioTransport::Pci);
+        assert!(!pci.cmdline.contains("virtio_mmio") && !pci.cmdline.contains("pci=off"));
+        let mmio = spec(&["--kernel", "k", "--disk", "r,root"]).unwrap();
+        assert_eq!(mmio.transport, VirtioTransport::Mmio);
+        assert!(mmio.cmdline.contains("virtio_mmio.device=") && mmio.cmdline.contains("pci=off"));
     }
 
     #[test]

@@ -42,8 +42,21 @@ pub struct RunOptions {
     pub serial_out_max_bytes: u64,
     /// Provide Firecracker's boot-timer device.
     pub boot_timer: bool,
+    /// How the virtio devices reach the guest (`--enable-pci`).
+    pub transport: VirtioTransport,
     /// How long ember took to serve its API, for the metrics.
     pub startup: ProcessStartup,
+}
+
+/// How the virtio devices reach the guest. Firecracker chooses with its `--enable-pci` flag
+/// only (its configuration file and API have no such field), so ember does too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtioTransport {
+    /// virtio-mmio devices announced on the kernel command line (and in the DSDT).
+    #[default]
+    Mmio,
+    /// virtio-pci functions on PCI bus 0, which a kernel finds by itself.
+    Pci,
 }
 
 impl Default for RunOptions {
@@ -53,6 +66,7 @@ impl Default for RunOptions {
             serial_out: Vec::new(),
             serial_out_max_bytes: crate::console::DEFAULT_SERIAL_FILE_LIMIT,
             boot_timer: false,
+            transport: VirtioTransport::Mmio,
             startup: ProcessStartup::default(),
         }
     }
@@ -65,8 +79,11 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     /// Host path of the initrd.
     pub initrd: Option<PathBuf>,
-    /// The final kernel command line, with the virtio devices and the root device announced.
+    /// The final kernel command line, with the virtio-mmio devices and the root device
+    /// announced.
     pub cmdline: String,
+    /// How the virtio devices reach the guest.
+    pub transport: VirtioTransport,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory in MiB.
@@ -224,6 +241,7 @@ impl VmSpec {
             kernel: boot.kernel_image_path.clone().into(),
             initrd: boot.initrd_path.as_ref().map(Into::into),
             cmdline: String::new(),
+            transport: opts.transport,
             vcpus: cfg.machine_config.vcpu_count,
             mem_mib: cfg.machine_config.mem_size_mib,
             pages: page_size(&cfg.machine_config),
@@ -243,11 +261,18 @@ impl VmSpec {
             timeout: opts.timeout,
             startup: opts.startup,
         };
-        // Every virtio device is announced, then the root device.
-        let mut announced: Vec<String> = spec.virtio_slots().map(|s| s.cmdline_param()).collect();
-        announced.extend(root);
+        // Every virtio-mmio device is announced, then the root device. PCI devices are found
+        // by the kernel, unless `pci=off` tells it not to look.
         let user = boot.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
-        spec.cmdline = with_kernel_params(user, &announced.join(" "));
+        let (user, mut announced) = match spec.transport {
+            VirtioTransport::Mmio => {
+                let slots = spec.virtio_slots().map(|s| s.cmdline_param());
+                (user.to_owned(), slots.collect::<Vec<_>>())
+            }
+            VirtioTransport::Pci => (without_pci_off(user), Vec::new()),
+        };
+        announced.extend(root);
+        spec.cmdline = with_kernel_params(&user, &announced.join(" "));
         Ok(spec)
     }
 
@@ -360,6 +385,22 @@ fn mmds(m: &MmdsConfig, nets: &mut [NetSpec]) -> Result<MmdsSpec, ConfigError> {
         imds_compat: m.imds_compat,
         ipv4,
     })
+}
+
+/// `cmdline` without the kernel's `pci=off` (the default command line has it, as do many
+/// Firecracker command lines), which would hide every PCI device. Words for init (after `--`)
+/// are left alone.
+fn without_pci_off(cmdline: &str) -> String {
+    let (kernel, init) = match cmdline.split_once(" -- ") {
+        Some((kernel, init)) => (kernel, Some(init)),
+        None => (cmdline, None),
+    };
+    let kept: Vec<&str> = kernel.split(' ').filter(|w| *w != "pci=off").collect();
+    let kernel = kept.join(" ");
+    match init {
+        Some(init) => format!("{kernel} -- {init}"),
+        None => kernel,
+    }
 }
 
 /// The user's command line with `params` added. Kernel parameters must come before `--`,
@@ -794,6 +835,7 @@ mod tests {
         assert_eq!(
             s.drives[0].slot,
             Slot {
+                index: 0,
                 base: VIRTIO_MMIO_START,
                 irq: VIRTIO_IRQ_BASE
             }
@@ -1018,6 +1060,35 @@ mod tests {
         let ids: Vec<(&str, bool)> = ids.iter().map(|s| (s.as_str(), false)).collect();
         c.drives = with_drives(&ids).drives;
         assert!(err(&c).contains("20 virtio devices"));
+    }
+
+    #[test]
+    fn with_pci_the_command_line_announces_no_mmio_device_and_drops_pci_off() {
+        let pci = RunOptions {
+            transport: VirtioTransport::Pci,
+            ..Default::default()
+        };
+        let mut c = with_drives(&[("rootfs", true), ("data", false)]);
+        let s = VmSpec::new(&c, &pci).unwrap();
+        assert_eq!(s.transport, VirtioTransport::Pci);
+        assert_eq!(
+            s.cmdline,
+            format!(
+                "{} root=/dev/vda rw",
+                DEFAULT_CMDLINE.replace(" pci=off", "")
+            )
+        );
+        c.boot_source.as_mut().unwrap().boot_args =
+            Some("console=ttyS0 pci=off quiet -- echo pci=off".into());
+        assert_eq!(
+            VmSpec::new(&c, &pci).unwrap().cmdline,
+            "console=ttyS0 quiet root=/dev/vda rw -- echo pci=off"
+        );
+        // Without the flag nothing changes.
+        let mmio = VmSpec::new(&c, &RunOptions::default()).unwrap();
+        assert_eq!(mmio.transport, VirtioTransport::Mmio);
+        assert_eq!(mmio.cmdline.matches("virtio_mmio.device=").count(), 2);
+        assert!(mmio.cmdline.starts_with("console=ttyS0 pci=off quiet"));
     }
 
     #[test]

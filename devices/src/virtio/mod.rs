@@ -1,38 +1,38 @@
-//! virtio devices on the virtio-mmio transport (virtio 1.2, "modern" register layout only).
+//! virtio devices and their transports, virtio-mmio and virtio-pci (virtio 1.2, "modern" only).
 //!
 //! A device implements [`VirtioDevice`]: its identity, features, configuration space, and what
-//! to do when the driver activates or resets it. [`mmio::MmioTransport`] owns everything the
-//! driver negotiates (status, features, queue addresses) and hands the device its queues on
-//! DRIVER_OK. Queue notifications reach a device as writes to its queue `EventFd`s (which the
-//! VMM registers as KVM ioeventfds, so vCPUs never run device code for a notify); interrupts
-//! leave through [`VirtioInterrupt`] (an irqfd).
+//! to do when the driver activates or resets it. [`transport::TransportState`] owns everything
+//! the driver negotiates (status, features, queue addresses) and hands the device its queues on
+//! DRIVER_OK; [`mmio::MmioTransport`] and [`pci::VirtioPci`] only map their registers onto it.
+//! Queue notifications reach a device as writes to its queue `EventFd`s (which the VMM
+//! registers as KVM ioeventfds, so vCPUs never run device code for a notify); interrupts leave
+//! through [`VirtioInterrupt`], which devices tell what happened (a queue's index or a
+//! configuration change) and which picks the line or MSI-X vector.
 
 pub mod block;
 pub mod chain;
+pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod transport;
 pub mod vsock;
 pub mod worker;
 
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+pub use interrupt::{
+    INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING, InterruptSource, NO_VECTOR, VirtioInterrupt,
+};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit: the device complies with virtio 1.x.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 /// Feature bit: the used/avail event index scheme suppresses notifications.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
-
-/// Interrupt status bit: a queue has new used buffers.
-pub const INTERRUPT_USED_RING: u32 = 1;
-/// Interrupt status bit: the configuration space changed.
-pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 
 /// Device status bits, set by the driver as it brings the device up.
 pub mod status {
@@ -48,6 +48,17 @@ pub mod status {
     pub const DEVICE_NEEDS_RESET: u32 = 64;
     /// The driver gave up on the device.
     pub const FAILED: u32 = 128;
+}
+
+/// What the VMM does to a running device, whichever transport carries it (a drive swap
+/// changes the device and tells the driver its configuration changed).
+pub trait Transport<D>: Send {
+    /// The device model.
+    fn device(&self) -> &D;
+    /// The device model, mutably.
+    fn device_mut(&mut self) -> &mut D;
+    /// Tells the driver that the configuration space changed.
+    fn config_changed(&mut self);
 }
 
 /// Errors activating a device.
@@ -88,68 +99,6 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), ActivateError>;
     /// The driver reset the device: forget the queues and features, keep the backend.
     fn reset(&mut self);
-}
-
-/// A device's interrupt line and its interrupt status register, shared between the transport
-/// (which the guest reads and acknowledges) and the device (which raises it).
-#[derive(Debug)]
-pub struct VirtioInterrupt {
-    status: AtomicU32,
-    irq: EventFd,
-    /// The device stopped using a queue it cannot trust (virtio 1.2, 2.1.2: DEVICE_NEEDS_RESET).
-    needs_reset: AtomicBool,
-}
-
-impl VirtioInterrupt {
-    /// An interrupt raised by writing `irq` (an irqfd).
-    pub fn new(irq: EventFd) -> Self {
-        Self {
-            status: AtomicU32::new(0),
-            irq,
-            needs_reset: AtomicBool::new(false),
-        }
-    }
-
-    /// The irqfd, for the VMM to register.
-    pub fn irq(&self) -> &EventFd {
-        &self.irq
-    }
-
-    /// Sets `bits` in the interrupt status and raises the interrupt.
-    pub fn trigger(&self, bits: u32) -> io::Result<()> {
-        self.status.fetch_or(bits, Ordering::AcqRel);
-        self.irq.write(1)
-    }
-
-    /// The interrupt status register.
-    pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Acquire)
-    }
-
-    /// The driver acknowledged `bits`.
-    pub fn acknowledge(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::AcqRel);
-    }
-
-    /// The device hit an error it cannot recover from without a reset (a corrupt ring): the
-    /// status register shows DEVICE_NEEDS_RESET and the driver gets a configuration-change
-    /// interrupt, as virtio 1.2 (2.1.2) asks, so it can reset the device.
-    pub fn needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::Release);
-        if let Err(err) = self.trigger(INTERRUPT_CONFIG_CHANGE) {
-            log::warn!("virtio: cannot interrupt the guest for a device reset: {err}");
-        }
-    }
-
-    /// Whether the device asked for a reset since the last one.
-    pub fn reset_needed(&self) -> bool {
-        self.needs_reset.load(Ordering::Acquire)
-    }
-
-    fn clear(&self) {
-        self.status.store(0, Ordering::Release);
-        self.needs_reset.store(false, Ordering::Release);
-    }
 }
 
 /// What a device did with one descriptor chain (see [`serve_chains`]).
@@ -300,16 +249,17 @@ impl<'m> Following<'_, 'm> {
     }
 }
 
-/// Raises the used-buffer interrupt after `count` chains were returned, unless the driver
-/// suppressed it.
+/// Raises queue `index`'s used-buffer interrupt after `count` chains were returned to
+/// `queue`, unless the driver suppressed it.
 pub fn signal_used(
     queue: &mut Queue,
+    index: u16,
     mem: &GuestMemoryMmap,
     interrupt: &VirtioInterrupt,
     count: usize,
 ) {
     if count > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        if let Err(err) = interrupt.trigger(INTERRUPT_USED_RING) {
+        if let Err(err) = interrupt.trigger(InterruptSource::Queue(index)) {
             log::warn!("virtio: cannot raise the interrupt: {err}");
         }
     }

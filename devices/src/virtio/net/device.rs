@@ -50,8 +50,10 @@ use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInter
 
 /// Size of `struct virtio_net_config` up to `mtu`.
 const CONFIG_LEN: usize = 12;
-const RX: usize = 0;
-const TX: usize = 1;
+/// The receive queue's index.
+pub(super) const RX: usize = 0;
+/// The transmit queue's index.
+pub(super) const TX: usize = 1;
 
 /// Counters a network device keeps, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use log::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::device::{Io, IoVecs};
+use super::device::{Io, IoVecs, RX};
 use super::frame;
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN, features};
@@ -195,7 +195,7 @@ impl Rx {
             }
         }
         if let Some(queue) = self.queue.as_mut() {
-            signal_used(queue, &io.mem, &io.interrupt, delivered);
+            signal_used(queue, RX as u16, &io.mem, &io.interrupt, delivered);
         }
         if let Some(mmds) = io.mmds.as_mut() {
             mmds.end_pass();

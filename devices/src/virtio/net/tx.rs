@@ -12,7 +12,7 @@ use log::warn;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::device::{Io, IoVecs};
+use super::device::{Io, IoVecs, TX};
 use super::frame::{self, VnetHeader};
 use super::mmds::{MmdsLink, PEEK_LEN};
 use super::tap::Backend;
@@ -89,7 +89,7 @@ impl Tx {
         }
         match served {
             Ok(served) => {
-                signal_used(queue, mem, &io.interrupt, served.count);
+                signal_used(queue, TX as u16, mem, &io.interrupt, served.count);
                 served.more && !blocked && !throttled
             }
             Err(err) => {

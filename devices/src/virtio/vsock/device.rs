@@ -292,7 +292,13 @@ impl Serving {
         });
         let tx_more = match tx {
             Ok(served) => {
-                signal_used(&mut queues[TX], mem, &self.interrupt, served.count);
+                signal_used(
+                    &mut queues[TX],
+                    TX as u16,
+                    mem,
+                    &self.interrupt,
+                    served.count,
+                );
                 served.more
             }
             Err(err) => return self.broken(err),
@@ -322,7 +328,13 @@ impl Serving {
         });
         match rx {
             Ok(served) => {
-                signal_used(&mut queues[RX], mem, &self.interrupt, served.count);
+                signal_used(
+                    &mut queues[RX],
+                    RX as u16,
+                    mem,
+                    &self.interrupt,
+                    served.count,
+                );
                 tx_more || (served.more && !idle)
             }
             Err(err) => self.broken(err),
