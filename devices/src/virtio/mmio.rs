@@ -72,32 +72,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    /// The device model, for the VMM's counters.
-    pub fn device(&self) -> &D {
-        self.state.device()
-    }
-
-    /// The device model, for the VMM's queue handling.
-    pub fn device_mut(&mut self) -> &mut D {
-        self.state.device_mut()
-    }
-
-    /// Whether the driver has activated the device.
-    pub fn is_active(&self) -> bool {
-        self.state.is_active()
-    }
-
-    /// The device status register, with DEVICE_NEEDS_RESET once the device asked for it.
-    pub fn status(&self) -> u32 {
-        self.state.status()
-    }
-
-    /// Tells the driver that the configuration space changed (new generation, config
-    /// interrupt).
-    pub fn config_changed(&mut self) {
-        self.state.config_changed();
-    }
-
     fn read_register(&self, offset: u64) -> u32 {
         let s = &self.state;
         match offset {
@@ -143,16 +117,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
 }
 
 impl<D: VirtioDevice> super::Transport<D> for MmioTransport<D> {
-    fn device(&self) -> &D {
-        MmioTransport::device(self)
+    fn state(&self) -> &TransportState<D> {
+        &self.state
     }
 
-    fn device_mut(&mut self) -> &mut D {
-        MmioTransport::device_mut(self)
-    }
-
-    fn config_changed(&mut self) {
-        MmioTransport::config_changed(self);
+    fn state_mut(&mut self) -> &mut TransportState<D> {
+        &mut self.state
     }
 }
 
@@ -190,7 +160,7 @@ mod tests {
     use super::*;
     use crate::virtio::block::device::tests::image;
     use crate::virtio::block::{Block, Disk};
-    use crate::virtio::status;
+    use crate::virtio::{Transport, status};
     use vm_memory::GuestAddress;
 
     const DESC: u32 = 0x1000;

@@ -51,14 +51,35 @@ pub mod status {
 }
 
 /// What the VMM does to a running device, whichever transport carries it (a drive swap
-/// changes the device and tells the driver its configuration changed).
-pub trait Transport<D>: Send {
+/// changes the device and tells the driver its configuration changed). Both transports keep
+/// what the driver negotiated in one [`transport::TransportState`]; everything here reads it.
+pub trait Transport<D: VirtioDevice>: Send {
+    /// The negotiated state the transport keeps.
+    fn state(&self) -> &transport::TransportState<D>;
+    /// The negotiated state, mutably.
+    fn state_mut(&mut self) -> &mut transport::TransportState<D>;
+
     /// The device model.
-    fn device(&self) -> &D;
+    fn device(&self) -> &D {
+        self.state().device()
+    }
     /// The device model, mutably.
-    fn device_mut(&mut self) -> &mut D;
-    /// Tells the driver that the configuration space changed.
-    fn config_changed(&mut self);
+    fn device_mut(&mut self) -> &mut D {
+        self.state_mut().device_mut()
+    }
+    /// Whether the driver has activated the device.
+    fn is_active(&self) -> bool {
+        self.state().is_active()
+    }
+    /// The device status, with DEVICE_NEEDS_RESET once the device asked for it.
+    fn status(&self) -> u32 {
+        self.state().status()
+    }
+    /// Tells the driver that the configuration space changed (new generation, config
+    /// interrupt).
+    fn config_changed(&mut self) {
+        self.state_mut().config_changed();
+    }
 }
 
 /// Errors activating a device.

@@ -205,31 +205,6 @@ impl<D: VirtioDevice> VirtioPci<D> {
         })
     }
 
-    /// The device model.
-    pub fn device(&self) -> &D {
-        self.state.device()
-    }
-
-    /// The device model, mutably.
-    pub fn device_mut(&mut self) -> &mut D {
-        self.state.device_mut()
-    }
-
-    /// Whether the driver has activated the device.
-    pub fn is_active(&self) -> bool {
-        self.state.is_active()
-    }
-
-    /// The device status, with DEVICE_NEEDS_RESET once the device asked for it.
-    pub fn status(&self) -> u32 {
-        self.state.status()
-    }
-
-    /// Tells the driver that the configuration space changed.
-    pub fn config_changed(&mut self) {
-        self.state.config_changed();
-    }
-
     /// Where BAR 0 is decoded now (it moves only when the VMM accepts a move).
     pub fn bar_address(&self) -> u64 {
         self.config.bar_address(BAR_INDEX).unwrap_or(0)
@@ -414,16 +389,12 @@ impl<D: VirtioDevice> PciFunction for VirtioPci<D> {
 }
 
 impl<D: VirtioDevice> super::Transport<D> for VirtioPci<D> {
-    fn device(&self) -> &D {
-        VirtioPci::device(self)
+    fn state(&self) -> &TransportState<D> {
+        &self.state
     }
 
-    fn device_mut(&mut self) -> &mut D {
-        VirtioPci::device_mut(self)
-    }
-
-    fn config_changed(&mut self) {
-        VirtioPci::config_changed(self);
+    fn state_mut(&mut self) -> &mut TransportState<D> {
+        &mut self.state
     }
 }
 

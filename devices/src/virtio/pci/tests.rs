@@ -10,6 +10,7 @@ use super::*;
 use crate::pci::bus::{BarMover, PciBus, PciConfigMmio};
 use crate::pci::msix::{CONTROL_ENABLE, MsiMessage, MsiRouting};
 use crate::sync::lock;
+use crate::virtio::Transport;
 use crate::virtio::rng::device::RNG_BUDGET;
 use crate::virtio::rng::{Rng, RngServer};
 use crate::virtio::testing::Driver;
