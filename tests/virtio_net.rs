@@ -310,34 +310,7 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
     let mut host_side = Vec::new();
     let mut patched = None;
     let dir = tempdir("linux-net");
-    let (client, client_len) = program_disk(&dir, "mmds_client");
-    let script = format!(
-        "nc -l -p 5001 > /tmp/in & echo NET-UP; \
-        p() {{ for i in 1 2 3; do ping $* >/dev/null && return; done; false; }}; \
-        p -c 2 -W 20 10.0.2.1 && echo CHECK ping-ok; \
-        p -c 1 -W 30 -s 1400 10.0.2.1 && echo CHECK ping1400-ok; \
-        p -c 1 -W 60 -s 60000 10.0.2.1 && echo CHECK ping60000-ok; \
-        p -c 1 -W 20 10.0.3.1 && echo CHECK ping-eth1-ok; \
-        head -c 1048576 /bin/busybox > /tmp/out; echo OUT $(sha256sum /tmp/out); \
-        nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in); \
-        head -c {client_len} /dev/vda > /tmp/mmds && chmod +x /tmp/mmds && \
-        ip route add 169.254.169.254 dev eth0 && /tmp/mmds"
-    );
-    let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
-        ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off ip=10.0.3.2:::255.255.255.0::eth1:off \
-        -- \"{script}\""
-    );
-    let config = serde_json::json!({
-        "boot-source": {"kernel_image_path": linux_vmlinux(), "initrd_path": initramfs(),
-                        "boot_args": cmdline},
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
-        "drives": [{"drive_id": "tools", "path_on_host": client, "is_root_device": false,
-                    "is_read_only": true}],
-        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"},
-                               {"iface_id": "eth1", "host_dev_name": "tap1"}],
-        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
-    });
+    let config = linux_net_config(&dir);
     let (cfg, metadata, sock, metrics) = (
         dir.join("vm.json"),
         dir.join("metadata.json"),
@@ -393,27 +366,7 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
         .map(|l| l["mmds"]["rx_no_token"].as_u64().unwrap())
         .sum();
     assert_eq!(no_token, 1);
-    // Verdicts are whole lines: the init echoes the script, which holds every CHECK word. A
-    // guest ping is tried up to three times (p) because busybox ping has crashed on the
-    // emulating test hosts; a lost reply on ember's side fails all three.
-    for line in [
-        "EMBER-NET: eth0 10.0.2.2",
-        "EMBER-NET: eth1 10.0.3.2",
-        "CHECK ping-ok",
-        "CHECK ping1400-ok",
-        "CHECK ping60000-ok",
-        "CHECK ping-eth1-ok",
-        "MMDS GOT: HTTP/1.1 200 OK ami-12345678",
-        "MMDS NO TOKEN: HTTP/1.1 401 Unauthorized",
-        "MMDS CHANGED: HTTP/1.1 200 OK ami-87654321",
-    ] {
-        assert_line(&log, line);
-    }
-    let token = log.lines().find(|l| l.starts_with("MMDS TOKEN: "));
-    assert!(
-        token.is_some_and(|l| l.starts_with("MMDS TOKEN: HTTP/1.1 200 OK, ")),
-        "{token:?}"
-    );
+    assert_linux_net_verdicts(&log);
     assert_eq!(
         results,
         [
@@ -562,5 +515,64 @@ fn an_idle_nic_uses_no_cpu_even_with_traffic_it_cannot_take() {
     eprintln!(
         "idle NIC thread: {} CPU ticks (10 ms each) in 2 s",
         after - before
+    );
+}
+
+/// The two-NIC boot's configuration: the guest script (pings, 1 MiB each way, then the MMDS
+/// client from a read-only disk made in `dir`), two interfaces, MMDS V2 on eth0.
+fn linux_net_config(dir: &std::path::Path) -> serde_json::Value {
+    let (client, client_len) = program_disk(dir, "mmds_client");
+    let script = format!(
+        "nc -l -p 5001 > /tmp/in & echo NET-UP; \
+        p() {{ for i in 1 2 3; do ping $* >/dev/null && return; done; false; }}; \
+        p -c 2 -W 20 10.0.2.1 && echo CHECK ping-ok; \
+        p -c 1 -W 30 -s 1400 10.0.2.1 && echo CHECK ping1400-ok; \
+        p -c 1 -W 60 -s 60000 10.0.2.1 && echo CHECK ping60000-ok; \
+        p -c 1 -W 20 10.0.3.1 && echo CHECK ping-eth1-ok; \
+        head -c 1048576 /bin/busybox > /tmp/out; echo OUT $(sha256sum /tmp/out); \
+        nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in); \
+        head -c {client_len} /dev/vda > /tmp/mmds && chmod +x /tmp/mmds && \
+        ip route add 169.254.169.254 dev eth0 && /tmp/mmds"
+    );
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
+        ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off ip=10.0.3.2:::255.255.255.0::eth1:off \
+        -- \"{script}\""
+    );
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": linux_vmlinux(), "initrd_path": initramfs(),
+                        "boot_args": cmdline},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "drives": [{"drive_id": "tools", "path_on_host": client, "is_root_device": false,
+                    "is_read_only": true}],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"},
+                               {"iface_id": "eth1", "host_dev_name": "tap1"}],
+        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
+    });
+    config
+}
+
+/// The guest's verdict lines of the two-NIC boot.
+fn assert_linux_net_verdicts(log: &str) {
+    // Verdicts are whole lines: the init echoes the script, which holds every CHECK word. A
+    // guest ping is tried up to three times (p) because busybox ping has crashed on the
+    // emulating test hosts; a lost reply on ember's side fails all three.
+    for line in [
+        "EMBER-NET: eth0 10.0.2.2",
+        "EMBER-NET: eth1 10.0.3.2",
+        "CHECK ping-ok",
+        "CHECK ping1400-ok",
+        "CHECK ping60000-ok",
+        "CHECK ping-eth1-ok",
+        "MMDS GOT: HTTP/1.1 200 OK ami-12345678",
+        "MMDS NO TOKEN: HTTP/1.1 401 Unauthorized",
+        "MMDS CHANGED: HTTP/1.1 200 OK ami-87654321",
+    ] {
+        assert_line(log, line);
+    }
+    let token = log.lines().find(|l| l.starts_with("MMDS TOKEN: "));
+    assert!(
+        token.is_some_and(|l| l.starts_with("MMDS TOKEN: HTTP/1.1 200 OK, ")),
+        "{token:?}"
     );
 }
