@@ -9,11 +9,13 @@
 
 pub mod block;
 pub mod chain;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
 
@@ -59,6 +61,9 @@ pub enum ActivateError {
     /// A queue's rings lie outside guest memory or are misaligned.
     #[error("queue {0} is not valid (rings outside guest memory or misaligned)")]
     InvalidQueue(usize),
+    /// The process that serves the queues (a vhost-user backend) refused them.
+    #[error("the device's backend cannot take the queues")]
+    Backend(#[source] vhost_user::BackendError),
 }
 
 /// What a device model provides to the transport.
@@ -98,6 +103,9 @@ pub struct VirtioInterrupt {
     irq: EventFd,
     /// The device stopped using a queue it cannot trust (virtio 1.2, 2.1.2: DEVICE_NEEDS_RESET).
     needs_reset: AtomicBool,
+    /// Another process (a vhost-user backend) raises the used-buffer interrupt by writing the
+    /// irqfd itself, so the status bit is never set here.
+    raised_by_backend: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -107,7 +115,17 @@ impl VirtioInterrupt {
             status: AtomicU32::new(0),
             irq,
             needs_reset: AtomicBool::new(false),
+            raised_by_backend: AtomicBool::new(false),
         }
+    }
+
+    /// The used-buffer interrupt is raised by a backend writing the irqfd directly (vhost-user),
+    /// which cannot set the status bit. From now on the status register always shows it:
+    /// Linux's virtio-mmio handler looks at the used rings only when the bit is set, so
+    /// without it every interrupt of the backend would be dropped. A spurious bit costs the
+    /// driver a look at rings with nothing new.
+    pub fn set_raised_by_backend(&self) {
+        self.raised_by_backend.store(true, Ordering::Release);
     }
 
     /// The irqfd, for the VMM to register.
@@ -123,7 +141,12 @@ impl VirtioInterrupt {
 
     /// The interrupt status register.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Acquire)
+        let backend = if self.raised_by_backend.load(Ordering::Acquire) {
+            INTERRUPT_USED_RING
+        } else {
+            0
+        };
+        self.status.load(Ordering::Acquire) | backend
     }
 
     /// The driver acknowledged `bits`.

@@ -212,6 +212,7 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
                 fd: backend,
                 readable: want.readable,
                 writable: want.writable,
+                hangup: false,
             },
         ]);
         // A direction without a limiter has a watch that waits for nothing.
@@ -219,6 +220,7 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
             fd: l.as_ref().map_or(-1, |l| l.timer_fd()),
             readable: l.is_some(),
             writable: false,
+            hangup: false,
         }));
     }
 

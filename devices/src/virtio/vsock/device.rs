@@ -199,6 +199,7 @@ impl IoHandler for VsockServer {
                 fd,
                 readable,
                 writable,
+                hangup: false,
             });
         }
     }
