@@ -47,6 +47,10 @@ pub struct VmConfig {
     /// A virtio-vsock device whose host side is Unix sockets (`PUT /vsock`); absent: none.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared with the guest over virtio-fs (`PUT /fs/{fs_id}`); an ember
+    /// extension, absent from Firecracker's configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name,
     /// and shown as `null` in `GET /vm/config` (every key Firecracker returns is there).
     #[serde(flatten)]
@@ -318,6 +322,26 @@ pub struct VsockConfig {
     /// The Unix socket ember listens on for host-initiated connections; guest-initiated ones
     /// go to `<uds_path>_<port>`.
     pub uds_path: String,
+}
+
+/// One `fs` entry (`PUT /fs/{fs_id}`): a virtio-fs device, served either by a virtiofsd that
+/// ember starts for `shared_dir` or by a vhost-user backend already listening on `socket`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The device's id (letters, digits and '_').
+    pub fs_id: String,
+    /// The name the guest mounts it by (`mount -t virtiofs TAG /mnt`), 1 to 36 bytes.
+    pub tag: String,
+    /// The host directory ember shares, starting virtiofsd for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<String>,
+    /// The socket of a vhost-user backend someone else runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// Share `shared_dir` read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// `metrics` (`PUT /metrics`): where counters are written.

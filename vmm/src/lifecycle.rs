@@ -249,6 +249,10 @@ impl Lifecycle {
             VmmAction::PutSerial(serial) => self.configure(|c| c.serial = Some(serial)),
             VmmAction::PutEntropy(entropy) => self.configure(|c| c.entropy = Some(entropy)),
             VmmAction::PutVsock(vsock) => self.configure(|c| c.vsock = Some(vsock)),
+            VmmAction::PutFs(fs) => self.configure(|c| {
+                let id = fs.fs_id.clone();
+                upsert(&mut c.fs, fs, |f| f.fs_id == id);
+            }),
             VmmAction::PutLogger(section) => self.put_logger(section).map(done),
             VmmAction::PutMetrics(section) => {
                 self.not_started()?;
