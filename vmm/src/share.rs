@@ -114,9 +114,6 @@ pub fn parse(entries: &[FsConfig], first: usize) -> Result<Vec<FsSpec>, FsConfig
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(FsConfigError::Id(id));
         }
-        if specs.iter().any(|s| s.id == id) {
-            return Err(FsConfigError::DuplicateId(id));
-        }
         if !valid_tag(&e.tag) {
             let tag = e.tag.clone();
             return Err(FsConfigError::Tag { id, tag });
@@ -127,6 +124,9 @@ pub fn parse(entries: &[FsConfig], first: usize) -> Result<Vec<FsSpec>, FsConfig
                 first: other.id.clone(),
                 second: id,
             });
+        }
+        if specs.iter().any(|s| s.id == id) {
+            return Err(FsConfigError::DuplicateId(id));
         }
         let backend = match (&e.shared_dir, &e.socket) {
             (Some(dir), None) => FsBackend::Virtiofsd {

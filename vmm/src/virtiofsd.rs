@@ -7,10 +7,12 @@
 //! then connects at once: nothing waits for a socket to appear, and a virtiofsd that fails to
 //! start is seen as a hang-up during negotiation, reported with its exit status.
 //!
-//! A [`Virtiofsd`] is owned by the device manager and killed and reaped when dropped, which
-//! happens on every way ember's VM ends; should ember itself be killed, the kernel kills
-//! virtiofsd too (`PR_SET_PDEATHSIG`, set for the main thread, which starts it and lives as
-//! long as ember). No virtiofsd outlives ember.
+//! A [`Virtiofsd`] runs in a process group of its own and is owned by the device manager,
+//! which kills the group and reaps virtiofsd when dropped, on every way ember's VM ends.
+//! Should ember itself be killed, the kernel kills virtiofsd too (`PR_SET_PDEATHSIG`, set for
+//! the main thread, which starts it and lives as long as ember); its sandbox is `chroot`
+//! (as root), which does not fork, so there is no second process to leave behind. No
+//! virtiofsd outlives ember.
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
@@ -39,6 +41,9 @@ pub enum ShareError {
          install virtiofsd`), put it on PATH or set {VIRTIOFSD_ENV}=/path/to/virtiofsd"
     )]
     NotFound,
+    /// `$EMBER_VIRTIOFSD` names no file.
+    #[error("{VIRTIOFSD_ENV}={} is not a file; point it at the virtiofsd binary", .0.display())]
+    BadEnv(PathBuf),
     /// The socket handed to virtiofsd cannot be made.
     #[error("cannot create the socket for virtiofsd at '{}'", path.display())]
     Socket {
@@ -76,10 +81,17 @@ impl Drop for Virtiofsd {
     fn drop(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             warn!("virtiofsd of share '{}' had exited ({status})", self.tag);
-            return;
         }
-        if let Err(err) = self.child.kill() {
-            warn!("cannot stop virtiofsd of share '{}': {err}", self.tag);
+        // Its whole process group, even when virtiofsd itself is gone, in case anything it
+        // started lives on. The group's id cannot be reused while the child is unreaped or
+        // any member of the group lives.
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(-group, libc::SIGKILL) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                warn!("cannot stop virtiofsd of share '{}': {err}", self.tag);
+            }
         }
         let _ = self.child.wait();
     }
@@ -128,7 +140,12 @@ fn exit_status(daemon: &mut Virtiofsd) -> Option<ExitStatus> {
 /// The virtiofsd binary.
 pub fn find() -> Result<PathBuf, ShareError> {
     if let Some(path) = std::env::var_os(VIRTIOFSD_ENV).filter(|p| !p.is_empty()) {
-        return Ok(path.into());
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(ShareError::BadEnv(path))
+        };
     }
     let on_path = std::env::var_os("PATH")
         .iter()
@@ -196,19 +213,31 @@ fn spawn(
     if read_only {
         args.push("--readonly".into());
     }
+    // Not virtiofsd's default sandbox (namespaces): in it, virtiofsd forks, and the fork that
+    // serves becomes the init of a new PID namespace, which ignores the death signal its
+    // parent set, so it would outlive a killed ember. chroot confines it without forking;
+    // it needs root, without which there is no sandbox.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        // Its default sandbox (namespaces) needs root.
-        args.push("--sandbox=none".into());
-    }
+    let root = unsafe { libc::geteuid() } == 0;
+    args.push(
+        if root {
+            "--sandbox=chroot"
+        } else {
+            "--sandbox=none"
+        }
+        .into(),
+    );
     let mut cmd = Command::new(binary);
     cmd.args(&args);
-    // SAFETY: the closure runs in the child between fork and exec and only makes two
-    // async-signal-safe system calls on a descriptor the child inherited.
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls, on a descriptor the child inherited and on itself.
     unsafe {
         cmd.pre_exec(move || {
-            // The listener is close-on-exec in ember; virtiofsd must keep it.
+            // The listener is close-on-exec in ember; virtiofsd must keep it. Its own process
+            // group lets ember stop it and the processes it forks at once, and keeps a
+            // terminal's Ctrl-C (which ember handles) away from it.
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0
+                || libc::setpgid(0, 0) != 0
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
             {
                 return Err(std::io::Error::last_os_error());
