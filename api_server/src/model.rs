@@ -440,6 +440,23 @@ mod tests {
     }
 
     #[test]
+    fn an_fs_list_is_parsed_strictly_and_left_out_of_the_config_when_empty() {
+        let cfg = VmConfig::from_json(
+            r#"{"fs": [{"fs_id": "d", "tag": "docs", "shared_dir": "/srv/d", "read_only": true},
+                       {"fs_id": "e", "tag": "ext", "socket": "/run/e.sock"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.fs.len(), 2);
+        assert!(cfg.fs[0].read_only && !cfg.fs[1].read_only);
+        assert_eq!(cfg.fs[1].socket.as_deref(), Some("/run/e.sock"));
+        let err = VmConfig::from_json(r#"{"fs": [{"fs_id": "d", "tag": "t", "dir": "/x"}]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `dir`"), "{err}");
+        let shown = serde_json::to_value(VmConfig::default()).unwrap();
+        assert!(shown.get("fs").is_none(), "{shown}");
+    }
+
+    #[test]
     fn a_vsock_section_is_a_device_and_is_parsed_strictly() {
         let cfg =
             VmConfig::from_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v.sock"}}"#).unwrap();

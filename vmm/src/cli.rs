@@ -603,6 +603,31 @@ mod tests {
     }
 
     #[test]
+    fn share_and_fs_flags_become_fs_devices_after_the_others_in_flag_order() {
+        let tmp = std::env::temp_dir();
+        let dir = tmp.to_str().unwrap();
+        let ok = spec(&[
+            "--kernel",
+            "k",
+            "--vsock",
+            "3,/v.sock",
+            "--fs",
+            "socket=/run/e.sock,tag=ext",
+            "--share",
+            &format!("{dir},ro"),
+        ])
+        .unwrap();
+        let tags: Vec<_> = ok.shares.iter().map(|s| s.tag.as_str()).collect();
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(tags, [name, "ext"]);
+        assert_eq!(ok.shares[0].slot, crate::device_manager::Slot::nth(1));
+        assert!(ok.cmdline.contains(&ok.shares[1].slot.cmdline_param()));
+        let err = spec(&["--kernel", "k", "--share", &format!("{dir},rw")]).unwrap_err();
+        assert!(err.contains("unknown option 'rw'"), "{err}");
+        assert!(parse(&["--share", dir]).is_err(), "--share needs --kernel");
+    }
+
+    #[test]
     fn zero_vcpus_and_no_kernel_are_config_errors() {
         let err = spec(&["--kernel", "k", "--vcpus", "0"]).unwrap_err();
         assert!(err.contains("vcpu_count"), "{err}");
