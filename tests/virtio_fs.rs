@@ -257,4 +257,18 @@ fn bad_shares_are_clear_errors_before_the_vm_starts() {
         Some(("EMBER_VIRTIOFSD", "/no/virtiofsd")),
     );
     assert_contains(&bad_env, "EMBER_VIRTIOFSD=/no/virtiofsd is not a file");
+    // A virtiofsd that fails at start: its exit status and its own words, no hang.
+    let fake = dir.join("failing-virtiofsd");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake virtiofsd: cannot serve' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let failed = refused(
+        &["--share", &share],
+        Some(("EMBER_VIRTIOFSD", fake.to_str().unwrap())),
+    );
+    assert_contains(&failed, "fake virtiofsd: cannot serve");
+    assert_contains(&failed, "virtiofsd exited at start (exit status: 3)");
 }
