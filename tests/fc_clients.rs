@@ -271,6 +271,58 @@ fn a_client_that_sets_up_vsock_and_entropy_boots() {
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
+/// Firecracker's Go SDK with metadata (as firectl and firecracker-containerd use it): machine,
+/// boot source, root drive, a network interface, `PUT /mmds/config` naming it right after,
+/// `PUT /mmds` with the metadata, InstanceStart; then `GET /mmds` reads it back.
+#[test]
+fn the_go_sdk_sequence_with_metadata_boots() {
+    if !kvm_available() || !net_available() {
+        return;
+    }
+    let ns = NetNs::new("fc-go-sdk", &[("tap0", "10.0.6.1/24")]);
+    let ember = ns.command(env!("CARGO_BIN_EXE_ember"));
+    let vmm = Ember::start_with("fc-go-sdk", ember, &["--id", "sdk_1"]);
+    let mut c = vmm.client();
+    let rootfs = vmm.dir.join("rootfs.ext4");
+    std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+    let metadata = json!({"latest": {"meta-data": {"instance-id": "sdk_1",
+                                                   "local-ipv4": "10.0.6.2"}}});
+    let steps = [
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false}),
+        ),
+        (
+            "/boot-source",
+            json!({"kernel_image_path": guest("spin"), "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}),
+        ),
+        (
+            "/drives/1",
+            json!({"drive_id": "1", "path_on_host": rootfs, "is_root_device": true,
+                   "is_read_only": false}),
+        ),
+        (
+            "/network-interfaces/1",
+            json!({"iface_id": "1", "host_dev_name": "tap0", "guest_mac": "AA:FC:00:00:00:01"}),
+        ),
+        (
+            "/mmds/config",
+            json!({"network_interfaces": ["1"], "version": "V2",
+                   "ipv4_address": "169.254.169.254"}),
+        ),
+        ("/mmds", metadata.clone()),
+    ];
+    for (path, body) in steps {
+        done(&mut c, "PUT", path, &body);
+    }
+    instance_start(&vmm, &mut c);
+    let (status, body) = c.request("GET", "/mmds", None);
+    assert_eq!((status, json(&body)), (200, metadata));
+    let (_, body) = c.request("GET", "/vm/config", None);
+    assert_eq!(json(&body)["mmds-config"]["version"], "V2");
+    assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
+}
+
 /// A client that always adds an entropy device with an empty body and says `smt: false`.
 #[test]
 fn an_empty_entropy_device_and_smt_false() {
@@ -306,8 +358,7 @@ fn an_empty_entropy_device_and_smt_false() {
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
-/// Every flag Firecracker's launchers pass (but `--enable-pci`, `--metadata` and
-/// `--mmds-size-limit`, which come with the PCI and MMDS devices) starts ember serving its API.
+/// Every flag Firecracker's launchers pass starts ember serving its API.
 #[test]
 fn every_firecracker_flag_starts_ember_serving_its_api() {
     if !kvm_available() {
@@ -315,18 +366,21 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
     }
     let now_us = (vmm::vcpu::monotonic_ns() / 1000).to_string();
     let dir = tempdir("fc-flags-files");
-    let (log, metrics, filter) = (
+    let (log, metrics, filter, metadata) = (
         dir.join("ember.log"),
         dir.join("metrics.json"),
         dir.join("filter.bpf"),
+        dir.join("metadata.json"),
     );
     std::fs::write(&filter, b"").unwrap();
-    let (log, metrics, filter) = (
+    std::fs::write(&metadata, br#"{"latest": {}}"#).unwrap();
+    let (log, metrics, filter, metadata) = (
         log.to_str().unwrap(),
         metrics.to_str().unwrap(),
         filter.to_str().unwrap(),
+        metadata.to_str().unwrap(),
     );
-    let cases: [&[&str]; 12] = [
+    let cases: [&[&str]; 14] = [
         &["--id", "fc_flags"],
         &["--start-time-us", &now_us],
         &["--start-time-cpu-us", "0", "--parent-cpu-time-us", "10"],
@@ -336,7 +390,9 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
         &["--show-log-origin", "--module", "vmm"],
         &["--metrics-path", metrics],
         &["--boot-timer"],
+        &["--enable-pci"],
         &["--http-api-max-payload-size", "51200"],
+        &["--metadata", metadata, "--mmds-size-limit", "102400"],
         &["--level", "Warning"],
         &["--level", "Trace"],
     ];

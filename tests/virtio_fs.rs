@@ -5,8 +5,10 @@
 //! the host compares), creates, renames and deletes files and a directory the host then sees,
 //! is refused a write on `ro` with EROFS, sees a file the host writes after the mount, and
 //! after the test kills `ro`'s virtiofsd gets an error there (not a hang) while `rw` still
-//! works. After ember exits, no virtiofsd it started is left. Bad input (a missing directory,
-//! a file, a long or repeated tag, no virtiofsd) is refused before any VM starts.
+//! works. After ember exits, no virtiofsd it started is left. A second boot with
+//! `--enable-pci` reads and writes a share that is a virtio-pci function with MSI-X. Bad input
+//! (a missing directory, a file, a long or repeated tag, no virtiofsd) is refused before any VM
+//! starts.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -218,6 +220,45 @@ fn a_linux_guest_reads_writes_and_survives_a_dead_backend_on_three_shares() {
         "a virtiofsd serving a share under {} is left",
         dir.display()
     );
+}
+
+/// Run from the share on PCI: the read, a write, and the interrupt lines of the share's queues.
+const PCI_SCRIPT: &str = r#"
+read -r line < /a/hello.txt; echo "VERDICT hello $line"
+echo written-over-pci > /a/from-guest.txt && echo 'VERDICT wrote yes'
+while read -r l; do case "$l" in *requests*) echo "VERDICT irq $l";; esac; done < /proc/interrupts
+"#;
+
+#[test]
+fn with_enable_pci_a_share_is_a_pci_function_with_msix_that_the_guest_reads_and_writes() {
+    let Some(_turn) = linux_slot() else {
+        return;
+    };
+    let dir = tempdir("virtio-fs-pci");
+    let rw = dir.join("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(rw.join("t.sh"), PCI_SCRIPT).unwrap();
+    std::fs::write(rw.join("hello.txt"), "hello over pci\n").unwrap();
+    let mut ember_cmd = ember();
+    ember_cmd
+        .arg("--kernel")
+        .arg(linux_acpi_kernel())
+        .arg("--initrd")
+        .arg(initramfs())
+        .args(["--memory", "256", "--timeout", "600", "--enable-pci"])
+        .arg("--share")
+        .arg(format!("{},tag=rw", rw.display()))
+        .args(["--", "mkdir /a && mount -t virtiofs rw /a && sh /a/t.sh"]);
+    let (log, status, stderr) = run_watching(&mut ember_cmd, LIMIT, |_, _| {});
+    assert_eq!(code(&status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
+    assert_eq!(verdict(&log, "hello"), "hello over pci");
+    assert_eq!(verdict(&log, "wrote"), "yes");
+    let written = std::fs::read_to_string(rw.join("from-guest.txt")).unwrap();
+    assert_eq!(written, "written-over-pci\n");
+    // The request queue's interrupt is an MSI-X vector of the PCI function, which virtiofsd
+    // raised itself (the guest's reads completed).
+    let irq = verdict(&log, "irq");
+    assert!(irq.contains("PCI-MSI"), "{irq}");
 }
 
 /// ember with `args` on a kernel that is never loaded: every error here comes first.

@@ -1,8 +1,9 @@
 //! virtio-net over a TAP: every test makes its own network namespace with its TAPs (removed
 //! when the test ends, even on failure) and runs ember inside it. A tiny guest with a minimal
 //! driver checks exact frames both ways and hostile chains; one Linux boot checks what users
-//! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs). A transmit rate
-//! limiter is timed against the same frames unlimited.
+//! rely on (ping both ways with fragmentation, 1 MiB TCP each way, two NICs, the metadata
+//! service on one of them). A transmit rate limiter is timed against the same frames
+//! unlimited.
 #![allow(clippy::unwrap_used)] // test code
 
 mod common;
@@ -274,11 +275,14 @@ fn sha256(data: &[u8]) -> String {
         .to_owned()
 }
 
-/// One Linux boot with two NICs. The guest's init configures eth0 and eth1 from `ip=` words;
-/// its script pings the host (56, 1400 and 60000 bytes), sends 1 MiB over TCP, receives 1 MiB
-/// and prints checksums, while the host pings it on both addresses.
+/// One Linux boot with two NICs, from a config file, with the API served. The guest's init
+/// configures eth0 and eth1 from `ip=` words; its script pings the host (56, 1400 and 60000
+/// bytes), sends 1 MiB over TCP, receives 1 MiB and prints checksums, while the host pings it
+/// on both addresses. Then a guest program (on a read-only disk) reads the metadata service,
+/// V2, on eth0: a token, a key with it (from `--metadata`), a 401 without one, and the key
+/// again once the host has changed it with `PATCH /mmds`.
 #[test]
-fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
+fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
     if !kvm_available() || !net_available() {
         return;
     }
@@ -304,26 +308,63 @@ fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
         .collect();
     let sent_sum = sha256(&outbound);
     let mut host_side = Vec::new();
-    let script = "nc -l -p 5001 > /tmp/in & echo NET-UP; \
-        ping -c 2 -W 20 10.0.2.1 >/dev/null && echo CHECK ping-ok; \
-        ping -c 1 -W 30 -s 1400 10.0.2.1 >/dev/null && echo CHECK ping1400-ok; \
-        ping -c 1 -W 60 -s 60000 10.0.2.1 >/dev/null && echo CHECK ping60000-ok; \
-        ping -c 1 -W 20 10.0.3.1 >/dev/null && echo CHECK ping-eth1-ok; \
+    let mut patched = None;
+    let dir = tempdir("linux-net");
+    let (client, client_len) = program_disk(&dir, "mmds_client");
+    let script = format!(
+        "nc -l -p 5001 > /tmp/in & echo NET-UP; \
+        p() {{ for i in 1 2 3; do ping $* >/dev/null && return; done; false; }}; \
+        p -c 2 -W 20 10.0.2.1 && echo CHECK ping-ok; \
+        p -c 1 -W 30 -s 1400 10.0.2.1 && echo CHECK ping1400-ok; \
+        p -c 1 -W 60 -s 60000 10.0.2.1 && echo CHECK ping60000-ok; \
+        p -c 1 -W 20 10.0.3.1 && echo CHECK ping-eth1-ok; \
         head -c 1048576 /bin/busybox > /tmp/out; echo OUT $(sha256sum /tmp/out); \
-        nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in)";
-    let cmdline = "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
-        ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off ip=10.0.3.2:::255.255.255.0::eth1:off";
+        nc 10.0.2.1 5000 < /tmp/out; wait; echo IN $(sha256sum /tmp/in); \
+        head -c {client_len} /dev/vda > /tmp/mmds && chmod +x /tmp/mmds && \
+        ip route add 169.254.169.254 dev eth0 && /tmp/mmds"
+    );
+    let cmdline = format!(
+        "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd quiet \
+        ip=10.0.2.2::10.0.2.1:255.255.255.0::eth0:off ip=10.0.3.2:::255.255.255.0::eth1:off \
+        -- \"{script}\""
+    );
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": linux_vmlinux(), "initrd_path": initramfs(),
+                        "boot_args": cmdline},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        "drives": [{"drive_id": "tools", "path_on_host": client, "is_root_device": false,
+                    "is_read_only": true}],
+        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"},
+                               {"iface_id": "eth1", "host_dev_name": "tap1"}],
+        "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
+    });
+    let (cfg, metadata, sock, metrics) = (
+        dir.join("vm.json"),
+        dir.join("metadata.json"),
+        dir.join("api.sock"),
+        dir.join("metrics.json"),
+    );
+    std::fs::write(&cfg, config.to_string()).unwrap();
+    let ami = serde_json::json!({"latest": {"meta-data": {"ami-id": "ami-12345678"}}});
+    std::fs::write(&metadata, ami.to_string()).unwrap();
     let (log, status, stderr) = run_watching(
         ns.command(env!("CARGO_BIN_EXE_ember"))
-            .arg("--kernel")
-            .arg(linux_vmlinux())
-            .arg("--initrd")
-            .arg(initramfs())
-            .args(["--memory", "128", "--cmdline", cmdline])
-            .args(["--net", "tap=tap0", "--net", "tap=tap1"])
-            .args(["--", script]),
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--metadata")
+            .arg(&metadata)
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--metrics-path")
+            .arg(&metrics),
         LINUX_LIMIT,
         |line, _| {
+            if line.starts_with("MMDS GOT:") {
+                // The guest reads the store live: it waits for this change.
+                let patch = r#"{"latest": {"meta-data": {"ami-id": "ami-87654321"}}}"#;
+                let mut api = ApiClient::connect(&sock);
+                patched = Some(api.request("PATCH", "/mmds", Some(patch)));
+            }
             if line.trim() != "NET-UP" {
                 return;
             }
@@ -345,16 +386,34 @@ fn linux_pings_and_moves_a_mebibyte_each_way_on_two_nics() {
     );
     let results: Vec<String> = host_side.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(code(&status), EXIT_OK, "console:\n{log}\nstderr:\n{stderr}");
-    for needle in [
+    assert_eq!(patched, Some((204, String::new())));
+    // The one GET without a token is counted, as Firecracker counts it.
+    let no_token: u64 = common::api::metric_lines(&metrics)
+        .iter()
+        .map(|l| l["mmds"]["rx_no_token"].as_u64().unwrap())
+        .sum();
+    assert_eq!(no_token, 1);
+    // Verdicts are whole lines: the init echoes the script, which holds every CHECK word. A
+    // guest ping is tried up to three times (p) because busybox ping has crashed on the
+    // emulating test hosts; a lost reply on ember's side fails all three.
+    for line in [
         "EMBER-NET: eth0 10.0.2.2",
         "EMBER-NET: eth1 10.0.3.2",
         "CHECK ping-ok",
         "CHECK ping1400-ok",
         "CHECK ping60000-ok",
         "CHECK ping-eth1-ok",
+        "MMDS GOT: HTTP/1.1 200 OK ami-12345678",
+        "MMDS NO TOKEN: HTTP/1.1 401 Unauthorized",
+        "MMDS CHANGED: HTTP/1.1 200 OK ami-87654321",
     ] {
-        assert_contains(&log, needle);
+        assert_line(&log, line);
     }
+    let token = log.lines().find(|l| l.starts_with("MMDS TOKEN: "));
+    assert!(
+        token.is_some_and(|l| l.starts_with("MMDS TOKEN: HTTP/1.1 200 OK, ")),
+        "{token:?}"
+    );
     assert_eq!(
         results,
         [

@@ -4,6 +4,8 @@
 //! server answers with a 400 and a `fault_message`, then closes the connection, since the rest
 //! of its stream cannot be trusted.
 
+use crate::request::Fault;
+
 /// Most headers a request may carry.
 const MAX_HEADERS: usize = 32;
 /// Largest request head (request line and headers).
@@ -151,7 +153,7 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Result<Option<(Request, usize)>,
 /// A response: a status and an optional JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    /// 200, 204 or 400.
+    /// 200, 204, 400 or 413.
     pub status: u16,
     /// The JSON body, if any.
     pub body: Option<String>,
@@ -176,9 +178,14 @@ impl Response {
 
     /// 400 with `{"fault_message": message}`.
     pub fn fault(message: &str) -> Self {
-        let body = serde_json::json!({ "fault_message": message }).to_string();
+        Self::refused(&Fault::BadRequest(message.into()))
+    }
+
+    /// The VMM's refusal: its status, with `{"fault_message": ...}`.
+    pub fn refused(fault: &Fault) -> Self {
+        let body = serde_json::json!({ "fault_message": fault.message() }).to_string();
         Self {
-            status: 400,
+            status: fault.status(),
             body: Some(body),
         }
     }
@@ -188,6 +195,7 @@ impl Response {
         let reason = match self.status {
             200 => "OK",
             204 => "No Content",
+            413 => "Payload Too Large",
             _ => "Bad Request",
         };
         let mut out = format!("HTTP/1.1 {} {reason}\r\nServer: ember\r\n", self.status);
@@ -308,5 +316,12 @@ mod tests {
         assert!(fault.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(fault.ends_with("\r\n\r\n{\"fault_message\":\"bad \\\"x\\\"\"}"));
         assert!(fault.contains("Content-Length: 29\r\n"));
+        let full = Response::refused(&Fault::PayloadTooLarge("over".into())).to_bytes();
+        let full = String::from_utf8(full).unwrap();
+        assert!(
+            full.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{full}"
+        );
+        assert!(full.ends_with("{\"fault_message\":\"over\"}"), "{full}");
     }
 }

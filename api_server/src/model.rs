@@ -4,6 +4,8 @@
 //! of Firecracker's config file that ember knows but does not implement parse, and are refused
 //! with a named error by [`VmConfig::unsupported_sections`] rather than silently dropped.
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -51,6 +53,10 @@ pub struct VmConfig {
     /// extension, absent from Firecracker's configuration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fs: Vec<FsConfig>,
+    /// The microVM metadata service on some network interfaces (`PUT /mmds/config`); absent:
+    /// no interface reaches it.
+    #[serde(rename = "mmds-config", default)]
+    pub mmds_config: Option<MmdsConfig>,
     /// Firecracker sections ember does not implement; kept so they can be refused by name,
     /// and shown as `null` in `GET /vm/config` (every key Firecracker returns is there).
     #[serde(flatten)]
@@ -63,8 +69,6 @@ pub struct VmConfig {
 pub struct UnsupportedSections {
     #[serde(default)]
     balloon: Option<Value>,
-    #[serde(rename = "mmds-config", default)]
-    mmds_config: Option<Value>,
     #[serde(rename = "cpu-config", default)]
     cpu_config: Option<Value>,
 }
@@ -78,15 +82,11 @@ impl VmConfig {
     /// Names of the sections present (and not `null`) that ember does not implement.
     pub fn unsupported_sections(&self) -> Vec<&'static str> {
         let u = &self.unsupported;
-        [
-            ("balloon", &u.balloon),
-            ("mmds-config", &u.mmds_config),
-            ("cpu-config", &u.cpu_config),
-        ]
-        .into_iter()
-        .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
-        .map(|(name, _)| name)
-        .collect()
+        [("balloon", &u.balloon), ("cpu-config", &u.cpu_config)]
+            .into_iter()
+            .filter(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
@@ -344,6 +344,46 @@ pub struct FsConfig {
     pub read_only: bool,
 }
 
+/// The MMDS address when `mmds-config` names none (Firecracker's, and EC2's).
+pub const DEFAULT_MMDS_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// How the guest talks to the metadata service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MmdsVersion {
+    /// GETs without a session token (Firecracker's default, deprecated there).
+    #[default]
+    V1,
+    /// A session token from `PUT /latest/api/token` first, then GETs that carry it.
+    V2,
+}
+
+/// `mmds-config` (`PUT /mmds/config`): which network interfaces reach the metadata service,
+/// at which address, and how it answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsConfig {
+    /// V1 or V2; V1 when absent.
+    #[serde(default)]
+    pub version: MmdsVersion,
+    /// Ids of existing network interfaces whose frames to the MMDS address are answered by
+    /// ember instead of reaching the TAP.
+    pub network_interfaces: Vec<String>,
+    /// A link-local address (169.254.1.0 to 169.254.254.255); shown as the default,
+    /// [`DEFAULT_MMDS_IPV4`], when absent, as Firecracker shows it.
+    #[serde(default, serialize_with = "default_mmds_ipv4_when_absent")]
+    pub ipv4_address: Option<Ipv4Addr>,
+    /// Answer in EC2 IMDS's plain-text form whatever the guest's `Accept` header says.
+    #[serde(default)]
+    pub imds_compat: bool,
+}
+
+fn default_mmds_ipv4_when_absent<S: serde::Serializer>(
+    v: &Option<Ipv4Addr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    v.unwrap_or(DEFAULT_MMDS_IPV4).serialize(s)
+}
+
 /// `metrics` (`PUT /metrics`): where counters are written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -475,6 +515,48 @@ mod tests {
         let err = VmConfig::from_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "x", "p": 1}}"#)
             .unwrap_err();
         assert!(err.to_string().contains("unknown field `p`"), "{err}");
+    }
+
+    #[test]
+    fn an_mmds_config_section_is_parsed_strictly_and_shown_with_its_defaults() {
+        let cfg =
+            VmConfig::from_json(r#"{"mmds-config": {"network_interfaces": ["eth0"]}}"#).unwrap();
+        let mmds = cfg.mmds_config.clone().unwrap();
+        assert_eq!(
+            (mmds.version, mmds.ipv4_address, mmds.imds_compat),
+            (MmdsVersion::V1, None, false)
+        );
+        assert!(cfg.unsupported_sections().is_empty());
+        // Shown as Firecracker's GET /vm/config shows it: every field, the address filled in.
+        assert_eq!(
+            serde_json::to_value(&cfg).unwrap()["mmds-config"],
+            serde_json::json!({"version": "V1", "network_interfaces": ["eth0"],
+                               "ipv4_address": "169.254.169.254", "imds_compat": false})
+        );
+        let full = r#"{"mmds-config": {"version": "V2", "network_interfaces": ["a", "b"],
+                                       "ipv4_address": "169.254.170.2", "imds_compat": true}}"#;
+        let mmds = VmConfig::from_json(full).unwrap().mmds_config.unwrap();
+        assert_eq!(mmds.version, MmdsVersion::V2);
+        assert_eq!(mmds.ipv4_address, Some(Ipv4Addr::new(169, 254, 170, 2)));
+        for (bad, why) in [
+            (r#"{"version": "V2"}"#, "missing field `network_interfaces`"),
+            (
+                r#"{"network_interfaces": [], "version": "V3"}"#,
+                "unknown variant `V3`, expected `V1` or `V2`",
+            ),
+            (
+                r#"{"network_interfaces": [], "ipv4_address": ""}"#,
+                "invalid IPv4 address syntax",
+            ),
+            (
+                r#"{"network_interfaces": [], "ip": 1}"#,
+                "unknown field `ip`",
+            ),
+        ] {
+            let json = format!(r#"{{"mmds-config": {bad}}}"#);
+            let err = VmConfig::from_json(&json).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

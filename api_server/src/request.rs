@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::http::{Method, Request};
 use crate::model::{
     BootSource, Drive, EntropyConfig, FsConfig, LoggerConfig, MachineConfig, MetricsConfig,
-    NetworkInterface, RateLimiterConfig, SerialConfig, VsockConfig,
+    MmdsConfig, NetworkInterface, RateLimiterConfig, SerialConfig, VsockConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -46,6 +46,14 @@ pub enum VmmAction {
     PutVsock(VsockConfig),
     /// Before boot: `PUT /fs/{fs_id}`.
     PutFs(FsConfig),
+    /// Before boot: `PUT /mmds/config`.
+    PutMmdsConfig(MmdsConfig),
+    /// Any time: `GET /mmds`.
+    GetMmds,
+    /// Any time: `PUT /mmds` (replaces the metadata).
+    PutMmds(Value),
+    /// Any time: `PATCH /mmds` (a JSON merge patch, RFC 7396).
+    PatchMmds(Value),
     /// Before boot: `PUT /actions` InstanceStart.
     InstanceStart,
     /// After boot: `PATCH /drives/{id}`.
@@ -71,8 +79,35 @@ pub enum VmmData {
     Json(Value),
 }
 
-/// The VMM's answer: data, or the fault message of a 400.
-pub type VmmResponse = Result<VmmData, String>;
+/// Why the VMM refused an action: Firecracker's `fault_message`, under the status Firecracker
+/// gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 400: everything but what follows.
+    BadRequest(String),
+    /// 413: metadata beyond the MMDS data store's size limit.
+    PayloadTooLarge(String),
+}
+
+impl Fault {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::PayloadTooLarge(_) => 413,
+        }
+    }
+
+    /// The fault message.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::BadRequest(m) | Self::PayloadTooLarge(m) => m,
+        }
+    }
+}
+
+/// The VMM's answer: data, or why not.
+pub type VmmResponse = Result<VmmData, Fault>;
 
 /// `PATCH /machine-config`: only the fields given change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -129,9 +164,8 @@ struct VmStateBody {
 }
 
 /// Firecracker paths ember does not serve yet: answered with a message naming them.
-const NOT_YET: [&str; 7] = [
+const NOT_YET: [&str; 6] = [
     "/balloon",
-    "/mmds",
     "/cpu-config",
     "/snapshot",
     "/hotplug",
@@ -247,6 +281,10 @@ pub fn route(req: &Request) -> Result<VmmAction, String> {
             check_id("fs_id", id, &fs.fs_id)?;
             VmmAction::PutFs(fs)
         }
+        (Get, "mmds", None) => VmmAction::GetMmds,
+        (Put, "mmds", None) => VmmAction::PutMmds(body(req)?),
+        (Patch, "mmds", None) => VmmAction::PatchMmds(body(req)?),
+        (Put, "mmds", Some("config")) => VmmAction::PutMmdsConfig(body(req)?),
         _ => {
             let top = format!("/{first}");
             if NOT_YET.contains(&top.as_str()) {
@@ -410,6 +448,29 @@ mod tests {
             VmmAction::PutVsock(VsockConfig { guest_cid: 3, .. })
         ));
         assert!(err("PUT", "/vsock", r#"{"guest_cid": 3}"#).contains("uds_path"));
+        assert_eq!(ok("GET", "/mmds", ""), VmmAction::GetMmds);
+        // Any JSON is metadata, a bare string too (Firecracker's rule).
+        assert_eq!(
+            ok("PUT", "/mmds", r#"{"latest": {"id": "i-1"}}"#),
+            VmmAction::PutMmds(serde_json::json!({"latest": {"id": "i-1"}}))
+        );
+        assert_eq!(
+            ok("PUT", "/mmds", r#""text""#),
+            VmmAction::PutMmds(serde_json::json!("text"))
+        );
+        assert_eq!(
+            ok("PATCH", "/mmds", r#"{"latest": null}"#),
+            VmmAction::PatchMmds(serde_json::json!({"latest": null}))
+        );
+        assert!(matches!(
+            ok(
+                "PUT",
+                "/mmds/config",
+                r#"{"version": "V2", "network_interfaces": ["eth0"]}"#
+            ),
+            VmmAction::PutMmdsConfig(MmdsConfig { network_interfaces, .. })
+                if network_interfaces == ["eth0"]
+        ));
     }
 
     #[test]
@@ -428,6 +489,20 @@ mod tests {
         );
         assert!(err("PUT", "/balloon", "{}").contains("does not support yet"));
         assert!(err("PUT", "/snapshot/create", "{}").contains("does not support yet"));
+        assert!(err("PUT", "/mmds", "{").contains("invalid JSON body"));
+        assert!(err("PATCH", "/mmds", "").contains("needs a JSON body"));
+        assert_eq!(
+            err("PUT", "/mmds/other", "{}"),
+            "Invalid request method and/or path: PUT /mmds/other."
+        );
+        assert_eq!(
+            err("PATCH", "/mmds/config", "{}"),
+            "Invalid request method and/or path: PATCH /mmds/config."
+        );
+        assert!(
+            err("PUT", "/mmds/config", r#"{"version": "V2"}"#)
+                .contains("missing field `network_interfaces`")
+        );
         assert!(err("PUT", "/boot-source", "{").contains("invalid JSON body"));
         assert!(
             err(

@@ -420,7 +420,7 @@ fn ask_vmm(link: &VmmLink, action: VmmAction) -> Response {
     match link.responses.recv() {
         Ok(Ok(crate::request::VmmData::Empty)) => Response::no_content(),
         Ok(Ok(crate::request::VmmData::Json(value))) => Response::json(value.to_string()),
-        Ok(Err(message)) => Response::fault(&message),
+        Ok(Err(fault)) => Response::refused(&fault),
         Err(_) => gone(),
     }
 }

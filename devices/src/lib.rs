@@ -14,6 +14,8 @@
 pub mod bus;
 pub mod host_file;
 pub mod legacy;
+pub mod mmds;
+pub mod pci;
 pub mod rate_limiter;
 pub mod sync;
 pub mod virtio;

@@ -258,12 +258,8 @@ impl RateLimiter {
     /// A limiter with `config`'s buckets, full; its timer is created even when nothing is
     /// limited, so that [`RateLimiter::update`] cannot fail later.
     pub fn new(config: LimiterConfig) -> io::Result<Self> {
-        let timer = TimerFd::new().map_err(io::Error::from)?;
+        let timer = crate::virtio::worker::nonblocking_timer()?;
         let fd = timer.as_raw_fd();
-        // SAFETY: F_SETFL on a descriptor this function owns; no memory is passed.
-        if unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
         let now = Instant::now();
         let bucket = |c: Option<BucketConfig>| c.and_then(|c| TokenBucket::new(c, now));
         Ok(Self {

@@ -135,6 +135,26 @@ pub fn guest(name: &str) -> PathBuf {
     out
 }
 
+/// Builds tests/guests/NAME.c as a static Linux program (for a Linux guest, unlike the tiny
+/// guests) into a disk image in `dir`, padded to whole sectors; returns the image and the
+/// program's length, for the guest to copy it out with `head -c LEN /dev/vdX`.
+pub fn program_disk(dir: &Path, name: &str) -> (PathBuf, usize) {
+    let bin = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&bin)
+        .arg(root().join(format!("tests/guests/{name}.c")))
+        .status()
+        .expect("gcc (with a static libc) is needed to build the Linux test programs");
+    assert!(status.success(), "building {name}.c failed");
+    let mut image = std::fs::read(&bin).unwrap();
+    let len = image.len();
+    image.resize(len.div_ceil(512) * 512, 0);
+    let disk = dir.join(format!("{name}.img"));
+    std::fs::write(&disk, image).unwrap();
+    (disk, len)
+}
+
 /// Runs `cmd` to completion, killing it (and failing the test) if it takes longer than `limit`.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd
@@ -531,6 +551,16 @@ pub fn assert_contains(log: &str, needle: &str) {
     assert!(
         log.contains(needle),
         "'{needle}' is not in the console log:\n{log}"
+    );
+}
+
+/// Asserts that `line` is a whole line of the console log (the console's lines end in "\r").
+/// Verdicts a guest script prints must be checked this way: the init echoes the script
+/// itself, so a substring check would find the verdict in the echoed command.
+pub fn assert_line(log: &str, line: &str) {
+    assert!(
+        log.lines().any(|l| l.trim_end() == line),
+        "{line:?} is not a line of the console log:\n{log}"
     );
 }
 

@@ -1,5 +1,7 @@
 /* The split-virtqueue layout and the virtio-mmio register window shared by the tiny virtio
- * drivers: one device, in ember's first virtio slot, with queues of QN descriptors. */
+ * drivers: one device, in ember's first virtio slot, with queues of QN descriptors. Every
+ * helper is inline, so a driver that uses only some of them (the PCI driver takes the rings
+ * and fail()) still builds with -Werror. */
 #ifndef EMBER_VIRTIO_H
 #define EMBER_VIRTIO_H
 #include "guest.h"
@@ -19,7 +21,7 @@ struct used { u16 flags; u16 idx; struct used_elem ring[QN]; u16 avail_event; };
 static inline void fence(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 /* Says what went wrong on COM1 and ends the run with exit status 1. */
-static void fail(const char *what) {
+static inline void fail(const char *what) {
     puts("FAIL ");
     puts(what);
     puts("\n");
@@ -29,7 +31,7 @@ static void fail(const char *what) {
 /* Resets the device in ember's first slot after checking that it is a virtio-mmio version 2
  * device of `type` (else fails with `what`), acknowledges it and checks it offers VERSION_1.
  * Returns the low word of the features it offers. */
-static u32 virtio_begin(u32 type, const char *what) {
+static inline u32 virtio_begin(u32 type, const char *what) {
     if (R(0x000) != 0x74726976 || R(0x004) != 2 || R(0x008) != type) fail(what);
     R(0x070) = 0;
     R(0x070) = 1 | 2; /* ACKNOWLEDGE | DRIVER */
@@ -40,7 +42,7 @@ static u32 virtio_begin(u32 type, const char *what) {
 }
 
 /* Accepts VERSION_1 and the low-word features `lo`; up to FEATURES_OK. */
-static void virtio_features(u32 lo) {
+static inline void virtio_features(u32 lo) {
     R(0x024) = 0; R(0x020) = lo;
     R(0x024) = 1; R(0x020) = 1;
     R(0x070) = 1 | 2 | 8;
@@ -48,7 +50,7 @@ static void virtio_features(u32 lo) {
 }
 
 /* Gives queue `index` QN descriptors on the given rings and makes it ready. */
-static void virtio_queue(u32 index, struct desc *d, struct avail *a, struct used *u) {
+static inline void virtio_queue(u32 index, struct desc *d, struct avail *a, struct used *u) {
     R(0x030) = index;
     if (R(0x034) < QN) fail("queue too small");
     R(0x038) = QN;
@@ -73,7 +75,7 @@ static inline u32 virtio_wait_used(struct used *u, u16 *last) {
 }
 
 /* Sets DRIVER_OK: the device serves from now on. */
-static void virtio_driver_ok(void) {
+static inline void virtio_driver_ok(void) {
     R(0x070) = 1 | 2 | 8 | 4;
     if (!(R(0x070) & 4)) fail("DRIVER_OK refused");
 }

@@ -5,6 +5,8 @@
 //!   1-vCPU 128 MiB guest;
 //! - memory overhead: ember's RSS minus the guest memory the guest touched, with a Linux guest
 //!   idling at its root-device wait;
+//! - virtio-mmio against virtio-pci (`--enable-pci`): setup and memory overhead with four disks
+//!   on each transport, alternating run by run (this build only: a baseline may lack the flag);
 //! - emulated guest boot: from spawn to the initramfs init's EMBER-INIT marker. On a host whose
 //!   KVM emulates guest kernel code (PVM) this measures the emulator, not ember, and is labelled;
 //! - a kernel-CI run: `ember run` of a trivial test in the initramfs, start to exit status, and
@@ -136,12 +138,14 @@ fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String> {
         .find(|line| line.contains(needle))
 }
 
-/// Spawns ember on `kernel` (stopping it at its first KVM_RUN) and returns the setup time.
-fn setup_time(binary: &Path, kernel: &Path) -> Duration {
+/// Spawns ember on `kernel` with the `extra` flags (stopping it at its first KVM_RUN) and
+/// returns the setup time.
+fn setup_time(binary: &Path, kernel: &Path, extra: &[String]) -> Duration {
     let start = monotonic_ns();
     let mut child = Command::new(binary)
         .arg("--kernel")
         .arg(kernel)
+        .args(extra)
         .args([
             "--memory",
             "128",
@@ -174,11 +178,13 @@ fn setup_time(binary: &Path, kernel: &Path) -> Duration {
     Duration::from_nanos(entered - start)
 }
 
-/// Boots Linux to its root-device wait and returns (ember's RSS, guest-touched RSS) in KiB.
-fn memory_overhead(binary: &Path, kernel: &Path) -> (u64, u64) {
+/// Boots Linux with the `extra` flags to its root-device wait and returns (ember's RSS,
+/// guest-touched RSS) in KiB.
+fn memory_overhead(binary: &Path, kernel: &Path, extra: &[String]) -> (u64, u64) {
     let mut child = Command::new(binary)
         .arg("--kernel")
         .arg(kernel)
+        .args(extra)
         .args(["--memory", "128", "--timeout", "600", "--cmdline", ROOTWAIT])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -335,7 +341,7 @@ fn report(name: &str, samples: &Pair<Vec<f64>>, unit: &str) {
 fn report_setup(bins: &Binaries, vmlinux: &Path, bzimage: &Path) {
     for (name, kernel) in [("vmlinux", vmlinux), ("bzImage", bzimage)] {
         let runs = bins.runs(RUNS, SETUP_RUNS_BASELINE);
-        let ms = bins.interleaved(runs, |bin| setup_time(bin, kernel).as_secs_f64() * 1e3);
+        let ms = bins.interleaved(runs, |bin| setup_time(bin, kernel, &[]).as_secs_f64() * 1e3);
         report(
             &format!("setup: spawn to first KVM_RUN, {name}, 128 MiB"),
             &ms,
@@ -346,7 +352,7 @@ fn report_setup(bins: &Binaries, vmlinux: &Path, bzimage: &Path) {
 
 fn report_memory(bins: &Binaries, vmlinux: &Path) {
     let runs = bins.runs(1, MEMORY_RUNS_BASELINE);
-    let samples = bins.interleaved(runs, |bin| memory_overhead(bin, vmlinux));
+    let samples = bins.interleaved(runs, |bin| memory_overhead(bin, vmlinux, &[]));
     if samples.baseline.is_some() {
         let overhead = samples.map(|s| s.iter().map(|(t, g)| (t - g) as f64).collect());
         let rss = samples.map(|s| s.iter().map(|&(t, _)| t as f64).collect());
@@ -369,6 +375,49 @@ fn report_memory(bins: &Binaries, vmlinux: &Path) {
             (total - guest) as f64 / 1024.0
         );
     }
+}
+
+/// Setup time and memory overhead with four 1 MiB disks on virtio-mmio and on virtio-pci, the
+/// two taking turns run by run (this build only).
+fn report_pci(bins: &Binaries, vmlinux: &Path) {
+    let dir = std::env::temp_dir().join(format!("ember-bench-pci-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disks = Vec::new();
+    for i in 0..4 {
+        let disk = dir.join(format!("disk{i}.img"));
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        disks.extend(["--disk".to_owned(), disk.display().to_string()]);
+    }
+    let mut pci = disks.clone();
+    pci.push("--enable-pci".to_owned());
+    let transports = [("virtio-mmio", &disks), ("virtio-pci", &pci)];
+    let mut setup = [Vec::new(), Vec::new()];
+    for _ in 0..RUNS {
+        for (samples, (_, flags)) in setup.iter_mut().zip(&transports) {
+            samples.push(setup_time(&bins.this, vmlinux, flags).as_secs_f64() * 1e3);
+        }
+    }
+    for (samples, (name, _)) in setup.into_iter().zip(&transports) {
+        let samples = Pair {
+            baseline: None,
+            this: samples,
+        };
+        report(
+            &format!("setup: spawn to first KVM_RUN, 4 disks, {name}"),
+            &samples,
+            "ms",
+        );
+    }
+    for (name, flags) in transports {
+        let (total, guest) = memory_overhead(&bins.this, vmlinux, flags);
+        println!(
+            "memory: 4 disks, {name}: ember RSS {total} KiB, guest-touched {guest} KiB, \
+             overhead {} KiB ({:.2} MiB)",
+            total - guest,
+            (total - guest) as f64 / 1024.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The emulated guest boot and the kernel-CI run (minutes on a PVM host).
@@ -433,6 +482,7 @@ fn main() {
     }
     report_setup(&bins, &vmlinux, &bzimage);
     report_memory(&bins, &vmlinux);
+    report_pci(&bins, &vmlinux);
     if std::env::var(QUICK).as_deref() == Ok("1") {
         return;
     }

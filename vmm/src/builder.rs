@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use devices::ExitNotifier;
 use devices::bus::Bus;
 use devices::host_file::{self, HostFileError, Use};
+use devices::mmds::SharedMmds;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -23,12 +24,12 @@ use crate::console::{
     CappedFile, ConsoleDrain, ConsoleOutput, RawTerminal, StdinKind, console_output,
 };
 use crate::controller::{Controller, Outcome, StopSignals};
-use crate::device_manager::{Backends, DeviceError, DeviceManager};
+use crate::device_manager::{self, Backends, DeviceError, DeviceManager};
 use crate::lifecycle::{ApiSubscriber, Lifecycle, RunningVm};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{self, FLUSH_PERIOD, Metrics, MetricsError, MetricsTimer};
 use crate::pause::PauseGate;
-use crate::spec::VmSpec;
+use crate::spec::{VirtioTransport, VmSpec};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{Vm, VmError};
 
@@ -85,11 +86,13 @@ fn host(what: &'static str) -> impl FnOnce(io::Error) -> BuildError {
 
 /// Boots the VM `spec` describes and runs it until it stops; returns how it ended. `signals`
 /// must have been blocked before any thread was started. With an API, `lifecycle` learns
-/// when the VM runs and answers requests while it does.
+/// when the VM runs and answers requests while it does. The interfaces `spec` names answer
+/// the guest's metadata requests from `mmds`, the process's one store.
 pub fn run(
     spec: &VmSpec,
     signals: StopSignals,
     lifecycle: Option<Arc<Mutex<Lifecycle>>>,
+    mmds: &SharedMmds,
 ) -> Result<Outcome, BuildError> {
     let backends = Backends::open(spec)?;
     let sharing = if spec.has_vhost_user() {
@@ -108,7 +111,7 @@ pub fn run(
         guest_exit,
         signals,
     };
-    let result = booted.run(spec, backends, output, lifecycle);
+    let result = booted.run(spec, backends, output, lifecycle, mmds);
     let dropped = drain.finish();
     if dropped.slow > 0 {
         warn!(
@@ -152,9 +155,10 @@ impl Booted {
         backends: Backends,
         output: ConsoleOutput,
         lifecycle: Option<Arc<Mutex<Lifecycle>>>,
+        mmds: &SharedMmds,
     ) -> Result<Outcome, BuildError> {
         let mut dm = DeviceManager::new(&self.vm, output, &self.guest_exit)?;
-        dm.add_virtio_devices(&self.vm, &self.mem, spec, backends)?;
+        dm.add_virtio_devices(&self.vm, &self.mem, spec, backends, mmds)?;
         let metrics = spec
             .metrics
             .as_deref()
@@ -330,8 +334,16 @@ fn load_guest(mem: &GuestMemoryMmap, spec: &VmSpec) -> Result<GuestAddress, Buil
     )?;
     arch::write_boot_tables(mem)?;
     arch::write_mptable(mem, spec.vcpus)?;
-    let virtio: Vec<acpi::VirtioMmio> = spec.virtio_slots().map(|slot| slot.acpi()).collect();
-    arch::write_acpi(mem, spec.vcpus, &virtio)?;
+    match spec.transport {
+        VirtioTransport::Mmio => {
+            let virtio: Vec<acpi::VirtioMmio> = spec.virtio_slots().map(|s| s.acpi()).collect();
+            arch::write_acpi(mem, spec.vcpus, acpi::Virtio::Mmio(&virtio))?;
+        }
+        VirtioTransport::Pci => {
+            let host = device_manager::pci::acpi_host(mem_bytes, spec.virtio_slots());
+            arch::write_acpi(mem, spec.vcpus, acpi::Virtio::Pci(&host))?;
+        }
+    }
     arch::write_boot_params(mem, &arch::boot_params(&info))?;
     info!("kernel entry {:#x}", entry.0);
     Ok(entry)

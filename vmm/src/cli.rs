@@ -15,7 +15,7 @@ use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
 use crate::share;
-use crate::spec::RunOptions;
+use crate::spec::{RunOptions, VirtioTransport};
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
 const SHORT_FOOTER: &str = "Console: Ctrl-A x ends the VM, Ctrl-A h lists the console keys. \
@@ -177,6 +177,19 @@ pub struct VmArgs {
     /// Largest API request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD)]
     pub http_api_max_payload_size: usize,
+    /// A JSON file put in the MMDS data store at start (the metadata guests read from the
+    /// MMDS; `PUT /mmds` replaces it).
+    #[arg(long, value_name = "PATH")]
+    pub metadata: Option<PathBuf>,
+    /// Largest MMDS data store, in bytes of compact JSON; metadata beyond it is refused.
+    /// [default: --http-api-max-payload-size]
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<usize>,
+    /// Make every virtio device a virtio-pci device on PCI bus 0 instead of virtio-mmio
+    /// (Firecracker's flag), for kernels that find their disks on PCI (distribution kernels);
+    /// `pci=off` is dropped from the kernel command line.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub enable_pci: bool,
     /// Firecracker's boot timer: log "Guest-boot-time = N us" when the guest writes 123 to
     /// MMIO address 0xd0000000.
     #[arg(long, action = ArgAction::SetTrue)]
@@ -395,6 +408,13 @@ impl VmArgs {
         args
     }
 
+    /// The MMDS data store's limit: `--mmds-size-limit`, else the API's largest body (as in
+    /// Firecracker, so that any body the API takes fits).
+    pub fn mmds_size_limit(&self) -> usize {
+        self.mmds_size_limit
+            .unwrap_or(self.http_api_max_payload_size)
+    }
+
     /// Whether the flags (or a config file) describe a VM to boot right away.
     pub fn describes_vm(&self) -> bool {
         self.kernel.is_some() || self.config_file.is_some()
@@ -414,6 +434,11 @@ impl VmArgs {
             serial_out: self.serial_out.clone(),
             serial_out_max_bytes: self.serial_out_max_bytes,
             boot_timer: self.boot_timer,
+            transport: if self.enable_pci {
+                VirtioTransport::Pci
+            } else {
+                VirtioTransport::Mmio
+            },
             startup: Default::default(),
         }
     }
@@ -568,6 +593,23 @@ mod tests {
     }
 
     #[test]
+    fn the_mmds_size_limit_defaults_to_the_largest_api_body() {
+        assert_eq!(parse(&[]).unwrap().args().mmds_size_limit(), 51200);
+        let cli = parse(&["--http-api-max-payload-size", "1000"]).unwrap();
+        assert_eq!(cli.args().mmds_size_limit(), 1000);
+        let cli = parse(&[
+            "--http-api-max-payload-size",
+            "1000",
+            "--mmds-size-limit",
+            "7",
+        ]);
+        assert_eq!(cli.unwrap().args().mmds_size_limit(), 7);
+        assert!(parse(&["--mmds-size-limit", "-1"]).is_err());
+        let cli = parse(&["--metadata", "meta.json"]).unwrap();
+        assert_eq!(cli.args().metadata, Some(PathBuf::from("meta.json")));
+    }
+
+    #[test]
     fn config_file_conflicts_with_vm_flags() {
         assert!(parse(&["--config-file", "c.json", "--kernel", "k"]).is_err());
         assert!(parse(&["--config-file", "c.json", "--no-api", "--timeout", "3"]).is_ok());
@@ -636,6 +678,16 @@ mod tests {
         let ok = spec(&["--kernel", "k", "--serial-out", "a.log", "--timeout", "2"]).unwrap();
         assert_eq!(ok.serial_out, [PathBuf::from("a.log")]);
         assert_eq!(ok.timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn enable_pci_puts_the_virtio_devices_on_pci() {
+        let pci = spec(&["--kernel", "k", "--disk", "r,root", "--enable-pci"]).unwrap();
+        assert_eq!(pci.transport, VirtioTransport::Pci);
+        assert!(!pci.cmdline.contains("virtio_mmio") && !pci.cmdline.contains("pci=off"));
+        let mmio = spec(&["--kernel", "k", "--disk", "r,root"]).unwrap();
+        assert_eq!(mmio.transport, VirtioTransport::Mmio);
+        assert!(mmio.cmdline.contains("virtio_mmio.device=") && mmio.cmdline.contains("pci=off"));
     }
 
     #[test]

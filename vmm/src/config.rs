@@ -138,6 +138,27 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An MMDS address outside Firecracker's link-local range (Firecracker's message, then
+    /// what to use).
+    #[error(
+        "The MMDS IPv4 address is not link local: {0} (mmds-config ipv4_address must be from \
+         169.254.1.0 to 169.254.254.255; 169.254.169.254 when absent)"
+    )]
+    MmdsAddress(std::net::Ipv4Addr),
+    /// An MMDS configuration without interfaces (Firecracker's message).
+    #[error(
+        "The list of network interface IDs that allow forwarding MMDS requests is empty \
+         (mmds-config network_interfaces must name at least one network interface)"
+    )]
+    MmdsNoInterface,
+    /// An MMDS configuration naming an interface the VM does not have (Firecracker's message,
+    /// then the id).
+    #[error(
+        "The list of network interface IDs provided contains at least one ID that does not \
+         correspond to any existing network interface: '{0}' (add the network interface \
+         before the MMDS configuration)"
+    )]
+    MmdsInterface(String),
     /// An MTU below what IPv4 needs.
     #[error("network interface '{id}': mtu {mtu} is too small (at least {MIN_MTU})")]
     Mtu {
@@ -174,28 +195,34 @@ pub const MAX_CONFIG_FILE_SIZE: u64 = 1 << 20;
 
 /// Reads a Firecracker-style config file.
 pub fn load_config_file(path: &Path) -> Result<VmConfig, ConfigError> {
-    let read_err = |source| ConfigError::ReadFile {
-        path: path.to_owned(),
-        source,
-    };
-    let (file, _) = host_file::open(path, Use::Read).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    // One byte more than the limit tells a file at the limit from a larger one, whatever the
-    // size it reported when opened (it may grow).
-    file.take(MAX_CONFIG_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| read_err(e.into()))?;
-    if bytes.len() as u64 > MAX_CONFIG_FILE_SIZE {
-        return Err(ConfigError::TooLarge {
+    let text = read_bounded(path, MAX_CONFIG_FILE_SIZE)
+        .map_err(|source| ConfigError::ReadFile {
             path: path.to_owned(),
-        });
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|e| read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, e).into()))?;
+            source,
+        })?
+        .ok_or_else(|| ConfigError::TooLarge {
+            path: path.to_owned(),
+        })?;
     VmConfig::from_json(&text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The UTF-8 text of the file at `path`, opened as ember opens what it reads; `None` when it is
+/// larger than `max` bytes, so that a wrong path to a huge file cannot exhaust memory.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, HostFileError> {
+    let (file, _) = host_file::open(path, Use::Read)?;
+    let mut bytes = Vec::new();
+    // One byte more than the limit tells a file at the limit from a larger one, whatever the
+    // size it reported when opened (it may grow).
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Ok(None);
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    Ok(Some(text))
 }
 
 #[cfg(test)]

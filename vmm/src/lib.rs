@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod logger;
 pub mod memory;
 pub mod metrics;
+pub mod mmds;
 pub mod pause;
 pub mod share;
 pub mod spec;

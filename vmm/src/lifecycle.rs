@@ -5,9 +5,13 @@
 //! the main thread [`Lifecycle::start_failed`]), which answers that InstanceStart. While the
 //! VM runs, the event loop's [`ApiSubscriber`] calls `serve`.
 //!
-//! Errors are [`ActionError`]s, rendered as Firecracker's `fault_message`; an action in the
-//! wrong state gets Firecracker's own messages. This module must not build devices or touch
-//! KVM: it acts on the handles the boot gives it.
+//! The MMDS data store is the one thing answered the same before and after boot: it is the
+//! process's store ([`crate::mmds`]), which the booted VM's interfaces serve the guest from.
+//!
+//! Errors are [`ActionError`]s, rendered as Firecracker's `fault_message` (with its 413 for
+//! metadata beyond the store's limit); an action in the wrong state gets Firecracker's own
+//! messages. This module must not build devices or touch KVM: it acts on the handles the boot
+//! gives it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,14 +19,15 @@ use std::time::Duration;
 
 use api_server::model::{BootSource, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use api_server::request::{
-    MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
+    Fault, MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
 };
 use devices::host_file::{self, HostFileError, Use};
+use devices::mmds::{MmdsError, SharedMmds};
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::warn;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::api::Api;
 use crate::builder::BuildError;
@@ -110,12 +115,27 @@ pub enum ActionError {
     /// vCPUs or device threads did not park in time.
     #[error("The vCPUs and device threads did not stop in time; the microVM keeps running.")]
     PauseTimeout,
+    /// The MMDS data store refused the metadata.
+    #[error(transparent)]
+    Mmds(#[from] MmdsError),
     /// The i8042's buffer is full.
     #[error("The guest's keyboard buffer is full; try again.")]
     KeyboardFull,
     /// An answer could not be encoded.
     #[error("cannot encode the answer")]
     Encode(#[from] serde_json::Error),
+}
+
+impl ActionError {
+    /// The refusal as the API answers it: Firecracker's 413 for metadata beyond the store's
+    /// limit, a 400 for everything else.
+    fn fault(&self) -> Fault {
+        let message = crate::error_chain(self);
+        match self {
+            Self::Mmds(MmdsError::TooLarge { .. }) => Fault::PayloadTooLarge(message),
+            _ => Fault::BadRequest(message),
+        }
+    }
 }
 
 /// What the running VM's handles are, for the actions that act on it.
@@ -135,6 +155,8 @@ pub struct Lifecycle {
     api: Arc<Api>,
     cfg: VmConfig,
     opts: RunOptions,
+    /// The metadata store, the same before boot and, once booted, the network interfaces'.
+    mmds: SharedMmds,
     vm: Option<RunningVm>,
     /// An InstanceStart waits for the boot to succeed or fail.
     start_pending: bool,
@@ -149,12 +171,14 @@ enum Handled {
 }
 
 impl Lifecycle {
-    /// A VM configured as `cfg` says, run with `opts`, answering `api`; not started.
-    pub fn new(api: Arc<Api>, cfg: VmConfig, opts: RunOptions) -> Self {
+    /// A VM configured as `cfg` says, run with `opts`, answering `api`, its metadata in
+    /// `mmds`; not started.
+    pub fn new(api: Arc<Api>, cfg: VmConfig, opts: RunOptions, mmds: SharedMmds) -> Self {
         Self {
             api,
             cfg,
             opts,
+            mmds,
             vm: None,
             start_pending: false,
         }
@@ -179,7 +203,7 @@ impl Lifecycle {
                     self.start_pending = true;
                     return Some(*spec);
                 }
-                Err(err) => self.api.reply(Err(crate::error_chain(&err))),
+                Err(err) => self.api.reply(Err(err.fault())),
             }
         }
         None
@@ -196,8 +220,7 @@ impl Lifecycle {
     /// The boot InstanceStart asked for failed: say why, and keep the configuration.
     pub fn start_failed(&mut self, err: BuildError) {
         if std::mem::take(&mut self.start_pending) {
-            let err = ActionError::Start(err);
-            self.api.reply(Err(crate::error_chain(&err)));
+            self.api.reply(Err(ActionError::Start(err).fault()));
         }
     }
 
@@ -253,6 +276,18 @@ impl Lifecycle {
                 let id = fs.fs_id.clone();
                 upsert(&mut c.fs, fs, |f| f.fs_id == id);
             }),
+            VmmAction::PutMmdsConfig(mmds) => self.configure(|c| c.mmds_config = Some(mmds)),
+            // The store is live from process start: what changes here, a running guest reads.
+            VmmAction::GetMmds => {
+                let data = match lock(&self.mmds).data() {
+                    // Firecracker's answer while the store holds nothing.
+                    Value::Null => json!({}),
+                    data => data.clone(),
+                };
+                Ok(Handled::Done(VmmData::Json(data)))
+            }
+            VmmAction::PutMmds(data) => Ok(lock(&self.mmds).put(data).map(done)?),
+            VmmAction::PatchMmds(patch) => Ok(lock(&self.mmds).patch(patch).map(done)?),
             VmmAction::PutLogger(section) => self.put_logger(section).map(done),
             VmmAction::PutMetrics(section) => {
                 self.not_started()?;
@@ -494,7 +529,8 @@ mod tests {
 
     use super::*;
     use api_server::model::{
-        BootSource, Drive, EntropyConfig, FsConfig, SerialConfig, VsockConfig,
+        BootSource, Drive, EntropyConfig, FsConfig, MmdsConfig, NetworkInterface, SerialConfig,
+        VsockConfig,
     };
     use devices::legacy::I8042;
     use devices::{ExitNotifier, IrqTrigger};
@@ -505,7 +541,8 @@ mod tests {
     fn lifecycle(name: &str) -> Lifecycle {
         let sock = std::env::temp_dir().join(format!("ember-lc-{}-{name}", std::process::id()));
         let api = crate::api::start(&sock, 4096, "vm_1").unwrap();
-        Lifecycle::new(api, VmConfig::default(), RunOptions::default())
+        let mmds = crate::mmds::store(4096, None).unwrap();
+        Lifecycle::new(api, VmConfig::default(), RunOptions::default(), mmds)
     }
 
     fn running_vm(spec: VmSpec) -> RunningVm {
@@ -673,6 +710,62 @@ mod tests {
         lc.started(running_vm(*spec));
         let err = answer(&mut lc, VmmAction::PutFs(fs(dir, false))).unwrap_err();
         assert!(err.contains(NOT_AFTER), "{err}");
+    }
+
+    #[test]
+    fn the_mmds_store_answers_before_and_after_boot_and_its_config_only_before() {
+        let mut lc = lifecycle("mmds");
+        // The store the lifecycle was given, as the net devices are given it at boot.
+        let store = lc.mmds.clone();
+        let got = |lc: &mut Lifecycle| answer(lc, VmmAction::GetMmds).unwrap();
+        assert_eq!(got(&mut lc), VmmData::Json(json!({})));
+        let err = answer(&mut lc, VmmAction::PatchMmds(json!({"a": 1}))).unwrap_err();
+        assert!(err.contains("not initialized"), "{err}");
+        answer(&mut lc, VmmAction::PutMmds(json!({"a": {"b": 1}}))).unwrap();
+        answer(&mut lc, VmmAction::PatchMmds(json!({"a": {"c": 2}}))).unwrap();
+        assert_eq!(lock(&store).data(), &json!({"a": {"b": 1, "c": 2}}));
+        // Beyond the limit: Firecracker's 413, naming the limit; other refusals are 400s.
+        let Err(refusal) = lc.handle(VmmAction::PutMmds(json!("x".repeat(5000)))) else {
+            panic!("a store over its limit was accepted");
+        };
+        match refusal.fault() {
+            Fault::PayloadTooLarge(message) => assert!(message.contains("4096"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lock(&store).data(), &json!({"a": {"b": 1, "c": 2}}));
+        assert!(matches!(
+            ActionError::NotAfterStart.fault(),
+            Fault::BadRequest(_)
+        ));
+
+        let config = MmdsConfig {
+            network_interfaces: vec!["eth0".into()],
+            ..Default::default()
+        };
+        let err = answer(&mut lc, VmmAction::PutMmdsConfig(config.clone())).unwrap_err();
+        assert!(err.contains("existing network interface: 'eth0'"), "{err}");
+        let nic = NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            ..Default::default()
+        };
+        answer(&mut lc, VmmAction::PutNetworkInterface(nic)).unwrap();
+        answer(&mut lc, VmmAction::PutMmdsConfig(config.clone())).unwrap();
+        let VmmData::Json(shown) = answer(&mut lc, VmmAction::GetVmConfig).unwrap() else {
+            panic!("GET /vm/config answered nothing");
+        };
+        assert_eq!(shown["mmds-config"]["ipv4_address"], "169.254.169.254");
+        lc.cfg.boot_source = Some(BootSource::default());
+        let Ok(Handled::Start(spec)) = lc.handle(VmmAction::InstanceStart) else {
+            panic!("InstanceStart did not ask for a boot");
+        };
+        assert!(spec.mmds.is_some() && spec.nets[0].mmds);
+        lc.started(running_vm(*spec));
+        let err = answer(&mut lc, VmmAction::PutMmdsConfig(config)).unwrap_err();
+        assert!(err.contains(NOT_AFTER), "{err}");
+        answer(&mut lc, VmmAction::PutMmds(json!({"after": "boot"}))).unwrap();
+        assert_eq!(lock(&store).data(), &json!({"after": "boot"}));
+        assert_eq!(got(&mut lc), VmmData::Json(json!({"after": "boot"})));
     }
 
     #[test]

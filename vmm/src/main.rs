@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use api_server::model::VmConfig;
 use clap::Parser;
+use devices::mmds::SharedMmds;
 use devices::sync::lock;
 use utils::poll::{poll, pollfd};
 use vmm::ExitStatus;
@@ -54,18 +55,7 @@ fn main() -> ExitCode {
             "--seccomp-filter: ember installs no seccomp filters yet; the filter is not applied"
         );
     }
-    let opts = args.run_options();
-    // Before any thread exists, so that every thread inherits the mask.
-    let result = match StopSignals::block() {
-        Err(err) => Err(Box::new(err) as Box<dyn Error>),
-        Ok(signals) => match &args.api_sock {
-            None => configured_vm(args).and_then(|cfg| {
-                let spec = VmSpec::new(&cfg, &opts)?;
-                Ok(builder::run(&spec, signals, None)?)
-            }),
-            Some(sock) => serve_api(args, sock, opts, signals),
-        },
-    };
+    let result = run(args);
     // The end of ember's own teardown; benches/boot.rs reads this line.
     log::info!(
         "ember exiting at monotonic {} ns",
@@ -90,6 +80,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the VM the arguments describe, or serves the API until one is booted and ends.
+fn run(args: &VmArgs) -> Result<Outcome, Box<dyn Error>> {
+    let opts = args.run_options();
+    // Before any thread exists, so that every thread inherits the mask.
+    let signals = StopSignals::block()?;
+    // From the start, as in Firecracker: a client may PUT /mmds before anything else.
+    let mmds = vmm::mmds::store(args.mmds_size_limit(), args.metadata.as_deref())?;
+    match &args.api_sock {
+        None => {
+            let cfg = configured_vm(args)?;
+            let spec = VmSpec::new(&cfg, &opts)?;
+            Ok(builder::run(&spec, signals, None, &mmds)?)
+        }
+        Some(sock) => serve_api(args, sock, opts, signals, mmds),
+    }
+}
+
 /// The VM the flags or config file describe, with the config file's `logger` section applied.
 fn configured_vm(args: &VmArgs) -> Result<VmConfig, Box<dyn Error>> {
     let cfg = args.vm_config()?;
@@ -106,6 +113,7 @@ fn serve_api(
     sock: &std::path::Path,
     mut opts: RunOptions,
     signals: StopSignals,
+    mmds: SharedMmds,
 ) -> Result<Outcome, Box<dyn Error>> {
     let api = api::start(sock, args.http_api_max_payload_size, &args.id)?;
     // Measured as Firecracker does: once the API socket is bound.
@@ -120,19 +128,22 @@ fn serve_api(
     if args.describes_vm() {
         let cfg = configured_vm(args)?;
         let spec = VmSpec::new(&cfg, &opts)?;
-        let lifecycle = Arc::new(Mutex::new(Lifecycle::new(api, cfg, opts)));
-        return Ok(builder::run(&spec, signals, Some(lifecycle))?);
+        let lifecycle = Lifecycle::new(api, cfg, opts, mmds.clone());
+        let lifecycle = Arc::new(Mutex::new(lifecycle));
+        return Ok(builder::run(&spec, signals, Some(lifecycle), &mmds)?);
     }
     let cfg = VmConfig {
         metrics: args.metrics(),
         ..Default::default()
     };
-    let lifecycle = Arc::new(Mutex::new(Lifecycle::new(api.clone(), cfg, opts)));
+    let lifecycle = Lifecycle::new(api.clone(), cfg, opts, mmds.clone());
+    let lifecycle = Arc::new(Mutex::new(lifecycle));
     loop {
         // Requests are answered until one is an InstanceStart that boots the VM.
         let next = lock(&lifecycle).serve();
         if let Some(spec) = next {
-            match builder::run(&spec, signals.try_clone()?, Some(lifecycle.clone())) {
+            let booted = builder::run(&spec, signals.try_clone()?, Some(lifecycle.clone()), &mmds);
+            match booted {
                 Ok(outcome) => return Ok(outcome),
                 // The VM never started: say why, and keep serving the configuration.
                 Err(err) if lock(&lifecycle).state() == VmState::NotStarted => {

@@ -2,10 +2,11 @@
 //! [`FLUSH_PERIOD`], on `FlushMetrics` and when the VM stops. Each counter is the change since
 //! the previous line, so a reader sums lines (Firecracker's `SharedIncMetric` semantics).
 //!
-//! Keys: `utc_timestamp_ms`; `block`, `net`, `entropy` and `vsock`, the totals over all
-//! devices of that kind (present even without such devices); `block_<drive_id>` and
-//! `net_<iface_id>` per device. A VM has at most one entropy and one vsock device, so, as in
-//! Firecracker, `entropy` and `vsock` are their only keys.
+//! Keys: `utc_timestamp_ms`; `block`, `net`, `entropy`, `vsock` and `mmds`, the totals over
+//! all devices of that kind (present even without such devices); `block_<drive_id>` and
+//! `net_<iface_id>` per device. A VM has at most one entropy and one vsock device and one
+//! metadata store (whose counters are the totals over the interfaces that reach it), so, as in
+//! Firecracker, `entropy`, `vsock` and `mmds` are their only keys.
 //!
 //! This module reads the devices' own counters and owns the metrics file. It must not keep
 //! a device lock across the file write.
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use devices::host_file::{self, HostFileError, Use};
+use devices::mmds::{MmdsMetrics, SharedMmds};
 use devices::sync::lock;
 use devices::virtio::block::BlockStats;
 use devices::virtio::block::device::QueueServer;
@@ -75,6 +77,8 @@ pub enum Source {
     Entropy(RngServer),
     /// The vsock device.
     Vsock(VsockServer),
+    /// The metadata store, whose lock is held only briefly by the interfaces' stacks.
+    Mmds(SharedMmds),
 }
 
 impl Source {
@@ -84,6 +88,7 @@ impl Source {
             Self::Net(_) => "net",
             Self::Entropy(_) => "entropy",
             Self::Vsock(_) => "vsock",
+            Self::Mmds(_) => "mmds",
         }
     }
 
@@ -91,7 +96,7 @@ impl Source {
     /// device, whose counters are its kind's totals.
     fn key(&self, id: &str) -> Option<String> {
         match self {
-            Self::Entropy(_) | Self::Vsock(_) => None,
+            Self::Entropy(_) | Self::Vsock(_) | Self::Mmds(_) => None,
             _ => Some(format!("{}_{id}", self.kind())),
         }
     }
@@ -103,6 +108,7 @@ impl Source {
             Self::Net(n) => n.stats().counters().to_vec(),
             Self::Entropy(r) => r.stats().counters().to_vec(),
             Self::Vsock(v) => v.stats().counters().to_vec(),
+            Self::Mmds(m) => lock(m).metrics().counters().to_vec(),
         }
     }
 }
@@ -111,12 +117,13 @@ impl Source {
 type Counters = Vec<(&'static str, u64)>;
 
 /// Every kind's totals, all zero: the same names in the same order as each kind's devices.
-fn zero_totals() -> [(&'static str, Counters); 4] {
+fn zero_totals() -> [(&'static str, Counters); 5] {
     [
         ("block", BlockStats::default().counters().to_vec()),
         ("net", NetStats::default().counters().to_vec()),
         ("entropy", RngStats::default().counters().to_vec()),
         ("vsock", VsockStats::default().counters().to_vec()),
+        ("mmds", MmdsMetrics::default().counters().to_vec()),
     ]
 }
 
@@ -323,6 +330,9 @@ mod tests {
         for (name, _) in VsockStats::default().counters() {
             assert_eq!(lines[1]["vsock"][name], 0, "{name}");
         }
+        for (name, _) in MmdsMetrics::default().counters() {
+            assert_eq!(lines[1]["mmds"][name], 0, "{name}");
+        }
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -349,6 +359,35 @@ mod tests {
             assert_eq!(api["process_startup_time_us"], startup.wall_us.unwrap());
             assert_eq!(api["process_startup_time_cpu_us"], startup.cpu_us.unwrap());
         }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_metadata_store_is_reported_under_mmds_only() {
+        let path = temp("mmds");
+        let _ = std::fs::remove_file(&path);
+        let mmds = crate::mmds::store(100, None).unwrap();
+        let sources = vec![("mmds".to_owned(), Source::Mmds(mmds))];
+        let mut m = Metrics::new(open(&path).unwrap(), sources, ProcessStartup::default());
+        m.write().unwrap();
+        let line = &lines(&path)[0];
+        let mut keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        let want = [
+            "block",
+            "entropy",
+            "mmds",
+            "net",
+            "utc_timestamp_ms",
+            "vsock",
+        ];
+        assert_eq!(keys, want, "{line}");
+        assert_eq!(line["mmds"]["rx_no_token"], 0, "{line}");
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -13,13 +13,15 @@
 //! ([`crate::share`]) is a directory, so that `PUT /fs` refuses a wrong path at once.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{
-    Drive, MachineConfig, NetworkInterface, RateLimiterConfig, TokenBucketConfig, VmConfig,
-    VsockConfig,
+    self, DEFAULT_MMDS_IPV4, Drive, MachineConfig, MmdsConfig, NetworkInterface, RateLimiterConfig,
+    TokenBucketConfig, VmConfig, VsockConfig,
 };
+use devices::mmds::MmdsVersion;
 use devices::rate_limiter::{BucketConfig, LimiterConfig};
 use devices::virtio::block::uring;
 use devices::virtio::net::MacAddr;
@@ -42,8 +44,21 @@ pub struct RunOptions {
     pub serial_out_max_bytes: u64,
     /// Provide Firecracker's boot-timer device.
     pub boot_timer: bool,
+    /// How the virtio devices reach the guest (`--enable-pci`).
+    pub transport: VirtioTransport,
     /// How long ember took to serve its API, for the metrics.
     pub startup: ProcessStartup,
+}
+
+/// How the virtio devices reach the guest. Firecracker chooses with its `--enable-pci` flag
+/// only (its configuration file and API have no such field), so ember does too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VirtioTransport {
+    /// virtio-mmio devices announced on the kernel command line (and in the DSDT).
+    #[default]
+    Mmio,
+    /// virtio-pci functions on PCI bus 0, which a kernel finds by itself.
+    Pci,
 }
 
 impl Default for RunOptions {
@@ -53,6 +68,7 @@ impl Default for RunOptions {
             serial_out: Vec::new(),
             serial_out_max_bytes: crate::console::DEFAULT_SERIAL_FILE_LIMIT,
             boot_timer: false,
+            transport: VirtioTransport::Mmio,
             startup: ProcessStartup::default(),
         }
     }
@@ -65,8 +81,11 @@ pub struct VmSpec {
     pub kernel: PathBuf,
     /// Host path of the initrd.
     pub initrd: Option<PathBuf>,
-    /// The final kernel command line, with the virtio devices and the root device announced.
+    /// The final kernel command line, with the virtio-mmio devices and the root device
+    /// announced.
     pub cmdline: String,
+    /// How the virtio devices reach the guest.
+    pub transport: VirtioTransport,
     /// vCPUs.
     pub vcpus: u8,
     /// Guest memory in MiB.
@@ -83,6 +102,8 @@ pub struct VmSpec {
     pub vsock: Option<VsockSpec>,
     /// The shared directories (virtio-fs), after the vsock device.
     pub shares: Vec<FsSpec>,
+    /// The metadata service, when some interfaces reach it (their `mmds` says which).
+    pub mmds: Option<MmdsSpec>,
     /// Where the console's output goes: files, `-` for stdout; never empty.
     pub serial_out: Vec<PathBuf>,
     /// Most bytes written to each console file.
@@ -154,6 +175,8 @@ pub struct NetSpec {
     pub rx_rate_limiter: LimiterConfig,
     /// Limits on the frames the guest sends.
     pub tx_rate_limiter: LimiterConfig,
+    /// Its frames to the MMDS address are answered by ember (`mmds-config` lists it).
+    pub mmds: bool,
     /// Where it lives.
     pub slot: Slot,
 }
@@ -178,6 +201,17 @@ pub struct VsockSpec {
     pub slot: Slot,
 }
 
+/// The microVM metadata service (MMDS) as the guest reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MmdsSpec {
+    /// V1 (plain GETs) or V2 (session tokens).
+    pub version: MmdsVersion,
+    /// Plain-text answers whatever the guest's `Accept` header says.
+    pub imds_compat: bool,
+    /// Its address: link-local, 169.254.1.0 to 169.254.254.255.
+    pub ipv4: Ipv4Addr,
+}
+
 /// The devices and machine of a configuration, parsed: what [`check`] accepts after each API
 /// request, before the configuration has a boot source.
 struct Parts {
@@ -186,6 +220,7 @@ struct Parts {
     entropy: Option<EntropySpec>,
     vsock: Option<VsockSpec>,
     shares: Vec<FsSpec>,
+    mmds: Option<MmdsSpec>,
     root: Option<String>,
 }
 
@@ -199,6 +234,7 @@ impl VmSpec {
             entropy,
             vsock,
             shares,
+            mmds,
             root,
         } = Parts::parse(cfg)?;
         let serial = cfg.serial.as_ref();
@@ -211,6 +247,7 @@ impl VmSpec {
             kernel: boot.kernel_image_path.clone().into(),
             initrd: boot.initrd_path.as_ref().map(Into::into),
             cmdline: String::new(),
+            transport: opts.transport,
             vcpus: cfg.machine_config.vcpu_count,
             mem_mib: cfg.machine_config.mem_size_mib,
             pages: page_size(&cfg.machine_config),
@@ -219,6 +256,7 @@ impl VmSpec {
             entropy,
             vsock,
             shares,
+            mmds,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
             serial_rate_limiter: LimiterConfig {
@@ -230,11 +268,18 @@ impl VmSpec {
             timeout: opts.timeout,
             startup: opts.startup,
         };
-        // Every virtio device is announced, then the root device.
-        let mut announced: Vec<String> = spec.virtio_slots().map(|s| s.cmdline_param()).collect();
-        announced.extend(root);
+        // Every virtio-mmio device is announced, then the root device. PCI devices are found
+        // by the kernel, unless `pci=off` tells it not to look.
         let user = boot.boot_args.as_deref().unwrap_or(DEFAULT_CMDLINE);
-        spec.cmdline = with_kernel_params(user, &announced.join(" "));
+        let (user, mut announced) = match spec.transport {
+            VirtioTransport::Mmio => {
+                let slots = spec.virtio_slots().map(|s| s.cmdline_param());
+                (user.to_owned(), slots.collect::<Vec<_>>())
+            }
+            VirtioTransport::Pci => (without_pci_off(user), Vec::new()),
+        };
+        announced.extend(root);
+        spec.cmdline = with_kernel_params(&user, &announced.join(" "));
         Ok(spec)
     }
 
@@ -292,7 +337,12 @@ impl Parts {
             return Err(ConfigError::TooManyDevices { count });
         }
         let (drives, root) = drives(&cfg.drives, uring::probe)?;
-        let nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
+        let mut nets = network_interfaces(&cfg.network_interfaces, drives.len())?;
+        let mmds = cfg
+            .mmds_config
+            .as_ref()
+            .map(|m| mmds(m, &mut nets))
+            .transpose()?;
         let entropy = cfg.entropy.as_ref().map(|e| EntropySpec {
             rate_limiter: rate_limiter(e.rate_limiter.as_ref()),
             slot: Slot::nth(drives.len() + nets.len()),
@@ -306,6 +356,7 @@ impl Parts {
             entropy,
             vsock,
             shares,
+            mmds,
             root,
         })
     }
@@ -324,6 +375,49 @@ fn vsock(v: &VsockConfig, before: usize) -> Result<VsockSpec, ConfigError> {
         uds_path: PathBuf::from(&v.uds_path),
         slot: Slot::nth(before),
     })
+}
+
+/// The metadata service, checked in Firecracker's order (address, then interfaces); marks the
+/// interfaces that reach it in `nets`.
+fn mmds(m: &MmdsConfig, nets: &mut [NetSpec]) -> Result<MmdsSpec, ConfigError> {
+    let ipv4 = m.ipv4_address.unwrap_or(DEFAULT_MMDS_IPV4);
+    // Firecracker's rule: link-local, but not the first and last /24 (RFC 3927 reserves them).
+    let [a, b, c, _] = ipv4.octets();
+    if (a, b) != (169, 254) || c == 0 || c == 255 {
+        return Err(ConfigError::MmdsAddress(ipv4));
+    }
+    if m.network_interfaces.is_empty() {
+        return Err(ConfigError::MmdsNoInterface);
+    }
+    for id in &m.network_interfaces {
+        let net = nets.iter_mut().find(|n| &n.id == id);
+        net.ok_or_else(|| ConfigError::MmdsInterface(id.clone()))?
+            .mmds = true;
+    }
+    Ok(MmdsSpec {
+        version: match m.version {
+            model::MmdsVersion::V1 => MmdsVersion::V1,
+            model::MmdsVersion::V2 => MmdsVersion::V2,
+        },
+        imds_compat: m.imds_compat,
+        ipv4,
+    })
+}
+
+/// `cmdline` without the kernel's `pci=off` (the default command line has it, as do many
+/// Firecracker command lines), which would hide every PCI device. Words for init (after `--`)
+/// are left alone.
+fn without_pci_off(cmdline: &str) -> String {
+    let (kernel, init) = match cmdline.split_once(" -- ") {
+        Some((kernel, init)) => (kernel, Some(init)),
+        None => (cmdline, None),
+    };
+    let kept: Vec<&str> = kernel.split(' ').filter(|w| *w != "pci=off").collect();
+    let kernel = kept.join(" ");
+    match init {
+        Some(init) => format!("{kernel} -- {init}"),
+        None => kernel,
+    }
 }
 
 /// The user's command line with `params` added. Kernel parameters must come before `--`,
@@ -562,6 +656,7 @@ fn network_interfaces(
             mtu: n.mtu,
             rx_rate_limiter: rate_limiter(n.rx_rate_limiter.as_ref()),
             tx_rate_limiter: rate_limiter(n.tx_rate_limiter.as_ref()),
+            mmds: false,
             slot: Slot::nth(first + i),
         });
     }
@@ -757,6 +852,7 @@ mod tests {
         assert_eq!(
             s.drives[0].slot,
             Slot {
+                index: 0,
                 base: VIRTIO_MMIO_START,
                 irq: VIRTIO_IRQ_BASE
             }
@@ -891,6 +987,67 @@ mod tests {
     }
 
     #[test]
+    fn mmds_config_marks_its_interfaces_and_checks_the_address_and_ids_as_firecracker_does() {
+        let mut c = with_nics(&[("eth0", "tap0", None), ("eth1", "tap1", None)]);
+        let s = spec(&c).unwrap();
+        assert_eq!(s.mmds, None);
+        assert!(s.nets.iter().all(|n| !n.mmds));
+        c.mmds_config = Some(MmdsConfig {
+            version: model::MmdsVersion::V2,
+            network_interfaces: vec!["eth1".into()],
+            ..Default::default()
+        });
+        let s = spec(&c).unwrap();
+        assert_eq!(
+            s.mmds,
+            Some(MmdsSpec {
+                version: MmdsVersion::V2,
+                imds_compat: false,
+                ipv4: Ipv4Addr::new(169, 254, 169, 254),
+            })
+        );
+        let marked: Vec<bool> = s.nets.iter().map(|n| n.mmds).collect();
+        assert_eq!(marked, [false, true]);
+        // MMDS is no device: the slots are the interfaces'.
+        assert_eq!(s.virtio_slots().count(), 2);
+        let with_address = |addr: &str| {
+            let mut c = c.clone();
+            c.mmds_config.as_mut().unwrap().ipv4_address = Some(addr.parse().unwrap());
+            spec(&c).map(|s| s.mmds.unwrap().ipv4.to_string())
+        };
+        for ok in ["169.254.1.0", "169.254.170.2", "169.254.254.255"] {
+            assert_eq!(with_address(ok).unwrap(), ok);
+        }
+        for bad in ["169.254.0.1", "169.254.255.1", "10.0.2.15", "169.253.1.1"] {
+            let err = with_address(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("The MMDS IPv4 address is not link local: {bad} (")),
+                "{err}"
+            );
+        }
+        c.mmds_config.as_mut().unwrap().network_interfaces = vec!["eth0".into(), "eth9".into()];
+        let message = err(&c);
+        assert!(
+            message
+                .starts_with("The list of network interface IDs provided contains at least one ID")
+                && message.contains(": 'eth9' ("),
+            "{message}"
+        );
+        // Checked while a configuration is built through the API, too.
+        let mut building = c.clone();
+        building.boot_source = None;
+        assert!(check(&building).is_err());
+        c.mmds_config.as_mut().unwrap().network_interfaces.clear();
+        assert!(
+            err(&c).starts_with(
+                "The list of network interface IDs that allow forwarding MMDS requests is empty"
+            ),
+            "{}",
+            err(&c)
+        );
+    }
+
+    #[test]
     fn the_entropy_device_follows_the_drives_and_interfaces_and_is_announced() {
         let mut c = with_nics(&[("eth0", "tap0", None)]);
         c.drives = with_drives(&[("data", false), ("rootfs", true)]).drives;
@@ -920,6 +1077,35 @@ mod tests {
         let ids: Vec<(&str, bool)> = ids.iter().map(|s| (s.as_str(), false)).collect();
         c.drives = with_drives(&ids).drives;
         assert!(err(&c).contains("20 virtio devices"));
+    }
+
+    #[test]
+    fn with_pci_the_command_line_announces_no_mmio_device_and_drops_pci_off() {
+        let pci = RunOptions {
+            transport: VirtioTransport::Pci,
+            ..Default::default()
+        };
+        let mut c = with_drives(&[("rootfs", true), ("data", false)]);
+        let s = VmSpec::new(&c, &pci).unwrap();
+        assert_eq!(s.transport, VirtioTransport::Pci);
+        assert_eq!(
+            s.cmdline,
+            format!(
+                "{} root=/dev/vda rw",
+                DEFAULT_CMDLINE.replace(" pci=off", "")
+            )
+        );
+        c.boot_source.as_mut().unwrap().boot_args =
+            Some("console=ttyS0 pci=off quiet -- echo pci=off".into());
+        assert_eq!(
+            VmSpec::new(&c, &pci).unwrap().cmdline,
+            "console=ttyS0 quiet root=/dev/vda rw -- echo pci=off"
+        );
+        // Without the flag nothing changes.
+        let mmio = VmSpec::new(&c, &RunOptions::default()).unwrap();
+        assert_eq!(mmio.transport, VirtioTransport::Mmio);
+        assert_eq!(mmio.cmdline.matches("virtio_mmio.device=").count(), 2);
+        assert!(mmio.cmdline.starts_with("console=ttyS0 pci=off quiet"));
     }
 
     #[test]

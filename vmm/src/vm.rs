@@ -1,16 +1,20 @@
 //! The KVM VM: opening `/dev/kvm`, the in-kernel interrupt controllers and timer, guest memory
-//! slots and irqfds. It owns the VM file descriptor and nothing guest-visible beyond what KVM
-//! itself emulates.
+//! slots, irqfds and the GSI routing table ([`GsiRouting`]). It owns the VM file descriptor
+//! and nothing guest-visible beyond what KVM itself emulates.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-    kvm_userspace_memory_region,
+    CpuId, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KvmIrqRouting, kvm_irq_routing_entry, kvm_pit_config, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
+use crate::arch::x86_64::layout::{IOAPIC_PINS, KVM_TSS_ADDRESS};
 
 /// Errors setting up the VM.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,9 @@ pub enum VmError {
     /// A guest memory region has no host mapping (a vm-memory invariant broke).
     #[error("guest memory at {0:#x} has no host mapping")]
     Unmapped(u64),
+    /// More interrupt routes than KVM takes (the device manager bounds the MSI GSIs).
+    #[error("{0} interrupt routes are more than KVM takes")]
+    TooManyRoutes(usize),
     /// A VM-level ioctl failed.
     #[error("KVM refused to {what}")]
     Ioctl {
@@ -52,7 +59,8 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A KVM VM with an in-kernel IOAPIC, PIC, local APICs and PIT.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Shared with the GSI routing table, which vCPU threads update.
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -87,7 +95,10 @@ impl Vm {
         };
         fd.create_pit2(pit)
             .map_err(ioctl("create the in-kernel PIT"))?;
-        Ok(Self { kvm, fd })
+        Ok(Self {
+            kvm,
+            fd: Arc::new(fd),
+        })
     }
 
     /// Makes every region of `mem` guest-physical memory, one KVM slot each.
@@ -132,6 +143,23 @@ impl Vm {
             .map_err(ioctl("register an ioeventfd"))
     }
 
+    /// Makes guest writes of any width to MMIO address `addr` signal `evt` inside KVM (a
+    /// virtio-pci notification address belongs to one queue, and drivers write it 16 bits
+    /// wide).
+    pub fn register_ioevent_any(&self, evt: &EventFd, addr: u64) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(ioctl("register an ioeventfd"))
+    }
+
+    /// The VM's GSI routing table, for MSI routes.
+    pub fn gsi_routing(&self) -> GsiRouting {
+        GsiRouting {
+            fd: self.fd.clone(),
+            msi: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// The CPUID leaves KVM can give a guest on this host.
     pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
         self.kvm
@@ -149,5 +177,111 @@ impl Vm {
     /// Most vCPUs this host's KVM allows in one VM.
     pub fn max_vcpus(&self) -> usize {
         self.kvm.get_max_vcpus()
+    }
+}
+
+/// The VM's GSI routing table as ember keeps it: `KVM_SET_GSI_ROUTING` replaces the whole
+/// table, so every call sends KVM's default routes for the PIC and IOAPIC pins (the in-kernel
+/// PIT and the legacy devices' irqfds need them) together with every MSI route set so far.
+/// There is one per VM: two would overwrite each other's routes.
+pub struct GsiRouting {
+    fd: Arc<VmFd>,
+    /// MSI routes by GSI: (address, data).
+    msi: Mutex<BTreeMap<u32, (u64, u32)>>,
+}
+
+impl GsiRouting {
+    /// Routes `gsi` (above the IOAPIC's pins) to the MSI message `data` at `address`. Called on
+    /// vCPU threads when the guest programs an MSI-X vector.
+    pub fn set_msi(&self, gsi: u32, address: u64, data: u32) -> Result<(), VmError> {
+        let mut msi = devices::sync::lock(&self.msi);
+        let old = msi.insert(gsi, (address, data));
+        let result = routing_table(&msi).and_then(|table| {
+            self.fd
+                .set_gsi_routing(&table)
+                .map_err(ioctl("set the GSI routing table"))
+        });
+        if result.is_err() {
+            // Keep the table as KVM has it.
+            match old {
+                Some(old) => msi.insert(gsi, old),
+                None => msi.remove(&gsi),
+            };
+        }
+        result
+    }
+}
+
+/// KVM's default routes (`kvm_setup_default_irq_routing`: GSIs 0-15 to the PIC and the
+/// IOAPIC, 16-23 to the IOAPIC) followed by the `msi` routes.
+fn routing_table(msi: &BTreeMap<u32, (u64, u32)>) -> Result<KvmIrqRouting, VmError> {
+    let irqchip = |gsi: u32, chip: u32, pin: u32| {
+        let mut entry = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        entry.u.irqchip.irqchip = chip;
+        entry.u.irqchip.pin = pin;
+        entry
+    };
+    let mut entries = Vec::with_capacity(40 + msi.len());
+    for gsi in 0..u32::from(IOAPIC_PINS) {
+        entries.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+        if gsi < 16 {
+            let pic = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            entries.push(irqchip(gsi, pic, gsi % 8));
+        }
+    }
+    for (&gsi, &(address, data)) in msi {
+        let mut entry = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        entry.u.msi.address_lo = address as u32;
+        entry.u.msi.address_hi = (address >> 32) as u32;
+        entry.u.msi.data = data;
+        entries.push(entry);
+    }
+    KvmIrqRouting::from_entries(&entries).map_err(|_| VmError::TooManyRoutes(entries.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_routing_table_keeps_the_default_pin_routes_and_adds_each_msi_route() {
+        let mut msi = BTreeMap::new();
+        msi.insert(24, (0xfee0_0000u64, 0x4041u32));
+        msi.insert(30, (0x1_fee0_1000, 0x22));
+        let table = routing_table(&msi).unwrap();
+        let entries = table.as_slice();
+        assert_eq!(entries.len(), 16 * 2 + 8 + 2);
+        let pins: Vec<(u32, u32, u32)> = entries
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP)
+            // SAFETY: irqchip entries carry the irqchip member of the union.
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
+        assert!(pins.contains(&(0, KVM_IRQCHIP_PIC_MASTER, 0)));
+        assert!(pins.contains(&(0, KVM_IRQCHIP_IOAPIC, 0)));
+        assert!(pins.contains(&(9, KVM_IRQCHIP_PIC_SLAVE, 1)));
+        assert!(pins.contains(&(23, KVM_IRQCHIP_IOAPIC, 23)));
+        let routes: Vec<(u32, u32, u32, u32)> = entries
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_MSI)
+            // SAFETY: MSI entries carry the msi member of the union.
+            .map(|e| unsafe { (e.gsi, e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data) })
+            .collect();
+        assert_eq!(
+            routes,
+            vec![(24, 0xfee0_0000, 0, 0x4041), (30, 0xfee0_1000, 1, 0x22)]
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! before use.
 
 use std::io;
+use std::os::fd::RawFd;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -163,15 +164,31 @@ pub fn read_bytes(mem: &GuestMemoryMmap, segments: &[Segment], max: u64) -> Vec<
 
 /// Fills `buf` from the start of the stream `segments` form; an error if they are shorter.
 pub fn read_into(mem: &GuestMemoryMmap, segments: &[Segment], buf: &mut [u8]) -> io::Result<()> {
+    read_at(mem, segments, 0, buf)
+}
+
+/// Fills `buf` from byte `offset` of the stream `segments` form; an error if they are shorter.
+pub fn read_at(
+    mem: &GuestMemoryMmap,
+    segments: &[Segment],
+    offset: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    let mut skip = offset;
     let mut done = 0;
     for s in segments {
         if done == buf.len() {
             break;
         }
-        let n = (s.len as usize).min(buf.len() - done);
-        mem.read_slice(&mut buf[done..done + n], s.addr)
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let n = ((s.len - skip) as usize).min(buf.len() - done);
+        mem.read_slice(&mut buf[done..done + n], s.addr.unchecked_add(skip))
             .map_err(io::Error::other)?;
         done += n;
+        skip = 0;
     }
     if done < buf.len() {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -236,6 +253,111 @@ pub fn push_iovecs(
     Ok(count)
 }
 
+/// Runs of guest memory gathered into one stream for vectored I/O on a host descriptor: the
+/// kernel reads or writes guest memory directly, with no copy through a device buffer.
+///
+/// Every iovec comes from [`push_iovecs`] on this value's own memory (whose mappings the
+/// clone keeps alive for as long as the iovecs exist), which is what makes [`GuestBufs::readv`]
+/// and [`GuestBufs::writev`] sound. Kept between packets so the hot paths allocate nothing.
+pub struct GuestBufs {
+    mem: GuestMemoryMmap,
+    segments: Vec<Segment>,
+    iovecs: Vec<libc::iovec>,
+    len: u64,
+}
+
+// SAFETY: the iovecs point into the mappings of `mem`, which this value owns a handle to; they
+// are only dereferenced by the kernel, in calls made through `&self` or `&mut self`.
+unsafe impl Send for GuestBufs {}
+
+impl GuestBufs {
+    /// An empty stream over `mem`.
+    pub fn new(mem: GuestMemoryMmap) -> Self {
+        Self {
+            mem,
+            segments: Vec::new(),
+            iovecs: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Empties the stream.
+    pub fn clear(&mut self) {
+        self.segments.clear();
+        self.iovecs.clear();
+        self.len = 0;
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends at most `max` bytes of the stream `segments` form, from byte `offset` on;
+    /// returns how many. An error (and nothing appended) if part of them is not guest memory.
+    pub fn push(&mut self, segments: &[Segment], offset: u64, max: u64) -> io::Result<u64> {
+        let (start_segments, start_iovecs) = (self.segments.len(), self.iovecs.len());
+        let (mut skip, mut added) = (offset, 0);
+        for s in segments {
+            if added == max {
+                break;
+            }
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            let piece = Segment {
+                addr: s.addr.unchecked_add(skip),
+                len: (s.len - skip).min(max - added),
+            };
+            skip = 0;
+            if let Err(err) = push_iovecs(&self.mem, piece, &mut self.iovecs) {
+                self.segments.truncate(start_segments);
+                self.iovecs.truncate(start_iovecs);
+                return Err(err);
+            }
+            self.segments.push(piece);
+            added += piece.len;
+        }
+        self.len += added;
+        Ok(added)
+    }
+
+    /// Fills `buf` from byte `offset` of the stream.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_at(&self.mem, &self.segments, offset, buf)
+    }
+
+    /// Reads from `fd` into the stream (one `readv`; as far as the kernel's iovec limit goes).
+    pub fn readv(&self, fd: RawFd) -> io::Result<usize> {
+        let count = self.iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: the iovecs cover mapped guest memory (see the type's docs) of `count` entries
+        // at most; the kernel writes only within them.
+        let n = unsafe { libc::readv(fd, self.iovecs.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes the stream to `fd` (one `writev`; as far as the kernel's iovec limit goes).
+    pub fn writev(&self, fd: RawFd) -> io::Result<usize> {
+        let count = self.iovecs.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: the iovecs cover mapped guest memory (see the type's docs) of `count` entries
+        // at most; the kernel only reads them.
+        let n = unsafe { libc::writev(fd, self.iovecs.as_ptr(), count) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +383,39 @@ mod tests {
         assert_eq!(write_bytes(&mem, &segs, 15, b"0123456").unwrap(), 3);
         assert!(Segment::checked(&mem, GuestAddress(0xfff0), 0x20).is_none());
         assert!(Segment::checked(&mem, GuestAddress(0x1_0000), 0).is_some());
+    }
+
+    #[test]
+    fn guest_bufs_gather_a_window_of_segments_for_readv_and_writev() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let segs = [seg(0x100, 3), seg(0x200, 5), seg(0x300, 10)];
+        mem.write_slice(b"abc", GuestAddress(0x100)).unwrap();
+        mem.write_slice(b"defgh", GuestAddress(0x200)).unwrap();
+        mem.write_slice(b"ijklmnopqr", GuestAddress(0x300)).unwrap();
+        let mut bufs = GuestBufs::new(mem.clone());
+        // Bytes 2..11 of the stream: the end of the first run, all of the second, part of the
+        // third.
+        assert_eq!(bufs.push(&segs, 2, 9).unwrap(), 9);
+        assert_eq!(bufs.len(), 9);
+        let mut out = [0u8; 4];
+        bufs.read_at(3, &mut out).unwrap();
+        assert_eq!(&out, b"fghi");
+        assert!(bufs.read_at(6, &mut out).is_err(), "past the end");
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        assert_eq!(bufs.writev(a.as_raw_fd()).unwrap(), 9);
+        let mut got = [0u8; 9];
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"cdefghijk");
+        (&b).write_all(b"123456789").unwrap();
+        assert_eq!(bufs.readv(a.as_raw_fd()).unwrap(), 9);
+        assert_eq!(read_bytes(&mem, &segs, 18), b"ab123456789lmnopqr");
+        // Nothing outside guest memory is taken in, and a failed push adds nothing.
+        assert!(bufs.push(&[seg(0xfff0, 0x20)], 0, 0x20).is_err());
+        assert_eq!(bufs.len(), 9);
+        bufs.clear();
+        assert!(bufs.is_empty());
     }
 
     const TABLE: u64 = 0x8000;

@@ -1,21 +1,19 @@
 //! The virtio-mmio transport, register layout version 2 (virtio 1.2, section 4.2.2).
 //!
-//! The transport owns the state the driver negotiates: device status, the feature pages, and
-//! each queue's size and ring addresses. It enforces the status state machine: features are
-//! accepted only if they are a subset of the offered ones and include VIRTIO_F_VERSION_1, and
-//! the device is activated on DRIVER_OK only with valid queues; a failed activation sets
-//! DEVICE_NEEDS_RESET. Writing 0 to the status register resets the device, after which it is
-//! as new. Registers are 32 bits wide; other widths are ignored (reads return 0), and nothing
-//! a guest writes here can panic the VMM.
+//! This module owns only the register map: where each register sits and that registers are
+//! 32 bits wide (other widths are ignored, reads return 0). Everything the driver negotiates,
+//! and the rules for it, live in [`TransportState`], which the PCI transport shares; nothing a
+//! guest writes here can panic the VMM.
 
 use std::sync::Arc;
 
-use log::{debug, warn};
-use virtio_queue::{Queue, QueueT};
+use log::debug;
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt, status};
+use super::transport::{Ring, TransportState};
+use super::{VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
 
 /// Size of one device's MMIO window.
@@ -55,28 +53,9 @@ const REG_SHM_LEN_HIGH: u64 = 0x0b4;
 const REG_CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG_SPACE: u64 = 0x100;
 
-/// Every status bit virtio defines.
-const STATUS_BITS: u32 = status::ACKNOWLEDGE
-    | status::DRIVER
-    | status::DRIVER_OK
-    | status::FEATURES_OK
-    | status::DEVICE_NEEDS_RESET
-    | status::FAILED;
-
 /// A virtio device behind its MMIO registers.
 pub struct MmioTransport<D: VirtioDevice> {
-    device: D,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
-    queue_events: Vec<EventFd>,
-    queues: Vec<Queue>,
-    status: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    config_generation: u32,
-    active: bool,
+    state: TransportState<D>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -88,261 +67,99 @@ impl<D: VirtioDevice> MmioTransport<D> {
         interrupt: Arc<VirtioInterrupt>,
         queue_events: Vec<EventFd>,
     ) -> Self {
-        let queues = fresh_queues(&device);
         Self {
-            device,
-            mem,
-            interrupt,
-            queue_events,
-            queues,
-            status: 0,
-            device_features_sel: 0,
-            driver_features_sel: 0,
-            driver_features: 0,
-            queue_sel: 0,
-            config_generation: 0,
-            active: false,
+            state: TransportState::new(device, mem, interrupt, queue_events),
         }
     }
 
     /// The device model, for the VMM's counters.
     pub fn device(&self) -> &D {
-        &self.device
+        self.state.device()
     }
 
     /// The device model, for the VMM's queue handling.
     pub fn device_mut(&mut self) -> &mut D {
-        &mut self.device
+        self.state.device_mut()
     }
 
     /// Whether the driver has activated the device.
     pub fn is_active(&self) -> bool {
-        self.active
+        self.state.is_active()
     }
 
     /// The device status register, with DEVICE_NEEDS_RESET once the device asked for it.
     pub fn status(&self) -> u32 {
-        let needs_reset = if self.interrupt.reset_needed() {
-            status::DEVICE_NEEDS_RESET
-        } else {
-            0
-        };
-        self.status | needs_reset
+        self.state.status()
     }
 
     /// Tells the driver that the configuration space changed (new generation, config
     /// interrupt).
     pub fn config_changed(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        if let Err(err) = self.interrupt.trigger(super::INTERRUPT_CONFIG_CHANGE) {
-            warn!("virtio: cannot raise the configuration interrupt: {err}");
-        }
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        // Queues are configured only between FEATURES_OK and DRIVER_OK.
-        if self.status & status::DRIVER_OK != 0 {
-            return None;
-        }
-        self.queues.get_mut(self.queue_sel as usize)
+        self.state.config_changed();
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let features = self.device.features();
+        let s = &self.state;
         match offset {
             REG_MAGIC => MAGIC,
             REG_VERSION => VERSION,
-            REG_DEVICE_ID => self.device.device_type(),
+            REG_DEVICE_ID => s.device().device_type(),
             REG_VENDOR_ID => VENDOR_ID,
-            REG_DEVICE_FEATURES => match self.device_features_sel {
-                0 => features as u32,
-                1 => (features >> 32) as u32,
-                _ => 0,
-            },
-            REG_QUEUE_NUM_MAX => self
-                .queues
-                .get(self.queue_sel as usize)
-                .map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self
-                .queues
-                .get(self.queue_sel as usize)
-                .map_or(0, |q| u32::from(q.ready())),
-            REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status(),
+            REG_DEVICE_FEATURES => s.device_features_page(),
+            REG_QUEUE_NUM_MAX => s.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => s.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => s.interrupt().status(),
+            REG_STATUS => s.status(),
             // No shared memory regions: length all ones means "none".
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
-            REG_CONFIG_GENERATION => self.config_generation,
+            REG_CONFIG_GENERATION => s.config_generation(),
             _ => 0,
         }
     }
 
     fn write_register(&mut self, offset: u64, value: u32) {
+        let s = &mut self.state;
         match offset {
-            REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
-            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            REG_DRIVER_FEATURES => {
-                if self.status & status::FEATURES_OK != 0 {
-                    debug!("virtio: driver features written after FEATURES_OK; ignored");
-                    return;
-                }
-                match self.driver_features_sel {
-                    0 => {
-                        self.driver_features =
-                            (self.driver_features & !0xffff_ffff) | u64::from(value)
-                    }
-                    1 => {
-                        self.driver_features =
-                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
-                    }
-                    _ => {}
-                }
-            }
-            REG_QUEUE_SEL => self.queue_sel = value,
-            REG_QUEUE_NUM => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_size(u16::try_from(value).unwrap_or(0));
-                }
-            }
-            REG_QUEUE_READY => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_ready(value == 1);
-                }
-            }
-            REG_QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),
-            REG_QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
-            REG_QUEUE_DRIVER_LOW => {
-                self.with_queue(|q| q.set_avail_ring_address(Some(value), None))
-            }
-            REG_QUEUE_DRIVER_HIGH => {
-                self.with_queue(|q| q.set_avail_ring_address(None, Some(value)))
-            }
-            REG_QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
-            REG_QUEUE_DEVICE_HIGH => {
-                self.with_queue(|q| q.set_used_ring_address(None, Some(value)))
-            }
-            REG_QUEUE_NOTIFY => {
-                // Normally caught by the ioeventfd; a write that bypassed it (another width)
-                // is forwarded the same way.
-                if let Some(evt) = self.queue_events.get(value as usize) {
-                    if let Err(err) = evt.write(1) {
-                        warn!("virtio: cannot forward a queue notification: {err}");
-                    }
-                }
-            }
-            REG_INTERRUPT_ACK => self.interrupt.acknowledge(value),
-            REG_STATUS => self.set_status(value),
+            REG_DEVICE_FEATURES_SEL => s.set_device_features_sel(value),
+            REG_DRIVER_FEATURES_SEL => s.set_driver_features_sel(value),
+            REG_DRIVER_FEATURES => s.set_driver_features_page(value),
+            REG_QUEUE_SEL => s.set_queue_sel(value),
+            REG_QUEUE_NUM => s.set_queue_size(value),
+            REG_QUEUE_READY => s.set_queue_ready(value),
+            REG_QUEUE_DESC_LOW => s.set_queue_address(Ring::Desc, false, value),
+            REG_QUEUE_DESC_HIGH => s.set_queue_address(Ring::Desc, true, value),
+            REG_QUEUE_DRIVER_LOW => s.set_queue_address(Ring::Driver, false, value),
+            REG_QUEUE_DRIVER_HIGH => s.set_queue_address(Ring::Driver, true, value),
+            REG_QUEUE_DEVICE_LOW => s.set_queue_address(Ring::Device, false, value),
+            REG_QUEUE_DEVICE_HIGH => s.set_queue_address(Ring::Device, true, value),
+            // Normally caught by the ioeventfd.
+            REG_QUEUE_NOTIFY => s.notify(value),
+            REG_INTERRUPT_ACK => s.interrupt().acknowledge(value),
+            REG_STATUS => s.set_status(value),
             REG_SHM_SEL => {}
             _ => debug!("virtio: write to register {offset:#x} ignored"),
         }
     }
-
-    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
-        if let Some(q) = self.selected_queue() {
-            f(q);
-        }
-    }
-
-    fn set_status(&mut self, value: u32) {
-        if value == 0 {
-            self.reset();
-            return;
-        }
-        // Bits virtio does not define are reserved: never stored.
-        let value = value & STATUS_BITS;
-        // The driver only ever adds bits until it resets the device.
-        if value & self.status != self.status {
-            debug!(
-                "virtio: status {value:#x} clears bits of {:#x}; ignored",
-                self.status
-            );
-            return;
-        }
-        let added = value & !self.status;
-        let mut value = value;
-        if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
-            // Leaving FEATURES_OK clear tells the driver its feature set was refused.
-            value &= !status::FEATURES_OK;
-        }
-        if added & status::DRIVER_OK != 0 {
-            if value & status::FEATURES_OK == 0 {
-                debug!("virtio: DRIVER_OK without FEATURES_OK; ignored");
-                return;
-            }
-            self.status = value;
-            self.activate();
-            return;
-        }
-        self.status = value;
-    }
-
-    fn features_acceptable(&self) -> bool {
-        let offered = self.device.features();
-        let ok = self.driver_features & !offered == 0
-            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0;
-        if !ok {
-            warn!(
-                "virtio: driver features {:#x} refused (offered {offered:#x}, VERSION_1 required)",
-                self.driver_features
-            );
-        }
-        ok
-    }
-
-    fn activate(&mut self) {
-        for (i, q) in self.queues.iter().enumerate() {
-            if !q.ready() {
-                warn!("virtio: {}", super::ActivateError::QueueNotReady(i));
-                return self.needs_reset();
-            }
-            if !q.is_valid(&self.mem) {
-                warn!("virtio: {}", super::ActivateError::InvalidQueue(i));
-                return self.needs_reset();
-            }
-        }
-        // The device owns the queues from now on; a reset gives the transport new ones.
-        let queues = std::mem::take(&mut self.queues);
-        match self.device.activate(queues, self.driver_features) {
-            Ok(()) => self.active = true,
-            Err(err) => {
-                warn!("virtio: activation failed: {err}");
-                self.needs_reset();
-            }
-        }
-    }
-
-    fn needs_reset(&mut self) {
-        self.status |= status::DEVICE_NEEDS_RESET;
-        self.config_changed();
-    }
-
-    fn reset(&mut self) {
-        if self.active {
-            self.device.reset();
-            self.active = false;
-        }
-        self.queues = fresh_queues(&self.device);
-        self.status = 0;
-        self.driver_features = 0;
-        self.device_features_sel = 0;
-        self.driver_features_sel = 0;
-        self.queue_sel = 0;
-        self.interrupt.clear();
-    }
 }
 
-/// Unconfigured queues of the sizes the device allows.
-fn fresh_queues<D: VirtioDevice>(device: &D) -> Vec<Queue> {
-    device
-        .queue_max_sizes()
-        .iter()
-        .filter_map(|max| Queue::new(*max).ok())
-        .collect()
+impl<D: VirtioDevice> super::Transport<D> for MmioTransport<D> {
+    fn device(&self) -> &D {
+        MmioTransport::device(self)
+    }
+
+    fn device_mut(&mut self) -> &mut D {
+        MmioTransport::device_mut(self)
+    }
+
+    fn config_changed(&mut self) {
+        MmioTransport::config_changed(self);
+    }
 }
 
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
-            self.device.read_config(offset - CONFIG_SPACE, data);
+            self.state.device().read_config(offset - CONFIG_SPACE, data);
             return;
         }
         data.fill(0);
@@ -353,7 +170,9 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
-            self.device.write_config(offset - CONFIG_SPACE, data);
+            self.state
+                .device_mut()
+                .write_config(offset - CONFIG_SPACE, data);
             return;
         }
         match <[u8; 4]>::try_from(data) {
@@ -371,6 +190,7 @@ mod tests {
     use super::*;
     use crate::virtio::block::device::tests::image;
     use crate::virtio::block::{Block, Disk};
+    use crate::virtio::status;
     use vm_memory::GuestAddress;
 
     const DESC: u32 = 0x1000;
@@ -497,7 +317,7 @@ mod tests {
         let mut t = transport("mmio-device-reset");
         bring_up(&mut t, 1, DESC);
         assert_eq!(read(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
-        t.interrupt.needs_reset();
+        t.state.interrupt().needs_reset();
         assert_ne!(read(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
         assert_ne!(
             read(&mut t, REG_INTERRUPT_STATUS) & 2,

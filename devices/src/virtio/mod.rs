@@ -1,40 +1,40 @@
-//! virtio devices on the virtio-mmio transport (virtio 1.2, "modern" register layout only).
+//! virtio devices and their transports, virtio-mmio and virtio-pci (virtio 1.2, "modern" only).
 //!
 //! A device implements [`VirtioDevice`]: its identity, features, configuration space, and what
-//! to do when the driver activates or resets it. [`mmio::MmioTransport`] owns everything the
-//! driver negotiates (status, features, queue addresses) and hands the device its queues on
-//! DRIVER_OK. Queue notifications reach a device as writes to its queue `EventFd`s (which the
-//! VMM registers as KVM ioeventfds, so vCPUs never run device code for a notify); interrupts
-//! leave through [`VirtioInterrupt`] (an irqfd).
+//! to do when the driver activates or resets it. [`transport::TransportState`] owns everything
+//! the driver negotiates (status, features, queue addresses) and hands the device its queues on
+//! DRIVER_OK; [`mmio::MmioTransport`] and [`pci::VirtioPci`] only map their registers onto it.
+//! Queue notifications reach a device as writes to its queue `EventFd`s (which the VMM
+//! registers as KVM ioeventfds, so vCPUs never run device code for a notify); interrupts leave
+//! through [`VirtioInterrupt`], which devices tell what happened (a queue's index or a
+//! configuration change) and which picks the line or MSI-X vector.
 
 pub mod block;
 pub mod chain;
 pub mod fs;
+pub mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
+pub mod transport;
 pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
 
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+pub use interrupt::{
+    INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING, InterruptSource, NO_VECTOR, VirtioInterrupt,
+};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit: the device complies with virtio 1.x.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 /// Feature bit: the used/avail event index scheme suppresses notifications.
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
-
-/// Interrupt status bit: a queue has new used buffers.
-pub const INTERRUPT_USED_RING: u32 = 1;
-/// Interrupt status bit: the configuration space changed.
-pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 
 /// Device status bits, set by the driver as it brings the device up.
 pub mod status {
@@ -50,6 +50,17 @@ pub mod status {
     pub const DEVICE_NEEDS_RESET: u32 = 64;
     /// The driver gave up on the device.
     pub const FAILED: u32 = 128;
+}
+
+/// What the VMM does to a running device, whichever transport carries it (a drive swap
+/// changes the device and tells the driver its configuration changed).
+pub trait Transport<D>: Send {
+    /// The device model.
+    fn device(&self) -> &D;
+    /// The device model, mutably.
+    fn device_mut(&mut self) -> &mut D;
+    /// Tells the driver that the configuration space changed.
+    fn config_changed(&mut self);
 }
 
 /// Errors activating a device.
@@ -93,86 +104,6 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), ActivateError>;
     /// The driver reset the device: forget the queues and features, keep the backend.
     fn reset(&mut self);
-}
-
-/// A device's interrupt line and its interrupt status register, shared between the transport
-/// (which the guest reads and acknowledges) and the device (which raises it).
-#[derive(Debug)]
-pub struct VirtioInterrupt {
-    status: AtomicU32,
-    irq: EventFd,
-    /// The device stopped using a queue it cannot trust (virtio 1.2, 2.1.2: DEVICE_NEEDS_RESET).
-    needs_reset: AtomicBool,
-    /// Another process (a vhost-user backend) raises the used-buffer interrupt by writing the
-    /// irqfd itself, so the status bit is never set here.
-    raised_by_backend: AtomicBool,
-}
-
-impl VirtioInterrupt {
-    /// An interrupt raised by writing `irq` (an irqfd).
-    pub fn new(irq: EventFd) -> Self {
-        Self {
-            status: AtomicU32::new(0),
-            irq,
-            needs_reset: AtomicBool::new(false),
-            raised_by_backend: AtomicBool::new(false),
-        }
-    }
-
-    /// The used-buffer interrupt is raised by a backend writing the irqfd directly (vhost-user),
-    /// which cannot set the status bit. From now on the status register always shows it:
-    /// Linux's virtio-mmio handler looks at the used rings only when the bit is set, so
-    /// without it every interrupt of the backend would be dropped. A spurious bit costs the
-    /// driver a look at rings with nothing new.
-    pub fn set_raised_by_backend(&self) {
-        self.raised_by_backend.store(true, Ordering::Release);
-    }
-
-    /// The irqfd, for the VMM to register.
-    pub fn irq(&self) -> &EventFd {
-        &self.irq
-    }
-
-    /// Sets `bits` in the interrupt status and raises the interrupt.
-    pub fn trigger(&self, bits: u32) -> io::Result<()> {
-        self.status.fetch_or(bits, Ordering::AcqRel);
-        self.irq.write(1)
-    }
-
-    /// The interrupt status register.
-    pub fn status(&self) -> u32 {
-        let backend = if self.raised_by_backend.load(Ordering::Acquire) {
-            INTERRUPT_USED_RING
-        } else {
-            0
-        };
-        self.status.load(Ordering::Acquire) | backend
-    }
-
-    /// The driver acknowledged `bits`.
-    pub fn acknowledge(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::AcqRel);
-    }
-
-    /// The device hit an error it cannot recover from without a reset (a corrupt ring): the
-    /// status register shows DEVICE_NEEDS_RESET and the driver gets a configuration-change
-    /// interrupt, as virtio 1.2 (2.1.2) asks, so it can reset the device.
-    pub fn needs_reset(&self) {
-        self.needs_reset.store(true, Ordering::Release);
-        if let Err(err) = self.trigger(INTERRUPT_CONFIG_CHANGE) {
-            log::warn!("virtio: cannot interrupt the guest for a device reset: {err}");
-        }
-    }
-
-    /// Whether the device asked for a reset since the last one.
-    pub fn reset_needed(&self) -> bool {
-        self.needs_reset.load(Ordering::Acquire)
-    }
-
-    fn clear(&self) {
-        self.status.store(0, Ordering::Release);
-        self.needs_reset.store(false, Ordering::Release);
-    }
 }
 
 /// What a device did with one descriptor chain (see [`serve_chains`]).
@@ -222,29 +153,56 @@ pub fn serve_chains<'m>(
     budget: usize,
     mut serve: impl FnMut(chain::Chain<'m>) -> Step,
 ) -> Result<Served, QueueError> {
+    serve_chain_runs(queue, mem, budget, |chain, _| serve(chain))
+}
+
+/// [`serve_chains`] for a device that may fill a run of chains at once (several packets from
+/// one host read): `serve` may also take the chains available after the one it serves, with
+/// [`Following`]. Those it keeps are returned to the driver right after the served one, in
+/// the order taken, and count toward `budget`; [`Step::Retry`] leaves them available too.
+pub fn serve_chain_runs<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    budget: usize,
+    mut serve: impl FnMut(chain::Chain<'m>, &mut Following<'_, 'm>) -> Step,
+) -> Result<Served, QueueError> {
     let (mut count, mut taken) = (0, 0);
     let mut empty_rounds = 0;
     let (table, size) = (GuestAddress(queue.desc_table()), queue.size());
+    let mut following = Vec::new();
     loop {
         queue.disable_notification(mem)?;
         let before = taken;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let (used, last) = match serve(chain::Chain::in_table(mem, table, size, head)) {
-                Step::Used(len) => (Some(len), false),
-                Step::UsedLast(len) => (Some(len), true),
-                Step::Kept => (None, false),
-                Step::KeptLast => (None, true),
-                Step::Retry => {
-                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                    return Ok(Served { count, more: true });
-                }
+            following.clear();
+            let mut more = Following {
+                queue: &mut *queue,
+                mem,
+                taken: &mut following,
+                room: budget.saturating_sub(taken + 1),
             };
+            let (used, last) =
+                match serve(chain::Chain::in_table(mem, table, size, head), &mut more) {
+                    Step::Used(len) => (Some(len), false),
+                    Step::UsedLast(len) => (Some(len), true),
+                    Step::Kept => (None, false),
+                    Step::KeptLast => (None, true),
+                    Step::Retry => {
+                        let back = 1 + following.len() as u16;
+                        queue.set_next_avail(queue.next_avail().wrapping_sub(back));
+                        return Ok(Served { count, more: true });
+                    }
+                };
             if let Some(len) = used {
                 queue.add_used(mem, head, len)?;
                 count += 1;
             }
-            taken += 1;
+            for &(head, len) in &following {
+                queue.add_used(mem, head, len)?;
+                count += 1;
+            }
+            taken += 1 + following.len();
             if last || taken >= budget {
                 return Ok(Served { count, more: true });
             }
@@ -258,16 +216,55 @@ pub fn serve_chains<'m>(
     }
 }
 
-/// Raises the used-buffer interrupt after `count` chains were returned, unless the driver
-/// suppressed it.
+/// The chains available after the one [`serve_chain_runs`] hands its device, for the device
+/// to take while it serves that one.
+pub struct Following<'a, 'm> {
+    queue: &'a mut Queue,
+    mem: &'m GuestMemoryMmap,
+    /// The chains taken, each with the bytes written to it.
+    taken: &'a mut Vec<(u16, u32)>,
+    /// How many more the round's budget allows.
+    room: usize,
+}
+
+impl<'m> Following<'_, 'm> {
+    /// The next available chain, or `None` when there is none or the round's budget is spent.
+    pub fn take(&mut self) -> Option<chain::Chain<'m>> {
+        if self.taken.len() >= self.room {
+            return None;
+        }
+        let head = self.queue.pop_descriptor_chain(self.mem)?.head_index();
+        self.taken.push((head, 0));
+        Some(chain::Chain::new(self.mem, self.queue, head))
+    }
+
+    /// Records that `len` bytes were written to the `i`-th chain taken.
+    pub fn set_used(&mut self, i: usize, len: u32) {
+        if let Some(chain) = self.taken.get_mut(i) {
+            chain.1 = len;
+        }
+    }
+
+    /// Keeps the first `n` chains taken; the rest stay available, as if never taken.
+    pub fn keep(&mut self, n: usize) {
+        let back = self.taken.len().saturating_sub(n);
+        let next = self.queue.next_avail().wrapping_sub(back as u16);
+        self.queue.set_next_avail(next);
+        self.taken.truncate(n);
+    }
+}
+
+/// Raises queue `index`'s used-buffer interrupt after `count` chains were returned to
+/// `queue`, unless the driver suppressed it.
 pub fn signal_used(
     queue: &mut Queue,
+    index: u16,
     mem: &GuestMemoryMmap,
     interrupt: &VirtioInterrupt,
     count: usize,
 ) {
     if count > 0 && queue.needs_notification(mem).unwrap_or(true) {
-        if let Err(err) = interrupt.trigger(INTERRUPT_USED_RING) {
+        if let Err(err) = interrupt.trigger(InterruptSource::Queue(index)) {
             log::warn!("virtio: cannot raise the interrupt: {err}");
         }
     }

@@ -40,6 +40,12 @@ impl Driver {
         }
     }
 
+    /// The guest addresses of the descriptor table, the available and the used ring, as a
+    /// driver programs them into a transport.
+    pub fn rings(&self) -> (u64, u64, u64) {
+        (self.desc, self.avail, self.used)
+    }
+
     /// A ready device-side queue over these rings.
     pub fn queue(&self) -> std::result::Result<Queue, virtio_queue::Error> {
         let mut q = Queue::new(self.size)?;

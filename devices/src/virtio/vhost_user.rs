@@ -8,8 +8,9 @@
 //! device calls [`Backend::activate`]: the negotiated features, the memory table (one entry
 //! per guest RAM region, with the fd of the shared memfd behind it), and for each queue its
 //! size, ring addresses (as ember's own virtual addresses, which the backend translates
-//! through the table), start index, the guest's irqfd as its call fd and the queue's
-//! ioeventfd as its kick fd. From then on the guest and the backend talk without ember.
+//! through the table), start index, the eventfd that interrupts the guest for it as its call
+//! fd (the line's irqfd, or the irqfd of the queue's MSI-X vector) and the queue's ioeventfd as
+//! its kick fd. From then on the guest and the backend talk without ember.
 //!
 //! Every failure is an error naming the step, never a panic: the backend is another process
 //! and is trusted no more than the guest. A backend that dies (its socket hangs up) fails the
@@ -84,13 +85,17 @@ pub enum BackendError {
     /// A ring address lies outside guest memory.
     #[error("queue {0}'s rings lie outside guest memory")]
     RingAddress(usize),
-    /// More queues or events than the device declared.
-    #[error("{queues} queues but {events} kick events")]
+    /// More queues than the device declared, or not one kick and one call event per queue.
+    #[error("{queues} queues ({max} at most) but {kicks} kick and {calls} call events")]
     Events {
         /// Queues handed over.
         queues: usize,
+        /// Queues the device declared.
+        max: usize,
         /// Kick events handed over.
-        events: usize,
+        kicks: usize,
+        /// Call events handed over.
+        calls: usize,
     },
 }
 
@@ -177,20 +182,23 @@ impl Backend {
     }
 
     /// Hands the driver's `queues` (with `features` negotiated) to the backend: it reads
-    /// `mem` through the memory table, is kicked through `kicks` (one per queue) and raises
-    /// the guest's interrupt by writing `call`.
+    /// `mem` through the memory table, is kicked through `kicks` and raises the guest's
+    /// interrupt by writing `calls` (one of each per queue).
     pub fn activate(
         &mut self,
         mem: &GuestMemoryMmap,
         features: u64,
         queues: &[Queue],
         kicks: &[EventFd],
-        call: &EventFd,
+        calls: &[&EventFd],
     ) -> Result<(), BackendError> {
-        if queues.len() != kicks.len() || queues.len() > self.queues {
+        let n = queues.len();
+        if n != kicks.len() || n != calls.len() || n > self.queues {
             return Err(BackendError::Events {
-                queues: queues.len(),
-                events: kicks.len(),
+                queues: n,
+                max: self.queues,
+                kicks: kicks.len(),
+                calls: calls.len(),
             });
         }
         let features = features | (self.features & VHOST_USER_F_PROTOCOL_FEATURES);
@@ -201,7 +209,7 @@ impl Backend {
         self.frontend
             .set_mem_table(&regions)
             .map_err(step("SET_MEM_TABLE"))?;
-        for (i, (queue, kick)) in queues.iter().zip(kicks).enumerate() {
+        for (i, ((queue, kick), call)) in queues.iter().zip(kicks).zip(calls).enumerate() {
             self.set_vring(mem, i, queue, kick, call)?;
         }
         Ok(())

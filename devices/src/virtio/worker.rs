@@ -6,7 +6,10 @@
 //! decides, round by round, which descriptors matter and for which readiness, so a device that
 //! waits for nothing costs no CPU. The handler never blocks and never spawns threads.
 
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use vmm_sys_util::timerfd::TimerFd;
 
 /// One descriptor a handler waits on, and for what. A watch that wants neither readiness is
 /// not waited on at all this round.
@@ -61,6 +64,18 @@ impl Ready {
     pub fn any(&self) -> bool {
         self.readable || self.writable || self.failed
     }
+}
+
+/// A non-blocking timer for a handler to watch (readable once it expires): how a device
+/// resumes work that waits for time rather than for an event (a rate limiter's refill, a TCP
+/// retransmission).
+pub fn nonblocking_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new().map_err(io::Error::from)?;
+    // SAFETY: F_SETFL on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
 }
 
 /// A device's I/O readiness rules, run by the VMM's I/O worker thread.

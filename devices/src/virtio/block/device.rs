@@ -49,6 +49,8 @@ use crate::virtio::{
     VirtioInterrupt, serve_chains, signal_used,
 };
 
+/// The one request queue's index.
+const REQUEST_QUEUE: u16 = 0;
 /// Size of `struct virtio_blk_config` as far as ember fills it.
 const CONFIG_LEN: usize = 60;
 /// Discard granularity offered: 4 KiB.
@@ -330,7 +332,13 @@ impl Block {
         }
         let serving = &mut *serving;
         if let Some(queue) = serving.queue.as_mut() {
-            signal_used(queue, &serving.mem, &serving.interrupt, reaped);
+            signal_used(
+                queue,
+                REQUEST_QUEUE,
+                &serving.mem,
+                &serving.interrupt,
+                reaped,
+            );
         }
         serving.shared.stats.publish(serving.stats);
         Ok(())
@@ -375,7 +383,7 @@ impl Serving {
             return false;
         };
         if !swapped {
-            signal_used(queue, &self.mem, &self.interrupt, reaped);
+            signal_used(queue, REQUEST_QUEUE, &self.mem, &self.interrupt, reaped);
             self.shared.stats.publish(self.stats);
             return false;
         }
@@ -445,7 +453,13 @@ impl Serving {
         };
         match served {
             Ok(served) => {
-                signal_used(queue, &self.mem, &self.interrupt, reaped + served.count);
+                signal_used(
+                    queue,
+                    REQUEST_QUEUE,
+                    &self.mem,
+                    &self.interrupt,
+                    reaped + served.count,
+                );
                 // A busy ring wakes the thread when requests complete, a throttled queue when
                 // its limiter's timer fires.
                 served.more && !busy && !throttled

@@ -13,9 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::chain::{self, Chain, Segment};
-use crate::virtio::{
-    INTERRUPT_USED_RING, Step, VIRTIO_RING_F_EVENT_IDX, VirtioInterrupt, serve_chains,
-};
+use crate::virtio::{Step, VIRTIO_RING_F_EVENT_IDX, VirtioInterrupt, serve_chains, signal_used};
 
 /// Requests answered per queue in one round before the I/O thread looks at its events again.
 const BUDGET: usize = 256;
@@ -43,20 +41,13 @@ pub fn take_over(queues: &mut [Queue], mem: &GuestMemoryMmap, features: u64) {
 /// Answers every waiting request on `queues` with EIO; returns whether more may wait.
 pub fn fail_all(queues: &mut [Queue], mem: &GuestMemoryMmap, interrupt: &VirtioInterrupt) -> bool {
     let mut more = false;
-    let mut answered = 0;
-    for q in queues.iter_mut() {
+    for (index, q) in (0u16..).zip(queues.iter_mut()) {
         match serve_chains(q, mem, BUDGET, |chain| Step::Used(fail(mem, chain))) {
             Ok(served) => {
                 more |= served.more;
-                answered += served.count;
+                signal_used(q, index, mem, interrupt, served.count);
             }
             Err(err) => warn!("virtio-fs: {err}"),
-        }
-    }
-    // The backend-raised interrupt shows the used bit already; only the line is needed.
-    if answered > 0 {
-        if let Err(err) = interrupt.trigger(INTERRUPT_USED_RING) {
-            warn!("virtio-fs: cannot raise the interrupt: {err}");
         }
     }
     more

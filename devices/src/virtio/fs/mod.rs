@@ -5,8 +5,11 @@
 //! (less the vhost-user bit and indirect descriptors, see [`Fs::new`]), and the configuration
 //! space (the tag and the number of request queues), read from the backend when it serves one,
 //! else composed from the configured tag. On DRIVER_OK it hands the queues to the backend with
-//! the queues' ioeventfds as kick fds and the device's irqfd as call fd, and tells the
-//! interrupt that the backend raises it (see [`VirtioInterrupt::set_raised_by_backend`]).
+//! the queues' ioeventfds as kick fds and, as call fds, the eventfds that interrupt the guest
+//! for each queue on either transport ([`VirtioInterrupt::queue_irqfd`]: the line's irqfd, or
+//! under virtio-pci with MSI-X the irqfd of the vector the driver gave the queue); the
+//! interrupt knows that the backend raises it (see
+//! [`VirtioInterrupt::set_raised_by_backend`]).
 //!
 //! [`Monitor`] is the device's I/O handler: it only watches the backend's socket for a
 //! hang-up. When the backend dies, ember takes the queues over and answers every request,
@@ -65,6 +68,9 @@ pub enum FsError {
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The host refused an eventfd.
+    #[error("cannot create an eventfd")]
+    Event(#[source] std::io::Error),
 }
 
 /// Whether `tag` can name a share: 1 to [`TAG_MAX`] bytes, no NUL.
@@ -91,12 +97,14 @@ pub struct Fs {
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
     kicks: Vec<EventFd>,
+    /// The call fd of a queue the driver wants no interrupt from: nothing reads it.
+    muted: EventFd,
     shared: Arc<Mutex<Shared>>,
 }
 
 impl Fs {
     /// The device for the share `tag` served by `backend`; `kicks` are its queues' ioeventfds
-    /// and `interrupt` its irqfd, both handed to the backend on activation.
+    /// and `interrupt` its interrupt, whose eventfds are handed to the backend on activation.
     pub fn new(
         tag: &str,
         mut backend: Backend,
@@ -124,6 +132,7 @@ impl Fs {
             mem,
             interrupt,
             kicks,
+            muted: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::Event)?,
             shared: Arc::default(),
         })
     }
@@ -201,14 +210,11 @@ impl VirtioDevice for Fs {
                 self.tag
             );
         }
+        let calls: Vec<&EventFd> = (0..queues.len())
+            .map(|q| self.interrupt.queue_irqfd(q).unwrap_or(&self.muted))
+            .collect();
         self.backend
-            .activate(
-                &self.mem,
-                features,
-                &queues,
-                &self.kicks,
-                self.interrupt.irq(),
-            )
+            .activate(&self.mem, features, &queues, &self.kicks, &calls)
             .map_err(ActivateError::Backend)?;
         shared.active = Some((queues, features));
         Ok(())

@@ -6,10 +6,13 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::bus::BusDevice;
-use crate::virtio::INTERRUPT_USED_RING;
+use crate::pci::msix::{CONTROL_ENABLE, MsiMessage, MsiRouting, Msix};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::testing::Driver;
-use crate::virtio::vhost_user::tests::{Fake, SET_VRING_ENABLE, Script, queues, shared_memory};
+use crate::virtio::vhost_user::tests::{
+    Fake, SET_VRING_CALL, SET_VRING_ENABLE, Script, queues, shared_memory,
+};
+use crate::virtio::{INTERRUPT_USED_RING, NO_VECTOR};
 
 fn interrupt() -> Arc<VirtioInterrupt> {
     Arc::new(VirtioInterrupt::new(
@@ -91,6 +94,81 @@ fn interrupt_status_shows_the_used_bit_for_a_backend_raised_interrupt() {
     assert_eq!(u32::from_le_bytes(status), INTERRUPT_USED_RING);
     drop(transport);
     fake.join();
+}
+
+/// Accepts every route (the VMM's side of MSI-X).
+struct AnyRoute;
+
+impl MsiRouting for AnyRoute {
+    fn route(&self, _vector: u16, _message: MsiMessage) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn event() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).unwrap()
+}
+
+/// Activates a virtio-pci share whose driver gave queue 0 vector 2 and queue 1 no vector,
+/// with MSI-X `enabled` or not; returns the call fds the backend got, per queue, and the
+/// interrupt.
+fn pci_activation(enabled: bool) -> (Vec<std::fs::File>, Arc<VirtioInterrupt>) {
+    let msix = Arc::new(Msix::new(vec![event(), event(), event()], Arc::new(AnyRoute)).unwrap());
+    if enabled {
+        msix.set_message_control(CONTROL_ENABLE);
+    }
+    let irq = Arc::new(VirtioInterrupt::with_msix(event(), msix, QUEUES));
+    irq.set_queue_vector(0, 2);
+    irq.set_queue_vector(1, NO_VECTOR);
+    let (fake, sock) = Fake::start(Script::virtiofsd("s"));
+    let backend = Backend::from_stream(sock, QUEUES).unwrap();
+    let mut fs = Fs::new("s", backend, shared_memory(), irq.clone(), kicks()).unwrap();
+    fs.activate(queues(), 1 << 32).unwrap();
+    let calls = fake
+        .with(SET_VRING_CALL)
+        .iter()
+        .map(|m| m.fds[0].try_clone().unwrap())
+        .collect();
+    drop(fs);
+    fake.join();
+    (calls, irq)
+}
+
+fn raise(mut call: &std::fs::File) {
+    use std::io::Write;
+    call.write_all(&1u64.to_le_bytes()).unwrap();
+}
+
+/// With --enable-pci the share is a virtio-pci function: under MSI-X the backend must raise
+/// the vector the driver gave each queue (and nothing for a queue without one), since the
+/// driver's handler for the line is not even installed.
+#[test]
+fn under_msix_the_backend_raises_each_queues_own_vector() {
+    let (calls, irq) = pci_activation(true);
+    let msix = irq.msix().unwrap();
+    raise(&calls[0]);
+    assert_eq!(msix.irq(2).unwrap().read().unwrap(), 1);
+    raise(&calls[1]);
+    for v in 0..3 {
+        assert!(msix.irq(v).unwrap().read().is_err(), "vector {v} fired");
+    }
+    assert!(irq.irq().read().is_err(), "INTx fired under MSI-X");
+    // The ISR is for the line only: nothing there under MSI-X.
+    assert_eq!(irq.take_status(), 0);
+}
+
+/// Regression: a virtio-pci driver without MSI-X reads the ISR on its INTx line and looks at
+/// the used rings only when the bit is set; the backend cannot set it.
+#[test]
+fn on_pci_intx_the_backend_raises_the_line_and_the_isr_shows_the_used_bit() {
+    let (calls, irq) = pci_activation(false);
+    for call in &calls {
+        raise(call);
+        assert_eq!(irq.irq().read().unwrap(), 1);
+    }
+    // Reading the ISR clears it, but not what the backend's next interrupt will mean.
+    assert_eq!(irq.take_status(), INTERRUPT_USED_RING);
+    assert_eq!(irq.take_status(), INTERRUPT_USED_RING);
 }
 
 #[test]

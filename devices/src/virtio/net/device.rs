@@ -21,11 +21,15 @@
 //! dropped, logged and counted; a corrupt ring stops that queue until the driver resets the
 //! device. Nothing the guest writes can panic the thread or make it spin.
 //!
+//! MMDS ([`Net::with_mmds`]): frames the guest sends to the MMDS address go to the
+//! interface's MMDS stack instead of the backend, and the stack's answers reach the receive
+//! queue in turn with the backend's frames; the I/O worker also waits on the stack's timer.
+//!
 //! This file holds the device, its serving handle and its I/O handler; receiving lives in
 //! `rx.rs`, transmitting in `tx.rs`, and what both share in `Io`.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use log::warn;
@@ -33,10 +37,12 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::mmds::MmdsLink;
 use super::rx::Rx;
 use super::tap::Backend;
 use super::tx::Tx;
 use super::{DEVICE_TYPE_NET, MacAddr, QUEUE_SIZE, features};
+use crate::mmds::MmdsStack;
 use crate::rate_limiter::RateLimiter;
 use crate::sync::{Published, lock};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
@@ -44,8 +50,10 @@ use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInter
 
 /// Size of `struct virtio_net_config` up to `mtu`.
 const CONFIG_LEN: usize = 12;
-const RX: usize = 0;
-const TX: usize = 1;
+/// The receive queue's index.
+pub(super) const RX: usize = 0;
+/// The transmit queue's index.
+pub(super) const TX: usize = 1;
 
 /// Counters a network device keeps, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +126,8 @@ pub(super) struct Io<B> {
     /// The backend failed; neither direction uses it until the driver resets the device.
     pub(super) backend_failed: bool,
     pub(super) stats: NetStats,
+    /// The interface's MMDS stack, if the guest reaches MMDS through it.
+    pub(super) mmds: Option<MmdsLink>,
 }
 
 /// A handle for the thread that serves a network device, and for reading its counters.
@@ -170,6 +180,22 @@ impl<B: Backend> NetServer<B> {
     pub fn stats(&self) -> NetStats {
         self.stats.get()
     }
+
+    /// Whether the MMDS stack has frames for the guest.
+    fn mmds_has_frames(&self) -> bool {
+        lock(&self.serving)
+            .io
+            .mmds
+            .as_ref()
+            .is_some_and(MmdsLink::has_frames)
+    }
+
+    /// The MMDS stack's timer expired: polls it.
+    fn mmds_timer_fired(&self) {
+        if let Some(mmds) = lock(&self.serving).io.mmds.as_mut() {
+            mmds.timer_fired();
+        }
+    }
 }
 
 /// A network device's readiness rules, for the VMM's I/O worker: it waits on the queues'
@@ -186,6 +212,8 @@ pub struct NetHandler<B> {
     tx_more: bool,
     /// The receive and transmit rate limiters, whose timers resume a throttled direction.
     limiters: [Option<Arc<RateLimiter>>; 2],
+    /// The MMDS stack's timer, if the device has one.
+    mmds_timer: Option<RawFd>,
 }
 
 /// Frames a network device moves per direction per round of its I/O worker.
@@ -198,6 +226,7 @@ const WATCH_TX: usize = 2;
 const WATCH_BACKEND: usize = 3;
 const WATCH_RX_LIMITER: usize = 4;
 const WATCH_TX_LIMITER: usize = 5;
+const WATCH_MMDS_TIMER: usize = 6;
 
 impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
@@ -222,6 +251,12 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
             writable: false,
             hangup: false,
         }));
+        watches.push(Watch {
+            fd: self.mmds_timer.unwrap_or(-1),
+            readable: self.mmds_timer.is_some(),
+            writable: false,
+            hangup: false,
+        });
     }
 
     fn ready(&mut self, ready: &[Ready]) -> bool {
@@ -246,15 +281,27 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
                 *fired = true;
             }
         }
+        let mmds_due = self.mmds_timer.is_some() && is(WATCH_MMDS_TIMER).any();
+        if mmds_due {
+            self.server.mmds_timer_fired();
+        }
         let (wake, backend) = (is(WATCH_WAKE).any(), is(WATCH_BACKEND));
         // An error or hang-up on the backend reaches the device through its next read or
         // write, which reports it and stops using the backend.
-        self.rx_more |=
-            wake || is(WATCH_RX).any() || backend.readable || backend.failed || timers[0];
+        self.rx_more |= wake
+            || is(WATCH_RX).any()
+            || backend.readable
+            || backend.failed
+            || timers[0]
+            || mmds_due;
         self.tx_more |=
             wake || is(WATCH_TX).any() || backend.writable || backend.failed || timers[1];
         if self.tx_more {
             self.tx_more = self.server.process_tx(NET_BUDGET);
+            // Frames to the MMDS get their answers now, even with the backend idle.
+            if self.mmds_timer.is_some() && self.server.mmds_has_frames() {
+                self.rx_more = true;
+            }
         }
         if self.rx_more {
             self.rx_more = self.server.process_rx(NET_BUDGET);
@@ -307,6 +354,7 @@ impl<B: Backend> Net<B> {
                 acked: 0,
                 backend_failed: false,
                 stats: NetStats::default(),
+                mmds: None,
             },
             rx: Rx::new(),
             tx: Tx::default(),
@@ -333,6 +381,7 @@ impl<B: Backend> Net<B> {
     pub fn handler(&self, [rx, tx]: [EventFd; 2]) -> NetHandler<B> {
         let s = lock(&self.serving);
         let limiters = [s.rx.limiter.clone(), s.tx.limiter.clone()];
+        let mmds_timer = s.io.mmds.as_ref().map(MmdsLink::timer_fd);
         drop(s);
         NetHandler {
             server: self.server(),
@@ -342,6 +391,7 @@ impl<B: Backend> Net<B> {
             rx_more: false,
             tx_more: false,
             limiters,
+            mmds_timer,
         }
     }
 
@@ -353,6 +403,14 @@ impl<B: Backend> Net<B> {
         s.tx.limiter = Some(tx);
         drop(s);
         self
+    }
+
+    /// Serves MMDS to the guest through `stack`: frames for its address go to the stack, not
+    /// the backend. Set before [`Net::handler`] is called. Fails only if the stack's timer
+    /// cannot be created.
+    pub fn with_mmds(self, stack: MmdsStack) -> std::io::Result<Self> {
+        lock(&self.serving).io.mmds = Some(MmdsLink::new(stack)?);
+        Ok(self)
     }
 
     fn wake(&self) {
@@ -1149,5 +1207,12 @@ mod tests {
             )
             .unwrap();
         assert!(rig.server.interest().readable);
+    }
+
+    /// The device with MMDS: detours, answers with the TAP idle, turn-taking. (Included
+    /// rather than a file module: it needs this module's test rig.)
+    mod mmds {
+        use super::*;
+        include!("mmds_tests.rs");
     }
 }

@@ -5,10 +5,12 @@
 //! sends; [`device::Net`] is the virtio device with its receive and transmit queues. The
 //! device never blocks: its [`device::NetHandler`] names the TAP readiness it waits for
 //! ([`device::NetServer::interest`]) and the VMM's I/O worker polls for it, so an idle or
-//! back-pressured device costs no CPU.
+//! back-pressured device costs no CPU. A device given an MMDS stack
+//! ([`device::Net::with_mmds`]) serves the guest's metadata requests itself (`mmds`).
 
 pub mod device;
 pub mod frame;
+mod mmds;
 mod rx;
 pub mod tap;
 mod tx;

@@ -17,7 +17,7 @@ use log::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::device::{Io, IoVecs};
+use super::device::{Io, IoVecs, RX};
 use super::frame;
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN, features};
@@ -51,6 +51,8 @@ pub(super) struct Rx {
     pub(super) limiter: Option<Arc<RateLimiter>>,
     /// The frame being delivered was charged to the limiter (or there is none).
     admitted: bool,
+    /// The MMDS stack's frames go next (they take turns with the backend's).
+    mmds_turn: bool,
 }
 
 /// How reading a frame straight into guest buffers went.
@@ -116,6 +118,7 @@ impl Rx {
             scratch: Scratch::default(),
             limiter: None,
             admitted: true,
+            mmds_turn: false,
         }
     }
 
@@ -158,21 +161,7 @@ impl Rx {
         }
         let mut delivered = 0;
         let mut more = false;
-        loop {
-            let result = if self.pending > 0 || !self.admitted {
-                self.deliver(io)
-            } else {
-                match self.receive_direct(io) {
-                    Direct::Done(result) => result,
-                    Direct::Empty => break,
-                    Direct::NoRoom => {
-                        if !self.read_frame(io) {
-                            break;
-                        }
-                        self.deliver(io)
-                    }
-                }
-            };
+        while let Some(result) = self.next(io) {
             match result {
                 Delivery::Done => delivered += 1,
                 Delivery::Throttled => break,
@@ -206,9 +195,53 @@ impl Rx {
             }
         }
         if let Some(queue) = self.queue.as_mut() {
-            signal_used(queue, &io.mem, &io.interrupt, delivered);
+            signal_used(queue, RX as u16, &io.mem, &io.interrupt, delivered);
+        }
+        if let Some(mmds) = io.mmds.as_mut() {
+            mmds.end_pass();
         }
         more
+    }
+
+    /// Delivers the next frame: the one being delivered, else the MMDS's and the backend's
+    /// in turn (either one when the other has none). `None` when there is none.
+    fn next<B: Backend>(&mut self, io: &mut Io<B>) -> Option<Delivery> {
+        if self.pending > 0 || !self.admitted {
+            return Some(self.deliver(io));
+        }
+        if self.mmds_turn {
+            if let Some(delivery) = self.receive_mmds(io) {
+                return Some(delivery);
+            }
+        }
+        match self.receive_direct(io) {
+            Direct::Done(delivery) => {
+                self.mmds_turn = true;
+                return Some(delivery);
+            }
+            Direct::NoRoom if self.read_frame(io) => {
+                self.mmds_turn = true;
+                return Some(self.deliver(io));
+            }
+            Direct::Empty | Direct::NoRoom => {}
+        }
+        self.receive_mmds(io)
+    }
+
+    /// Delivers the MMDS stack's next frame, if it has one. It goes through the device's
+    /// buffer (frames are small), and is not charged to the rate limiter, as transmitted
+    /// MMDS frames are not.
+    fn receive_mmds<B>(&mut self, io: &mut Io<B>) -> Option<Delivery> {
+        let n = io.mmds.as_mut()?.pop(&mut self.buf[VNET_HDR_LEN..])?;
+        // Chains held for a direct read go back first: delivering takes them in ring order.
+        self.release_held();
+        self.buf[..VNET_HDR_LEN].fill(0);
+        self.frame_len = VNET_HDR_LEN + n;
+        self.pending = self.frame_len;
+        self.pending_at = 0;
+        self.admitted = true;
+        self.mmds_turn = false;
+        Some(self.deliver(io))
     }
 
     fn avail_idx<B>(&mut self, io: &Io<B>) -> Option<Wrapping<u16>> {

@@ -1,7 +1,9 @@
 //! The transmitting half of a virtio-net device: frames from the guest's transmit queue to the
 //! backend, straight from guest memory (writev). A transmit the backend refuses (EAGAIN) stays
 //! in the ring until the backend is writable; so does one the transmit rate limiter refuses,
-//! until the limiter's timer fires.
+//! until the limiter's timer fires. With MMDS, a frame for the MMDS address goes to the
+//! interface's MMDS stack instead of the backend (uncharged, as Firecracker does), and the
+//! stack is polled once the pass is over.
 
 use std::io;
 use std::sync::Arc;
@@ -10,8 +12,9 @@ use log::warn;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::device::{Io, IoVecs};
+use super::device::{Io, IoVecs, TX};
 use super::frame::{self, VnetHeader};
+use super::mmds::{MmdsLink, PEEK_LEN};
 use super::tap::Backend;
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::rate_limiter::RateLimiter;
@@ -49,15 +52,22 @@ impl Tx {
         };
         let (mem, backend, stats, name, acked) =
             (&io.mem, &mut io.backend, &mut io.stats, &io.name, io.acked);
+        let mut mmds = io.mmds.as_mut();
         let (segments, iovecs) = (&mut self.segments, &mut self.iovecs);
         let limiter = self.limiter.as_deref();
         let (mut blocked, mut throttled) = (false, false);
         let served = serve_chains(queue, mem, budget, |chain| {
-            match transmit(mem, backend, chain, acked, segments, iovecs, limiter) {
-                Ok(len) => {
+            let out = Out {
+                backend: &mut *backend,
+                mmds: mmds.as_deref_mut(),
+                limiter,
+            };
+            match transmit(mem, out, chain, acked, segments, iovecs) {
+                Ok(Sent::Backend(len)) => {
                     stats.tx_frames += 1;
                     stats.tx_bytes += len as u64;
                 }
+                Ok(Sent::Mmds) => {}
                 Err(TxError::Full) => {
                     blocked = true;
                     return Step::Retry;
@@ -74,9 +84,12 @@ impl Tx {
             Step::Used(0)
         });
         self.blocked = blocked;
+        if let Some(mmds) = io.mmds.as_mut() {
+            mmds.poll_if_needed();
+        }
         match served {
             Ok(served) => {
-                signal_used(queue, mem, &io.interrupt, served.count);
+                signal_used(queue, TX as u16, mem, &io.interrupt, served.count);
                 served.more && !blocked && !throttled
             }
             Err(err) => {
@@ -99,16 +112,35 @@ enum TxError {
     Drop(String),
 }
 
-/// Checks one transmit chain and writes its frame to the backend; returns the frame's length.
+/// Where a transmitted frame may go.
+struct Out<'a, B> {
+    backend: &'a mut B,
+    mmds: Option<&'a mut MmdsLink>,
+    limiter: Option<&'a RateLimiter>,
+}
+
+/// Where a transmitted frame went.
+enum Sent {
+    /// To the backend; its length.
+    Backend(usize),
+    /// To the MMDS.
+    Mmds,
+}
+
+/// Checks one transmit chain and writes its frame to the backend, or hands it to the MMDS.
 fn transmit<B: Backend>(
     mem: &GuestMemoryMmap,
-    backend: &mut B,
+    out: Out<'_, B>,
     chain: Chain<'_>,
     acked: u64,
     segments: &mut Vec<Segment>,
     iovecs: &mut IoVecs,
-    limiter: Option<&RateLimiter>,
-) -> Result<usize, TxError> {
+) -> Result<Sent, TxError> {
+    let Out {
+        backend,
+        mmds,
+        limiter,
+    } = out;
     readable_segments(mem, chain, segments).map_err(TxError::Drop)?;
     let total = chain::total(segments);
     let len = total.saturating_sub(VNET_HDR_LEN as u64);
@@ -116,11 +148,23 @@ fn transmit<B: Backend>(
         return Err(TxError::Drop(frame::FrameError::TooLong(len).to_string()));
     }
     let len = len as usize;
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    chain::read_into(mem, segments, &mut hdr)
+    // With MMDS, as much of the frame as the detour rule reads; else just the header.
+    let mut peek = [0u8; PEEK_LEN];
+    let peeked = if mmds.is_some() {
+        PEEK_LEN.min(total as usize)
+    } else {
+        VNET_HDR_LEN
+    };
+    chain::read_into(mem, segments, &mut peek[..peeked])
         .map_err(|_| TxError::Drop(frame::FrameError::TooShort(0).to_string()))?;
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    hdr.copy_from_slice(&peek[..VNET_HDR_LEN]);
     frame::check_tx(&VnetHeader::parse(&hdr), len, acked)
         .map_err(|e| TxError::Drop(e.to_string()))?;
+    if let Some(mmds) = mmds.filter(|m| m.wants(&peek[VNET_HDR_LEN..peeked])) {
+        mmds.take(mem, segments, len);
+        return Ok(Sent::Mmds);
+    }
     let iovecs = &mut iovecs.0;
     iovecs.clear();
     for seg in segments.iter() {
@@ -140,7 +184,7 @@ fn transmit<B: Backend>(
         // SAFETY: the iovecs cover guest memory checked against the memory map, which stays
         // mapped for as long as `mem` lives, longer than this call; the kernel only reads it.
         match unsafe { backend.send(iovecs) } {
-            Ok(n) if n as u64 == total => return Ok(len),
+            Ok(n) if n as u64 == total => return Ok(Sent::Backend(len)),
             Ok(n) => return Err(TxError::Drop(format!("the host took {n} of {total} bytes"))),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 // Charged again when it is retried.

@@ -257,7 +257,7 @@ impl Serving {
         });
         match served {
             Ok(served) => {
-                signal_used(queue, mem, &self.interrupt, served.count);
+                signal_used(queue, 0, mem, &self.interrupt, served.count);
                 served.more && !throttled
             }
             Err(err) => {

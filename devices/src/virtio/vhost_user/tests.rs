@@ -283,10 +283,10 @@ fn activation_sends_the_memory_table_and_each_rings_host_addresses_and_events() 
     let mut backend = Backend::from_stream(sock, 2).unwrap();
     let mem = shared_memory();
     let queues = queues();
-    let (kicks, call) = (events(2), EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    let (kicks, calls) = (events(2), events(2));
     let features = (1 << 32) | (1 << 29);
     backend
-        .activate(&mem, features, &queues, &kicks, &call)
+        .activate(&mem, features, &queues, &kicks, &[&calls[0], &calls[1]])
         .unwrap();
 
     // The backend gets the guest's features plus the vhost-user bit.
@@ -322,10 +322,12 @@ fn activation_sends_the_memory_table_and_each_rings_host_addresses_and_events() 
         let enable = &fake.with(SET_VRING_ENABLE)[i];
         assert_eq!((enable.u32_at(0), enable.u32_at(4)), (i as u32, 1));
     }
-    // The call fd the backend got raises the same interrupt.
-    let mut theirs = &*fake.with(SET_VRING_CALL)[0].fds[0];
-    theirs.write_all(&1u64.to_le_bytes()).unwrap();
-    assert_eq!(call.read().unwrap(), 1);
+    // Each queue's call fd the backend got raises that queue's interrupt.
+    for (i, call) in calls.iter().enumerate() {
+        let mut theirs = &*fake.with(SET_VRING_CALL)[i].fds[0];
+        theirs.write_all(&(i as u64 + 1).to_le_bytes()).unwrap();
+        assert_eq!(call.read().unwrap(), i as u64 + 1);
+    }
     drop(backend);
     fake.join();
 }
@@ -354,8 +356,9 @@ fn private_guest_memory_is_refused_before_anything_is_sent() {
     let (fake, sock) = Fake::start(Script::virtiofsd("s"));
     let mut backend = Backend::from_stream(sock, 2).unwrap();
     let private = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let err = backend
-        .activate(&private, 1 << 32, &queues(), &events(2), &events(1)[0])
+        .activate(&private, 1 << 32, &queues(), &events(2), &[&call, &call])
         .unwrap_err();
     assert!(matches!(err, BackendError::MemoryNotShared), "{err}");
     assert!(!fake.codes().contains(&SET_MEM_TABLE));
@@ -372,7 +375,7 @@ fn a_backend_that_hangs_up_or_answers_garbage_is_an_error_naming_the_step() {
     let mem = shared_memory();
     let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let err = backend
-        .activate(&mem, 1 << 32, &queues(), &events(2), &call)
+        .activate(&mem, 1 << 32, &queues(), &events(2), &[&call, &call])
         .unwrap_err();
     assert_eq!(
         err.to_string(),

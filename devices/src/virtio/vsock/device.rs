@@ -3,6 +3,12 @@
 //! worker) serves the queues and the host sockets the [`Muxer`] names, a bounded batch per
 //! round.
 //!
+//! Payloads never pass through a device buffer: a transmitted packet's payload is written to
+//! the host socket from the guest's buffers (`writev`), and host data is read into the payload
+//! areas of the available receive buffers (`readv`): one read fills as many as the guest's
+//! credit and `READ_MAX` (64 KiB) allow (Linux gives 4 KiB buffers), and each buffer it
+//! reached is then completed as its own data packet, with its header, in order.
+//!
 //! The guest is not trusted: a transmitted packet whose header does not fit its buffers, whose
 //! length exceeds its buffers or [`MAX_PAYLOAD`], or whose addresses are not the guest's and
 //! the host's is dropped and counted; an unknown operation or type, or a packet for a
@@ -20,19 +26,22 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::muxer::{HOST_CID, Muxer, Rx, Target};
+use super::muxer::{HOST_CID, Key, Muxer, Rx, Target};
 use super::packet::{HDR_LEN, Header, MAX_PAYLOAD};
 use super::{DEVICE_TYPE_VSOCK, QUEUE_SIZE};
 use crate::sync::{Published, lock};
-use crate::virtio::chain::{self, Chain, ChainError, Segment};
+use crate::virtio::chain::{self, Chain, ChainError, GuestBufs, Segment};
 use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{
-    ActivateError, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
-    VirtioInterrupt, serve_chains, signal_used,
+    ActivateError, Following, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
+    VirtioInterrupt, serve_chain_runs, serve_chains, signal_used,
 };
 
 /// Packets taken from each queue per round.
 pub const VSOCK_BUDGET: usize = 64;
+/// Most host bytes one socket read takes, across the receive buffers it fills (sixteen of
+/// Linux's 4 KiB buffers).
+const READ_MAX: u64 = 64 << 10;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -57,7 +66,8 @@ pub struct VsockStats {
     pub conns_killed: u64,
     /// Connections ended in order (a reset from the guest, a completed shutdown).
     pub conns_removed: u64,
-    /// Receive buffers too small for a header, and resets dropped for lack of room.
+    /// Receive buffers unusable or too small for what was to be sent (a header; data needs
+    /// more), and resets dropped for lack of room.
     pub rx_queue_event_fails: u64,
     /// Malformed transmitted packets, unknown operations and types, sends beyond credit.
     pub tx_queue_event_fails: u64,
@@ -104,8 +114,13 @@ struct Serving {
     queues: Option<Vec<Queue>>,
     muxer: Muxer,
     stats: VsockStats,
+    /// The buffers of the chains being served, reused from packet to packet: a transmitted
+    /// packet's, or the receive chains one host read fills (where each ends in `segments`,
+    /// and the payload bytes it offers).
     segments: Vec<Segment>,
-    buf: Box<[u8]>,
+    rx_chains: Vec<(usize, u64)>,
+    /// The guest memory a packet's payload moves through, for vectored socket I/O.
+    bufs: GuestBufs,
 }
 
 /// The handle of the thread serving a vsock device, and of its counters.
@@ -131,14 +146,15 @@ impl Vsock {
         uds_path: PathBuf,
     ) -> Self {
         let serving = Serving {
-            mem,
             interrupt,
             guest_cid,
             queues: None,
             muxer: Muxer::new(guest_cid, listener, uds_path),
             stats: VsockStats::default(),
             segments: Vec::new(),
-            buf: vec![0; MAX_PAYLOAD as usize].into_boxed_slice(),
+            rx_chains: Vec::new(),
+            bufs: GuestBufs::new(mem.clone()),
+            mem,
         };
         Self {
             config: guest_cid.to_le_bytes(),
@@ -256,18 +272,18 @@ impl Serving {
         let Some(queues) = self.queues.as_mut() else {
             return false;
         };
-        let (mem, muxer, stats, segments, buf) = (
+        let (mem, muxer, stats, segments, bufs) = (
             &self.mem,
             &mut self.muxer,
             &mut self.stats,
             &mut self.segments,
-            &mut self.buf,
+            &mut self.bufs,
         );
         let guest_cid = self.guest_cid;
         let tx = serve_chains(&mut queues[TX], mem, budget, |chain| {
             stats.tx_packets_count += 1;
-            match transmitted(mem, chain, segments, buf, guest_cid) {
-                Ok((hdr, len)) => muxer.from_guest(&hdr, &buf[..len], stats),
+            match transmitted(mem, chain, segments, bufs, guest_cid) {
+                Ok(hdr) => muxer.from_guest(&hdr, bufs, stats),
                 Err(err) => {
                     warn!("virtio-vsock: dropped a packet: {err}");
                     stats.tx_queue_event_fails += 1;
@@ -277,7 +293,13 @@ impl Serving {
         });
         let tx_more = match tx {
             Ok(served) => {
-                signal_used(&mut queues[TX], mem, &self.interrupt, served.count);
+                signal_used(
+                    &mut queues[TX],
+                    TX as u16,
+                    mem,
+                    &self.interrupt,
+                    served.count,
+                );
                 served.more
             }
             Err(err) => return self.broken(err),
@@ -287,8 +309,16 @@ impl Serving {
             return tx_more;
         }
         let mut idle = false;
-        let rx = serve_chains(&mut queues[RX], mem, budget, |chain| {
-            match receive(mem, chain, segments, buf, muxer, stats) {
+        let mut receiving = Receiving {
+            mem,
+            segments,
+            chains: &mut self.rx_chains,
+            bufs,
+            muxer,
+            stats,
+        };
+        let rx = serve_chain_runs(&mut queues[RX], mem, budget, |chain, following| {
+            match receiving.receive(chain, following) {
                 Some(used) => Step::Used(used),
                 None => {
                     // Nothing to send after all: the buffer stays in the ring.
@@ -299,7 +329,13 @@ impl Serving {
         });
         match rx {
             Ok(served) => {
-                signal_used(&mut queues[RX], mem, &self.interrupt, served.count);
+                signal_used(
+                    &mut queues[RX],
+                    RX as u16,
+                    mem,
+                    &self.interrupt,
+                    served.count,
+                );
                 tx_more || (served.more && !idle)
             }
             Err(err) => self.broken(err),
@@ -315,15 +351,16 @@ impl Serving {
     }
 }
 
-/// Reads a transmitted packet's header and payload (into `buf`); returns the header and the
-/// payload's length.
+/// Reads a transmitted packet's header and gathers its payload, where it lies in guest
+/// memory, into `payload`; returns the header.
 fn transmitted(
     mem: &GuestMemoryMmap,
     chain: Chain<'_>,
     segments: &mut Vec<Segment>,
-    buf: &mut [u8],
+    payload: &mut GuestBufs,
     guest_cid: u64,
-) -> Result<(Header, usize), PacketError> {
+) -> Result<Header, PacketError> {
+    segments.clear();
     collect(mem, chain, segments, false)?;
     let room = chain::total(segments);
     let mut raw = [0u8; HDR_LEN];
@@ -337,57 +374,145 @@ fn transmitted(
         let (src, dst, guest) = (hdr.src_cid, hdr.dst_cid, guest_cid);
         return Err(PacketError::Address { src, dst, guest });
     }
-    let len = hdr.len as usize;
-    let (_, payload) = chain::split(segments, HDR_LEN as u64);
-    chain::read_into(mem, &payload, &mut buf[..len]).map_err(|_| PacketError::Buffer)?;
-    Ok((hdr, len))
+    payload.clear();
+    payload
+        .push(segments, HDR_LEN as u64, u64::from(hdr.len))
+        .map_err(|_| PacketError::Buffer)?;
+    Ok(hdr)
 }
 
-/// Fills a receive buffer with the muxer's next packet; returns the bytes written, or `None`
-/// if nothing is to be sent.
-fn receive(
-    mem: &GuestMemoryMmap,
-    chain: Chain<'_>,
-    segments: &mut Vec<Segment>,
-    buf: &mut [u8],
-    muxer: &mut Muxer,
-    stats: &mut super::VsockStats,
-) -> Option<u32> {
-    if let Err(err) = collect(mem, chain, segments, true) {
-        warn!("virtio-vsock: unusable receive buffer: {err}");
-        stats.rx_queue_event_fails += 1;
-        return Some(0);
-    }
-    let room = chain::total(segments);
-    if room < HDR_LEN as u64 {
-        stats.rx_queue_event_fails += 1;
-        return Some(0);
-    }
-    // Each try that yields nothing takes a connection out of the running (its socket had no
-    // data, ended or failed), so this ends.
-    let (hdr, len) = loop {
-        match muxer.next_rx()? {
-            Rx::Control(hdr) => break (hdr, 0),
-            Rx::Data(key, mut hdr, credit) => {
-                let max = u64::from(credit).min(room - HDR_LEN as u64) as usize;
-                if let Some(n) = muxer.read(key, &mut buf[..max], stats) {
-                    hdr.len = n as u32;
-                    break (hdr, n);
+/// What filling receive chains needs, borrowed from [`Serving`] for a round.
+struct Receiving<'a> {
+    mem: &'a GuestMemoryMmap,
+    segments: &'a mut Vec<Segment>,
+    chains: &'a mut Vec<(usize, u64)>,
+    bufs: &'a mut GuestBufs,
+    muxer: &'a mut Muxer,
+    stats: &'a mut VsockStats,
+}
+
+impl Receiving<'_> {
+    /// Fills a receive chain with the muxer's next packet; for data, one host read may fill
+    /// the chains after it too, each its own packet. Returns the bytes written to `chain`,
+    /// or `None` if nothing is to be sent.
+    fn receive(&mut self, chain: Chain<'_>, following: &mut Following<'_, '_>) -> Option<u32> {
+        self.segments.clear();
+        if let Err(err) = collect(self.mem, chain, self.segments, true) {
+            warn!("virtio-vsock: unusable receive buffer: {err}");
+            self.stats.rx_queue_event_fails += 1;
+            return Some(0);
+        }
+        let room = chain::total(self.segments);
+        if room < HDR_LEN as u64 {
+            self.stats.rx_queue_event_fails += 1;
+            return Some(0);
+        }
+        // Each try that yields nothing takes a connection out of the running (its socket had
+        // no data, ended or failed), so this ends.
+        loop {
+            match self.muxer.next_rx()? {
+                Rx::Control(hdr) => {
+                    self.write_header(0..self.segments.len(), &hdr);
+                    self.stats.rx_packets_count += 1;
+                    return Some(HDR_LEN as u32);
+                }
+                Rx::Data(..) if room == HDR_LEN as u64 => {
+                    // No room for data: a read into nothing would look like the host's end.
+                    self.stats.rx_queue_event_fails += 1;
+                    return Some(0);
+                }
+                Rx::Data(key, hdr, credit) => {
+                    if let Some(used) = self.receive_data(following, key, hdr, credit) {
+                        return Some(used);
+                    }
                 }
             }
         }
-    };
-    let written = chain::write_bytes(mem, segments, 0, &hdr.bytes())
-        .and_then(|_| chain::write_bytes(mem, segments, HDR_LEN as u64, &buf[..len]));
-    if let Err(err) = written {
-        warn!("virtio-vsock: cannot write a receive buffer: {err}");
     }
-    stats.rx_packets_count += 1;
-    // At most MAX_PAYLOAD plus a header.
-    Some((HDR_LEN + len) as u32)
+
+    /// Reads host data of `key` (at most `credit` bytes, and [`READ_MAX`]) straight into the
+    /// payload areas of the chain in `segments` and of as many following chains as it takes,
+    /// then gives each chain the data went into its header; returns the bytes written to the
+    /// first, or `None` if the socket had nothing (the following chains stay available).
+    fn receive_data(
+        &mut self,
+        following: &mut Following<'_, '_>,
+        key: Key,
+        mut hdr: Header,
+        credit: u32,
+    ) -> Option<u32> {
+        let want = u64::from(credit).min(READ_MAX);
+        self.bufs.clear();
+        self.chains.clear();
+        let mut start = 0;
+        loop {
+            let end = self.segments.len();
+            let max = (want - self.bufs.len()).min(u64::from(MAX_PAYLOAD));
+            let Ok(room) = self
+                .bufs
+                .push(&self.segments[start..end], HDR_LEN as u64, max)
+            else {
+                // Checked guest memory that cannot be mapped: leave this chain out.
+                if self.chains.is_empty() {
+                    self.stats.rx_queue_event_fails += 1;
+                    return Some(0);
+                }
+                self.segments.truncate(start);
+                following.keep(self.chains.len() - 1);
+                break;
+            };
+            self.chains.push((end, room));
+            if self.bufs.len() >= want {
+                break;
+            }
+            let Some(chain) = following.take() else { break };
+            start = end;
+            let usable = collect(self.mem, chain, self.segments, true).is_ok()
+                && chain::total(&self.segments[start..]) > HDR_LEN as u64;
+            if !usable {
+                // Left for the next round, which returns it as unusable or sends control
+                // packets in it.
+                self.segments.truncate(start);
+                following.keep(self.chains.len() - 1);
+                break;
+            }
+        }
+        let Some(n) = self.muxer.read(key, self.bufs, self.stats) else {
+            following.keep(0);
+            return None;
+        };
+        // Each chain, in order, holds as much of what was read as it offered.
+        let (mut left, mut start, mut first) = (n as u64, 0, 0);
+        let mut filled = 0;
+        while left > 0 && filled < self.chains.len() {
+            let (end, room) = self.chains[filled];
+            let len = room.min(left);
+            left -= len;
+            hdr.len = len as u32;
+            self.write_header(start..end, &hdr);
+            // At most MAX_PAYLOAD plus a header.
+            let used = (HDR_LEN as u64 + len) as u32;
+            match filled {
+                0 => first = used,
+                i => following.set_used(i - 1, used),
+            }
+            start = end;
+            filled += 1;
+        }
+        following.keep(filled.saturating_sub(1));
+        self.stats.rx_packets_count += filled as u64;
+        Some(first)
+    }
+
+    /// Writes `hdr` at the start of the chain whose buffers are `segments[chain]`.
+    fn write_header(&self, chain: std::ops::Range<usize>, hdr: &Header) {
+        if let Err(err) = chain::write_bytes(self.mem, &self.segments[chain], 0, &hdr.bytes()) {
+            warn!("virtio-vsock: cannot write a receive buffer: {err}");
+        }
+    }
 }
 
-/// Collects a chain's buffers into `segments`; all must be device-writable (receive) or
+/// Appends a chain's buffers to `segments`; all must be device-writable (receive) or
 /// device-readable (transmit) and inside guest memory.
 fn collect(
     mem: &GuestMemoryMmap,
@@ -395,7 +520,6 @@ fn collect(
     segments: &mut Vec<Segment>,
     writable: bool,
 ) -> Result<(), PacketError> {
-    segments.clear();
     for desc in chain {
         let desc = desc?;
         if desc.is_write_only() != writable {

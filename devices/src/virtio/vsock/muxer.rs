@@ -6,14 +6,23 @@
 //! byte stream. A guest reaches the host by connecting to CID 2, port P, which ember forwards
 //! to a Unix socket listening at `<uds_path>_P`.
 //!
+//! Data moves between guest memory and the host sockets with no copy in between: guest data
+//! is written to the host socket straight from the guest's buffers, and host data is read
+//! straight into the guest's receive buffers (one read may fill several, each then its own
+//! packet).
+//!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections and host clients still writing their
 //! `CONNECT` line together (the listening socket is not accepted from meanwhile); each
 //! connection buffers at most [`BUF_ALLOC`] bytes the guest sent and the host socket has not
 //! taken yet, which is the credit ember advertises, so a guest that sends beyond its credit is
-//! reset; host data is read only into the guest's receive buffers and only as far as the
-//! guest's credit allows, so a slow guest makes ember read nothing rather than buffer; at most
-//! [`MAX_RESETS`] resets wait for receive buffers (more are dropped: the guest gets a reset
-//! when it next uses the connection).
+//! reset. That buffer exists only while the host socket is full and is freed once it drains:
+//! at worst 256 connections x 256 KiB = 64 MiB, when every host peer stops reading while its
+//! guest sends. Ember's end of each host socket asks for a kernel send buffer of the same
+//! size (which the kernel doubles and caps at `net.core.wmem_max`), so a host reader that
+//! keeps up never makes ember copy. Host data is read only into the guest's receive buffers and only as far as
+//! the guest's credit allows, so a slow guest makes ember read nothing rather than buffer; at
+//! most [`MAX_RESETS`] resets wait for receive buffers (more are dropped: the guest gets a
+//! reset when it next uses the connection).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -27,15 +36,17 @@ use std::path::{Path, PathBuf};
 use log::warn;
 
 use super::VsockStats;
-use super::packet::{Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
+use super::packet::{Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
+use crate::virtio::chain::GuestBufs;
 
 /// The host's context id.
 pub const HOST_CID: u64 = 2;
 /// Connections, and host clients still writing `CONNECT`, a device keeps at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// The receive buffer ember advertises per connection: the most guest data it holds for a
-/// host socket that is not reading.
-pub const BUF_ALLOC: u32 = 128 << 10;
+/// host socket that is not reading (Firecracker's size; enough that a guest's 64 KiB writes go
+/// out as whole packets while earlier ones are still on their way).
+pub const BUF_ALLOC: u32 = 256 << 10;
 /// Forwarded bytes after which the guest is told of its new credit unasked.
 const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
 /// Resets waiting for a receive buffer.
@@ -70,7 +81,8 @@ struct Conn {
     host_eof: bool,
     /// SHUTDOWN flags the guest sent.
     guest_shut: u32,
-    /// Guest data the host socket has not taken yet; at most [`BUF_ALLOC`] bytes.
+    /// Guest data the host socket has not taken yet; at most [`BUF_ALLOC`] bytes, and no memory
+    /// while empty.
     tx_buf: VecDeque<u8>,
     /// Guest bytes written to the host socket, ever (wrapping), and as last told the guest.
     fwd_cnt: u32,
@@ -83,6 +95,7 @@ struct Conn {
 
 impl Conn {
     fn new(stream: UnixStream, connecting: bool, pending: u8) -> Self {
+        size_send_buffer(&stream);
         Self {
             stream,
             connecting,
@@ -110,30 +123,74 @@ impl Conn {
         !self.connecting && !self.host_eof && self.guest_shut & SHUTDOWN_RCV == 0
     }
 
-    /// Forwards guest data: straight to the host socket when nothing waits before it (no
-    /// copy into `tx_buf`), keeping what the socket does not take; an error if it failed.
-    fn send(&mut self, payload: &[u8], stats: &mut VsockStats) -> io::Result<()> {
-        let mut rest = payload;
-        if self.tx_buf.is_empty() && !rest.is_empty() {
-            let n = write_some(&mut self.stream, rest)?;
-            self.forwarded(n, stats);
-            rest = &rest[n..];
+    /// Forwards guest data: once nothing waits before it, straight from guest memory to the
+    /// host socket; what the socket does not take is copied into `tx_buf`. An error if the
+    /// socket failed.
+    fn send(&mut self, payload: &GuestBufs, stats: &mut VsockStats) -> io::Result<()> {
+        self.write_buffered(stats)?;
+        let mut sent = 0;
+        if self.tx_buf.is_empty() && !payload.is_empty() {
+            let fd = self.stream.as_raw_fd();
+            sent = write_some(|| payload.writev(fd))?;
+            self.forwarded(sent, stats);
         }
-        self.tx_buf.extend(rest);
-        self.flush(stats)
+        let rest = payload.len() as usize - sent;
+        if rest > 0 {
+            self.buffer(payload, sent, rest)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    /// Copies the last `len` bytes of `payload`, from byte `from`, to the end of `tx_buf`.
+    fn buffer(&mut self, payload: &GuestBufs, from: usize, len: usize) -> io::Result<()> {
+        let start = self.tx_buf.len();
+        if self.tx_buf.capacity() < start + len {
+            // Straight to the full size: growing by doubling could overshoot the bound.
+            let room = (BUF_ALLOC as usize).saturating_sub(start).max(len);
+            self.tx_buf.reserve_exact(room);
+        }
+        self.tx_buf.resize(start + len, 0);
+        let (front, back) = self.tx_buf.as_mut_slices();
+        let (front, back) = match front.get_mut(start..) {
+            Some(tail) => (tail, back),
+            None => (&mut [][..], &mut back[start - front.len()..]),
+        };
+        let copied = payload
+            .read_at(from as u64, front)
+            .and_then(|()| payload.read_at((from + front.len()) as u64, back));
+        if copied.is_err() {
+            self.tx_buf.truncate(start);
+        }
+        copied
     }
 
     /// Writes what the guest sent and the host socket takes; an error if the socket failed.
     fn flush(&mut self, stats: &mut VsockStats) -> io::Result<()> {
+        self.write_buffered(stats)?;
+        self.settle();
+        Ok(())
+    }
+
+    /// Writes what waits in `tx_buf` as far as the host socket takes it, then lets the buffer's
+    /// memory go: it is needed only while the host socket is full.
+    fn write_buffered(&mut self, stats: &mut VsockStats) -> io::Result<()> {
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
-            let n = write_some(&mut self.stream, front)?;
+            let n = write_some(|| self.stream.write(front))?;
             if n == 0 {
-                break;
+                return Ok(());
             }
             self.tx_buf.drain(..n);
             self.forwarded(n, stats);
         }
+        self.tx_buf = VecDeque::new();
+        Ok(())
+    }
+
+    /// After writing: owes the guest a credit update once enough was forwarded, and ends the
+    /// host reader's stream once the guest sends no more and everything went out.
+    fn settle(&mut self) {
         if self.fwd_cnt.wrapping_sub(self.told_fwd_cnt) >= CREDIT_UPDATE_THRESHOLD {
             self.pending |= pending::CREDIT_UPDATE;
         }
@@ -141,7 +198,6 @@ impl Conn {
             // The guest sends no more: the host reader sees the end of the stream.
             let _ = self.stream.shutdown(Shutdown::Write);
         }
-        Ok(())
     }
 
     /// Counts `n` guest bytes the host socket took.
@@ -151,11 +207,36 @@ impl Conn {
     }
 }
 
-/// Writes what of `bytes` (not empty) the socket takes now: 0 when it is full, an error if it
-/// failed.
-fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<usize> {
+/// Asks for a send buffer on ember's end of a connection that holds the credit ember gives
+/// the guest, so guest data waits in the connection's own buffer (a copy) only when the host
+/// reader falls behind, not while it keeps up. The kernel caps it (`net.core.wmem_max`) and
+/// doubles it for its own overhead; failing that, the default stays, which is only slower.
+fn size_send_buffer(stream: &UnixStream) {
+    let size = BUF_ALLOC as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `size` is a c_int of `len` bytes that outlives the call; the descriptor is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        warn!(
+            "virtio-vsock: cannot size a host socket's send buffer: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Writes (with `write`, of something not empty) what the socket takes now: 0 when it is
+/// full, an error if it failed.
+fn write_some(mut write: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
     loop {
-        match stream.write(bytes) {
+        match write() {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
@@ -175,7 +256,8 @@ struct Client {
 pub enum Rx {
     /// A packet with no payload.
     Control(Header),
-    /// Data from the host socket of this connection, at most this many bytes.
+    /// Data from the host socket of this connection, at most this many bytes (the guest's
+    /// credit).
     Data(Key, Header, u32),
 }
 
@@ -346,8 +428,9 @@ impl Muxer {
         }
     }
 
-    /// Handles one packet the guest sent (its header already checked) with its payload.
-    pub fn from_guest(&mut self, hdr: &Header, payload: &[u8], stats: &mut VsockStats) {
+    /// Handles one packet the guest sent (its header already checked) with its payload, which
+    /// is still in guest memory.
+    pub fn from_guest(&mut self, hdr: &Header, payload: &GuestBufs, stats: &mut VsockStats) {
         let key = (hdr.dst_port, hdr.src_port);
         if hdr.type_ != TYPE_STREAM {
             stats.tx_queue_event_fails += 1;
@@ -373,7 +456,7 @@ impl Muxer {
                     .map_err(|_| stats.tx_write_fails += 1)
             }
             op::RW if !c.connecting && c.guest_shut & SHUTDOWN_SEND == 0 => {
-                if c.tx_buf.len() + payload.len() > BUF_ALLOC as usize {
+                if c.tx_buf.len() as u64 + payload.len() > u64::from(BUF_ALLOC) {
                     // Beyond the credit ember gave: the guest ignores flow control.
                     stats.tx_queue_event_fails += 1;
                     Err(())
@@ -520,19 +603,22 @@ impl Muxer {
         if let Some(c) = self.conns.get_mut(&key) {
             c.told_fwd_cnt = fwd_cnt;
         }
-        Some(Rx::Data(
-            key,
-            self.header(key, op::RW, fwd_cnt),
-            credit.min(MAX_PAYLOAD),
-        ))
+        Some(Rx::Data(key, self.header(key, op::RW, fwd_cnt), credit))
     }
 
-    /// Reads host data of `key` into `buf` for the guest; `None` when the socket has none
-    /// now. The end of the stream becomes a SHUTDOWN, an error a reset.
-    pub fn read(&mut self, key: Key, buf: &mut [u8], stats: &mut VsockStats) -> Option<usize> {
+    /// Reads host data of `key` for the guest straight into `bufs` (guest receive buffers,
+    /// as many bytes as the guest has credit for); `None` when the socket has none now. The
+    /// end of the stream becomes a SHUTDOWN, an error a reset.
+    pub fn read(&mut self, key: Key, bufs: &GuestBufs, stats: &mut VsockStats) -> Option<usize> {
         let c = self.conns.get_mut(&key)?;
+        if bufs.is_empty() {
+            // A read into nothing would look like the end of the stream; wait for readiness
+            // instead, so the caller moves on to another connection.
+            c.readable = false;
+            return None;
+        }
         loop {
-            match c.stream.read(buf) {
+            match bufs.readv(c.stream.as_raw_fd()) {
                 Ok(0) => {
                     c.host_eof = true;
                     c.pending |= pending::SHUTDOWN;
@@ -541,6 +627,9 @@ impl Muxer {
                 Ok(n) => {
                     c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
                     stats.rx_bytes_count += n as u64;
+                    // The socket is drained: wait for it to say it has more rather than try a
+                    // read that would block.
+                    c.readable = n as u64 == bufs.len();
                     return Some(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

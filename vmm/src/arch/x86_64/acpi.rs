@@ -10,14 +10,23 @@
 //! IOAPIC like COM1's. Such a kernel also registers the command-line devices; their probes
 //! find the windows taken and fail harmlessly.
 //!
+//! With `--enable-pci` the virtio devices are PCI functions instead, found by enumerating the
+//! bus: the DSDT describes the host bridge (`PCI0`: its bus, the configuration ports, the
+//! memory windows the BARs lie in, and each slot's INTA# routed to an IOAPIC pin) and an MCFG
+//! table points at the ECAM window, which a motherboard resource (`PNP0C02`) reserves, as
+//! Linux requires before it trusts MCFG. A kernel without ACPI finds the bus through the
+//! configuration ports.
+//!
 //! Layout in the BIOS area, where Linux scans for the RSDP (it is also passed in
-//! `boot_params.acpi_rsdp_addr`): RSDP, XSDT, FADT, MADT, DSDT, each 16-byte aligned.
+//! `boot_params.acpi_rsdp_addr`): RSDP, XSDT, FADT, MADT, DSDT (and MCFG), each 16-byte
+//! aligned.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -26,7 +35,8 @@ use devices::virtio::mmio::MMIO_WINDOW;
 
 use super::layout::{
     ACPI_MAX_SIZE, ACPI_SLEEP_CONTROL_PORT, ACPI_START, APIC_START, COM1_IRQ, COM1_LEN, COM1_PORT,
-    I8042_IRQ, I8042_PORT, IOAPIC_START, PVPANIC_PORT,
+    I8042_IRQ, I8042_PORT, IOAPIC_START, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, PCI_ECAM_SIZE,
+    PCI_ECAM_START, PCI_MMIO32_SIZE, PCI_MMIO32_START, PVPANIC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"EMBER ";
@@ -60,9 +70,26 @@ pub struct VirtioMmio {
     pub irq: u32,
 }
 
-/// The tables as (guest address, bytes), for `cpus` vCPUs and the `virtio` devices in guest
-/// order.
-pub fn build(cpus: u8, virtio: &[VirtioMmio]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+/// The PCI host bridge as the tables describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciHost {
+    /// The 64-bit memory window the BARs lie in: start and length.
+    pub mmio64: (u64, u64),
+    /// Each function's device number on bus 0 and the IOAPIC pin (GSI) its INTA# drives.
+    pub intx: Vec<(u8, u32)>,
+}
+
+/// How the tables describe the virtio devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Virtio<'a> {
+    /// virtio-mmio devices, each in the DSDT, in guest order.
+    Mmio(&'a [VirtioMmio]),
+    /// virtio-pci functions behind the host bridge.
+    Pci(&'a PciHost),
+}
+
+/// The tables as (guest address, bytes), for `cpus` vCPUs and the `virtio` devices.
+pub fn build(cpus: u8, virtio: Virtio) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let mut tables = Vec::new();
     let mut next = ACPI_START + align(Rsdp::len() as u64);
     let mut place = |bytes: Vec<u8>| {
@@ -78,6 +105,9 @@ pub fn build(cpus: u8, virtio: &[VirtioMmio]) -> Result<Vec<(u64, Vec<u8>)>, Acp
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Virtio::Pci(_) = virtio {
+        xsdt.add_entry(place(mcfg()));
+    }
     let xsdt_addr = place(bytes(&xsdt));
     tables.push((ACPI_START, bytes(&Rsdp::new(OEM_ID, xsdt_addr))));
 
@@ -175,6 +205,64 @@ fn device_with_uid(
     Encoded(bytes(&aml::Device::new(name.into(), children)))
 }
 
+/// The ECAM window of bus 0 (PCI firmware spec 3.2, 4.1.2).
+fn mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, 0);
+    bytes(&mcfg)
+}
+
+/// The host bridge `PCI0` on segment 0, bus 0: its resources (bus 0, the configuration ports,
+/// the 32- and 64-bit memory windows, non-prefetchable so that any BAR may lie in them) and
+/// its interrupt routing (`_PRT`: each function's INTA# to its IOAPIC pin; the source is the
+/// global interrupt itself). And `MRES`, the motherboard resource that reserves the ECAM
+/// window.
+fn pci_devices(pci: &PciHost) -> [Encoded; 2] {
+    use aml::{AddressSpace, AddressSpaceCacheable::NotCacheable};
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let config = aml::IO::new(
+        PCI_CONFIG_PORT,
+        PCI_CONFIG_PORT,
+        1,
+        PCI_CONFIG_PORT_LEN as u8,
+    );
+    // The window ends below 4 GiB: the 32-bit descriptor holds it.
+    let end32 = (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32;
+    let mmio32 = AddressSpace::new_memory(NotCacheable, true, PCI_MMIO32_START as u32, end32, None);
+    let (start64, len64) = pci.mmio64;
+    let mmio64 = AddressSpace::new_memory(NotCacheable, true, start64, start64 + len64 - 1, None);
+    let crs = aml::ResourceTemplate::new(vec![&bus, &config, &mmio32, &mmio64]);
+
+    let routes: Vec<(u32, u32)> = pci
+        .intx
+        .iter()
+        .map(|&(device, gsi)| ((u32::from(device) << 16) | 0xffff, gsi))
+        .collect();
+    let entries: Vec<aml::Package> = routes
+        .iter()
+        .map(|(address, gsi)| aml::Package::new(vec![address, &0u8, &0u8, gsi]))
+        .collect();
+    let prt = aml::Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+
+    let (hid, cid) = (aml::EISAName::new("PNP0A08"), aml::EISAName::new("PNP0A03"));
+    let names = [
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_SEG".into(), &0u8),
+        aml::Name::new("_BBN".into(), &0u8),
+        aml::Name::new("_UID".into(), &0u8),
+        aml::Name::new("_CRS".into(), &crs),
+        aml::Name::new("_PRT".into(), &prt),
+    ];
+    let children: Vec<&dyn Aml> = names.iter().map(|n| n as &dyn Aml).collect();
+    let pci0 = Encoded(bytes(&aml::Device::new("PCI0".into(), children)));
+
+    // The window is below 4 GiB.
+    let ecam = aml::Memory32Fixed::new(false, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let mres = device("MRES", &aml::EISAName::new("PNP0C02"), vec![&ecam]);
+    [pci0, mres]
+}
+
 /// Linux's virtio-mmio devices, `VR00`, `VR01`, ... in guest order.
 fn virtio_devices(virtio: &[VirtioMmio]) -> Vec<Encoded> {
     virtio
@@ -191,8 +279,9 @@ fn virtio_devices(virtio: &[VirtioMmio]) -> Vec<Encoded> {
 }
 
 /// `\_S5_` for power-off, and the devices with their resources: COM1, the i8042, pvpanic
-/// (QEMU0001), which Linux's pvpanic driver writes on a panic, and the virtio-mmio devices.
-fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
+/// (QEMU0001), which Linux's pvpanic driver writes on a panic, and the virtio-mmio devices or
+/// the PCI host bridge.
+fn dsdt(virtio: Virtio) -> Vec<u8> {
     let edge_irq = |irq| aml::Interrupt::new(true, true, false, false, irq);
     let port = |p: u16, len| aml::IO::new(p, p, 1, len);
 
@@ -214,7 +303,10 @@ fn dsdt(virtio: &[VirtioMmio]) -> Vec<u8> {
 
     let mut body = Vec::new();
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&SLEEP_TYPE_S5])).to_aml_bytes(&mut body);
-    let virtio = virtio_devices(virtio);
+    let virtio: Vec<Encoded> = match virtio {
+        Virtio::Mmio(devices) => virtio_devices(devices),
+        Virtio::Pci(host) => pci_devices(host).into(),
+    };
     let mut devices: Vec<&dyn Aml> = vec![&com1, &kbd, &pvpanic];
     devices.extend(virtio.iter().map(|d| d as &dyn Aml));
     aml::Scope::new("_SB_".into(), devices).to_aml_bytes(&mut body);
@@ -241,7 +333,7 @@ mod tests {
 
     #[test]
     fn tables_checksum_and_link_up() {
-        let tables = build(4, &[]).unwrap();
+        let tables = build(4, Virtio::Mmio(&[])).unwrap();
         for (_, t) in &tables {
             assert_eq!(
                 sum(if t.starts_with(b"RSD PTR ") {
@@ -282,7 +374,7 @@ mod tests {
 
     #[test]
     fn fadt_is_hardware_reduced_with_the_sleep_register() {
-        let tables = build(1, &[]).unwrap();
+        let tables = build(1, Virtio::Mmio(&[])).unwrap();
         let (_, fadt) = find(&tables, b"FACP");
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
@@ -294,7 +386,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_cpu_and_the_ioapic() {
-        let tables = build(3, &[]).unwrap();
+        let tables = build(3, Virtio::Mmio(&[])).unwrap();
         let (_, madt) = find(&tables, b"APIC");
         let entries = &madt[44..];
         let lapics: Vec<u8> = entries.chunks(8).take(3).map(|e| e[3]).collect();
@@ -305,7 +397,7 @@ mod tests {
 
     #[test]
     fn dsdt_names_s5_and_the_devices() {
-        let tables = build(1, &[]).unwrap();
+        let tables = build(1, Virtio::Mmio(&[])).unwrap();
         let (_, dsdt) = find(&tables, b"DSDT");
         let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_") && has(b"QEMU0001") && has(b"COM1") && has(b"PS2K"));
@@ -320,7 +412,7 @@ mod tests {
                 irq: 5 + i,
             })
             .collect();
-        let tables = build(32, &virtio).unwrap();
+        let tables = build(32, Virtio::Mmio(&virtio)).unwrap();
         let (_, dsdt) = find(&tables, b"DSDT");
         assert_eq!(sum(dsdt), 0);
         let count = |needle: &[u8]| dsdt.windows(needle.len()).filter(|w| *w == needle).count();
@@ -336,6 +428,76 @@ mod tests {
             let mut irq = vec![0x89, 6, 0, 0b11, 1];
             irq.extend_from_slice(&dev.irq.to_le_bytes());
             assert_eq!(count(&irq), 1, "interrupt of VR{i:02}");
+        }
+    }
+
+    fn pci_host() -> PciHost {
+        PciHost {
+            mmio64: (4 << 30, 1 << 30),
+            intx: vec![(1, 5), (2, 6), (3, 7)],
+        }
+    }
+
+    fn count(table: &[u8], needle: &[u8]) -> usize {
+        table.windows(needle.len()).filter(|w| *w == needle).count()
+    }
+
+    #[test]
+    fn with_pci_an_mcfg_table_points_at_the_ecam_window_of_bus_0() {
+        let host = pci_host();
+        let tables = build(2, Virtio::Pci(&host)).unwrap();
+        let (mcfg_addr, mcfg) = find(&tables, b"MCFG");
+        assert_eq!(sum(mcfg), 0);
+        assert_eq!(mcfg.len(), 44 + 16, "header, reserved, one allocation");
+        assert_eq!(u64_at(mcfg, 44), PCI_ECAM_START);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0], "segment 0, buses 0-0");
+        let (_, xsdt) = find(&tables, b"XSDT");
+        assert_eq!(u64_at(xsdt, 52), *mcfg_addr, "the XSDT lists the MCFG");
+        // Without PCI there is none.
+        let tables = build(2, Virtio::Mmio(&[])).unwrap();
+        assert!(!tables.iter().any(|(_, t)| t.starts_with(b"MCFG")));
+    }
+
+    #[test]
+    fn with_pci_the_dsdt_has_the_host_bridge_with_its_windows_and_interrupt_routes() {
+        let host = pci_host();
+        let tables = build(2, Virtio::Pci(&host)).unwrap();
+        let (_, dsdt) = find(&tables, b"DSDT");
+        assert_eq!(sum(dsdt), 0);
+        let has = |needle: &[u8]| count(dsdt, needle) > 0;
+        assert!(has(b"PCI0") && has(b"_PRT") && has(b"_SEG") && has(b"_BBN"));
+        assert!(!has(b"LNRO0005"), "no virtio-mmio device");
+        // EISA ids PNP0A08 (PCI Express root), PNP0A03 (PCI root), PNP0C02 (motherboard).
+        for id in [
+            [0x41, 0xd0, 0x0a, 0x08],
+            [0x41, 0xd0, 0x0a, 0x03],
+            [0x41, 0xd0, 0x0c, 0x02],
+        ] {
+            assert!(has(&id), "{id:x?}");
+        }
+        // Bus numbers 0-0: WordBusNumber, producer, fixed, granularity, min 0, max 0.
+        assert!(has(&[0x88, 13, 0, 2, 0x0c, 0, 0, 0, 0, 0, 0, 0]));
+        // The configuration ports: IO(Decode16, 0xcf8, 0xcf8, 1, 8).
+        assert!(has(&[0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]));
+        // The 32-bit window: DWordMemory min and max after a zero granularity.
+        let mut mmio32 = vec![0, 0, 0, 0];
+        mmio32.extend_from_slice(&(PCI_MMIO32_START as u32).to_le_bytes());
+        mmio32.extend_from_slice(&((PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32).to_le_bytes());
+        assert!(has(&mmio32));
+        // The 64-bit window: QWordMemory min and max.
+        let mut mmio64 = (4u64 << 30).to_le_bytes().to_vec();
+        mmio64.extend_from_slice(&((5u64 << 30) - 1).to_le_bytes());
+        assert!(has(&mmio64));
+        // The ECAM window reserved: Memory32Fixed, read-only, base, 1 MiB.
+        let mut ecam = vec![0x86, 9, 0, 0];
+        ecam.extend_from_slice(&(PCI_ECAM_START as u32).to_le_bytes());
+        ecam.extend_from_slice(&(PCI_ECAM_SIZE as u32).to_le_bytes());
+        assert!(has(&ecam));
+        // Each _PRT entry: Package(4) { DWord 0xDDDDffff, pin 0 (INTA#), source 0, GSI }.
+        for (device, gsi) in host.intx {
+            let mut entry = vec![0x12, 0x0b, 4, 0x0c, 0xff, 0xff, device, 0, 0, 0, 0x0a];
+            entry.push(gsi as u8);
+            assert!(has(&entry), "route of device {device}");
         }
     }
 }

@@ -106,7 +106,7 @@ pub fn write_mptable<M: GuestMemoryBackend>(mem: &M, cpus: u8) -> Result<(), Arc
 pub fn write_acpi<M: GuestMemoryBackend>(
     mem: &M,
     cpus: u8,
-    virtio: &[acpi::VirtioMmio],
+    virtio: acpi::Virtio,
 ) -> Result<(), ArchError> {
     for (addr, table) in acpi::build(cpus, virtio)? {
         mem.write_slice(&table, GuestAddress(addr))
@@ -297,7 +297,7 @@ mod tests {
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 * MIB as usize)]).unwrap();
         write_boot_tables(&mem).unwrap();
         write_mptable(&mem, 2).unwrap();
-        write_acpi(&mem, 2, &[]).unwrap();
+        write_acpi(&mem, 2, acpi::Virtio::Mmio(&[])).unwrap();
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(GDT_START + 8)).unwrap(),
             gdt::BOOT_GDT[1]

@@ -1,13 +1,15 @@
 //! The device manager: every device the VM has, and all of their wiring. It places the legacy
-//! PC devices on the port bus (addresses and lengths from the layout), the boot timer and the
-//! virtio-mmio devices on the MMIO bus, gives each virtio device its slot, irqfd and one
-//! ioeventfd per queue, and starts each one's I/O worker ([`io_worker`]); it hands back what
-//! the vCPUs (the buses), the lifecycle (keyboard, pause gate, drives) and metrics (counters)
-//! need. When it is dropped, the I/O workers are stopped and joined.
+//! PC devices on the port bus (addresses and lengths from the layout) and the boot timer on
+//! the MMIO bus, wires each virtio device on the transport the spec chose ([`mmio`]: a window,
+//! an irqfd and one ioeventfd per queue; [`pci`]: a PCI function with its BAR, MSI-X irqfds and
+//! ioeventfds), and starts each one's I/O worker ([`io_worker`]); it hands back what the vCPUs
+//! (the buses), the lifecycle (keyboard, pause gate, drives) and metrics (counters) need. When
+//! it is dropped, the I/O workers are stopped and joined.
 //!
 //! Adding a virtio device (docs/design.md, "Where to add things", has the whole recipe): its
 //! model in a folder under `devices/src/virtio/`, its configuration section, its section in
-//! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`].
+//! [`crate::spec::VmSpec`], and one `add_*` method here that calls [`DeviceManager::attach`]
+//! (which wires it on either transport).
 //!
 //! I/O workers: a block device's (`ember_blk_<id>`) is woken by its queue's ioeventfd (and,
 //! with the Async engine, by its io_uring's completions), so disk I/O, however slow, never
@@ -36,16 +38,17 @@ use devices::bus::{Bus, BusError, SharedDevice};
 use devices::legacy::{
     AcpiSleep, BootTimer, ExitPort, I8042, InputReadyEvent, PvPanic, SerialDevice,
 };
+use devices::mmds::{MmdsStack, SharedMmds};
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError, Uring};
 use devices::virtio::fs::{Fs, FsError, QUEUES as FS_QUEUES};
-use devices::virtio::mmio::{MMIO_WINDOW, MmioTransport, REG_QUEUE_NOTIFY};
+use devices::virtio::mmio::MMIO_WINDOW;
 use devices::virtio::net::{Net, Tap, TapError};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::worker::IoHandler;
-use devices::virtio::{VirtioDevice, VirtioInterrupt};
+use devices::virtio::{Transport, VirtioDevice, VirtioInterrupt};
 use devices::{ExitNotifier, IrqTrigger};
 use log::warn;
 use vm_memory::GuestMemoryMmap;
@@ -62,9 +65,14 @@ use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
 use crate::share::FsSpec;
-use crate::spec::{CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VmSpec, VsockSpec};
+use crate::spec::{
+    CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VirtioTransport, VmSpec, VsockSpec,
+};
 use crate::virtiofsd::{self, OpenShare, ShareError, Virtiofsd};
 use crate::vm::{Vm, VmError};
+
+mod mmio;
+pub mod pci;
 
 /// Most virtio devices a VM can have: one IRQ each, from the first free legacy line up to the
 /// last IOAPIC pin.
@@ -134,6 +142,9 @@ pub enum DeviceError {
     /// KVM refused an eventfd or irqfd.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A device could not be wired on PCI.
+    #[error("cannot wire a PCI device")]
+    Pci(#[from] pci::PciError),
     /// Devices could not be placed on a bus.
     #[error("cannot place the devices on the bus")]
     Bus(#[from] BusError),
@@ -159,9 +170,11 @@ fn event() -> Result<EventFd, DeviceError> {
 /// Where one virtio device lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
-    /// Base of its MMIO window.
+    /// Its place in guest order (on PCI, its slot is the one after).
+    pub index: usize,
+    /// Base of its MMIO window (virtio-mmio).
     pub base: u64,
-    /// Its interrupt line.
+    /// Its interrupt line (virtio-mmio; INTx on PCI).
     pub irq: u32,
 }
 
@@ -169,6 +182,7 @@ impl Slot {
     /// The slot of the `index`th virtio device, in guest order.
     pub fn nth(index: usize) -> Self {
         Self {
+            index,
             base: VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW,
             irq: VIRTIO_IRQ_BASE + index as u32,
         }
@@ -271,8 +285,15 @@ fn open_engine(drive: &DriveSpec) -> Result<Option<Uring>, DeviceError> {
     }
 }
 
-/// A block device as the VMM holds it.
-pub type SharedBlock = Arc<Mutex<MmioTransport<Block>>>;
+/// A block device as the VMM holds it, on either transport.
+pub type SharedBlock = Arc<Mutex<dyn Transport<Block>>>;
+
+/// A virtio device's interrupt and queue notifications, registered with KVM by its
+/// transport's wiring.
+struct Wired {
+    interrupt: Arc<VirtioInterrupt>,
+    notify: Vec<EventFd>,
+}
 
 /// The device I/O threads, stopped and joined when this is dropped, on every exit path.
 struct IoThreads {
@@ -308,6 +329,8 @@ pub struct DeviceManager {
     drive_limiters: Vec<(String, Arc<RateLimiter>)>,
     net_limiters: Vec<(String, NetLimiters)>,
     sources: Vec<(String, Source)>,
+    /// The PCI bus while virtio devices are added on it (`--enable-pci`).
+    pci: Option<pci::PciDevices>,
     /// The virtiofsd processes ember started; dropped (stopped) after the I/O threads.
     daemons: Vec<Virtiofsd>,
 }
@@ -367,23 +390,40 @@ impl DeviceManager {
             drive_limiters: Vec::new(),
             net_limiters: Vec::new(),
             sources: Vec::new(),
+            pci: None,
             daemons: Vec::new(),
         })
     }
 
-    /// Adds every virtio device `spec` lists, on the `backends` opened for it.
+    /// Adds every virtio device `spec` lists, on the `backends` opened for it, on the
+    /// transport it chose; the interfaces `mmds-config` names answer the guest's metadata
+    /// requests from `mmds`.
     pub fn add_virtio_devices(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
         spec: &VmSpec,
         backends: Backends,
+        mmds: &SharedMmds,
     ) -> Result<(), DeviceError> {
+        if spec.transport == VirtioTransport::Pci {
+            let mem_bytes = (spec.mem_mib as u64) << 20;
+            self.pci = Some(pci::PciDevices::new(vm, mem_bytes));
+        }
         for (drive, (disk, ring)) in spec.drives.iter().zip(backends.disks) {
             self.add_block(vm, mem, drive, disk, ring)?;
         }
+        if let Some(m) = &spec.mmds {
+            lock(mmds).configure(m.version, m.imds_compat);
+        }
+        // Reported whether or not an interface reaches it, as Firecracker always reports it.
+        self.sources
+            .push(("mmds".into(), Source::Mmds(mmds.clone())));
         for (net, tap) in spec.nets.iter().zip(backends.taps) {
-            self.add_net(vm, mem, net, tap)?;
+            // Each interface that reaches the MMDS has a stack of its own on the one store.
+            let stack = spec.mmds.as_ref().filter(|_| net.mmds);
+            let stack = stack.map(|m| MmdsStack::new(m.ipv4, mmds.clone()));
+            self.add_net(vm, mem, net, tap, stack)?;
         }
         if let Some(entropy) = &spec.entropy {
             self.add_rng(vm, mem, entropy)?;
@@ -393,6 +433,9 @@ impl DeviceManager {
         }
         for (share, open) in spec.shares.iter().zip(backends.shares) {
             self.add_fs(vm, mem, share, open)?;
+        }
+        if let Some(pci) = self.pci.take() {
+            pci.finish(&mut self.pio, &mut self.mmio)?;
         }
         Ok(())
     }
@@ -430,6 +473,7 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         spec: &NetSpec,
         tap: Tap,
+        mmds: Option<MmdsStack>,
     ) -> Result<(), DeviceError> {
         let name = format!("ember_net_{}", spec.id);
         let limiters = NetLimiters {
@@ -449,6 +493,10 @@ impl DeviceManager {
                 event()?,
             )
             .with_rate_limiters(limiters.rx, limiters.tx);
+            let net = match mmds {
+                Some(stack) => net.with_mmds(stack).map_err(host("MMDS timer"))?,
+                None => net,
+            };
             let handler = net.handler([clone(&queues[0])?, clone(&queues[1])?]);
             Ok((net, handler))
         })?;
@@ -535,10 +583,10 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Wires a virtio device at `slot` with `queues` queues: its irqfd, one ioeventfd per
-    /// queue (matched on the queue index the driver writes), its transport on the MMIO bus,
-    /// and an I/O worker named `thread` running the handler. `build` makes the device and its
-    /// handler from the interrupt and the queues' notification events.
+    /// Wires a virtio device at `slot` with `queues` queues on the VM's transport (its
+    /// interrupt, one ioeventfd per queue, its registers on the MMIO bus), and starts an I/O
+    /// worker named `thread` running the handler. `build` makes the device and its handler
+    /// from the interrupt and the queues' notification events.
     fn attach<D, H>(
         &mut self,
         vm: &Vm,
@@ -547,32 +595,23 @@ impl DeviceManager {
         thread: String,
         queues: u32,
         build: impl FnOnce(Arc<VirtioInterrupt>, &[EventFd]) -> Result<(D, H), DeviceError>,
-    ) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceError>
+    ) -> Result<Arc<Mutex<dyn Transport<D>>>, DeviceError>
     where
         D: VirtioDevice + 'static,
         H: IoHandler + 'static,
     {
-        let interrupt = Arc::new(VirtioInterrupt::new(event()?));
-        vm.register_irqfd(interrupt.irq(), slot.irq)?;
-        let notify = (0..queues)
-            .map(|queue| {
-                let evt = event()?;
-                vm.register_ioevent(&evt, slot.base + REG_QUEUE_NOTIFY, queue)?;
-                Ok(evt)
-            })
-            .collect::<Result<Vec<_>, DeviceError>>()?;
-        let (device, handler) = build(interrupt.clone(), &notify)?;
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device,
-            mem.clone(),
-            interrupt,
-            notify,
-        )));
+        let wired = match &mut self.pci {
+            Some(pci) => pci.wire(vm, slot, queues)?,
+            None => mmio::wire(vm, slot, queues)?,
+        };
+        let (device, handler) = build(wired.interrupt.clone(), &wired.notify)?;
+        let transport = match &mut self.pci {
+            Some(pci) => pci.place(&mut self.mmio, slot, device, mem, wired)?,
+            None => mmio::place(&mut self.mmio, slot, device, mem, wired)?,
+        };
         let stop = self.io.stop.try_clone().map_err(host("events"))?;
         let worker = io_worker::spawn(thread, handler, stop, self.gate.clone());
         self.io.threads.push(worker.map_err(host("I/O threads"))?);
-        self.mmio
-            .insert(transport.clone(), slot.base, MMIO_WINDOW)?;
         Ok(transport)
     }
 
