@@ -2,20 +2,52 @@
 # Installs Debian packages that are missing: the ones named, or by default what ember's demo and
 # tests need on the host: gcc (tiny test guests), busybox-static, cpio and e2fsprogs (guest user
 # space), util-linux (setpriv, for the permission tests), strace (the disk-close sync test),
-# iproute2 and iputils-ping (network namespaces, TAPs and pings for the virtio-net tests).
+# iproute2 and iputils-ping (network namespaces, TAPs and pings for the virtio-net tests), and
+# virtiofsd (shared directories): Debian's package where the release has one, else the Rust
+# virtiofsd from crates.io (`cargo install --locked virtiofsd`, about 2 minutes, with
+# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH.
 # Needs root only when something is missing.
 set -euo pipefail
+defaults=0
 pkgs=("$@")
-[ ${#pkgs[@]} -gt 0 ] || pkgs=(gcc libc6-dev busybox-static cpio e2fsprogs util-linux iproute2 iputils-ping strace)
-need=()
-for pkg in "${pkgs[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ]; then
-  echo "setup-host: please install: ${need[*]} (apt-get install as root)" >&2
-  exit 1
+if [ ${#pkgs[@]} -eq 0 ]; then
+  defaults=1
+  pkgs=(gcc libc6-dev busybox-static cpio e2fsprogs util-linux iproute2 iputils-ping strace)
 fi
-echo "setup-host: installing ${need[*]}" >&2
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+install_debs() {
+  local need=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  [ ${#need[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-host: please install: ${need[*]} (apt-get install as root)" >&2
+    exit 1
+  fi
+  echo "setup-host: installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+# Where ember looks for virtiofsd (vmm/src/virtiofsd.rs): $EMBER_VIRTIOFSD, PATH, Debian's path.
+have_virtiofsd() {
+  [ -n "${EMBER_VIRTIOFSD:-}" ] && [ -f "$EMBER_VIRTIOFSD" ] && return 0
+  command -v virtiofsd >/dev/null 2>&1 || [ -x /usr/libexec/virtiofsd ]
+}
+install_virtiofsd() {
+  have_virtiofsd && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup-host: please install virtiofsd (as root: resources/setup-host.sh, or" \
+      "cargo install --locked virtiofsd, then set EMBER_VIRTIOFSD)" >&2
+    exit 1
+  fi
+  if apt-cache show virtiofsd >/dev/null 2>&1; then
+    install_debs virtiofsd
+    return 0
+  fi
+  install_debs libseccomp-dev libcap-ng-dev pkg-config
+  echo "setup-host: building virtiofsd with cargo (about 2 minutes)" >&2
+  cargo install --locked --quiet virtiofsd --root /usr/local
+}
+install_debs "${pkgs[@]}"
+[ "$defaults" -eq 1 ] && install_virtiofsd
+exit 0

@@ -49,6 +49,10 @@ pub struct VmConfig {
     /// A virtio-vsock device whose host side is Unix sockets (`PUT /vsock`); absent: none.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared with the guest over virtio-fs (`PUT /fs/{fs_id}`); an ember
+    /// extension, absent from Firecracker's configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
     /// The microVM metadata service on some network interfaces (`PUT /mmds/config`); absent:
     /// no interface reaches it.
     #[serde(rename = "mmds-config", default)]
@@ -320,6 +324,26 @@ pub struct VsockConfig {
     pub uds_path: String,
 }
 
+/// One `fs` entry (`PUT /fs/{fs_id}`): a virtio-fs device, served either by a virtiofsd that
+/// ember starts for `shared_dir` or by a vhost-user backend already listening on `socket`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The device's id (letters, digits and '_').
+    pub fs_id: String,
+    /// The name the guest mounts it by (`mount -t virtiofs TAG /mnt`), 1 to 36 bytes.
+    pub tag: String,
+    /// The host directory ember shares, starting virtiofsd for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<String>,
+    /// The socket of a vhost-user backend someone else runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// Share `shared_dir` read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
 /// The MMDS address when `mmds-config` names none (Firecracker's, and EC2's).
 pub const DEFAULT_MMDS_IPV4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 
@@ -453,6 +477,23 @@ mod tests {
         // What GET /vm/config returns is a valid config file that describes the same VM.
         let back: VmConfig = serde_json::from_value(out.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), out);
+    }
+
+    #[test]
+    fn an_fs_list_is_parsed_strictly_and_left_out_of_the_config_when_empty() {
+        let cfg = VmConfig::from_json(
+            r#"{"fs": [{"fs_id": "d", "tag": "docs", "shared_dir": "/srv/d", "read_only": true},
+                       {"fs_id": "e", "tag": "ext", "socket": "/run/e.sock"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.fs.len(), 2);
+        assert!(cfg.fs[0].read_only && !cfg.fs[1].read_only);
+        assert_eq!(cfg.fs[1].socket.as_deref(), Some("/run/e.sock"));
+        let err = VmConfig::from_json(r#"{"fs": [{"fs_id": "d", "tag": "t", "dir": "/x"}]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `dir`"), "{err}");
+        let shown = serde_json::to_value(VmConfig::default()).unwrap();
+        assert!(shown.get("fs").is_none(), "{shown}");
     }
 
     #[test]

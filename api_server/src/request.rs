@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::http::{Method, Request};
 use crate::model::{
-    BootSource, Drive, EntropyConfig, LoggerConfig, MachineConfig, MetricsConfig, MmdsConfig,
-    NetworkInterface, RateLimiterConfig, SerialConfig, VsockConfig,
+    BootSource, Drive, EntropyConfig, FsConfig, LoggerConfig, MachineConfig, MetricsConfig,
+    MmdsConfig, NetworkInterface, RateLimiterConfig, SerialConfig, VsockConfig,
 };
 
 /// What the API asks of the VMM. Each variant says when it is legal.
@@ -44,6 +44,8 @@ pub enum VmmAction {
     PutEntropy(EntropyConfig),
     /// Before boot: `PUT /vsock`.
     PutVsock(VsockConfig),
+    /// Before boot: `PUT /fs/{fs_id}`.
+    PutFs(FsConfig),
     /// Before boot: `PUT /mmds/config`.
     PutMmdsConfig(MmdsConfig),
     /// Any time: `GET /mmds`.
@@ -273,6 +275,12 @@ pub fn route(req: &Request) -> Result<VmmAction, String> {
         (Put, "serial", None) => VmmAction::PutSerial(body(req)?),
         (Put, "entropy", None) => VmmAction::PutEntropy(body(req)?),
         (Put, "vsock", None) => VmmAction::PutVsock(body(req)?),
+        (Put, "fs", id) => {
+            let id = path_id("fs_id", id)?;
+            let fs: FsConfig = body(req)?;
+            check_id("fs_id", id, &fs.fs_id)?;
+            VmmAction::PutFs(fs)
+        }
         (Get, "mmds", None) => VmmAction::GetMmds,
         (Put, "mmds", None) => VmmAction::PutMmds(body(req)?),
         (Patch, "mmds", None) => VmmAction::PatchMmds(body(req)?),
@@ -408,6 +416,29 @@ mod tests {
             VmmAction::PutEntropy(EntropyConfig::default())
         );
         assert!(err("PUT", "/entropy", r#"{"ratelimiter": {}}"#).contains("unknown field"));
+        assert!(matches!(
+            ok(
+                "PUT",
+                "/fs/docs",
+                r#"{"fs_id": "docs", "tag": "docs", "shared_dir": "/srv/docs", "read_only": true}"#
+            ),
+            VmmAction::PutFs(FsConfig {
+                read_only: true,
+                ..
+            })
+        ));
+        assert!(
+            err(
+                "PUT",
+                "/fs/a",
+                r#"{"fs_id": "b", "tag": "t", "socket": "/s"}"#
+            )
+            .contains("fs_id")
+        );
+        assert!(
+            err("PUT", "/fs/a", r#"{"fs_id": "a", "tag": "t", "dir": "/s"}"#)
+                .contains("unknown field")
+        );
         assert!(matches!(
             ok(
                 "PUT",

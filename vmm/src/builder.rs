@@ -95,7 +95,12 @@ pub fn run(
     mmds: &SharedMmds,
 ) -> Result<Outcome, BuildError> {
     let backends = Backends::open(spec)?;
-    let mem = memory::create_guest_memory(spec.mem_mib, spec.pages)?;
+    let sharing = if spec.has_vhost_user() {
+        memory::Sharing::Shared
+    } else {
+        memory::Sharing::Private
+    };
+    let mem = memory::create_guest_memory(spec.mem_mib, spec.pages, sharing)?;
     let (vm, entry) = create_vm_and_load_guest(&mem, spec)?;
     let guest_exit = ExitNotifier::new().map_err(host("exit event"))?;
     let (output, drain) = open_console(spec, &guest_exit)?;

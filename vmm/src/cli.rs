@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use api_server::model::{
-    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, MachineConfig, MetricsConfig,
-    NetworkInterface, VmConfig, VsockConfig,
+    BootSource, DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT, Drive, FsConfig, MachineConfig,
+    MetricsConfig, NetworkInterface, VmConfig, VsockConfig,
 };
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::logger;
+use crate::share;
 use crate::spec::{RunOptions, VirtioTransport};
 use api_server::server::DEFAULT_MAX_PAYLOAD;
 
@@ -138,6 +139,17 @@ pub struct VmArgs {
     /// of the host go to PATH_P.
     #[arg(long, value_name = "CID,PATH", requires = "kernel")]
     pub vsock: Option<String>,
+    /// Share a host directory with the guest (virtio-fs): HOSTDIR[,tag=NAME][,ro]. Repeatable.
+    ///
+    /// ember starts virtiofsd for it ($EMBER_VIRTIOFSD, else virtiofsd on PATH) and stops it
+    /// when the VM ends. The guest mounts it with `mount -t virtiofs TAG /mnt`; the tag
+    /// defaults to the directory's name. `ro` shares it read-only.
+    #[arg(long, value_name = "HOSTDIR[,tag=NAME][,ro]", requires = "kernel")]
+    pub share: Vec<String>,
+    /// A virtio-fs device served by a vhost-user backend you run: socket=PATH,tag=NAME.
+    /// Repeatable.
+    #[arg(long, value_name = "socket=PATH,tag=NAME", requires = "kernel")]
+    pub fs: Vec<String>,
     /// Where the serial console's output goes: a file, or - for stdout. Repeat to write to
     /// several places. [default: stdout]
     #[arg(long, value_name = "PATH")]
@@ -286,6 +298,9 @@ pub enum ArgError {
     /// An MTU that is not a number.
     #[error("--net '{0}': mtu must be a number from 68 to 65535")]
     Mtu(String),
+    /// A `--share` or `--fs` value that cannot be parsed.
+    #[error(transparent)]
+    Share(#[from] crate::share::FsConfigError),
     /// A `--vsock` value that is not `CID,PATH`.
     #[error("--vsock '{0}' is not CID,PATH (a context id of 3 or more, then a socket path)")]
     Vsock(String),
@@ -428,6 +443,13 @@ impl VmArgs {
         }
     }
 
+    /// The `--share` and `--fs` devices, in that order.
+    fn shares(&self) -> Result<Vec<FsConfig>, ArgError> {
+        let shares = self.share.iter().map(|s| share::parse_share(s));
+        let others = self.fs.iter().map(|f| share::parse_fs(f));
+        Ok(shares.chain(others).collect::<Result<_, _>>()?)
+    }
+
     /// Why ember cannot do what a snapshot flag asks, if one was given.
     pub fn snapshot_request(&self) -> Option<String> {
         let what = if self.snapshot_version {
@@ -471,6 +493,7 @@ impl VmArgs {
                     .map(|(i, n)| parse_net(n, i))
                     .collect::<Result<_, _>>()?,
                 vsock: self.vsock.as_deref().map(parse_vsock).transpose()?,
+                fs: self.shares()?,
                 ..Default::default()
             },
         };
@@ -619,6 +642,31 @@ mod tests {
         let cli = parse(args).map_err(|e| e.to_string())?;
         let cfg = cli.args().vm_config().map_err(|e| e.to_string())?;
         crate::spec::VmSpec::new(&cfg, &cli.args().run_options()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn share_and_fs_flags_become_fs_devices_after_the_others_in_flag_order() {
+        let tmp = std::env::temp_dir();
+        let dir = tmp.to_str().unwrap();
+        let ok = spec(&[
+            "--kernel",
+            "k",
+            "--vsock",
+            "3,/v.sock",
+            "--fs",
+            "socket=/run/e.sock,tag=ext",
+            "--share",
+            &format!("{dir},ro"),
+        ])
+        .unwrap();
+        let tags: Vec<_> = ok.shares.iter().map(|s| s.tag.as_str()).collect();
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(tags, [name, "ext"]);
+        assert_eq!(ok.shares[0].slot, crate::device_manager::Slot::nth(1));
+        assert!(ok.cmdline.contains(&ok.shares[1].slot.cmdline_param()));
+        let err = spec(&["--kernel", "k", "--share", &format!("{dir},rw")]).unwrap_err();
+        assert!(err.contains("unknown option 'rw'"), "{err}");
+        assert!(parse(&["--share", dir]).is_err(), "--share needs --kernel");
     }
 
     #[test]

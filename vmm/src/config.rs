@@ -63,6 +63,9 @@ pub enum ConfigError {
         /// How many were asked for.
         count: usize,
     },
+    /// A shared directory (virtio-fs) that cannot be used.
+    #[error(transparent)]
+    Fs(#[from] crate::share::FsConfigError),
     /// A vsock guest CID that is reserved (0 to 2).
     #[error("vsock guest_cid must be 3 or more (0, 1 and 2 are reserved), not {0}")]
     GuestCid(u64),

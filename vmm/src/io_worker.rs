@@ -74,8 +74,8 @@ fn run<H: IoHandler>(mut handler: H, stop: &EventFd, gate: &PauseGate) {
     }
 }
 
-/// A watch as a pollfd. A watch that wants nothing gets a negative descriptor, which poll
-/// skips: its descriptor is not watched at all this round.
+/// A watch as a pollfd. A watch that wants nothing (not even hang-ups) gets a negative
+/// descriptor, which poll skips: its descriptor is not watched at all this round.
 fn watch_pollfd(watch: &Watch) -> libc::pollfd {
     let mut events = 0;
     if watch.readable {
@@ -84,7 +84,9 @@ fn watch_pollfd(watch: &Watch) -> libc::pollfd {
     if watch.writable {
         events |= libc::POLLOUT;
     }
-    pollfd(if events == 0 { -1 } else { watch.fd }, events)
+    // poll reports errors and hang-ups whatever the events asked for.
+    let skip = events == 0 && !watch.hangup;
+    pollfd(if skip { -1 } else { watch.fd }, events)
 }
 
 #[cfg(test)]

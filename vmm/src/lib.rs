@@ -25,8 +25,10 @@ pub mod memory;
 pub mod metrics;
 pub mod mmds;
 pub mod pause;
+pub mod share;
 pub mod spec;
 pub mod vcpu;
+pub mod virtiofsd;
 pub mod vm;
 
 /// How an ember process ends. The numbers are part of ember's interface (see the README).

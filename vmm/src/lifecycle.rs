@@ -272,6 +272,10 @@ impl Lifecycle {
             VmmAction::PutSerial(serial) => self.configure(|c| c.serial = Some(serial)),
             VmmAction::PutEntropy(entropy) => self.configure(|c| c.entropy = Some(entropy)),
             VmmAction::PutVsock(vsock) => self.configure(|c| c.vsock = Some(vsock)),
+            VmmAction::PutFs(fs) => self.configure(|c| {
+                let id = fs.fs_id.clone();
+                upsert(&mut c.fs, fs, |f| f.fs_id == id);
+            }),
             VmmAction::PutMmdsConfig(mmds) => self.configure(|c| c.mmds_config = Some(mmds)),
             // The store is live from process start: what changes here, a running guest reads.
             VmmAction::GetMmds => {
@@ -525,7 +529,8 @@ mod tests {
 
     use super::*;
     use api_server::model::{
-        BootSource, Drive, EntropyConfig, MmdsConfig, NetworkInterface, SerialConfig, VsockConfig,
+        BootSource, Drive, EntropyConfig, FsConfig, MmdsConfig, NetworkInterface, SerialConfig,
+        VsockConfig,
     };
     use devices::legacy::I8042;
     use devices::{ExitNotifier, IrqTrigger};
@@ -669,6 +674,41 @@ mod tests {
         assert_eq!(spec.vsock.as_ref().map(|v| v.guest_cid), Some(3));
         lc.started(running_vm(*spec));
         let err = answer(&mut lc, VmmAction::PutVsock(vsock(4))).unwrap_err();
+        assert!(err.contains(NOT_AFTER), "{err}");
+    }
+
+    #[test]
+    fn put_fs_adds_or_replaces_a_share_before_boot_and_refuses_a_missing_directory() {
+        let mut lc = lifecycle("fs");
+        let fs = |dir: &str, read_only| FsConfig {
+            fs_id: "docs".into(),
+            tag: "docs".into(),
+            shared_dir: Some(dir.into()),
+            socket: None,
+            read_only,
+        };
+        let err = answer(&mut lc, VmmAction::PutFs(fs("/no/such/dir", false))).unwrap_err();
+        assert!(err.contains("'/no/such/dir' cannot be used"), "{err}");
+        assert!(lc.cfg.fs.is_empty());
+        let tmp = std::env::temp_dir();
+        let dir = tmp.to_str().unwrap();
+        answer(&mut lc, VmmAction::PutFs(fs(dir, false))).unwrap();
+        answer(&mut lc, VmmAction::PutFs(fs(dir, true))).unwrap();
+        match answer(&mut lc, VmmAction::GetVmConfig).unwrap() {
+            VmmData::Json(cfg) => assert_eq!(
+                cfg["fs"],
+                json!([{"fs_id": "docs", "tag": "docs", "shared_dir": dir, "read_only": true}])
+            ),
+            VmmData::Empty => panic!("GET /vm/config answered nothing"),
+        }
+        lc.cfg.boot_source = Some(BootSource::default());
+        let Ok(Handled::Start(spec)) = lc.handle(VmmAction::InstanceStart) else {
+            panic!("InstanceStart did not ask for a boot");
+        };
+        assert!(spec.has_vhost_user());
+        assert_eq!(spec.shares[0].slot, crate::device_manager::Slot::nth(0));
+        lc.started(running_vm(*spec));
+        let err = answer(&mut lc, VmmAction::PutFs(fs(dir, false))).unwrap_err();
         assert!(err.contains(NOT_AFTER), "{err}");
     }
 

@@ -7,9 +7,10 @@
 //! [`unsupported`], which lists them all.
 //!
 //! This module must not touch KVM or the host: opening images and TAPs is the device
-//! manager's job, so a spec can be checked after every API request. The one exception is
+//! manager's job, so a spec can be checked after every API request. The exceptions are
 //! whether the host has io_uring, asked once per process for the first "Async" drive, as
-//! Firecracker refuses such a drive when it is configured.
+//! Firecracker refuses such a drive when it is configured, and whether a shared directory
+//! ([`crate::share`]) is a directory, so that `PUT /fs` refuses a wrong path at once.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -30,6 +31,7 @@ use crate::config::{ConfigError, DEFAULT_CMDLINE, Unsupported};
 use crate::device_manager::{MAX_DEVICES, Slot};
 use crate::memory::PageSize;
 use crate::metrics::ProcessStartup;
+use crate::share::{self, FsSpec};
 
 /// Options of one run that are not part of Firecracker's configuration model.
 #[derive(Debug, Clone)]
@@ -98,6 +100,8 @@ pub struct VmSpec {
     pub entropy: Option<EntropySpec>,
     /// The vsock device, after the entropy device.
     pub vsock: Option<VsockSpec>,
+    /// The shared directories (virtio-fs), after the vsock device.
+    pub shares: Vec<FsSpec>,
     /// The metadata service, when some interfaces reach it (their `mmds` says which).
     pub mmds: Option<MmdsSpec>,
     /// Where the console's output goes: files, `-` for stdout; never empty.
@@ -215,6 +219,7 @@ struct Parts {
     nets: Vec<NetSpec>,
     entropy: Option<EntropySpec>,
     vsock: Option<VsockSpec>,
+    shares: Vec<FsSpec>,
     mmds: Option<MmdsSpec>,
     root: Option<String>,
 }
@@ -228,6 +233,7 @@ impl VmSpec {
             nets,
             entropy,
             vsock,
+            shares,
             mmds,
             root,
         } = Parts::parse(cfg)?;
@@ -249,6 +255,7 @@ impl VmSpec {
             nets,
             entropy,
             vsock,
+            shares,
             mmds,
             serial_out,
             serial_out_max_bytes: opts.serial_out_max_bytes,
@@ -285,6 +292,13 @@ impl VmSpec {
             .chain(nets)
             .chain(self.entropy.iter().map(|e| e.slot))
             .chain(self.vsock.iter().map(|v| v.slot))
+            .chain(self.shares.iter().map(|s| s.slot))
+    }
+
+    /// Whether a device's queues are served by another process (vhost-user), which must be
+    /// able to map guest memory.
+    pub fn has_vhost_user(&self) -> bool {
+        !self.shares.is_empty()
     }
 }
 
@@ -317,7 +331,8 @@ impl Parts {
         let count = cfg.drives.len()
             + cfg.network_interfaces.len()
             + usize::from(cfg.entropy.is_some())
-            + usize::from(cfg.vsock.is_some());
+            + usize::from(cfg.vsock.is_some())
+            + cfg.fs.len();
         if count > MAX_DEVICES {
             return Err(ConfigError::TooManyDevices { count });
         }
@@ -334,11 +349,13 @@ impl Parts {
         });
         let before = drives.len() + nets.len() + usize::from(entropy.is_some());
         let vsock = cfg.vsock.as_ref().map(|v| vsock(v, before)).transpose()?;
+        let shares = share::parse(&cfg.fs, before + usize::from(vsock.is_some()))?;
         Ok(Self {
             drives,
             nets,
             entropy,
             vsock,
+            shares,
             mmds,
             root,
         })

@@ -10,6 +10,11 @@
 //!   while masked; [`NO_VECTOR`] means no interrupt at all.
 //!
 //! Device worker threads call [`VirtioInterrupt::trigger`]: it takes no lock.
+//!
+//! A device whose queues another process serves (vhost-user) gives that process
+//! [`VirtioInterrupt::queue_irqfd`] for each queue and calls
+//! [`VirtioInterrupt::set_raised_by_backend`], as the process raises interrupts by writing the
+//! eventfd and cannot set the ISR status bit.
 
 use std::io;
 use std::sync::Arc;
@@ -52,6 +57,9 @@ pub struct VirtioInterrupt {
     /// The device stopped using a queue it cannot trust (virtio 1.2, 2.1.2: DEVICE_NEEDS_RESET).
     needs_reset: AtomicBool,
     vectors: Option<Vectors>,
+    /// Another process (a vhost-user backend) raises the queues' interrupts by writing their
+    /// eventfds itself, so the used-ring status bit is never set here.
+    raised_by_backend: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -62,6 +70,7 @@ impl VirtioInterrupt {
             irq,
             needs_reset: AtomicBool::new(false),
             vectors: None,
+            raised_by_backend: AtomicBool::new(false),
         }
     }
 
@@ -121,14 +130,50 @@ impl VirtioInterrupt {
         self.irq.write(1)
     }
 
+    /// The queues' interrupts are raised by a backend writing [`VirtioInterrupt::queue_irqfd`]
+    /// directly (vhost-user), which cannot set the status bit. From now on, while the device
+    /// interrupts through its one line (virtio-mmio, or virtio-pci with MSI-X off), the status
+    /// always shows the used-ring bit: Linux's handlers for that line look at the used rings
+    /// only when the bit is set, so without it every interrupt of the backend would be
+    /// dropped. A spurious bit costs the driver a look at rings with nothing new.
+    pub fn set_raised_by_backend(&self) {
+        self.raised_by_backend.store(true, Ordering::Release);
+    }
+
+    /// The eventfd that raises queue `queue`'s interrupt when another process writes it: the
+    /// irqfd of the MSI-X vector the driver assigned to the queue while MSI-X is enabled,
+    /// else the line's irqfd. `None`: the driver wants no interrupt from this queue
+    /// ([`NO_VECTOR`]). Drivers assign vectors before DRIVER_OK, so a device asks on
+    /// activation. Such writes reach KVM without [`Msix`]: a vector masked meanwhile is not
+    /// held pending for them.
+    pub fn queue_irqfd(&self, queue: usize) -> Option<&EventFd> {
+        match self.vectors.as_ref().filter(|v| v.msix.enabled()) {
+            Some(v) => {
+                let vector = v.queues.get(queue)?.load(Ordering::Acquire);
+                v.msix.irq(vector)
+            }
+            None => Some(&self.irq),
+        }
+    }
+
+    /// The used-ring bit a backend's interrupts stand for, while they arrive on the line.
+    fn backend_status(&self) -> u32 {
+        let on_line = self.vectors.as_ref().is_none_or(|v| !v.msix.enabled());
+        if on_line && self.raised_by_backend.load(Ordering::Acquire) {
+            INTERRUPT_USED_RING
+        } else {
+            0
+        }
+    }
+
     /// The interrupt status register.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::Acquire)
+        self.status.load(Ordering::Acquire) | self.backend_status()
     }
 
     /// Reads and clears the interrupt status (the virtio-pci ISR register).
     pub fn take_status(&self) -> u32 {
-        self.status.swap(0, Ordering::AcqRel)
+        self.status.swap(0, Ordering::AcqRel) | self.backend_status()
     }
 
     /// The driver acknowledged `bits`.

@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod chain;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -19,6 +20,7 @@ pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod transport;
+pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
 
@@ -91,6 +93,9 @@ pub enum ActivateError {
     /// A queue's rings lie outside guest memory or are misaligned.
     #[error("queue {0} is not valid (rings outside guest memory or misaligned)")]
     InvalidQueue(usize),
+    /// The process that serves the queues (a vhost-user backend) refused them.
+    #[error("the device's backend cannot take the queues")]
+    Backend(#[source] vhost_user::BackendError),
 }
 
 /// What a device model provides to the transport.

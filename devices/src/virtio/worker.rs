@@ -21,6 +21,9 @@ pub struct Watch {
     pub readable: bool,
     /// Wake when it has room to write.
     pub writable: bool,
+    /// Wake when it reports an error or hang-up, even when neither readiness is wanted (a
+    /// socket that another thread reads, watched only for its peer going away).
+    pub hangup: bool,
 }
 
 impl Watch {
@@ -30,6 +33,17 @@ impl Watch {
             fd,
             readable: true,
             writable: false,
+            hangup: false,
+        }
+    }
+
+    /// A watch for an error or hang-up only.
+    pub fn hangup(fd: RawFd) -> Self {
+        Self {
+            fd,
+            readable: false,
+            writable: false,
+            hangup: true,
         }
     }
 }

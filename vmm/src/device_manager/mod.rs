@@ -20,6 +20,10 @@
 //! woken by its queue's ioeventfd and hands out a bounded amount of randomness per round.
 //! The vsock device's (`ember_vsock`) waits on its receive and transmit queues, its listening
 //! socket and each connection's socket for exactly the readiness the connection can use.
+//! A shared directory's (`ember_fs_<id>`) only watches its vhost-user backend's socket: the
+//! guest and the backend exchange requests without ember, and only when the backend dies does
+//! the thread answer the queues itself (with EIO). The virtiofsd processes ember started are
+//! owned here and stopped when the device manager is dropped.
 //!
 //! It must not decide anything about the configuration ([`crate::spec`] did) nor about the
 //! VM's life ([`crate::lifecycle`], [`crate::controller`]).
@@ -38,6 +42,7 @@ use devices::mmds::{MmdsStack, SharedMmds};
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
 use devices::virtio::block::{Block, Disk, DiskError, Uring};
+use devices::virtio::fs::{Fs, FsError, QUEUES as FS_QUEUES};
 use devices::virtio::mmio::MMIO_WINDOW;
 use devices::virtio::net::{Net, Tap, TapError};
 use devices::virtio::rng::Rng;
@@ -59,9 +64,11 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
+use crate::share::FsSpec;
 use crate::spec::{
     CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VirtioTransport, VmSpec, VsockSpec,
 };
+use crate::virtiofsd::{self, OpenShare, ShareError, Virtiofsd};
 use crate::vm::{Vm, VmError};
 
 mod mmio;
@@ -113,6 +120,24 @@ pub enum DeviceError {
         /// Why binding failed.
         #[source]
         source: std::io::Error,
+    },
+    /// A shared directory's backend cannot be started or reached.
+    #[error("shared directory '{id}'")]
+    Share {
+        /// The fs id.
+        id: String,
+        /// Why.
+        #[source]
+        source: ShareError,
+    },
+    /// A shared directory's device cannot be set up on its backend.
+    #[error("shared directory '{id}'")]
+    Fs {
+        /// The fs id.
+        id: String,
+        /// Why.
+        #[source]
+        source: FsError,
     },
     /// KVM refused an eventfd or irqfd.
     #[error(transparent)]
@@ -185,6 +210,8 @@ pub struct Backends {
     taps: Vec<Tap>,
     /// The vsock device's listening socket, bound at its `uds_path`.
     vsock: Option<UnixListener>,
+    /// Each shared directory's negotiated backend (and the virtiofsd ember started for it).
+    shares: Vec<OpenShare>,
 }
 
 impl Backends {
@@ -206,7 +233,22 @@ impl Backends {
             })
             .collect::<Result<_, _>>()?;
         let vsock = spec.vsock.as_ref().map(listen_vsock).transpose()?;
-        Ok(Self { disks, taps, vsock })
+        let shares = spec
+            .shares
+            .iter()
+            .map(|s| {
+                virtiofsd::open(s).map_err(|source| DeviceError::Share {
+                    id: s.id.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            disks,
+            taps,
+            vsock,
+            shares,
+        })
     }
 }
 
@@ -289,6 +331,8 @@ pub struct DeviceManager {
     sources: Vec<(String, Source)>,
     /// The PCI bus while virtio devices are added on it (`--enable-pci`).
     pci: Option<pci::PciDevices>,
+    /// The virtiofsd processes ember started; dropped (stopped) after the I/O threads.
+    daemons: Vec<Virtiofsd>,
 }
 
 impl DeviceManager {
@@ -347,6 +391,7 @@ impl DeviceManager {
             net_limiters: Vec::new(),
             sources: Vec::new(),
             pci: None,
+            daemons: Vec::new(),
         })
     }
 
@@ -385,6 +430,9 @@ impl DeviceManager {
         }
         if let (Some(vsock), Some(listener)) = (&spec.vsock, backends.vsock) {
             self.add_vsock(vm, mem, vsock, listener)?;
+        }
+        for (share, open) in spec.shares.iter().zip(backends.shares) {
+            self.add_fs(vm, mem, share, open)?;
         }
         if let Some(pci) = self.pci.take() {
             pci.finish(&mut self.pio, &mut self.mmio)?;
@@ -499,6 +547,39 @@ impl DeviceManager {
         })?;
         let server = lock(&vsock).device().server();
         self.sources.push(("vsock".into(), Source::Vsock(server)));
+        Ok(())
+    }
+
+    /// A shared directory: its queues go to the backend on activation; its worker only
+    /// watches the backend (see `devices::virtio::fs`).
+    fn add_fs(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        spec: &FsSpec,
+        open: OpenShare,
+    ) -> Result<(), DeviceError> {
+        let OpenShare { backend, daemon } = open;
+        // Kept before anything can fail, so that it is stopped on every path.
+        self.daemons.extend(daemon);
+        let name = format!("ember_fs_{}", spec.id);
+        let queues = FS_QUEUES as u32;
+        self.attach(vm, mem, spec.slot, name, queues, |interrupt, queues| {
+            let kicks = queues
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<_, _>>()
+                .map_err(host("events"))?;
+            let fs =
+                Fs::new(&spec.tag, backend, mem.clone(), interrupt, kicks).map_err(|source| {
+                    DeviceError::Fs {
+                        id: spec.id.clone(),
+                        source,
+                    }
+                })?;
+            let monitor = fs.monitor().map_err(host("events"))?;
+            Ok((fs, monitor))
+        })?;
         Ok(())
     }
 

@@ -241,6 +241,7 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
                 fd: backend,
                 readable: want.readable,
                 writable: want.writable,
+                hangup: false,
             },
         ]);
         // A direction without a limiter has a watch that waits for nothing.
@@ -248,11 +249,13 @@ impl<B: Backend + AsRawFd> IoHandler for NetHandler<B> {
             fd: l.as_ref().map_or(-1, |l| l.timer_fd()),
             readable: l.is_some(),
             writable: false,
+            hangup: false,
         }));
         watches.push(Watch {
             fd: self.mmds_timer.unwrap_or(-1),
             readable: self.mmds_timer.is_some(),
             writable: false,
+            hangup: false,
         });
     }
 

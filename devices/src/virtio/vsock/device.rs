@@ -215,6 +215,7 @@ impl IoHandler for VsockServer {
                 fd,
                 readable,
                 writable,
+                hangup: false,
             });
         }
     }
