@@ -339,27 +339,11 @@ impl Rig {
         }
         let start = thread_cpu_exact();
         self.server.interest(&mut self.watches);
-        let mut fds: Vec<libc::pollfd> = self
-            .watches
-            .iter()
-            .map(|w| libc::pollfd {
-                fd: w.fd,
-                events: if w.readable { libc::POLLIN } else { 0 }
-                    | if w.writable { libc::POLLOUT } else { 0 },
-                revents: 0,
-            })
-            .collect();
+        let mut fds: Vec<libc::pollfd> = self.watches.iter().map(Watch::pollfd).collect();
         let timeout = if self.more { 0 } else { wait_ms };
         // SAFETY: `fds` is a valid array of pollfds of that length.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        let ready: Vec<Ready> = fds
-            .iter()
-            .map(|p| Ready {
-                readable: p.revents & libc::POLLIN != 0,
-                writable: p.revents & libc::POLLOUT != 0,
-                failed: p.revents & (libc::POLLERR | libc::POLLHUP) != 0,
-            })
-            .collect();
+        let ready: Vec<Ready> = fds.iter().map(|p| Ready::from_revents(p.revents)).collect();
         self.more = self.server.ready(&ready);
         self.cpu += thread_cpu_exact() - start;
     }

@@ -49,7 +49,7 @@ fn run<H: IoHandler>(mut handler: H, stop: &EventFd, gate: &PauseGate) {
         fds.clear();
         fds.push(pollfd(stop.as_raw_fd(), libc::POLLIN));
         fds.push(pollfd(gate.fd(), libc::POLLIN));
-        fds.extend(watches.iter().map(watch_pollfd));
+        fds.extend(watches.iter().map(Watch::pollfd));
         if let Err(err) = poll(&mut fds, if more { 0 } else { -1 }) {
             let name = std::thread::current().name().unwrap_or("?").to_owned();
             warn!("{name}: the I/O thread stops: {err}");
@@ -65,28 +65,13 @@ fn run<H: IoHandler>(mut handler: H, stop: &EventFd, gate: &PauseGate) {
             continue;
         }
         ready.clear();
-        ready.extend(fds[FIRST_WATCH..].iter().map(|fd| Ready {
-            readable: fd.revents & libc::POLLIN != 0,
-            writable: fd.revents & libc::POLLOUT != 0,
-            failed: fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
-        }));
+        ready.extend(
+            fds[FIRST_WATCH..]
+                .iter()
+                .map(|fd| Ready::from_revents(fd.revents)),
+        );
         more = handler.ready(&ready);
     }
-}
-
-/// A watch as a pollfd. A watch that wants nothing (not even hang-ups) gets a negative
-/// descriptor, which poll skips: its descriptor is not watched at all this round.
-fn watch_pollfd(watch: &Watch) -> libc::pollfd {
-    let mut events = 0;
-    if watch.readable {
-        events |= libc::POLLIN;
-    }
-    if watch.writable {
-        events |= libc::POLLOUT;
-    }
-    // poll reports errors and hang-ups whatever the events asked for.
-    let skip = events == 0 && !watch.hangup;
-    pollfd(if skip { -1 } else { watch.fd }, events)
 }
 
 #[cfg(test)]

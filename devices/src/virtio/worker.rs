@@ -27,6 +27,25 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// The watch as a `pollfd`. A watch that wants nothing (not even hang-ups) gets a
+    /// negative descriptor, which poll skips: its descriptor is not watched this round.
+    pub fn pollfd(&self) -> libc::pollfd {
+        let mut events = 0;
+        if self.readable {
+            events |= libc::POLLIN;
+        }
+        if self.writable {
+            events |= libc::POLLOUT;
+        }
+        // poll reports errors and hang-ups whatever the events asked for.
+        let skip = events == 0 && !self.hangup;
+        libc::pollfd {
+            fd: if skip { -1 } else { self.fd },
+            events,
+            revents: 0,
+        }
+    }
+
     /// A watch for readability (an eventfd's count, a frame to read).
     pub fn readable(fd: RawFd) -> Self {
         Self {
@@ -60,6 +79,15 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// What `poll(2)` reported in a watch's `revents`.
+    pub fn from_revents(revents: libc::c_short) -> Self {
+        Self {
+            readable: revents & libc::POLLIN != 0,
+            writable: revents & libc::POLLOUT != 0,
+            failed: revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0,
+        }
+    }
+
     /// Whether anything at all happened on it.
     pub fn any(&self) -> bool {
         self.readable || self.writable || self.failed

@@ -13,7 +13,7 @@ use super::device::{Vsock, VsockServer};
 use super::muxer::{BUF_ALLOC, MAX_CONNECTIONS, MAX_RESETS};
 use super::packet::{HDR_LEN, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use crate::virtio::testing::Driver;
-use crate::virtio::worker::{IoHandler, Ready};
+use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{VirtioDevice, VirtioInterrupt};
 
 const GUEST_CID: u64 = 3;
@@ -106,25 +106,10 @@ impl Rig {
         let mut watches = Vec::new();
         for _ in 0..50 {
             self.server.interest(&mut watches);
-            let mut fds: Vec<libc::pollfd> = watches
-                .iter()
-                .map(|w| libc::pollfd {
-                    fd: w.fd,
-                    events: if w.readable { libc::POLLIN } else { 0 }
-                        | if w.writable { libc::POLLOUT } else { 0 },
-                    revents: 0,
-                })
-                .collect();
+            let mut fds: Vec<libc::pollfd> = watches.iter().map(Watch::pollfd).collect();
             // SAFETY: `fds` is a valid array of pollfds of that length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
-            let ready: Vec<Ready> = fds
-                .iter()
-                .map(|p| Ready {
-                    readable: p.revents & libc::POLLIN != 0,
-                    writable: p.revents & libc::POLLOUT != 0,
-                    failed: p.revents & (libc::POLLERR | libc::POLLHUP) != 0,
-                })
-                .collect();
+            let ready: Vec<Ready> = fds.iter().map(|p| Ready::from_revents(p.revents)).collect();
             let more = self.server.ready(&ready);
             if n == 0 && !more {
                 return;
