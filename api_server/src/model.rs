@@ -144,13 +144,15 @@ impl Default for MachineConfig {
     }
 }
 
-/// One entry of `drives`: a virtio-blk disk backed by a host file.
+/// One entry of `drives`: a virtio-blk disk backed by a host file (`path_on_host`) or served by
+/// a vhost-user-blk backend (`socket`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
     /// Unique id; also the disk's serial number (GET_ID).
     pub drive_id: String,
-    /// Host path of the raw disk image.
+    /// Host path of the raw disk image; empty (absent) for a `socket` drive.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path_on_host: String,
     /// The guest mounts this disk as its root filesystem.
     pub is_root_device: bool,
@@ -169,7 +171,7 @@ pub struct Drive {
     /// Limits on the guest's requests to this drive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
-    /// vhost-user socket; not implemented by ember.
+    /// The socket of a vhost-user-blk backend that serves the disk, instead of an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
 }

@@ -118,15 +118,17 @@ pub struct VmArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEM_SIZE_MIB, requires = "kernel")]
     pub memory: usize,
-    /// A virtio-blk disk on a raw image: PATH[,ro][,root][,async][,id=NAME]. Repeatable.
+    /// A virtio-blk disk on a raw image: PATH[,ro][,root][,async][,id=NAME], or served by a
+    /// vhost-user-blk backend: socket=PATH[,root][,id=NAME]. Repeatable.
     ///
     /// `ro` read-only; `root` the root device (/dev/vda; `root=/dev/vda rw` or `ro` is added to
     /// the kernel command line); `async` the Async I/O engine (io_uring, many requests in
     /// flight; Firecracker's `io_engine`); `id=NAME` its drive id and serial number (default
-    /// diskN).
+    /// diskN). `socket=PATH` is the Unix socket a vhost-user-blk backend (such as
+    /// qemu-storage-daemon) listens on; ember reconnects if the backend restarts there.
     #[arg(
         long,
-        value_name = "PATH[,ro][,root][,async][,id=NAME]",
+        value_name = "PATH|socket=PATH[,ro][,root][,async][,id=NAME]",
         requires = "kernel"
     )]
     pub disk: Vec<String>,
@@ -317,7 +319,7 @@ pub fn parse_vsock(arg: &str) -> Result<VsockConfig, ArgError> {
     })
 }
 
-/// Parses `PATH[,ro][,root][,async][,id=NAME]`; `index` numbers disks without an id.
+/// Parses `PATH[,ro][,root][,async][,id=NAME]` (PATH may be `socket=SOCKET`); `index` numbers disks without an id.
 pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, ArgError> {
     let mut parts = arg.split(',');
     let path = parts
@@ -326,9 +328,12 @@ pub fn parse_disk(arg: &str, index: usize) -> Result<Drive, ArgError> {
         .ok_or_else(|| ArgError::NoPath(arg.into()))?;
     let mut drive = Drive {
         drive_id: format!("disk{index}"),
-        path_on_host: path.into(),
         ..Default::default()
     };
+    match path.strip_prefix("socket=") {
+        Some(socket) => drive.socket = Some(socket.into()),
+        None => drive.path_on_host = path.into(),
+    }
     for option in parts {
         match option {
             "ro" => drive.is_read_only = true,

@@ -99,6 +99,23 @@ pub enum ConfigError {
     /// Two drives share an id.
     #[error("two drives have the id '{0}'; drive ids must be unique")]
     DuplicateDrive(String),
+    /// A drive with neither an image nor a backend.
+    #[error(
+        "drive '{0}': set path_on_host (a disk image) or socket (a vhost-user-blk backend's \
+         socket)"
+    )]
+    NoDriveBacking(String),
+    /// A vhost-user-blk drive with a setting only an image drive has.
+    #[error(
+        "drive '{id}': {field} cannot be used with socket (the vhost-user-blk backend serves \
+         the disk); remove one of them"
+    )]
+    SocketWith {
+        /// The drive id.
+        id: String,
+        /// The image drive's setting.
+        field: &'static str,
+    },
     /// More than one root drive.
     #[error("drives '{0}' and '{1}' are both root devices; only one can be")]
     TwoRoots(String, String),

@@ -13,11 +13,13 @@
 //! messages. This module must not build devices or touch KVM: it acts on the handles the boot
 //! gives it.
 
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api_server::model::{BootSource, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig};
+use api_server::model::{
+    BootSource, Drive, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig};
 use api_server::request::{
     Fault, MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
 };
@@ -35,7 +37,7 @@ use crate::config::ConfigError;
 use crate::device_manager::{self, DeviceControls, DeviceError};
 use crate::logger::{self, LoggerError};
 use crate::metrics::{self, Metrics, MetricsError};
-use crate::spec::{self, RunOptions, VmSpec};
+use crate::spec::{self, DriveBacking, RunOptions, VmSpec};
 use crate::vcpu::VcpuHandle;
 
 /// How long a pause may take for every vCPU to leave the guest and every device thread to
@@ -79,6 +81,26 @@ pub enum ActionError {
     /// No drive has this id.
     #[error("There is no drive '{0}'.")]
     NoDrive(String),
+    /// A vhost-user-blk drive's socket is not there.
+    #[error(
+        "drive '{id}': cannot use the vhost-user-blk socket '{path}' (start its backend first, \
+         listening there)"
+    )]
+    DriveSocket {
+        /// The drive.
+        id: String,
+        /// The socket path.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// `PATCH /drives` cannot change a vhost-user-blk drive.
+    #[error(
+        "drive '{0}' is served by a vhost-user-blk backend; its backend, not ember, decides its \
+         disk and rate"
+    )]
+    PatchVhostDrive(String),
     /// The kernel cannot be read (Firecracker's message).
     #[error("The kernel file cannot be opened: {0}")]
     KernelFile(#[source] HostFileError),
@@ -250,16 +272,7 @@ impl Lifecycle {
             }
             VmmAction::PutDrive(drive) => {
                 self.not_started()?;
-                // Firecracker opens the image at PUT time, so a wrong path fails here.
-                let image = Use::Disk {
-                    read_only: drive.is_read_only,
-                };
-                host_file::open(Path::new(&drive.path_on_host), image).map_err(|source| {
-                    ActionError::DriveFile {
-                        id: drive.drive_id.clone(),
-                        source,
-                    }
-                })?;
+                check_drive(&drive)?;
                 self.configure(|c| {
                     let id = drive.drive_id.clone();
                     upsert(&mut c.drives, drive, |d| d.drive_id == id);
@@ -347,6 +360,12 @@ impl Lifecycle {
         let id = patch.drive_id;
         let vm = self.vm.as_mut().ok_or(ActionError::NotBeforeStart)?;
         let drive = vm.spec.drives.iter_mut().find(|d| d.id == id);
+        if drive
+            .as_ref()
+            .is_some_and(|d| matches!(d.backing, DriveBacking::VhostUser(_)))
+        {
+            return Err(ActionError::PatchVhostDrive(id));
+        }
         let limiter = vm.devices.drive_limiters.iter().find(|(d, _)| *d == id);
         let config = self.cfg.drives.iter_mut().find(|d| d.drive_id == id);
         let (Some(drive), Some((_, limiter)), Some(config)) = (drive, limiter, config) else {
@@ -357,8 +376,8 @@ impl Lifecycle {
                 return Err(ActionError::NoDrive(id));
             };
             let mut next = drive.clone();
-            next.path = path.clone().into();
-            let disk = device_manager::open_disk(&next)?;
+            next.backing = DriveBacking::Image(path.clone().into());
+            let disk = device_manager::open_disk(&next, Path::new(&path))?;
             let mut transport = lock(block);
             transport.device_mut().swap_disk(disk);
             transport.config_changed();
@@ -455,6 +474,42 @@ impl RunningVm {
             return Err(ActionError::PauseTimeout);
         }
         Ok(())
+    }
+}
+
+/// Firecracker opens a drive's image at `PUT /drives`, so a wrong path fails there; likewise a
+/// vhost-user-blk drive's socket must exist (ember connects to it at InstanceStart). A drive
+/// with both or neither is left to the spec, which names the problem.
+fn check_drive(drive: &Drive) -> Result<(), ActionError> {
+    let socket = drive.socket.as_deref().filter(|s| !s.is_empty());
+    match (socket, drive.path_on_host.is_empty()) {
+        (Some(socket), true) => {
+            let is_socket = std::fs::metadata(socket).and_then(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                if m.file_type().is_socket() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other("not a socket"))
+                }
+            });
+            is_socket.map_err(|source| ActionError::DriveSocket {
+                id: drive.drive_id.clone(),
+                path: socket.into(),
+                source,
+            })
+        }
+        (None, false) => {
+            let image = Use::Disk {
+                read_only: drive.is_read_only,
+            };
+            host_file::open(Path::new(&drive.path_on_host), image)
+                .map(drop)
+                .map_err(|source| ActionError::DriveFile {
+                    id: drive.drive_id.clone(),
+                    source,
+                })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -141,13 +141,23 @@ pub enum IoEngine {
     Async,
 }
 
+/// What serves a drive's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriveBacking {
+    /// ember, on this raw image file.
+    Image(PathBuf),
+    /// A vhost-user-blk backend listening on this socket (Firecracker's `socket`); the
+    /// backend decides everything an image drive's other settings would.
+    VhostUser(PathBuf),
+}
+
 /// One virtio-blk drive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DriveSpec {
     /// Its id, also its serial number.
     pub id: String,
-    /// The image.
-    pub path: PathBuf,
+    /// The image or backend.
+    pub backing: DriveBacking,
     /// The guest may not write.
     pub read_only: bool,
     /// Flush semantics.
@@ -298,7 +308,8 @@ impl VmSpec {
     /// Whether a device's queues are served by another process (vhost-user), which must be
     /// able to map guest memory.
     pub fn has_vhost_user(&self) -> bool {
-        !self.shares.is_empty()
+        let vhost_drive = |d: &DriveSpec| matches!(d.backing, DriveBacking::VhostUser(_));
+        !self.shares.is_empty() || self.drives.iter().any(vhost_drive)
     }
 }
 
@@ -451,11 +462,6 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
                 cache.filter(|c| !["Unsafe", "Writeback"].contains(c)),
                 "\"Unsafe\" or \"Writeback\"",
             ),
-            (
-                "socket",
-                d.socket.as_deref(),
-                "none: vhost-user is not implemented",
-            ),
         ];
         found.extend(checks.into_iter().filter_map(|(field, value, only)| {
             value.map(|value| Unsupported::Value {
@@ -549,6 +555,31 @@ fn io_engine(d: &Drive, probe: fn() -> io::Result<()>) -> Result<IoEngine, Confi
     }
 }
 
+/// What serves drive `d`: an image or a vhost-user-blk backend, never both; the image drive's
+/// own settings are refused with a socket.
+fn backing(d: &Drive) -> Result<DriveBacking, ConfigError> {
+    let socket = d.socket.as_deref().filter(|s| !s.is_empty());
+    let Some(socket) = socket else {
+        if d.path_on_host.is_empty() {
+            return Err(ConfigError::NoDriveBacking(d.drive_id.clone()));
+        }
+        return Ok(DriveBacking::Image(d.path_on_host.clone().into()));
+    };
+    let image_only = [
+        ("path_on_host", !d.path_on_host.is_empty()),
+        ("is_read_only", d.is_read_only),
+        ("io_engine", d.io_engine.is_some()),
+        ("rate_limiter", d.rate_limiter.is_some()),
+    ];
+    if let Some((field, _)) = image_only.into_iter().find(|(_, set)| *set) {
+        return Err(ConfigError::SocketWith {
+            id: d.drive_id.clone(),
+            field,
+        });
+    }
+    Ok(DriveBacking::VhostUser(socket.into()))
+}
+
 /// The drives in guest order (the root drive first, as Firecracker does, so it is /dev/vda),
 /// with their slots; and the `root=` parameter when one is the root device. `probe` tells
 /// whether the host can run the Async engine.
@@ -581,7 +612,7 @@ fn drives(
         .map(|(i, d)| {
             Ok(DriveSpec {
                 id: d.drive_id.clone(),
-                path: d.path_on_host.clone().into(),
+                backing: backing(d)?,
                 read_only: d.is_read_only,
                 cache: match d.cache_type.as_deref() {
                     Some("Unsafe") => CacheType::Unsafe,

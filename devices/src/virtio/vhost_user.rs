@@ -85,6 +85,15 @@ pub enum BackendError {
     /// A ring address lies outside guest memory.
     #[error("queue {0}'s rings lie outside guest memory")]
     RingAddress(usize),
+    /// The backend hung up and no new one is connected.
+    #[error("the vhost-user backend is gone (it hung up)")]
+    Gone,
+    /// A restarted backend lacks features the driver negotiated with the one before.
+    #[error("the vhost-user backend no longer offers the negotiated features {0:#x}")]
+    FewerFeatures(u64),
+    /// The backend's socket cannot be duplicated for watching.
+    #[error("cannot watch the vhost-user backend's socket")]
+    Socket(#[source] std::io::Error),
     /// More queues than the device declared, or not one kick and one call event per queue.
     #[error("{queues} queues ({max} at most) but {kicks} kick and {calls} call events")]
     Events {
@@ -288,6 +297,8 @@ fn memory_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>,
         })
         .collect()
 }
+
+pub mod device;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -30,7 +30,7 @@
 
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -41,11 +41,13 @@ use devices::legacy::{
 use devices::mmds::{MmdsStack, SharedMmds};
 use devices::rate_limiter::{LimiterConfig, RateLimiter};
 use devices::sync::lock;
-use devices::virtio::block::{Block, Disk, DiskError, Uring};
+use devices::virtio::block::vhost::VhostBlockError;
+use devices::virtio::block::{Block, Disk, DiskError, Uring, VhostBlock};
 use devices::virtio::fs::{Fs, FsError, QUEUES as FS_QUEUES};
 use devices::virtio::mmio::MMIO_WINDOW;
 use devices::virtio::net::{Net, Tap, TapError};
 use devices::virtio::rng::Rng;
+use devices::virtio::vhost_user::Backend;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::worker::IoHandler;
 use devices::virtio::{Transport, VirtioDevice, VirtioInterrupt};
@@ -64,9 +66,9 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
-use crate::share::FsSpec;
+use crate::share::{FsBackend, FsSpec};
 use crate::spec::{
-    CacheType, DriveSpec, EntropySpec, IoEngine, NetSpec, VirtioTransport, VmSpec, VsockSpec,
+    CacheType, DriveBacking, DriveSpec, EntropySpec, IoEngine, NetSpec, VirtioTransport, VmSpec, VsockSpec,
 };
 use crate::virtiofsd::{self, OpenShare, ShareError, Virtiofsd};
 use crate::vm::{Vm, VmError};
@@ -120,6 +122,15 @@ pub enum DeviceError {
         /// Why binding failed.
         #[source]
         source: std::io::Error,
+    },
+    /// A vhost-user-blk drive's backend cannot be reached or set up.
+    #[error("drive '{id}'")]
+    VhostDrive {
+        /// The drive id.
+        id: String,
+        /// Why.
+        #[source]
+        source: VhostBlockError,
     },
     /// A shared directory's backend cannot be started or reached.
     #[error("shared directory '{id}'")]
@@ -205,8 +216,8 @@ impl Slot {
 /// The host side of the devices: images and TAPs, opened before KVM is touched so that a bad
 /// image or a busy TAP is the error a user sees first.
 pub struct Backends {
-    /// Each drive's image, and its io_uring for the Async engine.
-    disks: Vec<(Disk, Option<Uring>)>,
+    /// Each drive's image and its io_uring for the Async engine, or its vhost-user backend.
+    disks: Vec<OpenDrive>,
     taps: Vec<Tap>,
     /// The vsock device's listening socket, bound at its `uds_path`.
     vsock: Option<UnixListener>,
@@ -220,7 +231,7 @@ impl Backends {
         let disks = spec
             .drives
             .iter()
-            .map(|d| Ok((open_disk(d)?, open_engine(d)?)))
+            .map(open_drive)
             .collect::<Result<_, DeviceError>>()?;
         let taps = spec
             .nets
@@ -264,10 +275,32 @@ fn listen_vsock(spec: &VsockSpec) -> Result<UnixListener, DeviceError> {
     Ok(listener)
 }
 
-/// Opens `drive`'s image as its spec says (also a running VM's new image, `PATCH /drives`).
-pub fn open_disk(drive: &DriveSpec) -> Result<Disk, DeviceError> {
+/// A drive's host side: its image, or the connection to its vhost-user-blk backend.
+enum OpenDrive {
+    Image(Disk, Option<Uring>),
+    VhostUser(Backend),
+}
+
+fn open_drive(drive: &DriveSpec) -> Result<OpenDrive, DeviceError> {
+    match &drive.backing {
+        DriveBacking::Image(path) => Ok(OpenDrive::Image(
+            open_disk(drive, path)?,
+            open_engine(drive)?,
+        )),
+        DriveBacking::VhostUser(path) => Backend::connect(path, 1)
+            .map(OpenDrive::VhostUser)
+            .map_err(|source| DeviceError::VhostDrive {
+                id: drive.id.clone(),
+                source: source.into(),
+            }),
+    }
+}
+
+/// Opens the image at `path` as `drive`'s spec says (also a running VM's new image,
+/// `PATCH /drives`).
+pub fn open_disk(drive: &DriveSpec, path: &Path) -> Result<Disk, DeviceError> {
     let writeback = drive.cache == CacheType::Writeback;
-    Disk::open(&drive.path, drive.read_only, writeback).map_err(|source| DeviceError::Drive {
+    Disk::open(path, drive.read_only, writeback).map_err(|source| DeviceError::Drive {
         id: drive.id.clone(),
         source,
     })
@@ -410,8 +443,11 @@ impl DeviceManager {
             let mem_bytes = (spec.mem_mib as u64) << 20;
             self.pci = Some(pci::PciDevices::new(vm, mem_bytes));
         }
-        for (drive, (disk, ring)) in spec.drives.iter().zip(backends.disks) {
-            self.add_block(vm, mem, drive, disk, ring)?;
+        for (drive, open) in spec.drives.iter().zip(backends.disks) {
+            match open {
+                OpenDrive::Image(disk, ring) => self.add_block(vm, mem, drive, disk, ring)?,
+                OpenDrive::VhostUser(backend) => self.add_vhost_block(vm, mem, drive, backend)?,
+            }
         }
         if let Some(m) = &spec.mmds {
             lock(mmds).configure(m.version, m.imds_compat);
@@ -464,6 +500,34 @@ impl DeviceManager {
         let server = lock(&block).device().queue_server();
         self.sources.push((id.clone(), Source::Block(server)));
         self.blocks.push((id, block));
+        Ok(())
+    }
+
+    /// A vhost-user-blk drive: its queue goes to the backend on activation; its worker only
+    /// watches the backend and reconnects to a restarted one.
+    fn add_vhost_block(
+        &mut self,
+        vm: &Vm,
+        mem: &GuestMemoryMmap,
+        drive: &DriveSpec,
+        backend: Backend,
+    ) -> Result<(), DeviceError> {
+        let name = format!("ember_blk_{}", drive.id);
+        let path = match &drive.backing {
+            DriveBacking::VhostUser(path) => Some(path.clone()),
+            DriveBacking::Image(_) => None,
+        };
+        self.attach(vm, mem, drive.slot, name, 1, |interrupt, queues| {
+            let kick = queues[0].try_clone().map_err(host("events"))?;
+            let err = |source| DeviceError::VhostDrive {
+                id: drive.id.clone(),
+                source,
+            };
+            let block = VhostBlock::new(&drive.id, backend, path, mem.clone(), interrupt, kick)
+                .map_err(err)?;
+            let monitor = block.monitor().map_err(host("events"))?;
+            Ok((block, monitor))
+        })?;
         Ok(())
     }
 
@@ -560,6 +624,11 @@ impl DeviceManager {
         open: OpenShare,
     ) -> Result<(), DeviceError> {
         let OpenShare { backend, daemon } = open;
+        // Only a backend someone else runs can come back; ember's own virtiofsd does not.
+        let path = match &spec.backend {
+            FsBackend::Socket(path) => Some(path.clone()),
+            FsBackend::Virtiofsd { .. } => None,
+        };
         // Kept before anything can fail, so that it is stopped on every path.
         self.daemons.extend(daemon);
         let name = format!("ember_fs_{}", spec.id);
@@ -570,13 +639,12 @@ impl DeviceManager {
                 .map(EventFd::try_clone)
                 .collect::<Result<_, _>>()
                 .map_err(host("events"))?;
-            let fs =
-                Fs::new(&spec.tag, backend, mem.clone(), interrupt, kicks).map_err(|source| {
-                    DeviceError::Fs {
-                        id: spec.id.clone(),
-                        source,
-                    }
-                })?;
+            let fs = Fs::new(&spec.tag, backend, path, mem.clone(), interrupt, kicks).map_err(
+                |source| DeviceError::Fs {
+                    id: spec.id.clone(),
+                    source,
+                },
+            )?;
             let monitor = fs.monitor().map_err(host("events"))?;
             Ok((fs, monitor))
         })?;

@@ -5,15 +5,18 @@
 //! [`request`] turns a descriptor chain into a request and checks everything the guest
 //! controls; [`device::Block`] is the virtio device that serves the queue, executing requests
 //! on its thread (the Sync engine) or through [`uring::Uring`] (the Async engine, io_uring).
+//! [`vhost::VhostBlock`] is the vhost-user-blk device, whose queue another process serves.
 
 pub mod device;
 pub mod disk;
 pub mod request;
 pub mod uring;
+pub mod vhost;
 
 pub use device::{Block, BlockStats};
 pub use disk::{Disk, DiskError};
 pub use uring::Uring;
+pub use vhost::VhostBlock;
 
 /// The virtio device id of a block device.
 pub const DEVICE_TYPE_BLOCK: u32 = 2;

@@ -11,25 +11,26 @@
 //! interrupt knows that the backend raises it (see
 //! [`VirtioInterrupt::set_raised_by_backend`]).
 //!
-//! [`Monitor`] is the device's I/O handler: it only watches the backend's socket for a
+//! Its I/O handler is the link's [`Monitor`]: it only watches the backend's socket for a
 //! hang-up. When the backend dies, ember takes the queues over and answers every request,
 //! pending and new, with EIO ([`fallback`]), so the guest's calls on the share fail instead of
-//! hanging, and nothing else in the VM is affected.
+//! hanging, and nothing else in the VM is affected. For a backend reached by `socket=`, ember
+//! connects again once a new one listens there and hands it the queues (see
+//! [`super::vhost_user::device`]); the new virtiofsd knows none of the guest's open files, so
+//! the share answers again but the guest may have to mount it anew.
 
 mod fallback;
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use log::{error, warn};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::vhost_user::device::{Link, Monitor, Orphan};
 use super::vhost_user::{Backend, BackendError};
-use super::worker::{IoHandler, Ready, Watch};
 use super::{ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
-use crate::sync::lock;
 
 /// The virtio device id of a file system device.
 pub const VIRTIO_ID_FS: u32 = 26;
@@ -78,36 +79,21 @@ pub fn valid_tag(tag: &str) -> bool {
     (1..=TAG_MAX).contains(&tag.len()) && !tag.contains('\0')
 }
 
-/// What the device and its monitor share: the queues the backend serves, so that ember can
-/// take them over when it dies.
-#[derive(Default)]
-struct Shared {
-    /// The active queues as the driver set them up, and the negotiated features.
-    active: Option<(Vec<Queue>, u64)>,
-    /// The backend hung up.
-    dead: bool,
-}
-
 /// A virtio-fs device whose queues a vhost-user backend serves.
 pub struct Fs {
-    tag: String,
-    backend: Backend,
+    link: Link,
     config: [u8; CONFIG_LEN],
     features: u64,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
-    kicks: Vec<EventFd>,
-    /// The call fd of a queue the driver wants no interrupt from: nothing reads it.
-    muted: EventFd,
-    shared: Arc<Mutex<Shared>>,
 }
 
 impl Fs {
     /// The device for the share `tag` served by `backend`; `kicks` are its queues' ioeventfds
     /// and `interrupt` its interrupt, whose eventfds are handed to the backend on activation.
+    /// `path` is the backend's socket when ember may reconnect to a restarted backend there.
     pub fn new(
         tag: &str,
         mut backend: Backend,
+        path: Option<PathBuf>,
         mem: GuestMemoryMmap,
         interrupt: Arc<VirtioInterrupt>,
         kicks: Vec<EventFd>,
@@ -121,38 +107,20 @@ impl Fs {
         if let Some(theirs) = backend.config(CONFIG_LEN as u32)? {
             check_backend_config(tag, &theirs)?;
         }
-        interrupt.set_raised_by_backend();
         let features =
             (backend.device_features() & !VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_F_VERSION_1);
+        let name = format!("virtio-fs '{tag}'");
+        let link = Link::new(name, backend, path, mem, interrupt, kicks).map_err(FsError::Event)?;
         Ok(Self {
-            tag: tag.into(),
-            backend,
+            link,
             config,
             features,
-            mem,
-            interrupt,
-            kicks,
-            muted: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::Event)?,
-            shared: Arc::default(),
         })
     }
 
     /// The device's I/O handler, which watches the backend (see [`Monitor`]).
-    pub fn monitor(&self) -> Result<Monitor, std::io::Error> {
-        let socket = dup_fd(self.backend.socket_fd())?;
-        let kicks = self
-            .kicks
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<_, _>>()?;
-        Ok(Monitor {
-            tag: self.tag.clone(),
-            socket,
-            shared: self.shared.clone(),
-            mem: self.mem.clone(),
-            interrupt: self.interrupt.clone(),
-            kicks,
-        })
+    pub fn monitor(&self) -> Result<Monitor<AnswerEio>, std::io::Error> {
+        self.link.monitor(AnswerEio)
     }
 }
 
@@ -172,13 +140,6 @@ fn check_backend_config(tag: &str, theirs: &[u8]) -> Result<(), FsError> {
         Some(n) if n >= 1 => Ok(()),
         _ => Err(FsError::BadConfig),
     }
-}
-
-/// A duplicate of `fd`, owned.
-fn dup_fd(fd: std::os::fd::RawFd) -> Result<OwnedFd, std::io::Error> {
-    // SAFETY: the backend keeps `fd` open for as long as this borrow lasts.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    borrowed.try_clone_to_owned()
 }
 
 impl VirtioDevice for Fs {
@@ -203,105 +164,34 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
-        let mut shared = lock(&self.shared);
-        if shared.dead {
-            warn!(
-                "virtio-fs '{}': the backend is gone; the share stays unusable",
-                self.tag
-            );
-        }
-        let calls: Vec<&EventFd> = (0..queues.len())
-            .map(|q| self.interrupt.queue_irqfd(q).unwrap_or(&self.muted))
-            .collect();
-        self.backend
-            .activate(&self.mem, features, &queues, &self.kicks, &calls)
-            .map_err(ActivateError::Backend)?;
-        shared.active = Some((queues, features));
-        Ok(())
+        self.link.activate(queues, features)
     }
 
     fn reset(&mut self) {
-        let mut shared = lock(&self.shared);
-        shared.active = None;
-        if shared.dead {
-            return;
-        }
-        if let Err(err) = self.backend.reset() {
-            warn!("virtio-fs '{}': cannot reset the backend: {err}", self.tag);
-        }
+        self.link.reset();
     }
 }
 
-/// Watches a virtio-fs backend's socket; once it hangs up, answers the queues itself with EIO
-/// (woken by the queues' ioeventfds, which only ember reads from then on).
-pub struct Monitor {
-    tag: String,
-    socket: OwnedFd,
-    shared: Arc<Mutex<Shared>>,
-    mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
-    kicks: Vec<EventFd>,
-}
+/// While no backend serves the share, ember answers every request itself with EIO (woken by
+/// the queues' ioeventfds, which only ember reads from then on).
+pub struct AnswerEio;
 
-impl Monitor {
-    fn dead(&self) -> bool {
-        lock(&self.shared).dead
+impl Orphan for AnswerEio {
+    fn serves(&self) -> bool {
+        true
     }
 
-    /// The backend hung up: take the queues over, from the last request it completed.
-    fn backend_died(&mut self) {
-        let mut shared = lock(&self.shared);
-        shared.dead = true;
-        error!(
-            "virtio-fs '{}': the vhost-user backend (virtiofsd) hung up; the guest's requests \
-             on this share now fail with EIO",
-            self.tag
-        );
-        if let Some((queues, features)) = shared.active.as_mut() {
-            fallback::take_over(queues, &self.mem, *features);
-        }
+    fn take_over(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap, features: u64) {
+        fallback::take_over(queues, mem, features);
     }
 
-    /// Answers every request waiting on the queues; returns whether more may wait.
-    fn serve(&mut self) -> bool {
-        let mut shared = lock(&self.shared);
-        let Some((queues, _)) = shared.active.as_mut() else {
-            return false;
-        };
-        fallback::fail_all(queues, &self.mem, &self.interrupt)
-    }
-}
-
-impl IoHandler for Monitor {
-    fn interest(&mut self, watches: &mut Vec<Watch>) {
-        watches.clear();
-        if self.dead() {
-            watches.extend(self.kicks.iter().map(|k| Watch::readable(k.as_raw_fd())));
-        } else {
-            // Only the hang-up: the replies on this socket are for the vCPU that asked.
-            watches.push(Watch::hangup(self.socket.as_raw_fd()));
-        }
-    }
-
-    fn ready(&mut self, ready: &[Ready]) -> bool {
-        if !self.dead() {
-            if !ready.first().is_some_and(|r| r.failed) {
-                return false;
-            }
-            self.backend_died();
-            return self.serve();
-        }
-        for (kick, r) in self.kicks.iter().zip(ready) {
-            if r.readable {
-                // Only the wake-up matters; the count is irrelevant.
-                let _ = kick.read();
-            }
-        }
-        self.serve()
-    }
-
-    fn resumed(&mut self) -> bool {
-        self.dead()
+    fn serve(
+        &mut self,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        interrupt: &VirtioInterrupt,
+    ) -> bool {
+        fallback::fail_all(queues, mem, interrupt)
     }
 }
 
