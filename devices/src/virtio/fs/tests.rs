@@ -1,7 +1,5 @@
 #![allow(clippy::unwrap_used)]
 
-use std::os::fd::AsRawFd;
-
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
@@ -9,6 +7,7 @@ use crate::bus::BusDevice;
 use crate::pci::msix::{CONTROL_ENABLE, MsiMessage, MsiRouting, Msix};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::testing::Driver;
+use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::vhost_user::tests::{
     Fake, SET_VRING_CALL, SET_VRING_ENABLE, Script, queues, shared_memory,
 };
@@ -29,7 +28,7 @@ fn kicks() -> Vec<EventFd> {
 fn device(script: Script, tag: &str) -> (Fake, Result<Fs, FsError>) {
     let (fake, sock) = Fake::start(script);
     let backend = Backend::from_stream(sock, QUEUES).unwrap();
-    let fs = Fs::new(tag, backend, shared_memory(), interrupt(), kicks());
+    let fs = Fs::new(tag, backend, None, shared_memory(), interrupt(), kicks());
     (fake, fs)
 }
 
@@ -83,7 +82,7 @@ fn interrupt_status_shows_the_used_bit_for_a_backend_raised_interrupt() {
     let (fake, sock) = Fake::start(Script::virtiofsd("s"));
     let backend = Backend::from_stream(sock, QUEUES).unwrap();
     let (mem, irq) = (shared_memory(), interrupt());
-    let fs = Fs::new("s", backend, mem.clone(), irq.clone(), kicks()).unwrap();
+    let fs = Fs::new("s", backend, None, mem.clone(), irq.clone(), kicks()).unwrap();
     let mut transport = MmioTransport::new(fs, mem, irq, kicks());
     let mut status = [0u8; 4];
     transport.read(0x60, &mut status);
@@ -122,7 +121,7 @@ fn pci_activation(enabled: bool) -> (Vec<std::fs::File>, Arc<VirtioInterrupt>) {
     irq.set_queue_vector(1, NO_VECTOR);
     let (fake, sock) = Fake::start(Script::virtiofsd("s"));
     let backend = Backend::from_stream(sock, QUEUES).unwrap();
-    let mut fs = Fs::new("s", backend, shared_memory(), irq.clone(), kicks()).unwrap();
+    let mut fs = Fs::new("s", backend, None, shared_memory(), irq.clone(), kicks()).unwrap();
     fs.activate(queues(), 1 << 32).unwrap();
     let calls = fake
         .with(SET_VRING_CALL)
@@ -190,10 +189,11 @@ fn fuse_request(mem: &GuestMemoryMmap, driver: &mut Driver, at: u64, unique: u64
         .unwrap();
 }
 
-fn hung_up(monitor: &mut Monitor) -> bool {
+fn hung_up(monitor: &mut Monitor<AnswerEio>) -> bool {
     let mut watches = Vec::new();
     monitor.interest(&mut watches);
-    assert_eq!(watches, [Watch::hangup(monitor.socket.as_raw_fd())]);
+    assert_eq!(watches.len(), 1);
+    assert_eq!(watches[0], Watch::hangup(watches[0].fd));
     let mut pfd = libc::pollfd {
         fd: watches[0].fd,
         events: 0,
@@ -206,13 +206,13 @@ fn hung_up(monitor: &mut Monitor) -> bool {
 
 #[test]
 fn when_the_backend_dies_pending_and_new_requests_fail_with_eio() {
-    let (fake, sock) = Fake::start(Script::virtiofsd("s"));
+    let (mut fake, sock) = Fake::start(Script::virtiofsd("s"));
     let backend = Backend::from_stream(sock, QUEUES).unwrap();
     let (mem, irq) = (shared_memory(), interrupt());
     let kicks = kicks();
     let guest_kick = kicks[1].try_clone().unwrap();
     let evts = kicks.iter().map(|k| k.try_clone().unwrap()).collect();
-    let mut fs = Fs::new("s", backend, mem.clone(), irq.clone(), evts).unwrap();
+    let mut fs = Fs::new("s", backend, None, mem.clone(), irq.clone(), evts).unwrap();
     let mut monitor = fs.monitor().unwrap();
     let mut request = Driver::new(0x8000, 16);
     let queues = vec![

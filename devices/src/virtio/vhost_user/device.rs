@@ -362,6 +362,3 @@ impl<O: Orphan> IoHandler for Monitor<O> {
         self.socket.is_none() && self.orphan.serves()
     }
 }
-
-#[cfg(test)]
-mod tests;

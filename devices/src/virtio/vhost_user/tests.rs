@@ -89,7 +89,7 @@ impl Script {
 /// A running fake backend and what it received.
 pub struct Fake {
     pub log: Arc<Mutex<Vec<Msg>>>,
-    socket: UnixStream,
+    socket: LazySocket,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -103,10 +103,28 @@ impl Fake {
         let thread = std::thread::spawn(move || serve(theirs, &script, &record));
         let fake = Self {
             log,
-            socket,
+            socket: LazySocket::Ready(socket),
             thread: Some(thread),
         };
         (fake, ours)
+    }
+
+    /// Starts a fake backend following `script` on the first connection `listener` accepts,
+    /// as a backend listening on a socket path does.
+    pub fn listen(listener: std::os::unix::net::UnixListener, script: Script) -> Self {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let record = log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let (theirs, _) = listener.accept().unwrap();
+            tx.send(theirs.try_clone().unwrap()).unwrap();
+            serve(theirs, &script, &record);
+        });
+        Self {
+            log,
+            socket: LazySocket::Pending(rx),
+            thread: Some(thread),
+        }
     }
 
     /// The codes received so far.
@@ -121,8 +139,13 @@ impl Fake {
     }
 
     /// The backend dies: its socket is shut down.
-    pub fn kill(&self) {
-        self.socket.shutdown(std::net::Shutdown::Both).unwrap();
+    pub fn kill(&mut self) {
+        if let LazySocket::Pending(rx) = &self.socket {
+            self.socket = LazySocket::Ready(rx.recv().unwrap());
+        }
+        if let LazySocket::Ready(s) = &self.socket {
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+        }
     }
 
     /// Waits until the backend has hung up (the frontend closed or the script ended).
@@ -131,6 +154,12 @@ impl Fake {
             t.join().unwrap();
         }
     }
+}
+
+/// The backend's end of the connection, once it has accepted one.
+enum LazySocket {
+    Ready(UnixStream),
+    Pending(std::sync::mpsc::Receiver<UnixStream>),
 }
 
 fn serve(sock: UnixStream, script: &Script, log: &Mutex<Vec<Msg>>) {
