@@ -708,6 +708,12 @@ mod tests {
         assert_eq!(d.io_engine.as_deref(), Some("Async"));
         assert_eq!(parse_disk("img", 3).unwrap().drive_id, "disk3");
         assert!(matches!(parse_disk(",ro", 0), Err(ArgError::NoPath(_))));
+        let v = parse_disk("socket=/run/b.sock,root,id=vu", 0).unwrap();
+        assert_eq!(
+            (v.socket.as_deref(), v.path_on_host.as_str(), v.drive_id.as_str()),
+            (Some("/run/b.sock"), "", "vu")
+        );
+        assert!(v.is_root_device);
         assert!(matches!(
             parse_disk("img,rw", 0),
             Err(ArgError::UnknownOption { .. })

@@ -764,7 +764,7 @@ mod tests {
             r#"{"balloon": {}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 8,
                 "smt": true, "cpu_template": "T2"},
                 "drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": false,
-                            "io_engine": "Async", "socket": "vhost.sock"}]}"#,
+                            "cache_type": "Writethrough"}]}"#,
         )
         .unwrap();
         let found: Vec<String> = unsupported(&c).iter().map(ToString::to_string).collect();
@@ -774,8 +774,8 @@ mod tests {
                 "the config file's 'balloon' section is not supported by ember; remove it",
                 "machine-config: smt = true is not supported by ember (only false)",
                 "machine-config: cpu_template = T2 is not supported by ember (only \"None\")",
-                "drive 'a': socket = vhost.sock is not supported by ember (only none: vhost-user \
-                 is not implemented)",
+                "drive 'a': cache_type = Writethrough is not supported by ember (only \"Unsafe\" \
+                 or \"Writeback\")",
             ]
         );
     }
@@ -893,7 +893,63 @@ mod tests {
             (s.drives[0].cache, s.drives[2].cache),
             (CacheType::Writeback, CacheType::Unsafe)
         );
-        assert_eq!(s.drives[0].path, PathBuf::from("rootfs.img"));
+        assert_eq!(
+            s.drives[0].backing,
+            DriveBacking::Image(PathBuf::from("rootfs.img"))
+        );
+    }
+
+    #[test]
+    fn a_socket_drive_is_vhost_user_and_may_be_the_root_but_takes_no_image_setting() {
+        let mut c = with_drives(&[("data", false), ("rootfs", true)]);
+        c.drives[1].path_on_host = String::new();
+        c.drives[1].socket = Some("/run/blk.sock".into());
+        c.drives[1].partuuid = None;
+        c.drives[1].cache_type = Some("Unsafe".into());
+        let s = spec(&c).unwrap();
+        assert_eq!(
+            s.drives[0].backing,
+            DriveBacking::VhostUser(PathBuf::from("/run/blk.sock"))
+        );
+        assert!(s.cmdline.contains("root=/dev/vda rw"), "{}", s.cmdline);
+        assert!(s.has_vhost_user(), "guest memory must be shared");
+        assert!(!spec(&with_drives(&[("a", true)])).unwrap().has_vhost_user());
+
+        let refused = |change: fn(&mut Drive)| {
+            let mut c = c.clone();
+            change(&mut c.drives[1]);
+            err(&c)
+        };
+        for (change, field) in [
+            ((|d| d.path_on_host = "x.img".into()) as fn(&mut Drive), "path_on_host"),
+            (|d| d.is_read_only = true, "is_read_only"),
+            (|d| d.io_engine = Some("Sync".into()), "io_engine"),
+            (|d| d.rate_limiter = Some(RateLimiterConfig::default()), "rate_limiter"),
+        ] {
+            assert_eq!(
+                refused(change),
+                format!(
+                    "drive 'rootfs': {field} cannot be used with socket (the vhost-user-blk \
+                     backend serves the disk); remove one of them"
+                )
+            );
+        }
+        assert_eq!(
+            refused(|d| d.socket = None),
+            "drive 'rootfs': set path_on_host (a disk image) or socket (a vhost-user-blk \
+             backend's socket)"
+        );
+        // Firecracker's JSON shape: no path_on_host at all.
+        let json = VmConfig::from_json(
+            r#"{"boot-source": {"kernel_image_path": "k"},
+                "drives": [{"drive_id": "v", "is_root_device": true, "socket": "/s"}]}"#,
+        )
+        .unwrap();
+        assert!(unsupported(&json).is_empty());
+        assert_eq!(
+            spec(&json).unwrap().drives[0].backing,
+            DriveBacking::VhostUser("/s".into())
+        );
     }
 
     #[test]
