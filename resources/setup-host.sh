@@ -5,7 +5,11 @@
 # iproute2 and iputils-ping (network namespaces, TAPs and pings for the virtio-net tests), and
 # virtiofsd (shared directories): Debian's package where the release has one, else the Rust
 # virtiofsd from crates.io (`cargo install --locked virtiofsd`, about 2 minutes, with
-# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH.
+# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH; and
+# qemu-storage-daemon (the vhost-user-blk backend of the tests), which Debian ships in qemu-utils
+# from QEMU 8.0 on and in qemu-system-common before: installing bookworm's qemu-system-common
+# (7.2) next to a newer qemu-utils (from backports) would break it, so the package is chosen by
+# qemu-utils' version.
 # Needs root only when something is missing.
 set -euo pipefail
 defaults=0
@@ -48,6 +52,23 @@ install_virtiofsd() {
   echo "setup-host: building virtiofsd with cargo (about 2 minutes)" >&2
   cargo install --locked --quiet virtiofsd --root /usr/local
 }
+install_storage_daemon() {
+  command -v qemu-storage-daemon >/dev/null 2>&1 && return 0
+  # The installed qemu-utils decides (a 7.x one lacks the daemon and must stay matched with
+  # qemu-system-common 7.x), else the one apt would install.
+  local utils
+  utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  [ -n "$utils" ] || utils=$(apt-cache policy qemu-utils 2>/dev/null | awk '/Candidate:/ {print $2}')
+  if [ -n "$utils" ] && [ "$utils" != "(none)" ] \
+    && dpkg --compare-versions "$utils" ge "1:8.0+dfsg-5~"; then
+    install_debs qemu-utils
+  else
+    install_debs qemu-system-common
+  fi
+}
 install_debs "${pkgs[@]}"
-[ "$defaults" -eq 1 ] && install_virtiofsd
+if [ "$defaults" -eq 1 ]; then
+  install_virtiofsd
+  install_storage_daemon
+fi
 exit 0

@@ -452,6 +452,20 @@ fn bad_requests_get_400_with_a_fault_message_and_the_server_keeps_serving() {
         message.starts_with("drive 'data': the image cannot be opened"),
         "{message}"
     );
+    // A vhost-user-blk drive: its socket must be there, and it takes no image.
+    let drive = r#"{"drive_id": "v", "socket": "/no/such.sock", "is_root_device": false}"#;
+    let message = refused(&mut c, "PUT", "/drives/v", drive);
+    assert!(
+        message.starts_with("drive 'v': cannot use the vhost-user-blk socket '/no/such.sock'"),
+        "{message}"
+    );
+    let drive = r#"{"drive_id": "v", "socket": "/s", "path_on_host": "/x.img",
+                    "is_root_device": false}"#;
+    let message = refused(&mut c, "PUT", "/drives/v", drive);
+    assert!(
+        message.contains("drive 'v': path_on_host cannot be used with socket"),
+        "{message}"
+    );
     let message = refused(&mut c, "PUT", "/actions", START);
     assert!(message.contains("--kernel"), "{message}");
     let (_, body) = c.request("GET", "/vm/config", None);

@@ -240,6 +240,15 @@ fn bad_drives_get_clear_errors() {
         "invalid drive id 'no-dashes'",
     );
     drive_error(&["--disk", "x.img,rw"], "unknown option 'rw'");
+    // vhost-user-blk drives: no backend listening, or an image drive's setting.
+    drive_error(
+        &["--disk", "socket=/nonexistent/blk.sock,id=vu"],
+        "cannot connect to the vhost-user socket '/nonexistent/blk.sock' (is its backend running?)",
+    );
+    drive_error(
+        &["--disk", "socket=/run/blk.sock,ro,id=vu"],
+        "drive 'vu': is_read_only cannot be used with socket",
+    );
 
     // An image the user may not open for writing (as an unprivileged user: root may open
     // anything). The image is reported before /dev/kvm is touched.
@@ -327,4 +336,116 @@ fn a_rate_limited_drive_takes_as_long_as_its_limit_says_and_an_unlimited_one_doe
     // The same reads unlimited ({} as Kata Containers sends it) do not wait for a limiter.
     let unlimited = stream_with("blk-unlimited", json!({}));
     assert!(unlimited < Duration::from_millis(875), "{unlimited:?}");
+}
+
+/// The qemu-storage-daemon binary (Debian's qemu-utils from 8.0 on, qemu-system-common
+/// before; resources/setup-host.sh installs it).
+fn qemu_storage_daemon() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-storage-daemon"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("qemu-storage-daemon is not installed: run resources/setup-host.sh")
+        })
+}
+
+/// A qemu-storage-daemon serving each `(image, socket)` as a vhost-user-blk export; killed
+/// when dropped (also when the test fails).
+struct StorageDaemon(std::process::Child);
+
+impl StorageDaemon {
+    fn start(exports: &[(&Path, &Path)]) -> Self {
+        let mut cmd = std::process::Command::new(qemu_storage_daemon());
+        for (i, (image, socket)) in exports.iter().enumerate() {
+            let _ = std::fs::remove_file(socket);
+            cmd.arg("--blockdev").arg(format!(
+                "driver=file,node-name=n{i},filename={}",
+                image.display()
+            ));
+            cmd.arg("--export").arg(format!(
+                "type=vhost-user-blk,id=e{i},node-name=n{i},addr.type=unix,addr.path={},\
+                 writable=on",
+                socket.display()
+            ));
+        }
+        let daemon = Self(cmd.stdin(std::process::Stdio::null()).spawn().unwrap());
+        let start = std::time::Instant::now();
+        while !exports.iter().all(|(_, s)| s.exists()) {
+            assert!(start.elapsed() < LIMIT, "no qemu-storage-daemon socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The guest's checks on its vhost-user-blk data disk (/dev/vdb): a known pattern, a write the
+/// host then finds in the image, and after the test restarts the backend a read of a part of
+/// the disk it never read before (caches dropped), which only the new backend can answer.
+const VHOST_SCRIPT: &str = "head -c 24 /dev/vdb; \
+    echo guest-wrote-this | dd of=/dev/vdb bs=512 seek=8 conv=notrunc,fsync 2>/dev/null \
+    && echo VERDICT wrote yes; \
+    echo VERDICT restart-backend now; sleep 3; echo 3 > /proc/sys/vm/drop_caches; \
+    dd if=/dev/vdb bs=512 skip=1024 count=1 2>/dev/null | head -c 24";
+
+/// Firecracker's `socket` drives: a Linux guest whose root and data disks are vhost-user-blk
+/// devices served by qemu-storage-daemon reads and writes them, and keeps working when the
+/// daemon is killed and started again (ember reconnects, the guest is not rebooted).
+#[test]
+fn a_linux_guest_boots_from_a_vhost_user_blk_root_and_survives_a_restarted_backend() {
+    let Some(_turn) = linux_slot() else {
+        return;
+    };
+    let dir = tempdir("vhost-user-blk");
+    let root = dir.join("root.ext4");
+    std::fs::copy(rootfs_image(), &root).unwrap();
+    let data = dir.join("data.img");
+    let mut bytes = vec![0u8; MIB];
+    bytes[..24].copy_from_slice(b"EMBER-VHOST-PATTERN-ONE\n");
+    bytes[1024 * 512..1024 * 512 + 24].copy_from_slice(b"EMBER-VHOST-PATTERN-TWO\n");
+    std::fs::write(&data, bytes).unwrap();
+    let (root_sock, data_sock) = (dir.join("root.sock"), dir.join("data.sock"));
+    let exports = [(root.as_path(), root_sock.as_path()), (&data, &data_sock)];
+    let mut daemon = Some(StorageDaemon::start(&exports));
+
+    let mut cmd = ember();
+    cmd.arg("--kernel")
+        .arg(linux_vmlinux())
+        .args(["--memory", "256", "--timeout", "600"])
+        .arg("--disk")
+        .arg(format!("socket={},root", root_sock.display()))
+        .arg("--disk")
+        .arg(format!("socket={},id=data", data_sock.display()))
+        .args(["--", VHOST_SCRIPT]);
+    let (log, status, stderr) = run_watching(&mut cmd, Duration::from_secs(900), |line, _| {
+        // Only the guest's own line: the command line is echoed at boot too.
+        if line.trim_end() == "VERDICT restart-backend now" {
+            drop(daemon.take());
+            std::thread::sleep(Duration::from_secs(1));
+            daemon = Some(StorageDaemon::start(&exports));
+        }
+    });
+    drop(daemon);
+    assert_eq!(code(&status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
+    assert_contains(&log, "EXT4-fs (vda): mounted filesystem");
+    assert_line(&log, "EMBER-VHOST-PATTERN-ONE");
+    assert_line(&log, "VERDICT wrote yes");
+    let written = std::fs::read(&data).unwrap();
+    assert_eq!(&written[8 * 512..8 * 512 + 17], b"guest-wrote-this\n");
+    assert_line(&log, "EMBER-VHOST-PATTERN-TWO");
+    assert_line(&log, "EMBER-DONE: status=0");
+    assert_contains(&stderr, "drive 'data' (vhost-user-blk): the vhost-user backend hung up");
+    assert_contains(
+        &stderr,
+        &format!(
+            "drive 'data' (vhost-user-blk): reconnected to the vhost-user backend at {}",
+            data_sock.display()
+        ),
+    );
 }

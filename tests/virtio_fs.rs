@@ -199,7 +199,8 @@ fn a_linux_guest_reads_writes_and_survives_a_dead_backend_on_three_shares() {
     assert_eq!(verdict(&log, "rw-after"), "hello from the host");
     assert_contains(
         &stderr,
-        "virtio-fs 'ro': the vhost-user backend (virtiofsd) hung up",
+        "virtio-fs 'ro': the vhost-user backend hung up; the guest's requests on this share fail \
+         with EIO",
     );
     // After ember, none of its virtiofsd processes is left.
     assert_eq!(started.len(), 2);

@@ -1,6 +1,7 @@
 //! The frontend side of a vhost-user connection (rust-vmm's `vhost` crate): what any device
-//! whose queues another process serves needs, so virtio-fs is its first user but not its
-//! only possible one.
+//! whose queues another process serves needs (virtio-fs and vhost-user-blk use it).
+//! [`device`] builds on it what those devices share: the connection across the driver's
+//! activations and resets, the watch for the backend hanging up, and reconnecting.
 //!
 //! [`Backend`] owns the Unix socket to the backend process. Connecting claims ownership
 //! (`SET_OWNER`), reads the backend's virtio features and negotiates the protocol features

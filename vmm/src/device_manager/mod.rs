@@ -22,8 +22,10 @@
 //! socket and each connection's socket for exactly the readiness the connection can use.
 //! A shared directory's (`ember_fs_<id>`) only watches its vhost-user backend's socket: the
 //! guest and the backend exchange requests without ember, and only when the backend dies does
-//! the thread answer the queues itself (with EIO). The virtiofsd processes ember started are
-//! owned here and stopped when the device manager is dropped.
+//! the thread answer the queues itself (with EIO). A vhost-user-blk drive's (`ember_blk_<id>`)
+//! likewise only watches its backend. Both connect again to a backend restarted on their socket
+//! path. The virtiofsd processes ember started are owned here and stopped when the device
+//! manager is dropped.
 //!
 //! It must not decide anything about the configuration ([`crate::spec`] did) nor about the
 //! VM's life ([`crate::lifecycle`], [`crate::controller`]).

@@ -146,6 +146,10 @@ impl VirtioDevice for VhostBlock {
 pub struct Wait;
 
 impl Orphan for Wait {
+    fn meanwhile(&self) -> &'static str {
+        "the guest's requests wait"
+    }
+
     fn serves(&self) -> bool {
         false
     }

@@ -177,6 +177,10 @@ impl VirtioDevice for Fs {
 pub struct AnswerEio;
 
 impl Orphan for AnswerEio {
+    fn meanwhile(&self) -> &'static str {
+        "the guest's requests on this share fail with EIO"
+    }
+
     fn serves(&self) -> bool {
         true
     }

@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{error, warn};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -44,6 +44,8 @@ const LAST_RETRY: Duration = Duration::from_secs(2);
 
 /// What a device does with its queues while no backend serves them.
 pub trait Orphan: Send {
+    /// What happens to the guest's requests meanwhile, for the log.
+    fn meanwhile(&self) -> &'static str;
     /// Whether the monitor should wait on the queues' kicks and call [`Orphan::serve`].
     fn serves(&self) -> bool;
     /// The backend hung up while `queues` (with `features`) were active: take them over.
@@ -227,7 +229,11 @@ impl<O: Orphan> Monitor<O> {
         } else {
             ""
         };
-        error!("{}: the vhost-user backend hung up{retry}", self.wiring.name);
+        error!(
+            "{}: the vhost-user backend hung up; {}{retry}",
+            self.wiring.name,
+            self.orphan.meanwhile()
+        );
         if let Some((queues, features)) = state.active.as_mut() {
             self.orphan.take_over(queues, &self.wiring.mem, *features);
         }
@@ -253,7 +259,7 @@ impl<O: Orphan> Monitor<O> {
         };
         match self.try_reconnect(&path) {
             Ok(()) => {
-                info!(
+                warn!(
                     "{}: reconnected to the vhost-user backend at {}",
                     self.wiring.name,
                     path.display()
