@@ -338,53 +338,6 @@ fn a_rate_limited_drive_takes_as_long_as_its_limit_says_and_an_unlimited_one_doe
     assert!(unlimited < Duration::from_millis(875), "{unlimited:?}");
 }
 
-/// The qemu-storage-daemon binary (Debian's qemu-utils from 8.0 on, qemu-system-common
-/// before; resources/setup-host.sh installs it).
-fn qemu_storage_daemon() -> PathBuf {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("qemu-storage-daemon"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("qemu-storage-daemon is not installed: run resources/setup-host.sh")
-        })
-}
-
-/// A qemu-storage-daemon serving each `(image, socket)` as a vhost-user-blk export; killed
-/// when dropped (also when the test fails).
-struct StorageDaemon(std::process::Child);
-
-impl StorageDaemon {
-    fn start(exports: &[(&Path, &Path)]) -> Self {
-        let mut cmd = std::process::Command::new(qemu_storage_daemon());
-        for (i, (image, socket)) in exports.iter().enumerate() {
-            let _ = std::fs::remove_file(socket);
-            cmd.arg("--blockdev").arg(format!(
-                "driver=file,node-name=n{i},filename={}",
-                image.display()
-            ));
-            cmd.arg("--export").arg(format!(
-                "type=vhost-user-blk,id=e{i},node-name=n{i},addr.type=unix,addr.path={},\
-                 writable=on",
-                socket.display()
-            ));
-        }
-        let daemon = Self(cmd.stdin(std::process::Stdio::null()).spawn().unwrap());
-        let start = std::time::Instant::now();
-        while !exports.iter().all(|(_, s)| s.exists()) {
-            assert!(start.elapsed() < LIMIT, "no qemu-storage-daemon socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-}
-
-impl Drop for StorageDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The guest's checks on its vhost-user-blk data disk (/dev/vdb): a known pattern, a write the
 /// host then finds in the image, and after the test restarts the backend a read of a part of
 /// the disk it never read before (caches dropped), which only the new backend can answer.
@@ -440,7 +393,10 @@ fn a_linux_guest_boots_from_a_vhost_user_blk_root_and_survives_a_restarted_backe
     assert_eq!(&written[8 * 512..8 * 512 + 17], b"guest-wrote-this\n");
     assert_line(&log, "EMBER-VHOST-PATTERN-TWO");
     assert_line(&log, "EMBER-DONE: status=0");
-    assert_contains(&stderr, "drive 'data' (vhost-user-blk): the vhost-user backend hung up");
+    assert_contains(
+        &stderr,
+        "drive 'data' (vhost-user-blk): the vhost-user backend hung up",
+    );
     assert_contains(
         &stderr,
         &format!(

@@ -6,7 +6,8 @@
 //! is refused a write on `ro` with EROFS, sees a file the host writes after the mount, and
 //! after the test kills `ro`'s virtiofsd gets an error there (not a hang) while `rw` still
 //! works. After ember exits, no virtiofsd it started is left. A second boot with
-//! `--enable-pci` reads and writes a share that is a virtio-pci function with MSI-X. Bad input
+//! `--enable-pci` reads and writes a share that is a virtio-pci function with MSI-X, and a
+//! vhost-user-blk drive served by qemu-storage-daemon, also on PCI. Bad input
 //! (a missing directory, a file, a long or repeated tag, no virtiofsd) is refused before any VM
 //! starts.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -223,15 +224,21 @@ fn a_linux_guest_reads_writes_and_survives_a_dead_backend_on_three_shares() {
     );
 }
 
-/// Run from the share on PCI: the read, a write, and the interrupt lines of the share's queues.
+/// Run from the share on PCI: the read, a write, and the interrupt lines of the share's queues;
+/// then the vhost-user-blk disk's pattern and a write to it.
 const PCI_SCRIPT: &str = r#"
 read -r line < /a/hello.txt; echo "VERDICT hello $line"
 echo written-over-pci > /a/from-guest.txt && echo 'VERDICT wrote yes'
+read -r line < /dev/vda; echo "VERDICT blk $line"
+echo blk-over-pci | dd of=/dev/vda bs=512 seek=8 conv=notrunc,fsync 2>/dev/null \
+  && echo 'VERDICT blk-wrote yes'
 while read -r l; do case "$l" in *requests*) echo "VERDICT irq $l";; esac; done < /proc/interrupts
 "#;
 
+/// The same boot carries a vhost-user-blk drive (qemu-storage-daemon), a virtio-pci function
+/// too.
 #[test]
-fn with_enable_pci_a_share_is_a_pci_function_with_msix_that_the_guest_reads_and_writes() {
+fn with_enable_pci_a_share_and_a_vhost_user_blk_drive_are_pci_functions_with_msix() {
     let Some(_turn) = linux_slot() else {
         return;
     };
@@ -240,6 +247,12 @@ fn with_enable_pci_a_share_is_a_pci_function_with_msix_that_the_guest_reads_and_
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::write(rw.join("t.sh"), PCI_SCRIPT).unwrap();
     std::fs::write(rw.join("hello.txt"), "hello over pci\n").unwrap();
+    let (disk, socket) = (dir.join("disk.img"), dir.join("blk.sock"));
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..21].copy_from_slice(b"vhost-user-blk-on-pci");
+    bytes[21] = b'\n';
+    std::fs::write(&disk, bytes).unwrap();
+    let daemon = StorageDaemon::start(&[(&disk, &socket)]);
     let mut ember_cmd = ember();
     ember_cmd
         .arg("--kernel")
@@ -249,8 +262,11 @@ fn with_enable_pci_a_share_is_a_pci_function_with_msix_that_the_guest_reads_and_
         .args(["--memory", "256", "--timeout", "600", "--enable-pci"])
         .arg("--share")
         .arg(format!("{},tag=rw", rw.display()))
+        .arg("--disk")
+        .arg(format!("socket={}", socket.display()))
         .args(["--", "mkdir /a && mount -t virtiofs rw /a && sh /a/t.sh"]);
     let (log, status, stderr) = run_watching(&mut ember_cmd, LIMIT, |_, _| {});
+    drop(daemon);
     assert_eq!(code(&status), EXIT_OK, "log:\n{log}\nstderr:\n{stderr}");
     assert_eq!(verdict(&log, "hello"), "hello over pci");
     assert_eq!(verdict(&log, "wrote"), "yes");
@@ -260,6 +276,10 @@ fn with_enable_pci_a_share_is_a_pci_function_with_msix_that_the_guest_reads_and_
     // raised itself (the guest's reads completed).
     let irq = verdict(&log, "irq");
     assert!(irq.contains("PCI-MSI"), "{irq}");
+    assert_eq!(verdict(&log, "blk"), "vhost-user-blk-on-pci");
+    assert_eq!(verdict(&log, "blk-wrote"), "yes");
+    let written = std::fs::read(&disk).unwrap();
+    assert_eq!(&written[8 * 512..8 * 512 + 13], b"blk-over-pci\n");
 }
 
 /// ember with `args` on a kernel that is never loaded: every error here comes first.

@@ -564,6 +564,57 @@ pub fn assert_line(log: &str, line: &str) {
     );
 }
 
+/// The qemu-storage-daemon binary (Debian's qemu-utils from 8.0 on, qemu-system-common
+/// before; resources/setup-host.sh installs it).
+pub fn qemu_storage_daemon() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("qemu-storage-daemon"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("qemu-storage-daemon is not installed: run resources/setup-host.sh")
+        })
+}
+
+/// A qemu-storage-daemon serving each `(image, socket)` as a vhost-user-blk export; killed
+/// when dropped (also when the test fails).
+pub struct StorageDaemon(Child);
+
+impl StorageDaemon {
+    /// Starts it and waits for every socket.
+    pub fn start(exports: &[(&Path, &Path)]) -> Self {
+        let mut cmd = Command::new(qemu_storage_daemon());
+        for (i, (image, socket)) in exports.iter().enumerate() {
+            let _ = std::fs::remove_file(socket);
+            cmd.arg("--blockdev").arg(format!(
+                "driver=file,node-name=n{i},filename={}",
+                image.display()
+            ));
+            cmd.arg("--export").arg(format!(
+                "type=vhost-user-blk,id=e{i},node-name=n{i},addr.type=unix,addr.path={},\
+                 writable=on",
+                socket.display()
+            ));
+        }
+        let daemon = Self(cmd.stdin(Stdio::null()).spawn().unwrap());
+        let start = Instant::now();
+        while !exports.iter().all(|(_, s)| s.exists()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no qemu-storage-daemon socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A fresh directory for one test's files.
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));

@@ -710,7 +710,11 @@ mod tests {
         assert!(matches!(parse_disk(",ro", 0), Err(ArgError::NoPath(_))));
         let v = parse_disk("socket=/run/b.sock,root,id=vu", 0).unwrap();
         assert_eq!(
-            (v.socket.as_deref(), v.path_on_host.as_str(), v.drive_id.as_str()),
+            (
+                v.socket.as_deref(),
+                v.path_on_host.as_str(),
+                v.drive_id.as_str()
+            ),
             (Some("/run/b.sock"), "", "vu")
         );
         assert!(v.is_root_device);

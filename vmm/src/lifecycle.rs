@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_server::model::{
-    BootSource, Drive, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig};
+    BootSource, Drive, LoggerConfig, MachineConfig, RateLimiterConfig, VmConfig,
+};
 use api_server::request::{
     Fault, MachineConfigPatch, PartialDrive, PartialNetworkInterface, VmmAction, VmmData,
 };

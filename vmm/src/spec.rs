@@ -456,13 +456,11 @@ pub fn unsupported(cfg: &VmConfig) -> Vec<Unsupported> {
     for d in &cfg.drives {
         let owner = format!("drive '{}'", d.drive_id);
         let cache = d.cache_type.as_deref();
-        let checks = [
-            (
-                "cache_type",
-                cache.filter(|c| !["Unsafe", "Writeback"].contains(c)),
-                "\"Unsafe\" or \"Writeback\"",
-            ),
-        ];
+        let checks = [(
+            "cache_type",
+            cache.filter(|c| !["Unsafe", "Writeback"].contains(c)),
+            "\"Unsafe\" or \"Writeback\"",
+        )];
         found.extend(checks.into_iter().filter_map(|(field, value, only)| {
             value.map(|value| Unsupported::Value {
                 owner: owner.clone(),
@@ -921,10 +919,16 @@ mod tests {
             err(&c)
         };
         for (change, field) in [
-            ((|d| d.path_on_host = "x.img".into()) as fn(&mut Drive), "path_on_host"),
+            (
+                (|d| d.path_on_host = "x.img".into()) as fn(&mut Drive),
+                "path_on_host",
+            ),
             (|d| d.is_read_only = true, "is_read_only"),
             (|d| d.io_engine = Some("Sync".into()), "io_engine"),
-            (|d| d.rate_limiter = Some(RateLimiterConfig::default()), "rate_limiter"),
+            (
+                |d| d.rate_limiter = Some(RateLimiterConfig::default()),
+                "rate_limiter",
+            ),
         ] {
             assert_eq!(
                 refused(change),

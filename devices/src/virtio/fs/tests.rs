@@ -7,10 +7,10 @@ use crate::bus::BusDevice;
 use crate::pci::msix::{CONTROL_ENABLE, MsiMessage, MsiRouting, Msix};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::testing::Driver;
-use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::vhost_user::tests::{
     Fake, SET_VRING_CALL, SET_VRING_ENABLE, Script, queues, shared_memory,
 };
+use crate::virtio::worker::{IoHandler, Ready, Watch};
 use crate::virtio::{INTERRUPT_USED_RING, NO_VECTOR};
 
 fn interrupt() -> Arc<VirtioInterrupt> {

@@ -248,7 +248,10 @@ impl<O: Orphan> Monitor<O> {
             return;
         }
         if let Err(err) = self.timer.reset(self.retry, None) {
-            warn!("{}: cannot arm the reconnect timer: {err}", self.wiring.name);
+            warn!(
+                "{}: cannot arm the reconnect timer: {err}",
+                self.wiring.name
+            );
         }
     }
 
@@ -349,7 +352,12 @@ impl<O: Orphan> IoHandler for Monitor<O> {
         } else {
             0
         };
-        for (kick, r) in self.wiring.kicks.iter().zip(&ready[..kicks.min(ready.len())]) {
+        for (kick, r) in self
+            .wiring
+            .kicks
+            .iter()
+            .zip(&ready[..kicks.min(ready.len())])
+        {
             if r.readable {
                 // Only the wake-up matters; the count is irrelevant.
                 let _ = kick.read();

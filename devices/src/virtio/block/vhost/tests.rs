@@ -10,12 +10,12 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::virtio::testing::Driver;
+use crate::virtio::vhost_user::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::virtio::vhost_user::tests::{
     Fake, GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_FEATURES, SET_MEM_TABLE,
     SET_OWNER, SET_PROTOCOL_FEATURES, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL,
     SET_VRING_ENABLE, SET_VRING_KICK, SET_VRING_NUM, Script, shared_memory,
 };
-use crate::virtio::vhost_user::VHOST_USER_F_PROTOCOL_FEATURES;
 use crate::virtio::worker::{IoHandler, Ready};
 
 /// A qemu-storage-daemon-like backend: VERSION_1, EVENT_IDX, FLUSH, BLK_SIZE, and MQ and
@@ -45,7 +45,12 @@ fn event() -> EventFd {
     EventFd::new(libc::EFD_NONBLOCK).unwrap()
 }
 
-fn device(backend: Backend, path: Option<&Path>, kick: EventFd, mem: &GuestMemoryMmap) -> VhostBlock {
+fn device(
+    backend: Backend,
+    path: Option<&Path>,
+    kick: EventFd,
+    mem: &GuestMemoryMmap,
+) -> VhostBlock {
     let irq = Arc::new(VirtioInterrupt::new(event()));
     let path = path.map(Path::to_owned);
     VhostBlock::new("d", backend, path, mem.clone(), irq, kick).unwrap()
@@ -102,8 +107,7 @@ const READY: Ready = Ready {
 };
 
 #[test]
-fn after_a_hang_up_ember_reconnects_to_a_new_backend_and_replays_the_queue_from_the_used_index()
-{
+fn after_a_hang_up_ember_reconnects_to_a_new_backend_and_replays_the_queue_from_the_used_index() {
     let dir = std::env::temp_dir().join(format!("ember-vhost-blk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("blk.sock");
@@ -119,7 +123,9 @@ fn after_a_hang_up_ember_reconnects_to_a_new_backend_and_replays_the_queue_from_
         .unwrap();
     // The guest queued three requests; the backend answered two, then died.
     for at in [0x20000, 0x21000, 0x22000] {
-        driver.add(&mem, &[(at, 16, false), (at + 0x100, 1, true)]).unwrap();
+        driver
+            .add(&mem, &[(at, 16, false), (at + 0x100, 1, true)])
+            .unwrap();
     }
     let (_, _, used) = driver.rings();
     mem.write_obj(2u16, GuestAddress(used + 2)).unwrap();
@@ -170,7 +176,11 @@ fn after_a_hang_up_ember_reconnects_to_a_new_backend_and_replays_the_queue_from_
     let set = second.with(SET_FEATURES)[0].u64_at(0);
     assert_eq!(set, (1 << 32) | (1 << 9) | VHOST_USER_F_PROTOCOL_FEATURES);
     let base = &second.with(SET_VRING_BASE)[0];
-    assert_eq!((base.u32_at(0), base.u32_at(4)), (0, 2), "base = the used index");
+    assert_eq!(
+        (base.u32_at(0), base.u32_at(4)),
+        (0, 2),
+        "base = the used index"
+    );
     // The queue was kicked, so the new backend serves the third request at once.
     assert_eq!(kick.read().unwrap(), 1);
     // Watching the new backend's socket again.
