@@ -262,3 +262,82 @@ fn when_the_backend_dies_pending_and_new_requests_fail_with_eio() {
     assert!(fs.activate(again, 1 << 32).is_err());
     fake.join();
 }
+
+/// `--fs socket=`: ember answers with EIO while the backend is gone, then hands the queues to a
+/// new backend on the same path from where its own answers left them.
+#[test]
+fn a_share_reached_by_path_reconnects_after_answering_with_eio_meanwhile() {
+    use std::os::unix::net::UnixListener;
+
+    use crate::virtio::vhost_user::tests::SET_VRING_BASE;
+
+    let dir = std::env::temp_dir().join(format!("ember-vhost-fs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fs.sock");
+    let _ = std::fs::remove_file(&path);
+    let mut first = Fake::listen(UnixListener::bind(&path).unwrap(), Script::virtiofsd("s"));
+    let backend = Backend::connect(&path, QUEUES).unwrap();
+    let (mem, irq) = (shared_memory(), interrupt());
+    let kicks = kicks();
+    let evts = kicks.iter().map(|k| k.try_clone().unwrap()).collect();
+    let mut fs = Fs::new("s", backend, Some(path.clone()), mem.clone(), irq, evts).unwrap();
+    let mut monitor = fs.monitor().unwrap();
+    let mut request = Driver::new(0x8000, 16);
+    let queues = vec![
+        Driver::new(0x1000, 16).queue().unwrap(),
+        request.queue().unwrap(),
+    ];
+    fs.activate(queues, 1 << 32).unwrap();
+    fuse_request(&mem, &mut request, 0x20000, 7);
+    fuse_request(&mem, &mut request, 0x30000, 8);
+
+    first.kill();
+    assert!(hung_up(&mut monitor));
+    let failed = Ready {
+        failed: true,
+        ..Ready::default()
+    };
+    monitor.ready(&[failed]);
+    first.join();
+    // ember answered both requests itself.
+    assert_eq!(request.take_used(&mem).unwrap(), [(0, 16), (2, 16)]);
+    // It waits on the two kicks and its retry timer.
+    let mut watches = Vec::new();
+    monitor.interest(&mut watches);
+    assert_eq!(watches.len(), QUEUES + 1);
+    std::fs::remove_file(&path).unwrap();
+    let second = Fake::listen(UnixListener::bind(&path).unwrap(), Script::virtiofsd("s"));
+    let mut pfd = libc::pollfd {
+        fd: watches[QUEUES].fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 5000) }, 1);
+    let timer = Ready {
+        readable: true,
+        ..Ready::default()
+    };
+    monitor.ready(&[Ready::default(), Ready::default(), timer]);
+    // The request queue resumes after ember's two answers; both queues are kicked.
+    let bases: Vec<(u32, u32)> = second
+        .with(SET_VRING_BASE)
+        .iter()
+        .map(|m| (m.u32_at(0), m.u32_at(4)))
+        .collect();
+    assert_eq!(bases, [(0, 0), (1, 2)]);
+    for kick in &kicks {
+        assert_eq!(kick.read().unwrap(), 1);
+    }
+    assert!(hung_up_watch(&mut monitor));
+    drop((fs, monitor));
+    second.join();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether the monitor watches only a backend's socket again.
+fn hung_up_watch(monitor: &mut Monitor<AnswerEio>) -> bool {
+    let mut watches = Vec::new();
+    monitor.interest(&mut watches);
+    watches.len() == 1 && watches[0].hangup && !watches[0].readable
+}

@@ -35,7 +35,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::{Backend, BackendError};
 use crate::sync::lock;
 use crate::virtio::worker::{IoHandler, Ready, Watch, nonblocking_timer};
-use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VirtioInterrupt};
+use crate::virtio::{ActivateError, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioInterrupt};
 
 /// The first wait before connecting again after a hang-up; it doubles after each failure.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -151,7 +151,12 @@ impl Link {
 
     /// Hands the driver's queues to the backend. Without a backend, a device that can
     /// reconnect keeps them for the next one; one that cannot fails.
-    pub fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
+    pub fn activate(&mut self, mut queues: Vec<Queue>, features: u64) -> Result<(), ActivateError> {
+        // Should ember serve the queues itself (the backend gone), it must honour the ring
+        // features the driver negotiated.
+        for q in &mut queues {
+            q.set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        }
         let mut state = lock(&self.state);
         match state.backend.as_mut() {
             Some(backend) => self
