@@ -530,8 +530,17 @@ impl DeviceManager {
                 id: drive.id.clone(),
                 source,
             };
-            let block = VhostBlock::new(&drive.id, backend, path, mem.clone(), interrupt, kick)
-                .map_err(err)?;
+            let flush = drive.cache == CacheType::Writeback;
+            let block = VhostBlock::new(
+                &drive.id,
+                flush,
+                backend,
+                path,
+                mem.clone(),
+                interrupt,
+                kick,
+            )
+            .map_err(err)?;
             let monitor = block.monitor().map_err(host("events"))?;
             Ok((block, monitor))
         })?;

@@ -83,8 +83,10 @@ pub struct VhostBlock {
 impl VhostBlock {
     /// The drive `id` served by `backend` (reached at `path`, where ember reconnects to a
     /// restarted backend); `kick` is its queue's ioeventfd and `interrupt` its interrupt.
+    /// Without `flush` (Firecracker's `cache_type: "Unsafe"`) the flush feature is not offered.
     pub fn new(
         id: &str,
+        flush: bool,
         mut backend: Backend,
         path: Option<PathBuf>,
         mem: GuestMemoryMmap,
@@ -94,7 +96,10 @@ impl VhostBlock {
         let config = backend
             .config(CONFIG_LEN as u32)?
             .ok_or(VhostBlockError::NoConfig)?;
-        let features = (backend.device_features() & OFFERED) | bit(VIRTIO_F_VERSION_1);
+        let mut features = (backend.device_features() & OFFERED) | bit(VIRTIO_F_VERSION_1);
+        if !flush {
+            features &= !bit(features::FLUSH);
+        }
         let name = format!("drive '{id}' (vhost-user-blk)");
         let link = Link::new(name, backend, path, mem, interrupt, vec![kick])
             .map_err(VhostBlockError::Event)?;

@@ -53,7 +53,7 @@ fn device(
 ) -> VhostBlock {
     let irq = Arc::new(VirtioInterrupt::new(event()));
     let path = path.map(Path::to_owned);
-    VhostBlock::new("d", backend, path, mem.clone(), irq, kick).unwrap()
+    VhostBlock::new("d", true, backend, path, mem.clone(), irq, kick).unwrap()
 }
 
 #[test]
@@ -72,6 +72,16 @@ fn the_guest_sees_a_block_device_with_the_backends_config_and_only_carryable_fea
     assert_eq!(u32::from_le_bytes(blk_size), 4096);
     drop(blk);
     fake.join();
+
+    // cache_type "Unsafe": no flush feature.
+    let (fake, sock) = Fake::start(qsd());
+    let backend = Backend::from_stream(sock, 1).unwrap();
+    let irq = Arc::new(VirtioInterrupt::new(event()));
+    let unsafe_cache =
+        VhostBlock::new("d", false, backend, None, shared_memory(), irq, event()).unwrap();
+    assert_eq!(unsafe_cache.features(), (1 << 32) | (1 << 29) | (1 << 6));
+    drop(unsafe_cache);
+    fake.join();
 }
 
 #[test]
@@ -81,7 +91,7 @@ fn a_backend_without_a_configuration_space_is_refused() {
     let (fake, sock) = Fake::start(script);
     let irq = Arc::new(VirtioInterrupt::new(event()));
     let backend = Backend::from_stream(sock, 1).unwrap();
-    let err = VhostBlock::new("d", backend, None, shared_memory(), irq, event())
+    let err = VhostBlock::new("d", true, backend, None, shared_memory(), irq, event())
         .err()
         .unwrap();
     assert!(matches!(err, VhostBlockError::NoConfig), "{err}");
