@@ -23,7 +23,7 @@
 //! device asked (`avail_event`) and sleeps on the device's interrupt after asking for it
 //! (`used_event`). "us/pkt" and "us/MiB" are the serving thread's CPU time (its thread CPU
 //! clock: the device's work, its syscalls and its waits' wake-ups; none of the guest's or the
-//! host threads'), "cpu MB/s" the rate that CPU time allows (what ember would move on a core
+//! host threads'; "user/pkt" is its part outside the kernel, the device's own code), "cpu MB/s" the rate that CPU time allows (what ember would move on a core
 //! of its own) and "cpu/loop" that rate against the loop's MB/s; "loop us/MiB" is the loop
 //! writer's (guest to host) or reader's (host to guest) CPU. The serving thread (and the
 //! loop's writer) runs on CPU 0, the host threads on CPU 1, the guest on CPU 2 if there is
@@ -53,7 +53,7 @@ use devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use common::thread_cpu_exact;
+use common::{since, thread_cpu, thread_cpu_exact};
 
 const GUEST_CID: u64 = 3;
 const GUEST_PORT: u32 = 5000;
@@ -138,6 +138,9 @@ struct Figures {
     packets: u64,
     wall: Duration,
     cpu: Duration,
+    /// The part of `cpu` spent outside the kernel: the device's own code (not reported for
+    /// the loop, which has none).
+    user: Duration,
 }
 
 impl Figures {
@@ -146,6 +149,9 @@ impl Figures {
     }
     fn us_per_packet(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.packets.max(1) as f64
+    }
+    fn user_us_per_packet(&self) -> f64 {
+        self.user.as_secs_f64() * 1e6 / self.packets.max(1) as f64
     }
     fn us_per_mib(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 * f64::from(1 << 20) / self.bytes.max(1) as f64
@@ -224,6 +230,7 @@ fn host_loop(
         packets,
         wall,
         cpu,
+        user: Duration::ZERO,
     };
     (
         figures(total / CHUNK, write_cpu),
@@ -233,11 +240,12 @@ fn host_loop(
 
 /// Serves the device on a thread of its own (on [`SERVING_CPU`]) the way ember's I/O thread
 /// does (`vmm::io_worker`: wait on the stop event and the device's watches, hand it what became
-/// ready) until `stop` is written, then returns the thread's CPU time: ember's own cost, and
-/// nothing else's.
-fn serve(mut server: VsockServer, stop: &EventFd) -> Duration {
+/// ready) until `stop` is written, then returns the thread's CPU time, and the user part of
+/// it: ember's own cost, and nothing else's.
+fn serve(mut server: VsockServer, stop: &EventFd) -> (Duration, Duration) {
     pin(SERVING_CPU);
     let start = thread_cpu_exact();
+    let start_split = thread_cpu();
     let (mut watches, mut fds, mut ready) = (Vec::new(), Vec::new(), Vec::new());
     let mut more = false;
     loop {
@@ -254,7 +262,7 @@ fn serve(mut server: VsockServer, stop: &EventFd) -> Duration {
             )
         };
         if fds[0].revents != 0 {
-            return thread_cpu_exact() - start;
+            return (thread_cpu_exact() - start, since(start_split).0);
         }
         ready.clear();
         ready.extend(fds[1..].iter().map(|p| Ready::from_revents(p.revents)));
@@ -263,8 +271,8 @@ fn serve(mut server: VsockServer, stop: &EventFd) -> Duration {
 }
 
 /// Runs `guest` on this thread while the device is served on another; returns its result and
-/// the serving thread's CPU time meanwhile.
-fn with_device<T>(server: &VsockServer, guest: impl FnOnce() -> T) -> (T, Duration) {
+/// the serving thread's CPU time meanwhile (all of it, and the user part).
+fn with_device<T>(server: &VsockServer, guest: impl FnOnce() -> T) -> (T, (Duration, Duration)) {
     let stop = event();
     std::thread::scope(|s| {
         let device = std::thread::Builder::new()
@@ -549,7 +557,7 @@ impl Guest {
         let start = Instant::now();
         let reader = reader(host, total, CHUNK as usize, verify);
         let server = self.server.clone();
-        let (packets, cpu) = with_device(&server, || {
+        let (packets, (cpu, user)) = with_device(&server, || {
             let (mut sent, mut packets) = (0u64, 0u64);
             let mut progress = Instant::now();
             while sent < total || self.tx_in_ring > 0 {
@@ -587,6 +595,7 @@ impl Guest {
             packets,
             wall: end - start,
             cpu,
+            user,
         };
         (figures, host)
     }
@@ -603,7 +612,7 @@ impl Guest {
         let start = Instant::now();
         let writer = writer(host, total, chunks.clone(), HOST_CPU);
         let server = self.server.clone();
-        let (end, cpu) = with_device(&server, || {
+        let (end, (cpu, user)) = with_device(&server, || {
             let mut progress = Instant::now();
             while self.rx_bytes - bytes_before < total {
                 let busy = self.take_rx(verify.then_some(bytes_before)) | self.take_tx();
@@ -624,6 +633,7 @@ impl Guest {
             packets: self.rx_packets - packets_before,
             wall: end - start,
             cpu,
+            user,
         };
         (figures, host)
     }
@@ -640,7 +650,7 @@ fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figure
         format!("{:.0}%", dev.mbs() / s.mbs() * 100.0)
     });
     println!(
-        "{name:<14} {:>9.0} {:>9.0} {:>6.0}% {:>6} {:>10} {:>8} {:>8.2} {:>9.0} {:>10.0} {:>7.0}% {:>9.0}",
+        "{name:<14} {:>9.0} {:>9.0} {:>6.0}% {:>6} {:>10} {:>8} {:>8.2} {:>9.2} {:>9.0} {:>10.0} {:>7.0}% {:>9.0}",
         host.mbs(),
         dev.mbs(),
         ratio,
@@ -648,6 +658,7 @@ fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figure
         small,
         dev.packets,
         dev.us_per_packet(),
+        dev.user_us_per_packet(),
         dev.us_per_mib(),
         dev.cpu_bound_mbs(),
         dev.cpu_bound_mbs() / host.mbs() * 100.0,
@@ -699,7 +710,7 @@ fn main() {
     };
     println!("the mock guest runs on its own thread, {guest}");
     println!(
-        "{:<14} {:>9} {:>9} {:>7} {:>6} {:>10} {:>8} {:>8} {:>9} {:>10} {:>8} {:>9}",
+        "{:<14} {:>9} {:>9} {:>7} {:>6} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>9}",
         "direction",
         "loop MB/s",
         "dev MB/s",
@@ -708,6 +719,7 @@ fn main() {
         "vs 4K loop",
         "packets",
         "us/pkt",
+        "user/pkt",
         "us/MiB",
         "cpu MB/s",
         "cpu/loop",
