@@ -16,15 +16,21 @@
 //! in 4 KiB reads ("vs 4K loop"): the limit for a reader that, like the device serving Linux's
 //! buffers, cannot take more than 4 KiB per read.
 //!
-//! The serving thread runs the I/O worker's loop as ember's does (the device's `interest`,
-//! `poll`, `ready`), alternating with the mock driver. "ember us" is that loop's CPU time alone
-//! (the thread's CPU clock around it: the device's work and its syscalls, not the driver's ring
-//! work nor the host threads), per packet and per 64 KiB moved; "loop us" is the loop writer's
-//! (guest to host) or reader's (host to guest) CPU per 64 KiB. Interrupt suppression
-//! (EVENT_IDX) is not negotiated, so ember raises the interrupt every round, as for a guest
-//! waiting on it. The serving thread (and the loop's writer) runs on CPU 0, the host threads on
-//! CPU 1. Each measurement runs five times, interleaved; the best run counts. The first
-//! 4 MiB each way are checked byte for byte before measuring.
+//! The device is served on a thread of its own by the I/O worker's loop as ember's does (the
+//! device's `interest`, `poll`, `ready`), while the mock guest runs concurrently on the main
+//! thread, as a vCPU does: it publishes and reads the ring indices with release/acquire
+//! ordering, negotiates VIRTIO_RING_F_EVENT_IDX as Linux does, notifies a queue only when the
+//! device asked (`avail_event`) and sleeps on the device's interrupt after asking for it
+//! (`used_event`). "us/pkt" and "us/MiB" are the serving thread's CPU time (its thread CPU
+//! clock: the device's work, its syscalls and its waits' wake-ups; none of the guest's or the
+//! host threads'; "user/pkt" is its part outside the kernel, the device's own code), "cpu MB/s" the rate that CPU time allows (what ember would move on a core
+//! of its own) and "cpu/loop" that rate against the loop's MB/s; "loop us/MiB" is the loop
+//! writer's (guest to host) or reader's (host to guest) CPU. The serving thread (and the
+//! loop's writer) runs on CPU 0, the host threads on CPU 1, the guest on CPU 2 if there is
+//! one, else it takes turns with the serving thread on CPU 0 (then the measured MB/s also
+//! pays for the guest's work; ember's CPU figures do not). Each measurement runs five times,
+//! interleaved; the best run counts. The first 4 MiB each way are checked byte for byte
+//! before measuring.
 //!
 //! Run: `cargo bench -p devices --bench vsock`
 #![allow(clippy::unwrap_used)] // benchmark code
@@ -32,6 +38,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,11 +49,11 @@ use devices::virtio::testing::Driver;
 use devices::virtio::vsock::packet::{HDR_LEN, Header, MAX_PAYLOAD, TYPE_STREAM, op};
 use devices::virtio::vsock::{QUEUE_SIZE, Vsock, VsockServer};
 use devices::virtio::worker::{IoHandler, Ready, Watch};
-use devices::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice, VirtioInterrupt};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use common::thread_cpu_exact;
+use common::{since, thread_cpu, thread_cpu_exact};
 
 const GUEST_CID: u64 = 3;
 const GUEST_PORT: u32 = 5000;
@@ -73,6 +80,8 @@ const RUNS: usize = 5;
 /// Where the serving thread (and the loop's writer) runs, and where the host thread runs.
 const SERVING_CPU: usize = 0;
 const HOST_CPU: usize = 1;
+/// Where the mock guest runs when the machine has a CPU for it alone, as a vCPU would.
+const OWN_GUEST_CPU: usize = 2;
 const TARGET_PERCENT: f64 = 70.0;
 /// The longest a run may go without progress before the benchmark gives up.
 const STALL: Duration = Duration::from_secs(10);
@@ -105,6 +114,18 @@ fn pin(cpu: usize) {
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
+/// The guest's CPU: one of its own if the machine has three, else the serving thread's, taking
+/// turns with it as a vCPU does on an overcommitted host (sharing the host thread's instead
+/// would slow the host side, which the loop does not pay).
+fn guest_cpu() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > OWN_GUEST_CPU {
+        OWN_GUEST_CPU
+    } else {
+        SERVING_CPU
+    }
+}
+
 fn check(bytes: &[u8], offset: u64) {
     for (i, b) in bytes.iter().enumerate() {
         let at = offset + i as u64;
@@ -117,6 +138,11 @@ struct Figures {
     packets: u64,
     wall: Duration,
     cpu: Duration,
+    /// The part of `cpu` spent outside the kernel: the device's own code (not reported for
+    /// the loop, which has none).
+    user: Duration,
+    /// The mock guest's CPU time (none for the loop).
+    guest: Duration,
 }
 
 impl Figures {
@@ -126,8 +152,18 @@ impl Figures {
     fn us_per_packet(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.packets.max(1) as f64
     }
-    fn us_per_chunk(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 * CHUNK as f64 / self.bytes.max(1) as f64
+    fn guest_us_per_mib(&self) -> f64 {
+        self.guest.as_secs_f64() * 1e6 * f64::from(1 << 20) / self.bytes.max(1) as f64
+    }
+    fn user_us_per_packet(&self) -> f64 {
+        self.user.as_secs_f64() * 1e6 / self.packets.max(1) as f64
+    }
+    fn us_per_mib(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 * f64::from(1 << 20) / self.bytes.max(1) as f64
+    }
+    /// The MB/s the CPU time allows: what the thread would move on a core of its own.
+    fn cpu_bound_mbs(&self) -> f64 {
+        self.bytes as f64 / self.cpu.as_secs_f64().max(1e-9) / 1e6
     }
 }
 
@@ -199,6 +235,8 @@ fn host_loop(
         packets,
         wall,
         cpu,
+        user: Duration::ZERO,
+        guest: Duration::ZERO,
     };
     (
         figures(total / CHUNK, write_cpu),
@@ -206,23 +244,83 @@ fn host_loop(
     )
 }
 
-/// The device, its serving loop and the guest side of one connection.
-struct Rig {
+/// Serves the device on a thread of its own (on [`SERVING_CPU`]) the way ember's I/O thread
+/// does (`vmm::io_worker`: wait on the stop event and the device's watches, hand it what became
+/// ready) until `stop` is written, then returns the thread's CPU time, and the user part of
+/// it: ember's own cost, and nothing else's.
+fn serve(mut server: VsockServer, stop: &EventFd) -> (Duration, Duration) {
+    pin(SERVING_CPU);
+    let start = thread_cpu_exact();
+    let start_split = thread_cpu();
+    let (mut watches, mut fds, mut ready) = (Vec::new(), Vec::new(), Vec::new());
+    let mut more = false;
+    loop {
+        server.interest(&mut watches);
+        fds.clear();
+        fds.push(Watch::readable(stop.as_raw_fd()).pollfd());
+        fds.extend(watches.iter().map(Watch::pollfd));
+        // SAFETY: `fds` is a valid array of pollfds of that length.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                if more { 0 } else { -1 },
+            )
+        };
+        if fds[0].revents != 0 {
+            return (thread_cpu_exact() - start, since(start_split).0);
+        }
+        ready.clear();
+        ready.extend(fds[1..].iter().map(|p| Ready::from_revents(p.revents)));
+        more = server.ready(&ready);
+    }
+}
+
+/// Runs `guest` on this thread while the device is served on another; returns its result and
+/// the CPU time spent meanwhile.
+fn with_device<T>(server: &VsockServer, guest: impl FnOnce() -> T) -> (T, Cpu) {
+    let stop = event();
+    std::thread::scope(|s| {
+        let device = std::thread::Builder::new()
+            .name("ember_vsock".into())
+            .spawn_scoped(s, || serve(server.clone(), &stop))
+            .unwrap();
+        let start = thread_cpu_exact();
+        let out = guest();
+        let guest = thread_cpu_exact() - start;
+        stop.write(1).unwrap();
+        let (ember, ember_user) = device.join().unwrap();
+        let cpu = Cpu {
+            ember,
+            ember_user,
+            guest,
+        };
+        (out, cpu)
+    })
+}
+
+/// CPU time spent while the device served.
+struct Cpu {
+    /// The serving thread's, and the user part of it.
+    ember: Duration,
+    ember_user: Duration,
+    /// The mock guest's.
+    guest: Duration,
+}
+
+/// The guest side of one connection: its driver of the three queues, run on its own thread
+/// as a guest's vCPU runs, which notifies the device and sleeps on its interrupt as Linux
+/// does with VIRTIO_RING_F_EVENT_IDX negotiated.
+struct Guest {
     mem: GuestMemoryMmap,
     server: VsockServer,
     _vsock: Vsock,
     path: PathBuf,
-    /// The queues' notifications (receive, transmit), as the driver's kicks write them.
+    /// The queues' notifications (receive, transmit), and the device's interrupt.
     kicks: [EventFd; 2],
-    /// Queues that got buffers since their last notification.
-    unkicked: [bool; 2],
+    irq: EventFd,
     rx: Driver,
     tx: Driver,
-    watches: Vec<Watch>,
-    /// The device said more work is pending: the worker polls without sleeping.
-    more: bool,
-    /// The serving loop's CPU time so far.
-    cpu: Duration,
     rx_posted: u16,
     rx_next: u64,
     tx_in_ring: u16,
@@ -240,7 +338,7 @@ struct Rig {
     connected: bool,
 }
 
-impl Drop for Rig {
+impl Drop for Guest {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_file(port_path(&self.path));
@@ -257,7 +355,7 @@ fn event() -> EventFd {
     EventFd::new(libc::EFD_NONBLOCK).unwrap()
 }
 
-impl Rig {
+impl Guest {
     /// A device with a connection the guest opened; returns it and the host's end.
     fn connected() -> (Self, UnixStream) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
@@ -273,10 +371,18 @@ impl Rig {
         let listener = UnixListener::bind(&path).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port_listener = UnixListener::bind(port_path(&path)).unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(event()));
+        let irq = event();
+        let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
         let kicks = [event(), event()];
         let wake = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
-        let mut vsock = Vsock::new(mem.clone(), irq, wake, GUEST_CID, listener, path.clone());
+        let mut vsock = Vsock::new(
+            mem.clone(),
+            interrupt,
+            wake,
+            GUEST_CID,
+            listener,
+            path.clone(),
+        );
         let (rx, tx, ev) = (
             Driver::new(RXQ, QUEUE_SIZE),
             Driver::new(TXQ, QUEUE_SIZE),
@@ -287,19 +393,23 @@ impl Rig {
             tx.queue().unwrap(),
             ev.queue().unwrap(),
         ];
-        vsock.activate(queues, 1 << VIRTIO_F_VERSION_1).unwrap();
-        let mut rig = Self {
+        // What Linux negotiates from what the device offers.
+        let features = vsock.features() & (1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX);
+        assert_ne!(
+            features & 1 << VIRTIO_RING_F_EVENT_IDX,
+            0,
+            "EVENT_IDX is not offered"
+        );
+        vsock.activate(queues, features).unwrap();
+        let mut guest = Self {
             mem,
             server: vsock.server(),
             _vsock: vsock,
             path,
             kicks,
-            unkicked: [false; 2],
+            irq,
             rx,
             tx,
-            watches: Vec::new(),
-            more: true,
-            cpu: Duration::ZERO,
             rx_posted: 0,
             rx_next: 0,
             tx_in_ring: 0,
@@ -313,39 +423,49 @@ impl Rig {
             rx_packets: 0,
             connected: false,
         };
-        rig.refill();
-        rig.send(op::REQUEST, None);
-        let start = Instant::now();
-        while !rig.connected {
-            assert!(
-                start.elapsed() < STALL,
-                "no answer to the connection request"
-            );
-            rig.round(10);
-            rig.take_rx(None);
-            rig.take_tx();
-        }
+        let server = guest.server.clone();
+        with_device(&server, || {
+            guest.refill();
+            guest.send(op::REQUEST, None);
+            guest.kick();
+            let start = Instant::now();
+            while !guest.connected {
+                assert!(
+                    start.elapsed() < STALL,
+                    "no answer to the connection request"
+                );
+                if !guest.take_rx(None) {
+                    guest.sleep();
+                }
+                guest.take_tx();
+                guest.kick();
+            }
+        });
         let (host, _) = port_listener.accept().unwrap();
-        (rig, host)
+        (guest, host)
     }
 
-    /// Notifies the queues that got buffers since the last round (once per batch, as a
-    /// driver does), then runs one round of the I/O worker's loop: interest, poll, ready.
-    fn round(&mut self, wait_ms: i32) {
-        for (kick, unkicked) in self.kicks.iter().zip(&mut self.unkicked) {
-            if std::mem::take(unkicked) {
+    /// Notifies the queues whose new buffers the device asked to hear of, once per batch.
+    fn kick(&mut self) {
+        for (driver, kick) in [&mut self.rx, &mut self.tx].into_iter().zip(&self.kicks) {
+            if driver.kick_needed(&self.mem, true).unwrap() {
                 kick.write(1).unwrap();
             }
         }
-        let start = thread_cpu_exact();
-        self.server.interest(&mut self.watches);
-        let mut fds: Vec<libc::pollfd> = self.watches.iter().map(Watch::pollfd).collect();
-        let timeout = if self.more { 0 } else { wait_ms };
-        // SAFETY: `fds` is a valid array of pollfds of that length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        let ready: Vec<Ready> = fds.iter().map(|p| Ready::from_revents(p.revents)).collect();
-        self.more = self.server.ready(&ready);
-        self.cpu += thread_cpu_exact() - start;
+    }
+
+    /// Asks for the interrupt and waits for it (at most 100 ms), unless used buffers are
+    /// already waiting, as a driver with nothing else to do.
+    fn sleep(&mut self) {
+        let waiting = self.rx.enable_interrupt(&self.mem).unwrap()
+            | self.tx.enable_interrupt(&self.mem).unwrap();
+        if waiting {
+            return;
+        }
+        let mut fd = Watch::readable(self.irq.as_raw_fd()).pollfd();
+        // SAFETY: `fd` is one valid pollfd.
+        unsafe { libc::poll(&mut fd, 1, 100) };
+        let _ = self.irq.read();
     }
 
     /// Puts a packet into the transmit queue: a header buffer and, for data, a payload buffer
@@ -380,11 +500,13 @@ impl Rig {
         self.tx_in_ring += 1;
         self.tx_cnt = self.tx_cnt.wrapping_add(len);
         self.told_fwd_cnt = self.fwd_cnt;
-        self.unkicked[1] = true;
     }
 
-    fn take_tx(&mut self) {
-        self.tx_in_ring -= self.tx.take_used(&self.mem).unwrap().len() as u16;
+    /// Reclaims the transmit buffers the device returned; whether there were any.
+    fn take_tx(&mut self) -> bool {
+        let done = self.tx.take_used(&self.mem).unwrap().len() as u16;
+        self.tx_in_ring -= done;
+        done > 0
     }
 
     /// Bytes ember can still take.
@@ -394,9 +516,11 @@ impl Rig {
     }
 
     /// Takes what the device put into the receive queue (checking data against the stream's
-    /// pattern with `verify`), answers what needs an answer and refills the ring.
-    fn take_rx(&mut self, verify: Option<u64>) {
-        for (head, len) in self.rx.take_used(&self.mem).unwrap() {
+    /// pattern with `verify`), answers what needs an answer and refills the ring; whether
+    /// there was anything.
+    fn take_rx(&mut self, verify: Option<u64>) -> bool {
+        let used = self.rx.take_used(&self.mem).unwrap();
+        for &(head, len) in &used {
             self.rx_posted -= 1;
             let addr = RX_BUFS + u64::from(head) * RX_STRIDE;
             let mut raw = [0u8; HDR_LEN];
@@ -431,11 +555,11 @@ impl Rig {
             self.send(op::CREDIT_UPDATE, None);
         }
         self.refill();
+        !used.is_empty()
     }
 
     /// Makes the whole receive ring available again, as Linux does after taking buffers.
     fn refill(&mut self) {
-        let added = self.rx_posted < QUEUE_SIZE;
         while self.rx_posted < QUEUE_SIZE {
             // One-descriptor chains: the head is the slot.
             let addr = RX_BUFS + (self.rx_next % u64::from(QUEUE_SIZE)) * RX_STRIDE;
@@ -444,7 +568,6 @@ impl Rig {
             self.rx_next += 1;
             self.rx_posted += 1;
         }
-        self.unkicked[0] |= added;
     }
 
     /// Sends `total` bytes to the host as 64 KiB writes would go, within ember's credit.
@@ -454,42 +577,49 @@ impl Rig {
         total: u64,
         verify: bool,
     ) -> (Figures, UnixStream) {
-        let written_before = self.server.stats().tx_bytes_count;
-        let cpu_before = self.cpu;
         let start = Instant::now();
         let reader = reader(host, total, CHUNK as usize, verify);
-        let (mut sent, mut packets) = (0u64, 0u64);
-        let (mut progress, mut last) = (Instant::now(), 0);
-        loop {
-            self.take_rx(None);
-            self.take_tx();
-            let written = self.server.stats().tx_bytes_count - written_before;
-            if written == total {
-                break;
+        let server = self.server.clone();
+        let (packets, cpu) = with_device(&server, || {
+            let (mut sent, mut packets) = (0u64, 0u64);
+            let mut progress = Instant::now();
+            while sent < total || self.tx_in_ring > 0 {
+                let mut busy = self.take_rx(None) | self.take_tx();
+                while sent < total && self.peer_credit() > 0 && self.tx_in_ring < QUEUE_SIZE / 2 {
+                    // Never across the writes the packets come from, as Linux sends them.
+                    let off = sent % CHUNK;
+                    let len = (CHUNK - off)
+                        .min(u64::from(self.peer_credit()))
+                        .min(total - sent);
+                    let at = TX_DATA + (sent / CHUNK % PATTERN_CHUNKS) * CHUNK + off;
+                    self.send(op::RW, Some((at, len as u32)));
+                    sent += len;
+                    packets += 1;
+                    busy = true;
+                }
+                self.kick();
+                if busy {
+                    progress = Instant::now();
+                } else {
+                    assert!(
+                        progress.elapsed() < STALL,
+                        "stalled after sending {sent} bytes"
+                    );
+                    self.sleep();
+                }
             }
-            if written != last {
-                (progress, last) = (Instant::now(), written);
-            }
-            assert!(progress.elapsed() < STALL, "stalled at {written} bytes");
-            while sent < total && self.peer_credit() > 0 {
-                // Never across the writes the packets come from, as Linux sends them.
-                let off = sent % CHUNK;
-                let len = (CHUNK - off)
-                    .min(u64::from(self.peer_credit()))
-                    .min(total - sent);
-                let at = TX_DATA + (sent / CHUNK % PATTERN_CHUNKS) * CHUNK + off;
-                self.send(op::RW, Some((at, len as u32)));
-                sent += len;
-                packets += 1;
-            }
-            self.round(100);
-        }
-        let (host, end, _) = reader.join().unwrap();
+            // The device keeps serving until the host has read everything.
+            let (host, end, _) = reader.join().unwrap();
+            (packets, host, end)
+        });
+        let (packets, host, end) = packets;
         let figures = Figures {
             bytes: total,
             packets,
             wall: end - start,
-            cpu: self.cpu - cpu_before,
+            cpu: cpu.ember,
+            user: cpu.ember_user,
+            guest: cpu.guest,
         };
         (figures, host)
     }
@@ -503,30 +633,32 @@ impl Rig {
         verify: bool,
     ) -> (Figures, UnixStream) {
         let (bytes_before, packets_before) = (self.rx_bytes, self.rx_packets);
-        let cpu_before = self.cpu;
         let start = Instant::now();
         let writer = writer(host, total, chunks.clone(), HOST_CPU);
-        let (mut progress, mut last) = (Instant::now(), 0);
-        loop {
-            self.take_rx(verify.then_some(bytes_before));
-            self.take_tx();
-            let got = self.rx_bytes - bytes_before;
-            if got == total {
-                break;
+        let server = self.server.clone();
+        let (end, cpu) = with_device(&server, || {
+            let mut progress = Instant::now();
+            while self.rx_bytes - bytes_before < total {
+                let busy = self.take_rx(verify.then_some(bytes_before)) | self.take_tx();
+                self.kick();
+                if busy {
+                    progress = Instant::now();
+                } else {
+                    let got = self.rx_bytes - bytes_before;
+                    assert!(progress.elapsed() < STALL, "stalled at {got} bytes");
+                    self.sleep();
+                }
             }
-            if got != last {
-                (progress, last) = (Instant::now(), got);
-            }
-            assert!(progress.elapsed() < STALL, "stalled at {got} bytes");
-            self.round(100);
-        }
-        let end = Instant::now();
+            Instant::now()
+        });
         let (host, _) = writer.join().unwrap();
         let figures = Figures {
             bytes: total,
             packets: self.rx_packets - packets_before,
             wall: end - start,
-            cpu: self.cpu - cpu_before,
+            cpu: cpu.ember,
+            user: cpu.ember_user,
+            guest: cpu.guest,
         };
         (figures, host)
     }
@@ -543,7 +675,7 @@ fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figure
         format!("{:.0}%", dev.mbs() / s.mbs() * 100.0)
     });
     println!(
-        "{name:<14} {:>9.0} {:>9.0} {:>6.0}% {:>6} {:>10} {:>9} {:>10.2} {:>12.2} {:>10.2}",
+        "{name:<14} {:>9.0} {:>9.0} {:>6.0}% {:>6} {:>10} {:>8} {:>8.2} {:>9.2} {:>9.0} {:>10.0} {:>7.0}% {:>9.0}",
         host.mbs(),
         dev.mbs(),
         ratio,
@@ -551,20 +683,23 @@ fn report(name: &str, dev: &Figures, host: &Figures, small_reads: Option<&Figure
         small,
         dev.packets,
         dev.us_per_packet(),
-        dev.us_per_chunk(),
-        host.us_per_chunk(),
+        dev.user_us_per_packet(),
+        dev.us_per_mib(),
+        dev.cpu_bound_mbs(),
+        dev.cpu_bound_mbs() / host.mbs() * 100.0,
+        host.us_per_mib(),
     );
 }
 
 fn main() {
     env_logger::init();
-    pin(SERVING_CPU);
+    pin(guest_cpu());
     let chunks = Arc::new(pattern_chunks());
-    let (mut rig, host) = Rig::connected();
+    let (mut guest, host) = Guest::connected();
     // Check the streams byte for byte first (not measured).
     host_loop(VERIFIED, CHUNK as usize, &chunks, true);
-    let (_, host) = rig.guest_to_host(host, VERIFIED, true);
-    let (_, mut host) = rig.host_to_guest(host, VERIFIED, &chunks, true);
+    let (_, host) = guest.guest_to_host(host, VERIFIED, true);
+    let (_, mut host) = guest.host_to_guest(host, VERIFIED, &chunks, true);
 
     let (mut loop_w, mut loop_r, mut small_r) = (None::<Figures>, None::<Figures>, None);
     let (mut tx, mut rx) = (None::<Figures>, None::<Figures>);
@@ -578,9 +713,9 @@ fn main() {
         let (w, r) = host_loop(TOTAL, CHUNK as usize, &chunks, false);
         keep(&mut loop_w, w);
         keep(&mut loop_r, r);
-        let (f, h) = rig.guest_to_host(host, TOTAL, false);
+        let (f, h) = guest.guest_to_host(host, TOTAL, false);
         keep(&mut tx, f);
-        let (f, h) = rig.host_to_guest(h, TOTAL, &chunks, false);
+        let (f, h) = guest.host_to_guest(h, TOTAL, &chunks, false);
         keep(&mut rx, f);
         host = h;
         keep(
@@ -594,8 +729,13 @@ fn main() {
          the loop's MB/s",
         TOTAL >> 20
     );
+    let guest = match guest_cpu() {
+        SERVING_CPU => "taking turns with ember on its CPU (fewer than 3 CPUs)",
+        _ => "on a CPU of its own",
+    };
+    println!("the mock guest runs on its own thread, {guest}");
     println!(
-        "{:<14} {:>9} {:>9} {:>7} {:>6} {:>10} {:>9} {:>10} {:>12} {:>10}",
+        "{:<14} {:>9} {:>9} {:>7} {:>6} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>9}",
         "direction",
         "loop MB/s",
         "dev MB/s",
@@ -603,10 +743,18 @@ fn main() {
         "target",
         "vs 4K loop",
         "packets",
-        "ember us",
-        "ember us/64K",
-        "loop us/64K"
+        "us/pkt",
+        "user/pkt",
+        "us/MiB",
+        "cpu MB/s",
+        "cpu/loop",
+        "loop us/MiB"
     );
     report("guest to host", &tx, &loop_w, None);
     report("host to guest", &rx, &loop_r, Some(&small_r));
+    println!(
+        "the mock guest's own CPU: {:.0} us/MiB guest to host, {:.0} host to guest",
+        tx.guest_us_per_mib(),
+        rx.guest_us_per_mib()
+    );
 }

@@ -26,12 +26,15 @@
 //! features of shared crates (serde_json, memchr) that a release build leaves off.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmm::vcpu::monotonic_ns;
+
+use common::{artifact, memory_overhead, setup_time, stats, wait_for_line};
 
 const RUNS: usize = 15;
 /// Setup runs per binary in baseline mode: a run takes milliseconds, and a comparison needs
@@ -46,27 +49,6 @@ const CI_RUNS: usize = 5;
 const MEMORY_RUNS_BASELINE: usize = 3;
 /// Path of another ember binary to measure side by side with this build.
 const BASELINE: &str = "EMBER_BENCH_BASELINE";
-const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn artifact(var: &str, built: &str, script: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(var) {
-        return PathBuf::from(p);
-    }
-    let ok = Command::new(root().join("resources").join(script))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "resources/{script} failed");
-    root().join("build/guest").join(built)
-}
-
 /// The ember binaries a figure is measured for.
 struct Binaries {
     /// `EMBER_BENCH_BASELINE`, when set.
@@ -127,95 +109,6 @@ impl<T> Pair<T> {
             this: f(&self.this),
         }
     }
-}
-
-/// Reads `stream` until a line contains `needle`; returns that line.
-fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String> {
-    BufReader::new(stream)
-        .split(b'\n')
-        .map_while(Result::ok)
-        .map(|line| String::from_utf8_lossy(&line).into_owned())
-        .find(|line| line.contains(needle))
-}
-
-/// Spawns ember on `kernel` with the `extra` flags (stopping it at its first KVM_RUN) and
-/// returns the setup time.
-fn setup_time(binary: &Path, kernel: &Path, extra: &[String]) -> Duration {
-    let start = monotonic_ns();
-    let mut child = Command::new(binary)
-        .arg("--kernel")
-        .arg(kernel)
-        .args(extra)
-        .args([
-            "--memory",
-            "128",
-            "--level",
-            "info",
-            "--timeout",
-            "30",
-            "--cmdline",
-            ROOTWAIT,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = wait_for_line(
-        child.stderr.take().unwrap(),
-        "entering the guest at monotonic ",
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line.expect("ember never entered the guest");
-    let entered: u64 = line
-        .rsplit("monotonic ")
-        .next()
-        .unwrap()
-        .trim_end_matches(" ns")
-        .parse()
-        .unwrap();
-    Duration::from_nanos(entered - start)
-}
-
-/// Boots Linux with the `extra` flags to its root-device wait and returns (ember's RSS,
-/// guest-touched RSS) in KiB.
-fn memory_overhead(binary: &Path, kernel: &Path, extra: &[String]) -> (u64, u64) {
-    let mut child = Command::new(binary)
-        .arg("--kernel")
-        .arg(kernel)
-        .args(extra)
-        .args(["--memory", "128", "--timeout", "600", "--cmdline", ROOTWAIT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_line(child.stdout.take().unwrap(), "Waiting for root device");
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    let (mut total, mut guest) = (0, 0);
-    let mut in_guest = false;
-    for line in smaps.lines() {
-        let field = |name: &str| -> Option<u64> {
-            line.strip_prefix(name)?
-                .trim()
-                .trim_end_matches(" kB")
-                .parse()
-                .ok()
-        };
-        if let Some(size) = field("Size:") {
-            // The guest RAM mapping is the one anonymous mapping of exactly 128 MiB.
-            in_guest = size == 128 * 1024;
-        } else if let Some(rss) = field("Rss:") {
-            total += rss;
-            if in_guest {
-                guest += rss;
-            }
-        }
-    }
-    (total, guest)
 }
 
 /// Wall time from spawn to the initramfs init's marker.
@@ -294,25 +187,6 @@ fn ci_run(binary: &Path, kernel: &Path, initramfs: &Path) -> CiRun {
         setup: Duration::from_nanos(entered - start),
         teardown: Duration::from_nanos(exiting - left),
         exit: Duration::from_nanos(end - exiting),
-    }
-}
-
-/// Median, min and max of one binary's samples.
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-    n: usize,
-}
-
-fn stats(samples: &[f64]) -> Stats {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    Stats {
-        median: sorted[sorted.len() / 2],
-        min: sorted[0],
-        max: sorted[sorted.len() - 1],
-        n: sorted.len(),
     }
 }
 

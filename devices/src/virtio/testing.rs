@@ -2,6 +2,14 @@
 //! benchmarks: chains go in through the available ring (with wrapping indices, which
 //! virtio-queue's own mock does not do) and come back through the used ring. Compiled only for
 //! tests and with the `test-utils` feature, never into ember itself.
+//!
+//! The indices are published and read as a driver on another CPU must (the available index
+//! with release ordering after the descriptors it covers, the used index with acquire ordering
+//! before the elements it covers), so a driver may run on a thread of its own, concurrently
+//! with the device, as a guest's vCPU does. With `VIRTIO_RING_F_EVENT_IDX` it also suppresses
+//! notifications as Linux does ([`Driver::kick_needed`], [`Driver::enable_interrupt`]).
+
+use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
@@ -21,6 +29,8 @@ pub struct Driver {
     next_desc: u16,
     avail_idx: u16,
     used_seen: u16,
+    /// The available index as of the last [`Driver::kick_needed`].
+    kicked: u16,
 }
 
 impl Driver {
@@ -37,6 +47,7 @@ impl Driver {
             next_desc: 0,
             avail_idx: 0,
             used_seen: 0,
+            kicked: 0,
         }
     }
 
@@ -103,14 +114,44 @@ impl Driver {
         self.set_avail_idx(mem, self.avail_idx)
     }
 
-    /// Writes the available index as a (possibly hostile) driver would.
+    /// Writes the available index as a (possibly hostile) driver would, after everything
+    /// written before it (a driver's write barrier).
     pub fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) -> Result<()> {
-        mem.write_obj(idx, GuestAddress(self.avail + 2))
+        mem.store(idx, GuestAddress(self.avail + 2), Ordering::Release)
+    }
+
+    /// Whether the device must be notified of the chains added since the last call: with
+    /// `event_idx`, only if its `avail_event` lies among them (Linux's
+    /// `virtqueue_kick_prepare`); without, whenever any were added.
+    pub fn kick_needed(&mut self, mem: &GuestMemoryMmap, event_idx: bool) -> Result<bool> {
+        let (new, old) = (self.avail_idx, self.kicked);
+        self.kicked = new;
+        if !event_idx {
+            return Ok(new != old);
+        }
+        // The index written must be visible before the device's wish is read.
+        fence(Ordering::SeqCst);
+        let at = GuestAddress(self.used + 4 + 8 * u64::from(self.size));
+        let event: u16 = mem.load(at, Ordering::Relaxed)?;
+        Ok(new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old))
+    }
+
+    /// Asks (with `VIRTIO_RING_F_EVENT_IDX`'s `used_event`) for an interrupt once the device
+    /// returns a chain beyond those taken, as a driver does before it sleeps; returns whether
+    /// chains are already waiting, which it must take rather than sleep (Linux's
+    /// `virtqueue_enable_cb`).
+    pub fn enable_interrupt(&self, mem: &GuestMemoryMmap) -> Result<bool> {
+        let at = GuestAddress(self.avail + 4 + 2 * u64::from(self.size));
+        mem.store(self.used_seen, at, Ordering::Relaxed)?;
+        fence(Ordering::SeqCst);
+        let idx: u16 = mem.load(GuestAddress(self.used + 2), Ordering::Acquire)?;
+        Ok(idx != self.used_seen)
     }
 
     /// The used elements (head, length) returned since the last call.
     pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Result<Vec<(u16, u32)>> {
-        let idx: u16 = mem.read_obj(GuestAddress(self.used + 2))?;
+        // The elements the index covers were written before it.
+        let idx: u16 = mem.load(GuestAddress(self.used + 2), Ordering::Acquire)?;
         let mut out = Vec::new();
         while self.used_seen != idx {
             let slot = u64::from(self.used_seen % self.size);

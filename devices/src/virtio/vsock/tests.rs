@@ -34,6 +34,8 @@ struct Rig {
     path: PathBuf,
     /// The queues' notifications (receive, transmit), as the driver's kicks write them.
     kicks: [EventFd; 2],
+    /// The device's interrupt: its count is the number of interrupts raised since last read.
+    irq: EventFd,
     /// The guest's receive buffer, as it advertises it.
     buf_alloc: u32,
 }
@@ -55,15 +57,29 @@ impl Rig {
 
     /// A rig whose receive ring starts with `count` of the usual buffers.
     fn with_rx_buffers(name: &str, count: u16) -> Self {
+        Self::negotiated(name, count, None)
+    }
+
+    /// [`Rig::with_rx_buffers`] with the driver accepting only `features` of what the device
+    /// offers (all of it with `None`).
+    fn negotiated(name: &str, count: u16, features: Option<u64>) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let path = std::env::temp_dir().join(format!("ember-vsock-{}-{name}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(event()));
+        let irq = event();
+        let interrupt = Arc::new(VirtioInterrupt::new(irq.try_clone().unwrap()));
         let kicks = [event(), event()];
         let wake = [kicks[0].try_clone().unwrap(), kicks[1].try_clone().unwrap()];
-        let mut vsock = Vsock::new(mem.clone(), irq, wake, GUEST_CID, listener, path.clone());
+        let mut vsock = Vsock::new(
+            mem.clone(),
+            interrupt,
+            wake,
+            GUEST_CID,
+            listener,
+            path.clone(),
+        );
         let (rx, tx, ev) = (
             Driver::new(0, RING),
             Driver::new(0x4000, RING),
@@ -74,7 +90,8 @@ impl Rig {
             tx.queue().unwrap(),
             ev.queue().unwrap(),
         ];
-        vsock.activate(queues, vsock.features()).unwrap();
+        let features = vsock.features() & features.unwrap_or(u64::MAX);
+        vsock.activate(queues, features).unwrap();
         let server = vsock.server();
         let mut rig = Self {
             mem,
@@ -86,6 +103,7 @@ impl Rig {
             _vsock: vsock,
             path,
             kicks,
+            irq,
             buf_alloc: 64 << 10,
         };
         for _ in 0..count {

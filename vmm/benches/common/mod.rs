@@ -1,0 +1,139 @@
+//! Machinery the VMM benchmarks share: guest artifacts, ember's setup time to its first
+//! KVM_RUN, its memory overhead at a Linux guest's root-device wait, and sample statistics.
+#![allow(dead_code)] // each benchmark uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vmm::vcpu::monotonic_ns;
+
+pub const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn artifact(var: &str, built: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let ok = Command::new(root().join("resources").join(script))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "resources/{script} failed");
+    root().join("build/guest").join(built)
+}
+
+/// Reads `stream` until a line contains `needle`; returns that line.
+pub fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String> {
+    BufReader::new(stream)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|line| String::from_utf8_lossy(&line).into_owned())
+        .find(|line| line.contains(needle))
+}
+
+/// Spawns ember on `kernel` with the `extra` flags (stopping it at its first KVM_RUN) and
+/// returns the setup time.
+pub fn setup_time(binary: &Path, kernel: &Path, extra: &[String]) -> Duration {
+    let start = monotonic_ns();
+    let mut child = Command::new(binary)
+        .arg("--kernel")
+        .arg(kernel)
+        .args(extra)
+        .args([
+            "--memory",
+            "128",
+            "--level",
+            "info",
+            "--timeout",
+            "30",
+            "--cmdline",
+            ROOTWAIT,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(
+        child.stderr.take().unwrap(),
+        "entering the guest at monotonic ",
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("ember never entered the guest");
+    let entered: u64 = line
+        .rsplit("monotonic ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" ns")
+        .parse()
+        .unwrap();
+    Duration::from_nanos(entered - start)
+}
+
+/// Boots Linux with the `extra` flags to its root-device wait and returns (ember's RSS,
+/// guest-touched RSS) in KiB.
+pub fn memory_overhead(binary: &Path, kernel: &Path, extra: &[String]) -> (u64, u64) {
+    let mut child = Command::new(binary)
+        .arg("--kernel")
+        .arg(kernel)
+        .args(extra)
+        .args(["--memory", "128", "--timeout", "600", "--cmdline", ROOTWAIT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_line(child.stdout.take().unwrap(), "Waiting for root device");
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (mut total, mut guest) = (0, 0);
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        let field = |name: &str| -> Option<u64> {
+            line.strip_prefix(name)?
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .ok()
+        };
+        if let Some(size) = field("Size:") {
+            // The guest RAM mapping is the one anonymous mapping of exactly 128 MiB.
+            in_guest = size == 128 * 1024;
+        } else if let Some(rss) = field("Rss:") {
+            total += rss;
+            if in_guest {
+                guest += rss;
+            }
+        }
+    }
+    (total, guest)
+}
+
+/// Median, min and max of one binary's samples.
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+pub fn stats(samples: &[f64]) -> Stats {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Stats {
+        median: sorted[sorted.len() / 2],
+        min: sorted[0],
+        max: sorted[sorted.len() - 1],
+        n: sorted.len(),
+    }
+}
