@@ -1,6 +1,7 @@
 //! The `ember` command line: flags that describe a microVM directly, or a Firecracker config
 //! file, turned into the same [`VmConfig`] the API uses, plus options for this run. `ember run
-//! ...` is the same as `ember ...`, spelled for CI scripts.
+//! FLAGS` (no image) is the same as `ember FLAGS`, spelled for CI scripts; `ember run IMAGE` is
+//! [`crate::run`]'s.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -90,7 +91,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot the microVM, run it to its end and exit with its status (same flags as `ember`).
+    /// Run a container image in a microVM (`ember run IMAGE -- COMMAND`, see `ember run
+    /// --help`); without an image, boot the microVM as `ember` does with the same flags.
     Run(VmArgs),
 }
 
@@ -258,7 +260,8 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     logger::parse_level(s).map_err(|e| e.to_string())
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+/// A `--timeout` value: seconds, decimals allowed, more than 0.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;

@@ -12,6 +12,7 @@
 //! value needs quoting; the kernel command line would cap the length and need quoting.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 /// Where ember puts the configuration in the initramfs, and where the init reads it.
 pub const CONFIG_PATH: &str = "/ember/config";
@@ -75,6 +76,8 @@ pub enum GuestError {
     NoSuchGroup(String),
     /// `-e` with an empty name.
     EnvSyntax(String),
+    /// A `--net` address or gateway that is not IPv4.
+    Address(String),
 }
 
 impl fmt::Display for GuestError {
@@ -97,6 +100,11 @@ impl fmt::Display for GuestError {
                  image does not name)"
             ),
             Self::EnvSyntax(e) => write!(f, "-e '{e}' is not KEY=VALUE (or KEY)"),
+            Self::Address(a) => write!(
+                f,
+                "--net address '{a}' is not IPv4 ADDRESS/PREFIX (ip=10.0.0.2/24) or, for gw=, \
+                 an IPv4 address"
+            ),
         }
     }
 }
@@ -146,16 +154,7 @@ impl GuestConfig {
                 .next()
                 .ok_or_else(|| bad(format!("'{key}' has no value")))?;
             let value = String::from_utf8_lossy(value).into_owned();
-            let last_volume = |cfg: &mut GuestConfig| {
-                cfg.volumes
-                    .last_mut()
-                    .ok_or_else(|| bad(format!("'{key}' before any volume")))
-            };
-            let net = |cfg: &mut GuestConfig| {
-                cfg.net
-                    .as_mut()
-                    .ok_or_else(|| bad(format!("'{key}' before the address")))
-            };
+            let after = |what: &str| bad(format!("'{key}' before {what}"));
             match &*key {
                 "arg" => cfg.argv.push(value),
                 "env" => cfg.env.push(value),
@@ -168,16 +167,28 @@ impl GuestConfig {
                     target: String::new(),
                     read_only: false,
                 }),
-                "volume-target" => last_volume(&mut cfg)?.target = value,
-                "volume-ro" => last_volume(&mut cfg)?.read_only = value == "1",
+                "volume-target" => {
+                    let volume = cfg.volumes.last_mut().ok_or_else(|| after("a volume"))?;
+                    volume.target = value;
+                }
+                "volume-ro" => {
+                    let volume = cfg.volumes.last_mut().ok_or_else(|| after("a volume"))?;
+                    volume.read_only = value == "1";
+                }
                 "address" => {
                     cfg.net = Some(NetSettings {
                         address: value,
                         ..Default::default()
                     })
                 }
-                "gateway" => net(&mut cfg)?.gateway = Some(value),
-                "dns" => net(&mut cfg)?.dns.push(value),
+                "gateway" => {
+                    let net = cfg.net.as_mut().ok_or_else(|| after("the address"))?;
+                    net.gateway = Some(value);
+                }
+                "dns" => {
+                    let net = cfg.net.as_mut().ok_or_else(|| after("the address"))?;
+                    net.dns.push(value);
+                }
                 _ => return Err(bad(format!("unknown key '{key}'"))),
             }
         }
@@ -218,6 +229,23 @@ pub fn merge_env(
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
     Ok(env)
+}
+
+/// `10.0.0.2/24` as the address and its netmask (`/24` when no prefix is given).
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, Ipv4Addr), GuestError> {
+    let bad = || GuestError::Address(cidr.to_owned());
+    let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, "24"));
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+    Ok((addr, Ipv4Addr::from(mask)))
+}
+
+/// A gateway address.
+pub fn parse_gateway(gateway: &str) -> Result<Ipv4Addr, GuestError> {
+    gateway
+        .parse()
+        .map_err(|_| GuestError::Address(gateway.to_owned()))
 }
 
 /// Who the program runs as.
@@ -329,7 +357,8 @@ mod tests {
         daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
         broken line\n\
         app:x:1000:1001:App:/home/app:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\nwheel:x:10:root,app\napp:x:1001:\naudio:x:29:app\nodd:x:x:app\n";
+    const GROUP: &str =
+        "root:x:0:\nwheel:x:10:root,app\napp:x:1001:\naudio:x:29:app\nodd:x:x:app\n";
 
     fn id(spec: &str) -> Result<Identity, GuestError> {
         resolve_user(spec, PASSWD, GROUP)
@@ -338,11 +367,17 @@ mod tests {
     #[test]
     fn users_resolve_by_name_or_number_with_supplementary_groups() {
         let app = id("app").unwrap();
-        assert_eq!((app.uid, app.gid, app.home.as_str()), (1000, 1001, "/home/app"));
+        assert_eq!(
+            (app.uid, app.gid, app.home.as_str()),
+            (1000, 1001, "/home/app")
+        );
         assert_eq!(app.groups, [1001, 10, 29]);
         assert_eq!(id("1000").unwrap(), app, "a number in passwd is that user");
         let root = id("").unwrap();
-        assert_eq!((root.uid, root.gid, root.groups.clone()), (0, 0, vec![0, 10]));
+        assert_eq!(
+            (root.uid, root.gid, root.groups.clone()),
+            (0, 0, vec![0, 10])
+        );
         assert_eq!(root.home, "/root");
         let stranger = id("4242").unwrap();
         assert_eq!((stranger.uid, stranger.gid), (4242, 0));
@@ -352,11 +387,19 @@ mod tests {
         assert_eq!(g.groups, [10, 29], "the group replaces the primary one");
         assert_eq!(id("4242:77").unwrap().gid, 77);
         assert_eq!(id("nobody"), Err(GuestError::NoSuchUser("nobody".into())));
-        assert_eq!(id("app:staff"), Err(GuestError::NoSuchGroup("staff".into())));
+        assert_eq!(
+            id("app:staff"),
+            Err(GuestError::NoSuchGroup("staff".into()))
+        );
         for bad in ["app:", ":10", "a:b:c", "1000:"] {
             assert_eq!(id(bad), Err(GuestError::UserSyntax(bad.into())), "{bad}");
         }
-        assert!(id("nobody").unwrap_err().to_string().contains("/etc/passwd"));
+        assert!(
+            id("nobody")
+                .unwrap_err()
+                .to_string()
+                .contains("/etc/passwd")
+        );
     }
 
     #[test]
@@ -365,13 +408,24 @@ mod tests {
         let host = |k: &str| (k == "FROM_HOST").then(|| "h".to_owned());
         let env = merge_env(
             &image,
-            &["A=flag".into(), "FROM_HOST".into(), "UNSET".into(), "C=x=y".into()],
+            &[
+                "A=flag".into(),
+                "FROM_HOST".into(),
+                "UNSET".into(),
+                "C=x=y".into(),
+            ],
             host,
         )
         .unwrap();
         assert_eq!(
             env,
-            ["B=image", "A=flag", "FROM_HOST=h", "C=x=y", &format!("PATH={DEFAULT_PATH}")]
+            [
+                "B=image",
+                "A=flag",
+                "FROM_HOST=h",
+                "C=x=y",
+                &format!("PATH={DEFAULT_PATH}")
+            ]
         );
         let env = merge_env(&["PATH=/opt/bin".into()], &[], host).unwrap();
         assert_eq!(env, ["PATH=/opt/bin"], "the image's PATH is kept");
@@ -381,6 +435,25 @@ mod tests {
             merge_env(&[], &["=v".into()], host),
             Err(GuestError::EnvSyntax("=v".into()))
         );
+    }
+
+    #[test]
+    fn net_addresses_take_a_prefix() {
+        let (a, m) = parse_cidr("10.0.0.2/24").unwrap();
+        assert_eq!(
+            (a.to_string(), m.to_string()),
+            ("10.0.0.2".into(), "255.255.255.0".into())
+        );
+        assert_eq!(parse_cidr("10.0.0.2/0").unwrap().1, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(parse_cidr("10.0.0.2/32").unwrap().1, Ipv4Addr::BROADCAST);
+        assert_eq!(
+            parse_cidr("10.0.0.2").unwrap().1.to_string(),
+            "255.255.255.0"
+        );
+        for bad in ["10.0.0.2/33", "host/24", "10.0.0.2/x", "::1/64"] {
+            assert_eq!(parse_cidr(bad), Err(GuestError::Address(bad.into())));
+        }
+        assert!(parse_gateway("10.0.0.1").is_ok() && parse_gateway("gw").is_err());
     }
 
     #[test]

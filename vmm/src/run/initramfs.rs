@@ -38,10 +38,10 @@ impl Cpio {
         let fields = [
             self.next_inode,
             mode,
-            0, // uid
-            0, // gid
+            0,                                                 // uid
+            0,                                                 // gid
             if mode & 0o170_000 == 0o040_000 { 2 } else { 1 }, // nlink
-            0, // mtime
+            0,                                                 // mtime
             data.len() as u32,
             0, // device major
             0, // device minor
@@ -52,7 +52,8 @@ impl Cpio {
         ];
         self.bytes.extend_from_slice(b"070701");
         for field in fields {
-            self.bytes.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.bytes
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.push(0);
@@ -152,7 +153,13 @@ mod tests {
     fn the_cpio_writer_pads_names_and_data_to_four_bytes() {
         let mut cpio = Cpio::default();
         cpio.add("a", Entry::Dir);
-        cpio.add("a/bc", Entry::File { mode: 0o644, data: b"hello" });
+        cpio.add(
+            "a/bc",
+            Entry::File {
+                mode: 0o644,
+                data: b"hello",
+            },
+        );
         cpio.add("c", Entry::CharDev { major: 5, minor: 1 });
         let bytes = cpio.finish();
         assert_eq!(bytes.len() % 4, 0);
@@ -175,7 +182,10 @@ mod tests {
         };
         let got = members(&build(&config));
         let names: Vec<_> = got.iter().map(|m| m.0.as_str()).collect();
-        assert_eq!(names, ["dev", "dev/console", "init", "ember", "ember/config"]);
+        assert_eq!(
+            names,
+            ["dev", "dev/console", "init", "ember", "ember/config"]
+        );
         let init = &got[2].3;
         assert_eq!(&init[..4], b"\x7fELF");
         assert_eq!(got[2].1, 0o100755);
