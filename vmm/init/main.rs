@@ -73,13 +73,9 @@ fn run() -> Result<u8, String> {
     sys::set_console_mode(cfg.tty)?;
     let cwd = if cfg.cwd.is_empty() { "/" } else { &cfg.cwd };
     // Docker creates a WorkingDir the image does not have.
-    std::fs::create_dir_all(cwd).map_err(|e| format!("cannot create the working directory {cwd}: {e}"))?;
-    let signals = sys::SignalSet::block(&[
-        sys::SIGCHLD,
-        sys::SIGTERM,
-        sys::SIGINT,
-        sys::SIGHUP,
-    ])?;
+    std::fs::create_dir_all(cwd)
+        .map_err(|e| format!("cannot create the working directory {cwd}: {e}"))?;
+    let signals = sys::SignalSet::block(&[sys::SIGCHLD, sys::SIGTERM, sys::SIGINT, sys::SIGHUP])?;
     let mut command = Command::new(&cfg.argv[0]);
     command
         .args(&cfg.argv[1..])
@@ -129,13 +125,37 @@ fn mount_root(cfg: &GuestConfig) -> Result<(), String> {
         mkdir(&inside(dir))?;
     }
     sys::mount("/dev", &inside("/dev"), "", sys::MS_MOVE, "")?;
-    sys::mount("proc", &inside("/proc"), "proc", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC, "")?;
-    sys::mount("sysfs", &inside("/sys"), "sysfs", sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC, "")?;
+    sys::mount(
+        "proc",
+        &inside("/proc"),
+        "proc",
+        sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+        "",
+    )?;
+    sys::mount(
+        "sysfs",
+        &inside("/sys"),
+        "sysfs",
+        sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+        "",
+    )?;
     for dir in ["/dev/pts", "/dev/shm"] {
         mkdir(&inside(dir))?;
     }
-    sys::mount("devpts", &inside("/dev/pts"), "devpts", sys::MS_NOSUID | sys::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")?;
-    sys::mount("shm", &inside("/dev/shm"), "tmpfs", sys::MS_NOSUID | sys::MS_NODEV, "mode=1777")?;
+    sys::mount(
+        "devpts",
+        &inside("/dev/pts"),
+        "devpts",
+        sys::MS_NOSUID | sys::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )?;
+    sys::mount(
+        "shm",
+        &inside("/dev/shm"),
+        "tmpfs",
+        sys::MS_NOSUID | sys::MS_NODEV,
+        "mode=1777",
+    )?;
     for v in &cfg.volumes {
         let target = inside(&v.target);
         std::fs::create_dir_all(&target)
@@ -161,9 +181,16 @@ fn setup_names(cfg: &GuestConfig) -> Result<(), String> {
         cfg.hostname
     );
     write(&format!("{ROOT}/etc/hosts"), &hosts)?;
-    write(&format!("{ROOT}/etc/hostname"), &format!("{}\n", cfg.hostname))?;
+    write(
+        &format!("{ROOT}/etc/hostname"),
+        &format!("{}\n", cfg.hostname),
+    )?;
     if let Some(net) = cfg.net.as_ref().filter(|n| !n.dns.is_empty()) {
-        let conf: String = net.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        let conf: String = net
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect();
         // A symlink (systemd-resolved's stub) would send the write into the lower layer's target.
         let path = format!("{ROOT}/etc/resolv.conf");
         let _ = std::fs::remove_file(&path);

@@ -76,7 +76,10 @@ impl Ifaces {
         // SAFETY: plain socket(2).
         let fd = unsafe { socket(i32::from(AF_INET), SOCK_DGRAM, 0) };
         if fd < 0 {
-            return Err(format!("cannot open a socket: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot open a socket: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(Self(fd))
     }
@@ -84,7 +87,10 @@ impl Ifaces {
     fn ioctl<T>(&self, request: u64, arg: &mut T, what: &str) -> Result<(), String> {
         // SAFETY: `arg` is the struct this request reads or writes (ifreq or rtentry).
         if unsafe { ioctl(self.0, request, arg as *mut T) } < 0 {
-            return Err(format!("cannot {what}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot {what}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         Ok(())
     }

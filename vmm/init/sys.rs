@@ -52,7 +52,13 @@ mod c {
     use std::ffi::c_void;
 
     unsafe extern "C" {
-        pub fn mount(src: *const i8, target: *const i8, fstype: *const i8, flags: u64, data: *const c_void) -> i32;
+        pub fn mount(
+            src: *const i8,
+            target: *const i8,
+            fstype: *const i8,
+            flags: u64,
+            data: *const c_void,
+        ) -> i32;
         pub fn chroot(path: *const i8) -> i32;
         pub fn sethostname(name: *const i8, len: usize) -> i32;
         pub fn sigemptyset(set: *mut SigSet) -> i32;
@@ -86,11 +92,24 @@ fn check(ret: i32, what: impl FnOnce() -> String) -> Result<i32, String> {
 }
 
 /// mount(2).
-pub fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: &str) -> Result<(), String> {
-    let (s, t, f, d) = (c_string(source)?, c_string(target)?, c_string(fstype)?, c_string(data)?);
+pub fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: u64,
+    data: &str,
+) -> Result<(), String> {
+    let (s, t, f, d) = (
+        c_string(source)?,
+        c_string(target)?,
+        c_string(fstype)?,
+        c_string(data)?,
+    );
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.
     let ret = unsafe { c::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
-    check(ret, || format!("cannot mount {source} on {target} ({fstype})"))?;
+    check(ret, || {
+        format!("cannot mount {source} on {target} ({fstype})")
+    })?;
     Ok(())
 }
 
@@ -101,7 +120,9 @@ pub fn switch_root(new_root: &str) -> Result<(), String> {
     mount(".", "/", "", MS_MOVE, "")?;
     let dot = c_string(".")?;
     // SAFETY: a NUL-terminated path.
-    check(unsafe { c::chroot(dot.as_ptr()) }, || "cannot chroot into the container".into())?;
+    check(unsafe { c::chroot(dot.as_ptr()) }, || {
+        "cannot chroot into the container".into()
+    })?;
     std::env::set_current_dir("/").map_err(|e| format!("cannot enter the new root: {e}"))
 }
 
@@ -122,18 +143,28 @@ pub fn set_console_mode(tty: bool) -> Result<(), String> {
     // SAFETY: Termios is glibc's struct termios; tcgetattr fills it in.
     let mut t: Termios = unsafe { std::mem::zeroed() };
     // SAFETY: fd 0 is the console; `t` is a valid termios.
-    check(unsafe { c::tcgetattr(0, &mut t) }, || "cannot read the console's mode".into())?;
+    check(unsafe { c::tcgetattr(0, &mut t) }, || {
+        "cannot read the console's mode".into()
+    })?;
     t.oflag &= !OPOST;
     t.lflag &= !ECHO;
     // SAFETY: as above.
-    check(unsafe { c::tcsetattr(0, TCSANOW, &t) }, || "cannot set the console's mode".into())?;
+    check(unsafe { c::tcsetattr(0, TCSANOW, &t) }, || {
+        "cannot set the console's mode".into()
+    })?;
     Ok(())
 }
 
 /// In the child before exec: a session of its own whose controlling terminal is the serial
 /// console (so Ctrl-C reaches it as SIGINT), then the user's groups and ids.
 pub fn enter_session_as(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
-    let last = |ret: i32| if ret < 0 { Err(Error::last_os_error()) } else { Ok(ret) };
+    let last = |ret: i32| {
+        if ret < 0 {
+            Err(Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    };
     // SAFETY: plain system calls on integers and a static NUL-terminated path; `groups` is a
     // valid slice for its length.
     unsafe {
@@ -166,9 +197,10 @@ impl SignalSet {
             for &s in signals {
                 c::sigaddset(&mut set, s);
             }
-            check(c::sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut()), || {
-                "cannot block signals".into()
-            })?;
+            check(
+                c::sigprocmask(SIG_BLOCK, &set, std::ptr::null_mut()),
+                || "cannot block signals".into(),
+            )?;
         }
         Ok(Self(set))
     }

@@ -392,3 +392,154 @@ impl RunArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Result<RunArgs, String> {
+        let argv = ["ember", "run"].iter().chain(words);
+        match parse(argv.copied()).map_err(|e| e.to_string())? {
+            Invocation::Container(args) => Ok(args),
+            Invocation::Vm(_) => Err("parsed as ember FLAGS".into()),
+        }
+    }
+
+    fn image(config: &str) -> PreparedImage {
+        PreparedImage {
+            digest: "local:test".into(),
+            rootfs: "rootfs.ext4".into(),
+            config: serde_json::from_str(&format!(
+                r#"{{"architecture":"amd64","os":"linux",
+                    "rootfs":{{"type":"layers","diff_ids":[]}},"config":{config}}}"#
+            ))
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn ember_run_with_an_image_is_the_container_form_and_without_one_the_old_spelling() {
+        let a = args(&["-e", "A=1", "-u", "app", "img", "--", "sh", "-c", "exit 3"]).unwrap();
+        assert_eq!(a.image, "img");
+        assert_eq!(a.command, ["sh", "-c", "exit 3"]);
+        assert_eq!((a.memory, a.vcpus, a.hostname.as_str()), (512, 1, "ember"));
+        let a = args(&["-m", "256", "--cpus", "2", "img", "ls", "-l"]).unwrap();
+        assert_eq!((a.memory, a.vcpus), (256, 2));
+        assert_eq!(
+            a.command,
+            ["ls", "-l"],
+            "no -- needed, and -l is the program's"
+        );
+        for old in [
+            &["--kernel", "k", "--timeout", "5", "--", "true"][..],
+            &["--kernel", "k", "--initrd", "i"],
+        ] {
+            assert_eq!(args(old).unwrap_err(), "parsed as ember FLAGS");
+        }
+        let missing = args(&[]).unwrap_err();
+        assert!(missing.contains("<IMAGE>"), "{missing}");
+        let unknown = args(&["--disk", "d", "img"]).unwrap_err();
+        assert!(unknown.contains("--disk"), "{unknown}");
+        let bad = parse(["ember", "--kernel", "k", "img"])
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("img"), "{bad}");
+    }
+
+    #[test]
+    fn the_kernel_is_the_flag_then_ember_kernel_then_the_installed_ones() {
+        let exe = std::env::current_exe().unwrap();
+        let missing = Path::new("/nonexistent/vmlinux");
+        let found = |flag, env: Option<&Path>, installed: &[&Path]| {
+            find_kernel(flag, env.map(Into::into), installed)
+        };
+        assert_eq!(found(Some(&exe), Some(missing), &[]).unwrap(), exe);
+        assert_eq!(found(None, Some(&exe), &[missing]).unwrap(), exe);
+        assert_eq!(found(None, None, &[missing, &exe]).unwrap(), exe);
+        let err = found(Some(missing), Some(&exe), &[&exe])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--kernel '/nonexistent/vmlinux' is not a file");
+        let err = found(None, Some(missing), &[&exe]).unwrap_err().to_string();
+        assert!(err.starts_with("EMBER_KERNEL"), "{err}");
+        let err = found(None, None, &[missing]).unwrap_err().to_string();
+        assert!(
+            err.contains("--kernel")
+                && err.contains(PACKAGED_KERNEL)
+                && err.contains("build-kernel.sh"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_image_configuration() {
+        let img = image(
+            r#"{"Env":["A=image","PATH=/bin"],"User":"app","WorkingDir":"/srv",
+                "Entrypoint":["/entry"],"Cmd":["default"]}"#,
+        );
+        let cfg = args(&["img"]).unwrap().guest_config(&img).unwrap();
+        assert_eq!(cfg.argv, ["/entry", "default"]);
+        assert_eq!((cfg.user.as_str(), cfg.cwd.as_str()), ("app", "/srv"));
+        assert_eq!(cfg.env, ["A=image", "PATH=/bin"]);
+        let cfg = args(&["-e", "A=flag", "-u", "0:0", "-w", "/tmp", "img", "x", "y"])
+            .unwrap()
+            .guest_config(&img)
+            .unwrap();
+        assert_eq!(cfg.argv, ["/entry", "x", "y"], "words replace Cmd only");
+        assert_eq!((cfg.user.as_str(), cfg.cwd.as_str()), ("0:0", "/tmp"));
+        assert_eq!(cfg.env, ["PATH=/bin", "A=flag"]);
+        let cfg = args(&["--entrypoint", "sh", "img"])
+            .unwrap()
+            .guest_config(&img)
+            .unwrap();
+        assert_eq!(cfg.argv, ["sh"], "--entrypoint drops the image's Cmd");
+        let bare = image("{}");
+        let cfg = args(&["img", "true"]).unwrap().guest_config(&bare).unwrap();
+        assert_eq!((cfg.user.as_str(), cfg.cwd.as_str()), ("", "/"));
+        assert!(matches!(
+            args(&["img"]).unwrap().guest_config(&bare),
+            Err(RunError::NoCommand)
+        ));
+        let err = args(&["-u", "app:", "img"])
+            .unwrap()
+            .guest_config(&img)
+            .unwrap_err();
+        assert!(err.to_string().contains("USER[:GROUP]"), "{err}");
+        let err = args(&["-e", "=x", "img"])
+            .unwrap()
+            .guest_config(&img)
+            .unwrap_err();
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn volumes_and_the_network_reuse_the_device_flags() {
+        let dir = std::env::temp_dir();
+        let host = dir.to_str().unwrap();
+        let (share, vol) = volume(&format!("{host}:/data:ro"), 2).unwrap();
+        assert_eq!((share.tag.as_str(), share.read_only), ("vol2", true));
+        assert_eq!(share.shared_dir.as_deref(), Some(host));
+        assert_eq!(
+            (vol.tag.as_str(), vol.target.as_str(), vol.read_only),
+            ("vol2", "/data", true)
+        );
+        assert!(!volume(&format!("{host}:/data"), 0).unwrap().1.read_only);
+        for bad in ["/x", "/x:data", ":/data", "/a,b:/data", "/x:/a:b"] {
+            assert!(matches!(volume(bad, 0), Err(RunError::Volume(_))), "{bad}");
+        }
+        let (nic, net) =
+            network("tap=tap0,ip=10.0.0.2/24,gw=10.0.0.1,dns=1.1.1.1,mtu=1400").unwrap();
+        assert_eq!((nic.host_dev_name.as_str(), nic.mtu), ("tap0", Some(1400)));
+        assert_eq!(net.address, "10.0.0.2/24");
+        assert_eq!(
+            (net.gateway.as_deref(), net.dns.as_slice()),
+            (Some("10.0.0.1"), &["1.1.1.1".to_owned()][..])
+        );
+        assert!(matches!(network("tap=tap0"), Err(RunError::NoAddress(_))));
+        assert!(matches!(
+            network("tap=t,ip=10.0.0.2/40"),
+            Err(RunError::Guest(_))
+        ));
+        assert!(matches!(network("ip=10.0.0.2"), Err(RunError::Device(_))));
+    }
+}
