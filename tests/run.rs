@@ -1,0 +1,169 @@
+//! `ember run IMAGE`: one Linux boot of a busybox image checks what a user relies on (the
+//! program's output alone on stdout, its exit status as ember's, the image's Env, WorkingDir and
+//! User with -e and the words after `--` over them, the image's files readable, and the image's
+//! ext4 unchanged by the container's writes); errors ember reports before booting need no boot.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{EXIT_CONFIG, code, ember, kvm_available, linux_acpi_kernel, linux_slot, run, text};
+
+/// An unpacked image in `dir`: rootfs.ext4 made with mkfs.ext4 -d from busybox-static, an
+/// /etc/passwd and /etc/group naming `app`, and a data file; config.json sets Env, WorkingDir,
+/// User and Cmd.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for sub in ["bin", "etc", "srv", "home/app"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "this test needs busybox-static (resources/setup-host.sh installs it)"
+    );
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nwheel:x:10:app\napp:x:1001:\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("srv/data.txt"), "from the image\n").unwrap();
+    // The user's home is the user's, so that the container can write there.
+    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1001)).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"Env":["PATH=/bin","FROM_IMAGE=image","OVERRIDDEN=image"],
+                      "WorkingDir":"/srv","User":"app","Cmd":["sh","-c","echo default"]}}"#,
+    )
+    .unwrap();
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&root)
+        .arg(dir.join("rootfs.ext4"))
+        .arg("8M")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("this test needs mkfs.ext4 (e2fsprogs)");
+    assert!(status.success(), "mkfs.ext4 failed");
+    dir.to_owned()
+}
+
+/// A fresh directory, removed first if an earlier run left it.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The program's output alone on stdout, its status as ember's, and the image untouched.
+#[test]
+fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = linux_acpi_kernel();
+    let image = busybox_image(&fresh_dir("run-boot"));
+    let rootfs = std::fs::read(image.join("rootfs.ext4")).unwrap();
+    let _slot = linux_slot();
+    // Each line is one verdict; the program writes into the image's directories (the overlay)
+    // and its own home, then ends with status 3.
+    let script = "echo hello; echo \"env $FROM_IMAGE $OVERRIDDEN $HOME\"; echo \"cwd $(pwd)\"; \
+        echo \"ids $(busybox id -u) $(busybox id -g) $(busybox id -G)\"; \
+        busybox cat data.txt; echo written > $HOME/new; busybox cat $HOME/new; \
+        echo err >&2; exit 3";
+    let out = run(
+        ember()
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(["-e", "OVERRIDDEN=flag", "--timeout", "300"])
+            .arg(&image)
+            .args(["--", "sh", "-c", script]),
+        Duration::from_secs(360),
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        stdout,
+        "hello\nenv image flag /home/app\ncwd /srv\nids 1000 1001 1001 10\n\
+         from the image\nwritten\nerr\n",
+        "stdout is the program's output, byte for byte (stderr:\n{stderr})"
+    );
+    assert_eq!(code(&out.status), 3, "stderr:\n{stderr}");
+    assert_eq!(stderr, "", "ember says nothing when the program ends");
+    assert!(
+        std::fs::read(image.join("rootfs.ext4")).unwrap() == rootfs,
+        "the container's writes changed the image's ext4"
+    );
+}
+
+/// Errors found before booting: each a one-line reason and ember's configuration status.
+#[test]
+fn errors_before_boot_say_what_to_do() {
+    let image = busybox_image(&fresh_dir("run-errors"));
+    let kernel = std::env::current_exe().unwrap();
+    let fail = |args: &[&str], env_kernel: Option<&str>, needle: &str| {
+        let mut cmd = ember();
+        cmd.arg("run").args(args).env_remove("EMBER_KERNEL");
+        if let Some(k) = env_kernel {
+            cmd.env("EMBER_KERNEL", k);
+        }
+        // No installed kernel is found from an empty working directory on a host without the
+        // package; the test says so if the host has it.
+        cmd.current_dir(fresh_dir("run-cwd"));
+        let out = run(&mut cmd, Duration::from_secs(30));
+        let stderr = text(&out.stderr);
+        assert_eq!(code(&out.status), EXIT_CONFIG, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    };
+    let image = image.to_str().unwrap();
+    let k = kernel.to_str().unwrap();
+    if !Path::new(vmm::run::PACKAGED_KERNEL).exists() {
+        fail(
+            &[image, "true"],
+            None,
+            "no guest kernel: give --kernel PATH",
+        );
+    }
+    fail(
+        &[image],
+        Some("/nonexistent"),
+        "EMBER_KERNEL '/nonexistent' is not a file",
+    );
+    fail(
+        &["--kernel", k, "-u", "app:", image, "true"],
+        None,
+        "is not USER[:GROUP]",
+    );
+    fail(
+        &["--kernel", k, "-v", "relative", image],
+        None,
+        "is not HOSTDIR:GUESTDIR",
+    );
+    fail(
+        &["--kernel", k, "/nonexistent-image"],
+        None,
+        "no such directory",
+    );
+    fail(
+        &["--kernel", k, "--entrypoint", "", image],
+        None,
+        "no Entrypoint or Cmd",
+    );
+    fail(
+        &["--kernel", k, "--net", "tap=t", image],
+        None,
+        "has no ip=",
+    );
+    fail(&["-x", image], None, "unexpected argument '-x'");
+}
