@@ -2,6 +2,7 @@
 //! program's output alone on stdout, its exit status as ember's, the image's Env, WorkingDir and
 //! User with -e and the words after `--` over them, the image's files readable, and the image's
 //! ext4 unchanged by the container's writes); errors ember reports before booting need no boot.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

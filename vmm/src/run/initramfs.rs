@@ -123,8 +123,11 @@ pub fn in_memory(bytes: &[u8]) -> std::io::Result<(std::fs::File, String)> {
 mod tests {
     use super::*;
 
-    /// The members of a newc archive: name, mode, rdev major and minor, data.
-    fn members(mut bytes: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// One member of an archive: name, mode, rdev major and minor, data.
+    type Member = (String, u32, (u32, u32), Vec<u8>);
+
+    /// The members of a newc archive.
+    fn members(mut bytes: &[u8]) -> Vec<Member> {
         let mut out = Vec::new();
         let field = |h: &[u8], i: usize| {
             u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16)

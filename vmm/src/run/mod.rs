@@ -67,9 +67,9 @@ impl RunCli {
 #[derive(Debug)]
 pub enum Invocation {
     /// `ember ...` or `ember run ...` without an image: a VM the flags describe.
-    Vm(cli::Cli),
+    Vm(Box<cli::Cli>),
     /// `ember run IMAGE ...`.
-    Container(RunArgs),
+    Container(Box<RunArgs>),
 }
 
 /// Parses ember's command line. `ember run` takes an image since `ember run IMAGE` exists;
@@ -83,11 +83,11 @@ pub fn parse<I: Into<OsString> + Clone>(
     let vm = cli::Cli::try_parse_from(&argv);
     let container_form = argv.get(1).is_some_and(|a| a == "run");
     match vm {
-        Ok(vm) if !container_form || argv.len() > 2 => Ok(Invocation::Vm(vm)),
+        Ok(vm) if !container_form || argv.len() > 2 => Ok(Invocation::Vm(Box::new(vm))),
         Err(e) if !container_form => Err(e),
-        _ => Ok(Invocation::Container(
+        _ => Ok(Invocation::Container(Box::new(
             RunCli::try_parse_from(&argv)?.into_args(),
-        )),
+        ))),
     }
 }
 
@@ -400,7 +400,7 @@ mod tests {
     fn args(words: &[&str]) -> Result<RunArgs, String> {
         let argv = ["ember", "run"].iter().chain(words);
         match parse(argv.copied()).map_err(|e| e.to_string())? {
-            Invocation::Container(args) => Ok(args),
+            Invocation::Container(args) => Ok(*args),
             Invocation::Vm(_) => Err("parsed as ember FLAGS".into()),
         }
     }
