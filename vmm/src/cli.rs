@@ -13,6 +13,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
+use crate::images::ImageCommand;
 use crate::logger;
 use crate::share;
 use crate::spec::{RunOptions, VirtioTransport};
@@ -92,6 +93,9 @@ pub struct Cli {
 enum Command {
     /// Boot the microVM, run it to its end and exit with its status (same flags as `ember`).
     Run(VmArgs),
+    /// The image cache: pull, images, rmi, image prune.
+    #[command(flatten)]
+    Image(ImageCommand),
 }
 
 /// Everything that describes one run of one microVM.
@@ -249,7 +253,15 @@ impl Cli {
     pub fn args(&self) -> &VmArgs {
         match &self.command {
             Some(Command::Run(args)) => args,
-            None => &self.args,
+            Some(Command::Image(_)) | None => &self.args,
+        }
+    }
+
+    /// The image command, when one was given (`ember pull`, `images`, `rmi`, `image prune`).
+    pub fn image_command(&self) -> Option<&ImageCommand> {
+        match &self.command {
+            Some(Command::Image(command)) => Some(command),
+            _ => None,
         }
     }
 }
