@@ -124,13 +124,12 @@ pub enum Error {
         available: Vec<String>,
     },
     /// The registry cannot be reached.
-    #[error(
-        "cannot reach registry {registry} at {url}: check the name and the network (a \
-         registry served over plain HTTP needs --insecure-registry {registry})"
-    )]
+    #[error("cannot reach registry {registry} at {url}: check the name and the network{hint}")]
     Unreachable {
         /// The registry.
         registry: String,
+        /// What else may help.
+        hint: String,
         /// Where it was looked for.
         url: String,
         /// Why.

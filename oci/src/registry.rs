@@ -14,7 +14,7 @@ use crate::Error;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::manifest::{ACCEPTED, MAX_MANIFEST};
-use crate::reference::Reference;
+use crate::reference::{DOCKER_HUB, Reference};
 
 /// How long to wait for a TCP (and TLS) connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,8 +119,17 @@ impl Registry {
     }
 
     fn unreachable(&self, source: ureq::Error) -> Error {
+        let hint = if self.base.starts_with("https:") && self.name != DOCKER_HUB {
+            format!(
+                " (a registry served over plain HTTP needs --insecure-registry {})",
+                self.name
+            )
+        } else {
+            String::new()
+        };
         Error::Unreachable {
             registry: self.name.clone(),
+            hint,
             url: self.base.clone(),
             source: Box::new(source),
         }
