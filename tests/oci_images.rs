@@ -3,6 +3,7 @@
 //! WorkingDir, User, Entrypoint and Cmd; a second layer with a whiteout and an opaque
 //! directory), serves it from Debian's docker-registry on 127.0.0.1 (pushed with skopeo),
 //! and checks the ext4 root filesystem ember builds with debugfs.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
