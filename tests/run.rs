@@ -1,4 +1,5 @@
-//! `ember run IMAGE`: one Linux boot of a busybox image checks what a user relies on (the
+//! `ember run IMAGE`: one Linux boot of a busybox image (an OCI layout the test writes, run
+//! through `oci::prepare` and the image cache) checks what a user relies on (the
 //! program's output alone on stdout, its exit status as ember's, the image's Env, WorkingDir and
 //! User with -e and the words after `--` over them, the image's files readable, and the image's
 //! ext4 unchanged by the container's writes); errors ember reports before booting need no boot.
@@ -10,53 +11,48 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::oci::{one_layer_layout, tar_of};
 use common::{EXIT_CONFIG, code, ember, kvm_available, linux_acpi_kernel, linux_slot, run, text};
 
-/// An unpacked image in `dir`: rootfs.ext4 made with mkfs.ext4 -d from busybox-static, an
-/// /etc/passwd and /etc/group naming `app`, and a data file; config.json sets Env, WorkingDir,
-/// User and Cmd.
-fn busybox_image(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    for sub in ["bin", "etc", "srv", "home/app"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.exists(),
-        "this test needs busybox-static (resources/setup-host.sh installs it)"
-    );
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:app\napp:x:1001:\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("srv/data.txt"), "from the image\n").unwrap();
-    // The user's home is the user's, so that the container can write there.
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1001)).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
-            "config":{"Env":["PATH=/bin","FROM_IMAGE=image","OVERRIDDEN=image"],
-                      "WorkingDir":"/srv","User":"app","Cmd":["sh","-c","echo default"]}}"#,
-    )
-    .unwrap();
-    let status = Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(&root)
-        .arg(dir.join("rootfs.ext4"))
-        .arg("8M")
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("this test needs mkfs.ext4 (e2fsprogs)");
-    assert!(status.success(), "mkfs.ext4 failed");
-    dir.to_owned()
+/// An OCI image layout in `dir` (tag v1): busybox-static, an /etc/passwd and /etc/group naming
+/// `app`, a data file, and a configuration with Env, WorkingDir, User and Cmd.
+fn busybox_image(dir: &Path) -> String {
+    use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("this test needs busybox-static (resources/setup-host.sh installs it)");
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001:App:/home/app:/bin/sh\n";
+    let layer = tar_of(&[
+        ("bin/", D, b"", 0, 0o755),
+        ("bin/busybox", F, &busybox, 0, 0o755),
+        ("bin/sh", S, b"busybox", 0, 0o777),
+        ("etc/", D, b"", 0, 0o755),
+        ("etc/passwd", F, passwd, 0, 0o644),
+        (
+            "etc/group",
+            F,
+            b"root:x:0:\nwheel:x:10:app\napp:x:1001:\n",
+            0,
+            0o644,
+        ),
+        ("srv/", D, b"", 0, 0o755),
+        ("srv/data.txt", F, b"from the image\n", 0, 0o644),
+        ("home/", D, b"", 0, 0o755),
+        // The user's home is the user's, so that the container can write there.
+        ("home/app/", D, b"", 1000, 0o755),
+    ]);
+    let config = serde_json::json!({
+        "Env": ["PATH=/bin", "FROM_IMAGE=image", "OVERRIDDEN=image"],
+        "WorkingDir": "/srv", "User": "app", "Cmd": ["sh", "-c", "echo default"]
+    });
+    let layout = one_layer_layout(&dir.join("layout"), &layer, config);
+    format!("oci:{}:v1", layout.display())
+}
+
+/// ember with its image cache in `cache`.
+fn ember_in(cache: &Path) -> Command {
+    let mut cmd = ember();
+    cmd.env("EMBER_CACHE_DIR", cache);
+    cmd
 }
 
 /// A fresh directory, removed first if an earlier run left it.
@@ -74,8 +70,21 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
         return;
     }
     let kernel = linux_acpi_kernel();
-    let image = busybox_image(&fresh_dir("run-boot"));
-    let rootfs = std::fs::read(image.join("rootfs.ext4")).unwrap();
+    let dir = fresh_dir("run-boot");
+    let image = busybox_image(&dir);
+    let cache = dir.join("cache");
+    // Pulled first so that the root filesystem's checksum can be taken before the run.
+    let pulled = run(
+        ember_in(&cache).args(["pull", &image]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code(&pulled.status), 0, "{}", text(&pulled.stderr));
+    let stdout = text(&pulled.stdout);
+    let rootfs_path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("root filesystem: "))
+        .unwrap_or_else(|| panic!("ember pull names no root filesystem: {stdout}"));
+    let rootfs = std::fs::read(rootfs_path).unwrap();
     let _slot = linux_slot();
     // Each line is one verdict; the program writes into the image's directories (the overlay)
     // and its own home, then ends with status 3.
@@ -84,7 +93,7 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
         busybox cat data.txt; echo written > $HOME/new; busybox cat $HOME/new; \
         echo err >&2; exit 3";
     let out = run(
-        ember()
+        ember_in(&cache)
             .args(["run", "--kernel"])
             .arg(&kernel)
             .args(["-e", "OVERRIDDEN=flag", "--timeout", "300"])
@@ -102,7 +111,7 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
     assert_eq!(code(&out.status), 3, "stderr:\n{stderr}");
     assert_eq!(stderr, "", "ember says nothing when the program ends");
     assert!(
-        std::fs::read(image.join("rootfs.ext4")).unwrap() == rootfs,
+        std::fs::read(rootfs_path).unwrap() == rootfs,
         "the container's writes changed the image's ext4"
     );
 }
@@ -110,10 +119,12 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
 /// Errors found before booting: each a one-line reason and ember's configuration status.
 #[test]
 fn errors_before_boot_say_what_to_do() {
-    let image = busybox_image(&fresh_dir("run-errors"));
+    let dir = fresh_dir("run-errors");
+    let image = busybox_image(&dir);
+    let cache = dir.join("cache");
     let kernel = std::env::current_exe().unwrap();
     let fail = |args: &[&str], env_kernel: Option<&str>, needle: &str| {
-        let mut cmd = ember();
+        let mut cmd = ember_in(&cache);
         cmd.arg("run").args(args).env_remove("EMBER_KERNEL");
         if let Some(k) = env_kernel {
             cmd.env("EMBER_KERNEL", k);
@@ -127,7 +138,7 @@ fn errors_before_boot_say_what_to_do() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}");
     };
-    let image = image.to_str().unwrap();
+    let image = image.as_str();
     let k = kernel.to_str().unwrap();
     if !Path::new(vmm::run::PACKAGED_KERNEL).exists() {
         fail(
@@ -154,7 +165,7 @@ fn errors_before_boot_say_what_to_do() {
     fail(
         &["--kernel", k, "/nonexistent-image"],
         None,
-        "no such directory",
+        "no such OCI layout",
     );
     fail(
         &["--kernel", k, "--entrypoint", "", image],

@@ -14,6 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
+use crate::images::ImageCommand;
 use crate::logger;
 use crate::share;
 use crate::spec::{RunOptions, VirtioTransport};
@@ -89,11 +90,16 @@ pub struct Cli {
     args: VmArgs,
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a container image in a microVM (`ember run IMAGE -- COMMAND`, see `ember run
     /// --help`); without an image, boot the microVM as `ember` does with the same flags.
     Run(VmArgs),
+    /// The image cache: pull, images, rmi, image prune.
+    #[command(flatten)]
+    Image(ImageCommand),
 }
 
 /// Everything that describes one run of one microVM.
@@ -251,7 +257,15 @@ impl Cli {
     pub fn args(&self) -> &VmArgs {
         match &self.command {
             Some(Command::Run(args)) => args,
-            None => &self.args,
+            Some(Command::Image(_)) | None => &self.args,
+        }
+    }
+
+    /// The image command, when one was given (`ember pull`, `images`, `rmi`, `image prune`).
+    pub fn image_command(&self) -> Option<&ImageCommand> {
+        match &self.command {
+            Some(Command::Image(command)) => Some(command),
+            _ => None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod console;
 pub mod controller;
 pub mod device_manager;
 pub mod escape;
+pub mod images;
 pub mod io_worker;
 pub mod lifecycle;
 pub mod logger;

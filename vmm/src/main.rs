@@ -31,6 +31,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(command) = cli.image_command() {
+        return vmm::images::run(command);
+    }
     let args = cli.args();
     let log_options = logger::Options {
         id: &args.id,

@@ -1,9 +1,9 @@
 //! `ember run IMAGE [-- COMMAND...]`: a container image's program in a microVM, with
 //! `docker run`'s ergonomics and exit status and a VM as the boundary.
 //!
-//! This module turns the command line and the image ([`image::prepare`], the one place images
-//! come from) into an ordinary [`VmConfig`]: the kernel ([`find_kernel`]), the image's root
-//! filesystem as a read-only virtio-blk disk, the `-v` directories as virtio-fs shares, the
+//! This module turns the command line and the image (`oci::prepare`: pulled or read into
+//! ember's image cache, unpacked once into a read-only ext4) into an ordinary [`VmConfig`]:
+//! the kernel ([`find_kernel`]), the image's root filesystem as a read-only virtio-blk disk, the `-v` directories as virtio-fs shares, the
 //! `--net` TAP, and an initramfs ([`initramfs`]) carrying ember's static init and the
 //! [`guest::GuestConfig`] it applies (user, environment, working directory, command). The VM
 //! itself boots through the same [`crate::builder::run`] as `ember --kernel ...`; this module
@@ -11,7 +11,6 @@
 //! through the exit port, so ember's status is the program's.
 
 pub mod guest;
-pub mod image;
 pub mod initramfs;
 
 use std::ffi::OsString;
@@ -26,7 +25,7 @@ use crate::config::DEFAULT_CMDLINE;
 use crate::share;
 use crate::spec::RunOptions;
 use guest::{GuestConfig, GuestError, NetSettings, Volume};
-use image::{ImageError, PreparedImage};
+use oci::{PreparedImage, PullOptions};
 
 /// Where the Debian package `ember-guest-kernel` installs its kernel.
 pub const PACKAGED_KERNEL: &str = "/usr/lib/ember/vmlinux";
@@ -51,7 +50,9 @@ enum RunCommand {
     /// cannot be executed, 127 if it is not found, 128+N if signal N killed it, 125 if the
     /// container could not be set up (the reason is printed), 64 for ember's own errors.
     /// (`ember run --kernel ...` without an image is the same as `ember --kernel ...`.)
-    #[command(after_help = "Example:\n  ember run ./alpine -- sh -c 'echo hello; exit 3'")]
+    #[command(
+        after_help = "Example:\n  ember run docker.io/library/alpine:3.20 -- sh -c 'echo hello; exit 3'"
+    )]
     Run(RunArgs),
 }
 
@@ -94,8 +95,10 @@ pub fn parse<I: Into<OsString> + Clone>(
 /// The options of `ember run IMAGE`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The image: a directory holding rootfs.ext4 (an ext4 image of its root filesystem) and
-    /// config.json (its OCI image configuration).
+    /// The image, as `ember pull` takes it: a registry reference (alpine,
+    /// docker.io/library/alpine:3.20), oci:DIR[:TAG], oci-archive:FILE[:TAG],
+    /// docker-archive:FILE, or a path starting with /, ./ or ../ to a layout or archive.
+    /// Fetched into the image cache unless already there.
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// The command and its arguments, instead of the image's Cmd (after `--`, or after IMAGE).
@@ -143,6 +146,10 @@ pub struct RunArgs {
     /// Number of vCPUs (1-32).
     #[arg(long, alias = "cpus", value_name = "N", default_value_t = 1)]
     pub vcpus: u8,
+    /// Reach this registry (HOST or HOST:PORT) over plain HTTP instead of HTTPS (localhost and
+    /// 127.0.0.1 always are). Repeatable.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
     /// Stop after SECS seconds and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = cli::parse_timeout)]
     pub timeout: Option<Duration>,
@@ -166,9 +173,9 @@ pub enum RunError {
         /// The path.
         path: PathBuf,
     },
-    /// The image cannot be used.
+    /// The image cannot be fetched or unpacked.
     #[error(transparent)]
-    Image(#[from] ImageError),
+    Image(#[from] oci::Error),
     /// Neither the command line nor the image names a program.
     #[error("the image has no Entrypoint or Cmd: give the command after the image")]
     NoCommand,
@@ -331,7 +338,11 @@ impl RunArgs {
 
     /// The VM that runs the image's program as the flags say.
     pub fn prepare(&self) -> Result<Prepared, RunError> {
-        let image = image::prepare(&self.image)?;
+        let pull = PullOptions {
+            insecure_registries: self.insecure_registry.clone(),
+            ..Default::default()
+        };
+        let image = oci::prepare(&self.image, &pull)?;
         self.prepare_image(&image)
     }
 
