@@ -338,37 +338,50 @@ impl RunArgs {
 
     /// The VM that runs the image's program as the flags say.
     pub fn prepare(&self) -> Result<Prepared, RunError> {
-        let pull = PullOptions {
-            insecure_registries: self.insecure_registry.clone(),
-            ..Default::default()
-        };
-        let image = oci::prepare(&self.image, &pull)?;
-        self.prepare_image(&image)
-    }
-
-    /// [`RunArgs::prepare`] for an image already found.
-    fn prepare_image(&self, image: &PreparedImage) -> Result<Prepared, RunError> {
-        let mut guest = self.guest_config(image)?;
+        // What can be wrong with the flags alone is reported before an image is fetched.
+        if let Some(user) = &self.user {
+            guest::check_user_syntax(user)?;
+        }
         let mut shares = Vec::new();
+        let mut volumes = Vec::new();
         for (i, arg) in self.volume.iter().enumerate() {
             let (share, volume) = volume(arg, i)?;
             shares.push(share);
-            guest.volumes.push(volume);
+            volumes.push(volume);
         }
-        let mut nics = Vec::new();
-        if let Some(arg) = &self.net {
-            let (nic, settings) = network(arg)?;
-            nics.push(nic);
-            guest.net = Some(settings);
-        }
+        let net = self.net.as_deref().map(network).transpose()?;
         let installed = [Path::new(PACKAGED_KERNEL), Path::new(BUILT_KERNEL)];
         let kernel = find_kernel(
             self.kernel.as_deref(),
             std::env::var_os("EMBER_KERNEL"),
             &installed,
         )?;
+        let pull = PullOptions {
+            insecure_registries: self.insecure_registry.clone(),
+            ..Default::default()
+        };
+        let image = oci::prepare(&self.image, &pull)?;
+        let guest = GuestConfig {
+            volumes,
+            net: net.as_ref().map(|(_, settings)| settings.clone()),
+            ..self.guest_config(&image)?
+        };
+        let nics = net.into_iter().map(|(nic, _)| nic).collect();
+        self.vm_config(&image, &kernel, &guest, shares, nics)
+    }
+
+    /// The VM: `kernel`, the initramfs carrying `guest`, the image's root filesystem, the
+    /// `-v` shares and the `--net` NIC.
+    fn vm_config(
+        &self,
+        image: &PreparedImage,
+        kernel: &Path,
+        guest: &GuestConfig,
+        shares: Vec<FsConfig>,
+        nics: Vec<NetworkInterface>,
+    ) -> Result<Prepared, RunError> {
         let (initramfs, initrd_path) =
-            initramfs::in_memory(&initramfs::build(&guest)).map_err(RunError::Initramfs)?;
+            initramfs::in_memory(&initramfs::build(guest)).map_err(RunError::Initramfs)?;
         let config = VmConfig {
             boot_source: Some(BootSource {
                 kernel_image_path: kernel.display().to_string(),
