@@ -5,18 +5,21 @@
 # iproute2 and iputils-ping (network namespaces, TAPs and pings for the virtio-net tests), and
 # virtiofsd (shared directories): Debian's package where the release has one, else the Rust
 # virtiofsd from crates.io (`cargo install --locked virtiofsd`, about 2 minutes, with
-# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH; and
+# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH;
 # qemu-storage-daemon (the vhost-user-blk backend of the tests), which Debian ships in qemu-utils
 # from QEMU 8.0 on and in qemu-system-common before: installing bookworm's qemu-system-common
 # (7.2) next to a newer qemu-utils (from backports) would break it, so the package is chosen by
-# qemu-utils' version.
+# qemu-utils' version; for images (the oci crate): libssl-dev and pkg-config (ember's HTTPS
+# client builds on the system's OpenSSL), docker-registry and skopeo (the image tests' local
+# registry and pushes) and umoci (the image benchmark's reference pipeline).
 # Needs root only when something is missing.
 set -euo pipefail
 defaults=0
 pkgs=("$@")
 if [ ${#pkgs[@]} -eq 0 ]; then
   defaults=1
-  pkgs=(gcc libc6-dev busybox-static cpio e2fsprogs util-linux iproute2 iputils-ping strace)
+  pkgs=(gcc libc6-dev busybox-static cpio e2fsprogs util-linux iproute2 iputils-ping strace
+    libssl-dev pkg-config docker-registry skopeo umoci)
 fi
 install_debs() {
   local need=()

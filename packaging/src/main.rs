@@ -135,8 +135,9 @@ fn ember_sections(cmd: &Command) -> Roff {
     table(&mut roff, "EXIT STATUS", EXIT_STATUSES);
     roff.control("SH", ["ENVIRONMENT"])
         .text([roman(
-            "ember reads no environment variables: a run is described by its flags or its \
-             config file alone.",
+            "A run is described by its flags or its config file alone. The image commands \
+             (pull, images, rmi, image prune) keep their cache in $EMBER_CACHE_DIR, else \
+             $XDG_CACHE_HOME/ember, else ~/.cache/ember.",
         )])
         .control("SH", ["FILES"]);
     for (path, what) in FILES {

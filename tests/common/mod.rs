@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod api;
+pub mod oci;
 pub mod openapi;
 
 use std::io::{BufRead, BufReader, Read};

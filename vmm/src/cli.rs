@@ -1,6 +1,7 @@
 //! The `ember` command line: flags that describe a microVM directly, or a Firecracker config
 //! file, turned into the same [`VmConfig`] the API uses, plus options for this run. `ember run
-//! ...` is the same as `ember ...`, spelled for CI scripts.
+//! FLAGS` (no image) is the same as `ember FLAGS`, spelled for CI scripts; `ember run IMAGE` is
+//! [`crate::run`]'s.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
+use crate::images::ImageCommand;
 use crate::logger;
 use crate::share;
 use crate::spec::{RunOptions, VirtioTransport};
@@ -88,10 +90,16 @@ pub struct Cli {
     args: VmArgs,
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Boot the microVM, run it to its end and exit with its status (same flags as `ember`).
+    /// Run a container image in a microVM (`ember run IMAGE -- COMMAND`, see `ember run
+    /// --help`); without an image, boot the microVM as `ember` does with the same flags.
     Run(VmArgs),
+    /// The image cache: pull, images, rmi, image prune.
+    #[command(flatten)]
+    Image(ImageCommand),
 }
 
 /// Everything that describes one run of one microVM.
@@ -251,7 +259,15 @@ impl Cli {
     pub fn args(&self) -> &VmArgs {
         match &self.command {
             Some(Command::Run(args)) => args,
-            None => &self.args,
+            Some(Command::Image(_)) | None => &self.args,
+        }
+    }
+
+    /// The image command, when one was given (`ember pull`, `images`, `rmi`, `image prune`).
+    pub fn image_command(&self) -> Option<&ImageCommand> {
+        match &self.command {
+            Some(Command::Image(command)) => Some(command),
+            _ => None,
         }
     }
 }
@@ -260,7 +276,8 @@ fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     logger::parse_level(s).map_err(|e| e.to_string())
 }
 
-fn parse_timeout(s: &str) -> Result<Duration, String> {
+/// A `--timeout` value: seconds, decimals allowed, more than 0.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;

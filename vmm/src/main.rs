@@ -5,22 +5,23 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use api_server::model::VmConfig;
-use clap::Parser;
 use devices::mmds::SharedMmds;
 use devices::sync::lock;
 use utils::poll::{poll, pollfd};
 use vmm::ExitStatus;
 use vmm::builder;
-use vmm::cli::{Cli, VmArgs};
+use vmm::cli::VmArgs;
 use vmm::controller::{Outcome, StopSignals};
 use vmm::lifecycle::{Lifecycle, VmState};
 use vmm::metrics::ProcessStartup;
+use vmm::run::{Invocation, RunArgs};
 use vmm::spec::{RunOptions, VmSpec};
 use vmm::{api, logger};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let cli = match vmm::run::parse(std::env::args_os()) {
+        Ok(Invocation::Vm(cli)) => cli,
+        Ok(Invocation::Container(args)) => return run_container(&args),
         Err(err) => {
             let _ = err.print();
             return if err.use_stderr() {
@@ -30,6 +31,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(command) = cli.image_command() {
+        return vmm::images::run(command);
+    }
     let args = cli.args();
     let log_options = logger::Options {
         id: &args.id,
@@ -88,12 +92,54 @@ fn run(args: &VmArgs) -> Result<Outcome, Box<dyn Error>> {
     // From the start, as in Firecracker: a client may PUT /mmds before anything else.
     let mmds = vmm::mmds::store(args.mmds_size_limit(), args.metadata.as_deref())?;
     match &args.api_sock {
-        None => {
-            let cfg = configured_vm(args)?;
-            let spec = VmSpec::new(&cfg, &opts)?;
-            Ok(builder::run(&spec, signals, None, &mmds)?)
-        }
+        None => boot(&configured_vm(args)?, &opts, signals, &mmds),
         Some(sock) => serve_api(args, sock, opts, signals, mmds),
+    }
+}
+
+/// Boots the VM `cfg` describes and runs it to its end.
+fn boot(
+    cfg: &VmConfig,
+    opts: &RunOptions,
+    signals: StopSignals,
+    mmds: &SharedMmds,
+) -> Result<Outcome, Box<dyn Error>> {
+    let spec = VmSpec::new(cfg, opts)?;
+    Ok(builder::run(&spec, signals, None, mmds)?)
+}
+
+/// `ember run IMAGE`: boots the image's program and exits with its status. Only the program's
+/// output reaches the terminal, so ember says nothing when the program exits with a status;
+/// it speaks only when the VM ended some other way (timeout, signal, crash) or failed.
+fn run_container(args: &RunArgs) -> ExitCode {
+    let log_options = logger::Options {
+        id: "ember-run",
+        level: log::LevelFilter::Warn,
+        path: None,
+        show_level: false,
+        show_origin: false,
+        module: None,
+        always: None,
+    };
+    let booted = logger::init(&log_options)
+        .map_err(Box::<dyn Error>::from)
+        .and_then(|()| {
+            let signals = StopSignals::block()?;
+            let prepared = args.prepare()?;
+            let mmds = vmm::mmds::store(0, None)?;
+            boot(&prepared.config, &prepared.options, signals, &mmds)
+        });
+    match booted {
+        Ok(outcome) => {
+            if !matches!(outcome.status, ExitStatus::GuestCode(_)) && !outcome.message.is_empty() {
+                eprintln!("ember: {}", outcome.message);
+            }
+            ExitCode::from(outcome.status.code())
+        }
+        Err(err) => {
+            eprintln!("ember: error: {}", vmm::error_chain(err.as_ref()));
+            ExitCode::from(ExitStatus::ConfigError.code())
+        }
     }
 }
 
