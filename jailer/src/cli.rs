@@ -19,11 +19,10 @@ pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 pub const EXAMPLES: &str = "\
 Examples:
   ember-jailer --id vm1 --exec-file /usr/bin/ember --uid 123 --gid 123 \\
-      --netns /var/run/netns/vm1 --cgroup-version 2 --cgroup memory.max=536870912 \\
-      -- --api-sock /run/firecracker.socket
-  (ember runs in /srv/jailer/ember/vm1/root as uid 123; its API socket is
+      --netns /var/run/netns/vm1 --cgroup-version 2 --cgroup memory.max=536870912
+  (ember runs in /srv/jailer/ember/vm1/root as uid 123 and serves its API at
    /srv/jailer/ember/vm1/root/run/firecracker.socket; put the kernel and disks in that
-   root first and name them by their paths inside it, e.g. /vmlinux)";
+   root and name them by their paths inside it, e.g. /vmlinux)";
 
 /// ember-jailer: start ember in a jail, as Firecracker's jailer starts Firecracker.
 ///
@@ -82,8 +81,9 @@ pub struct Cli {
     /// more than the largest descriptor number; 2048 unless given). Repeatable.
     #[arg(long, value_name = "RESOURCE=VALUE", value_parser = parse_limit)]
     pub resource_limit: Vec<ResourceLimit>,
-    /// ember's own arguments (e.g. --api-sock /run/firecracker.socket, --config-file);
-    /// paths are as ember sees them, inside the jail.
+    /// ember's own arguments (e.g. --config-file /vm.json); paths are as ember sees them,
+    /// inside the jail. Without --api-sock or --no-api, ember serves its API at
+    /// /run/firecracker.socket (Firecracker's default).
     #[arg(last = true, value_name = "EMBER ARGS")]
     pub ember_args: Vec<OsString>,
 }

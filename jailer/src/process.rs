@@ -14,6 +14,23 @@ use std::process::Command;
 use crate::chroot::check;
 use crate::cli::{Jail, Resource, ResourceLimit};
 
+/// Where Firecracker serves its API when not told (`--api-sock`): Kata's jailed Firecracker
+/// driver relies on it. ember serves no API unless told, so the jailer tells it.
+pub const DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
+
+/// ember flags after which the jailer adds no `--api-sock`: those that name the API's socket
+/// or refuse one, and those that must stand alone.
+const NO_DEFAULT_SOCK: [&str; 8] = [
+    "--api-sock",
+    "--no-api",
+    "--version",
+    "-V",
+    "--help",
+    "-h",
+    "--snapshot-version",
+    "--describe-snapshot",
+];
+
 /// RLIMIT_NOFILE unless `--resource-limit no-file=N` says otherwise (Firecracker's default).
 const DEFAULT_NO_FILE: u64 = 2048;
 
@@ -143,9 +160,20 @@ pub fn write_pid_file(exec_name: &str, pid: u32) -> Result<(), ProcessError> {
     write!(file, "{pid}").map_err(err)
 }
 
+/// True if ember's arguments (before a `--` that starts the guest's) need no
+/// `--api-sock` [`DEFAULT_API_SOCK`] added.
+fn names_api_sock(ember_args: &[OsString]) -> bool {
+    ember_args
+        .iter()
+        .take_while(|a| *a != "--")
+        .filter_map(|a| a.to_str())
+        .any(|a| NO_DEFAULT_SOCK.contains(&a.split('=').next().unwrap_or(a)))
+}
+
 /// Execs `/<exec name>` as the jailed user with no supplementary groups (std's `Command`
 /// drops them when root sets a uid) and an empty environment, passing Firecracker's flags
-/// (`--id`, the start times) and then the caller's; returns only on failure.
+/// (`--id`, the start times), `--api-sock /run/firecracker.socket` unless the caller's
+/// arguments name a socket, then the caller's; returns only on failure.
 pub fn exec(jail: &Jail, start_us: u64, start_cpu_us: u64, parent_cpu_us: u64) -> ProcessError {
     let flags: [(&str, OsString); 4] = [
         ("--id", jail.id.clone().into()),
@@ -153,16 +181,41 @@ pub fn exec(jail: &Jail, start_us: u64, start_cpu_us: u64, parent_cpu_us: u64) -
         ("--start-time-cpu-us", start_cpu_us.to_string().into()),
         ("--parent-cpu-time-us", parent_cpu_us.to_string().into()),
     ];
-    let err = Command::new(format!("/{}", jail.exec_name))
-        .args(
-            flags
-                .iter()
-                .flat_map(|(flag, value)| [flag.into(), value.clone()]),
-        )
+    let mut command = Command::new(format!("/{}", jail.exec_name));
+    command.args(
+        flags
+            .iter()
+            .flat_map(|(flag, value)| [flag.into(), value.clone()]),
+    );
+    if !names_api_sock(&jail.ember_args) {
+        command.args(["--api-sock", DEFAULT_API_SOCK]);
+    }
+    let err = command
         .args(&jail.ember_args)
         .env_clear()
         .gid(jail.gid)
         .uid(jail.uid)
         .exec();
     ProcessError::Exec(jail.exec_name.clone(), jail.uid, jail.gid, err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(args: &[&str]) -> bool {
+        names_api_sock(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_default_socket_is_added_unless_the_caller_names_one_or_refuses_the_api() {
+        assert!(!names(&[]));
+        assert!(!names(&["--config-file", "/vm.json"]));
+        assert!(names(&["--api-sock", "/run/x.sock"]));
+        assert!(names(&["--api-sock=/run/x.sock"]));
+        assert!(names(&["--no-api", "--config-file", "/vm.json"]));
+        assert!(names(&["--version"]));
+        // After `--` the words are the guest's.
+        assert!(!names(&["--kernel", "/k", "--", "--api-sock"]));
+    }
 }
