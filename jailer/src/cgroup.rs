@@ -354,6 +354,25 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
     }
 
     #[test]
+    fn a_new_v1_cpuset_gets_its_parents_cpus_and_memory_nodes() {
+        let root = fake_v2("cpuset");
+        std::fs::write(root.join("ember/cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(root.join("ember/cpuset.mems"), "0\n").unwrap();
+        // The kernel makes the files, empty, with the directory.
+        std::fs::create_dir(root.join("ember/vm1")).unwrap();
+        for file in CPUSET_INHERITED {
+            std::fs::write(root.join("ember/vm1").join(file), "").unwrap();
+        }
+        inherit_cpuset(&root.join("ember/vm1")).unwrap();
+        let read = |f: &str| std::fs::read_to_string(root.join("ember/vm1").join(f)).unwrap();
+        assert_eq!(
+            (read("cpuset.cpus"), read("cpuset.mems")),
+            ("0-3".into(), "0".into())
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn a_v2_controller_the_root_lacks_is_refused_before_anything_is_made() {
         let root = fake_v2("noctl");
         let mounts = format!("cgroup2 {} cgroup2 rw 0 0\n", root.display());

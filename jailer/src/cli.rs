@@ -358,6 +358,42 @@ mod tests {
     }
 
     #[test]
+    fn firecracker_go_sdks_jailer_command_line_parses() {
+        // JailerCommandBuilder.Args() with a NUMA node, cgroup v2, a netns and --daemonize;
+        // the arguments after `--` are the SDK's for Firecracker.
+        let cli = Cli::try_parse_from([
+            "ember-jailer",
+            "--id",
+            "vm",
+            "--uid",
+            "123",
+            "--gid",
+            "100",
+            "--exec-file",
+            "/bin/true",
+            "--cgroup",
+            "cpuset.mems=0",
+            "--cgroup",
+            "cpuset.cpus=0-1",
+            "--cgroup-version",
+            "2",
+            "--chroot-base-dir",
+            "/tmp",
+            "--netns",
+            "/var/run/netns/n",
+            "--daemonize",
+            "--",
+            "--no-seccomp",
+            "--api-sock",
+            "/run/firecracker.socket",
+        ])
+        .unwrap();
+        assert_eq!((cli.uid, cli.gid, cli.cgroup_version), (123, 100, 2));
+        assert_eq!(cli.cgroup.len(), 2);
+        assert_eq!(cli.ember_args.len(), 3);
+    }
+
+    #[test]
     fn bad_values_are_refused_with_what_to_do() {
         let cases: &[(&[&str], &str)] = &[
             (&["--cgroup", "memory.max"], "expected FILE=VALUE"),
