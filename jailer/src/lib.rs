@@ -96,6 +96,9 @@ pub fn run(jail: Jail) -> Result<Infallible, Error> {
     chroot::populate(jail.uid, jail.gid, uffd_minor)?;
     libs::install(libs)?;
 
+    // Measured before any fork: a child's CPU clock starts again from zero.
+    let jailer_cpu_us =
+        process::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(start_cpu_us);
     if let Some(dev_null) = dev_null {
         process::daemonize(dev_null)?;
     }
@@ -104,7 +107,5 @@ pub fn run(jail: Jail) -> Result<Infallible, Error> {
     } else {
         process::write_pid_file(&jail.exec_name, std::process::id())?;
     }
-    let parent_cpu_us =
-        process::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(start_cpu_us);
-    Err(process::exec(&jail, start_us, start_cpu_us, parent_cpu_us).into())
+    Err(process::exec(&jail, start_us, jailer_cpu_us).into())
 }

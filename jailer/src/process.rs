@@ -172,14 +172,16 @@ fn names_api_sock(ember_args: &[OsString]) -> bool {
 
 /// Execs `/<exec name>` as the jailed user with no supplementary groups (std's `Command`
 /// drops them when root sets a uid) and an empty environment, passing Firecracker's flags
-/// (`--id`, the start times), `--api-sock /run/firecracker.socket` unless the caller's
+/// (`--id`; the start time; as Firecracker's jailer, the CPU clock at exec, which ember's
+/// clock goes on from, and the jailer's own CPU time), `--api-sock /run/firecracker.socket` unless the caller's
 /// arguments name a socket, then the caller's; returns only on failure.
-pub fn exec(jail: &Jail, start_us: u64, start_cpu_us: u64, parent_cpu_us: u64) -> ProcessError {
+pub fn exec(jail: &Jail, start_us: u64, jailer_cpu_us: u64) -> ProcessError {
+    let exec_cpu_us = clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
     let flags: [(&str, OsString); 4] = [
         ("--id", jail.id.clone().into()),
         ("--start-time-us", start_us.to_string().into()),
-        ("--start-time-cpu-us", start_cpu_us.to_string().into()),
-        ("--parent-cpu-time-us", parent_cpu_us.to_string().into()),
+        ("--start-time-cpu-us", exec_cpu_us.to_string().into()),
+        ("--parent-cpu-time-us", jailer_cpu_us.to_string().into()),
     ];
     let mut command = Command::new(format!("/{}", jail.exec_name));
     command.args(

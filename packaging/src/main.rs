@@ -87,7 +87,12 @@ fn generate(out: &Path, date: &str) -> Result<(), String> {
         write(&man_dir.join(man.get_filename()), &man_page(&man, page)?)?;
     }
     let jailer = jailer::Cli::command();
-    let man = Man::new(jailer.clone()).date(date);
+    let about = jailer
+        .get_about()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let about = about.trim_start_matches("ember-jailer: ").to_owned();
+    let man = Man::new(jailer.about(about)).date(date);
     let mut page = Vec::new();
     man.render(&mut page)
         .map_err(|e| format!("rendering the man page of ember-jailer: {e}"))?;
@@ -213,6 +218,10 @@ mod tests {
         let root = fs::read_to_string(out.join("man/ember.1")).unwrap();
         assert!(root.contains("ember\\-run(1)"), "{root}");
         let jailer = fs::read_to_string(out.join("man/ember-jailer.1")).unwrap();
+        assert!(
+            jailer.contains("ember\\-jailer \\- start ember in a jail"),
+            "{jailer}"
+        );
         for needle in [
             "\\-\\-exec\\-file",
             "\\-\\-new\\-pid\\-ns",
