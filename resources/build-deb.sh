@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds ember's Debian package, target/debian/ember_<version>_amd64.deb, and prints its path
 # on stdout: cargo-deb (installed with `cargo install --locked` if missing) packages the release
-# binary with what is generated here into build/deb/: the man pages and shell
+# binaries (ember and ember-jailer) with what is generated here into build/deb/: the man pages and shell
 # completions (the `packaging` crate, from ember's clap definitions), the DEP-5 copyright file
 # (resources/deb-copyright.sh) and a Debian changelog entry; then lintian checks it (no error or
 # warning). The version is deb_version's
@@ -43,6 +43,8 @@ ember ($version) unstable; urgency=medium
  -- $maintainer  $(date -u -R -d "@$SOURCE_DATE_EPOCH")
 END
 stage "cargo deb (a release build: about a minute on 2 cores)"
+# cargo deb builds the ember package's binary; ember-jailer is another package's.
+cargo build --release --locked -p jailer
 mkdir -p "$root/target/debian"
 deb="$root/target/debian/ember_${version}_amd64.deb"
 rm -f "$deb"

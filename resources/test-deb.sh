@@ -2,7 +2,8 @@
 # Tests ember's Debian packages, as root (resources/test.sh runs it after the cargo tests):
 #   - builds ember_<version>_amd64.deb (resources/build-deb.sh, which fails unless lintian
 #     reports no error or warning);
-#   - dpkg -i; /usr/bin/ember --version; man -w finds ember(1) and ember-run(1); bash
+#   - dpkg -i; /usr/bin/ember --version, ember-jailer --version; man -w finds ember(1),
+#     ember-run(1) and ember-jailer(1); bash
 #     completion of `ember --me<TAB>` offers --memory; the installed ember boots a tiny guest,
 #     and the unit's command runs /etc/ember/NAME.json (tests/deb.rs, `--ignored`);
 #     systemd-analyze verify accepts ember@.service without a word of complaint;
@@ -57,7 +58,9 @@ installed+=(ember)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 out=$(/usr/bin/ember --version)
 [ "$out" = "ember v$version" ] || fail "/usr/bin/ember --version printed '$out', not 'ember v$version'"
-for page in ember ember-run; do
+out=$(/usr/bin/ember-jailer --version)
+[ "$out" = "ember-jailer v$version" ] || fail "/usr/bin/ember-jailer --version printed '$out'"
+for page in ember ember-run ember-jailer; do
   path=$(man -w "$page") || fail "man -w $page finds no page"
   [ "$path" = "/usr/share/man/man1/$page.1.gz" ] || fail "man -w $page found $path, not the package's"
 done

@@ -2,7 +2,8 @@
 //! are `#[ignore]`d in the ordinary suite, which has no package installed): the installed
 //! `/usr/bin/ember` boots a tiny guest and exits with its code, and the command line of the
 //! installed `ember@.service` runs the VM of `/etc/ember/NAME.json` with its API socket under
-//! `/run/ember/`, and ends with statuses the unit's restart settings treat as intended.
+//! `/run/ember/`, and ends with statuses the unit's restart settings treat as intended; the
+//! installed `/usr/bin/ember-jailer` runs the installed (dynamically linked) ember in a jail.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -43,6 +44,30 @@ fn installed_ember_boots_a_tiny_guest_and_exits_with_its_code() {
     );
     assert_eq!(text(&out.stdout), "exit code 42\n");
     assert_eq!(code(&out.status), 42, "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+#[ignore = "needs the installed package: resources/test-deb.sh runs it"]
+fn installed_jailer_runs_the_installed_ember_in_a_jail_with_its_libraries() {
+    let _ = installed();
+    if !kvm_available() {
+        return;
+    }
+    let base = tempdir("deb-jailer");
+    let root = base.join("ember/deb/root");
+    fs::create_dir_all(&root).unwrap();
+    fs::copy(guest("exit_code"), root.join("guest.elf")).unwrap();
+    let out = run(
+        Command::new("/usr/bin/ember-jailer")
+            .args(["--id", "deb", "--exec-file", INSTALLED])
+            .args(["--uid", "123", "--gid", "123", "--chroot-base-dir"])
+            .arg(&base)
+            .args(["--", "--kernel", "/guest.elf", "--cmdline", "42"]),
+        LIMIT,
+    );
+    assert_eq!(text(&out.stdout), "exit code 42\n", "{}", text(&out.stderr));
+    assert_eq!(code(&out.status), 42);
+    fs::remove_dir_all(&base).unwrap();
 }
 
 /// One instance of the installed unit: its config file and runtime directory, made as systemd

@@ -1,7 +1,7 @@
 //! Writes the files ember's Debian package generates from the clap definitions in
 //! `vmm::cli`: a man page for `ember` and one per subcommand (`clap_mangen`, with sections for
-//! the console keys, exit statuses, environment and the package's files), and bash, zsh and
-//! fish completions (`clap_complete`). `resources/build-deb.sh` runs it:
+//! the console keys, exit statuses, environment and the package's files), one for
+//! `ember-jailer` (from `jailer::cli`), and bash, zsh and fish completions (`clap_complete`). `resources/build-deb.sh` runs it:
 //!
 //! ```text
 //! cargo run --release -p packaging -- OUT_DIR DATE
@@ -86,6 +86,17 @@ fn generate(out: &Path, date: &str) -> Result<(), String> {
         let man = Man::new(page.clone().about(about)).date(date);
         write(&man_dir.join(man.get_filename()), &man_page(&man, page)?)?;
     }
+    let jailer = jailer::Cli::command();
+    let about = jailer
+        .get_about()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let about = about.trim_start_matches("ember-jailer: ").to_owned();
+    let man = Man::new(jailer.about(about)).date(date);
+    let mut page = Vec::new();
+    man.render(&mut page)
+        .map_err(|e| format!("rendering the man page of ember-jailer: {e}"))?;
+    write(&man_dir.join(man.get_filename()), &page)?;
     let completion_dir = out.join("completions");
     create_dir(&completion_dir)?;
     for (shell, file) in COMPLETIONS {
@@ -207,6 +218,21 @@ mod tests {
         }
         let root = fs::read_to_string(out.join("man/ember.1")).unwrap();
         assert!(root.contains("ember\\-run(1)"), "{root}");
+        let jailer = fs::read_to_string(out.join("man/ember-jailer.1")).unwrap();
+        assert!(
+            jailer.contains("ember\\-jailer \\- start ember in a jail"),
+            "{jailer}"
+        );
+        for needle in [
+            "\\-\\-exec\\-file",
+            "\\-\\-new\\-pid\\-ns",
+            "firecracker.socket",
+        ] {
+            assert!(
+                jailer.contains(needle),
+                "ember-jailer.1 lacks {needle}:\n{jailer}"
+            );
+        }
         fs::remove_dir_all(out).unwrap();
     }
 

@@ -31,7 +31,25 @@ pub fn root() -> PathBuf {
 
 /// The ember binary under test.
 pub fn ember() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
+    Command::new(ember_path())
+}
+
+/// Where the ember binary under test is: cargo's path in ember's own tests; in another
+/// package's (the jailer's, which cargo gives no path to ember) the binary in the same target
+/// directory, which `cargo build` or a workspace `cargo test` builds.
+pub fn ember_path() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_ember") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test binary>
+    let path = exe.parent().and_then(Path::parent).unwrap().join("ember");
+    assert!(
+        path.is_file(),
+        "{} is missing: build ember first (cargo build -p ember)",
+        path.display()
+    );
+    path
 }
 
 /// True if KVM can be used. Without it the test fails with an explanation, unless

@@ -71,17 +71,5 @@ impl ExitStatus {
 }
 
 /// "outer: cause: root cause", each message once: how ember reports an error chain on stderr
-/// and in API fault messages.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let msg = cause.to_string();
-        if !text.contains(&msg) {
-            text.push_str(": ");
-            text.push_str(&msg);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// and in API fault messages (shared with `ember-jailer`, hence in `utils`).
+pub use utils::error_chain;
