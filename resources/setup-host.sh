@@ -5,7 +5,9 @@
 # iproute2 and iputils-ping (network namespaces, TAPs and pings for the virtio-net tests), and
 # virtiofsd (shared directories): Debian's package where the release has one, else the Rust
 # virtiofsd from crates.io (`cargo install --locked virtiofsd`, about 2 minutes, with
-# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH.
+# libseccomp-dev and libcap-ng-dev) into /usr/local/bin, where ember finds it on PATH; and for
+# the fuzz stage (resources/fuzz.sh), rustup's nightly toolchain and cargo-fuzz
+# (`cargo install --locked cargo-fuzz`, about 2 minutes).
 # Needs root only when something is missing.
 set -euo pipefail
 defaults=0
@@ -48,6 +50,20 @@ install_virtiofsd() {
   echo "setup-host: building virtiofsd with cargo (about 2 minutes)" >&2
   cargo install --locked --quiet virtiofsd --root /usr/local
 }
+# The fuzz targets build on nightly only (sanitizers); cargo-fuzz drives libFuzzer.
+install_fuzz_tools() {
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "setup-host: installing the nightly Rust toolchain" >&2
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "setup-host: building cargo-fuzz with cargo (about 2 minutes)" >&2
+    cargo install --locked --quiet cargo-fuzz
+  fi
+}
 install_debs "${pkgs[@]}"
-[ "$defaults" -eq 1 ] && install_virtiofsd
+if [ "$defaults" -eq 1 ]; then
+  install_virtiofsd
+  install_fuzz_tools
+fi
 exit 0
