@@ -21,6 +21,12 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
   echo "fuzz: cargo-fuzz or the nightly toolchain is missing; run resources/setup-host.sh" >&2
   exit 1
 fi
+# Files the targets hand ember by path (disk images, kernels, sockets), in memory.
+scratch_base=/dev/shm
+[ -d "$scratch_base" ] || scratch_base=${TMPDIR:-/tmp}
+EMBER_FUZZ_SCRATCH=$(mktemp -d "$scratch_base/ember-fuzz.XXXXXX")
+export EMBER_FUZZ_SCRATCH
+trap 'rm -rf "$EMBER_FUZZ_SCRATCH"' EXIT
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
 stage "building ${#targets[@]} fuzz targets (nightly, sanitizers; a few minutes the first time)"
