@@ -226,11 +226,11 @@ write('pci_config', 'virtio_init', pci_fill + ecam_w(1, 4, 6, 2) + bar_w(0x14, 1
 
 
 # mmds_frames: flags, then frames (op 0), time (op 1), takes (op 2).
-def ipv4_tcp(flags, seq=1000, ack=0, payload=b''):
+def ipv4_tcp(flags, seq=1000, ack=0, payload=b'', src=bytes([172, 16, 0, 2])):
     tcp = u16(40000)[::-1] + u16(80)[::-1] + u32(seq)[::-1] + u32(ack)[::-1] + bytes([0x50, flags]) \
         + u16(65535)[::-1] + bytes(4) + payload
     total = 20 + len(tcp)
-    ip = bytes([0x45, 0, total >> 8, total & 0xff, 0, 1, 0x40, 0, 64, 6, 0, 0, 172, 16, 0, 2, 169, 254, 169, 254])
+    ip = bytes([0x45, 0, total >> 8, total & 0xff, 0, 1, 0x40, 0, 64, 6, 0, 0]) + src + bytes([169, 254, 169, 254])
     mmds_mac = bytes([0x06, 0x01, 0x23, 0x45, 0x67, 0x01])
     return mmds_mac + guest_mac + b'\x08\x00' + ip + tcp
 
@@ -241,6 +241,10 @@ write('mmds_frames', 'tcp_syn_get', u8(0) + u8(0) + blob(ipv4_tcp(0x02)) + u8(2)
       + u8(0) + blob(ipv4_tcp(0x18, 1001, 1, get)) + u8(1) + u16(10) + u8(2) + u16(1514) + u8(2) + u16(1514))
 write('mmds_frames', 'v2_rst', u8(1) + u8(0) + blob(ipv4_tcp(0x02)) + u8(3) + u8(1) + u16(5000)
       + u8(0) + blob(ipv4_tcp(0x04, 1001)) + u8(1) + u16(60000) + u8(2) + u16(1514))
+
+# The crash the target found: a SYN from 0.0.0.0 (smoltcp panicked answering it).
+write('mmds_frames', 'syn_from_unspecified', u8(0) + u8(0) + blob(ipv4_tcp(0x02, src=bytes(4))) + u8(1) + u16(1)
+      + u8(2) + u16(1514))
 
 # mmds_http: flags, then the connection's bytes.
 write('mmds_http', 'v1_get', u8(0) + get + b'GET /latest/ HTTP/1.0\r\n\r\n')

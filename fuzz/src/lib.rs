@@ -177,7 +177,8 @@ impl Guest {
         if queue >= self.drivers.len() {
             return;
         }
-        self.check_writes();
+        // Before this chain's room replaces that of an earlier chain with the same head.
+        self.check();
         let driver = &mut self.drivers[queue];
         let head = usize::from(driver.next_head());
         let mut room = 0;
