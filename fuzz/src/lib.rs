@@ -108,8 +108,14 @@ pub struct Guest {
     /// The memory the device is given.
     pub mem: GuestMemoryMmap,
     drivers: Vec<Driver>,
-    /// Per queue: each head's writable room, as of the last chain published there.
-    room: Vec<Vec<u64>>,
+    /// Per queue and head: the writable room and length of each chain published with that
+    /// head and not yet returned.
+    room: Vec<Vec<Vec<(u64, u16)>>>,
+    /// Per queue: descriptors published and not yet returned, and whether a chain overwrote
+    /// descriptors still in flight (as a hostile driver may): from then on a used element may
+    /// describe a chain that was never published whole, and only the writes are checked.
+    in_flight: Vec<u16>,
+    reused: Vec<bool>,
     /// Where the device may write: device-writable buffers and the used rings.
     writable: Vec<Range<u64>>,
     /// Guest memory as of the last look, and a buffer for the next (kept, not reallocated).
@@ -139,7 +145,9 @@ impl Guest {
             .collect();
         let mut guest = Self {
             mem,
-            room: vec![vec![0; usize::from(QUEUE_SIZE)]; queues],
+            room: vec![vec![Vec::new(); usize::from(QUEUE_SIZE)]; queues],
+            in_flight: vec![0; queues],
+            reused: vec![false; queues],
             drivers,
             writable,
             before: vec![0; MEM_SIZE],
@@ -188,7 +196,10 @@ impl Guest {
                 self.writable.push(at..at + u64::from(len));
             }
         }
-        self.room[queue][head] = room;
+        let len = bufs.len() as u16;
+        self.room[queue][head].push((room, len));
+        self.in_flight[queue] += len;
+        self.reused[queue] |= self.in_flight[queue] > QUEUE_SIZE;
         driver.add(&self.mem, bufs).expect("publish a chain");
         self.snapshot();
     }
@@ -232,14 +243,27 @@ impl Guest {
         self.check_writes();
         for (q, driver) in self.drivers.iter_mut().enumerate() {
             for (head, len) in driver.take_used(&self.mem).expect("used ring") {
-                let room = self.room[q]
-                    .get(usize::from(head))
-                    .copied()
+                let rooms = self.room[q]
+                    .get_mut(usize::from(head))
                     .unwrap_or_else(|| panic!("queue {q}: used head {head} was never published"));
-                assert!(
-                    u64::from(len) <= room,
-                    "queue {q}: used length {len} for head {head} exceeds its {room} writable bytes"
-                );
+                // The smallest outstanding chain with that head that holds `len` bytes.
+                let fits = rooms
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (room, _))| u64::from(len) <= *room)
+                    .min_by_key(|(_, (room, _))| *room)
+                    .map(|(i, _)| i);
+                match fits {
+                    Some(i) => {
+                        let (_, descs) = rooms.swap_remove(i);
+                        self.in_flight[q] = self.in_flight[q].saturating_sub(descs);
+                    }
+                    None if self.reused[q] => rooms.clear(),
+                    None => panic!(
+                        "queue {q}: used length {len} for head {head} exceeds the writable room \
+                         of every chain published with that head ({rooms:?})"
+                    ),
+                }
             }
         }
     }
