@@ -75,7 +75,7 @@ def elf(entry=0x100000, paddr=0x100000, payload=b'\xf4' * 64):
 
 
 def bzimage(xloadflags=1):
-    img = bytearray(0x1000)
+    img = bytearray(0x400)  # the boot sector and one setup sector
     img[0x1f1] = 1  # setup_sects
     img[0x1fe:0x200] = b'\x55\xaa'
     img[0x202:0x206] = b'HdrS'
