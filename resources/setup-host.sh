@@ -11,7 +11,9 @@
 # (7.2) next to a newer qemu-utils (from backports) would break it, so the package is chosen by
 # qemu-utils' version; for images (the oci crate): libssl-dev and pkg-config (ember's HTTPS
 # client builds on the system's OpenSSL), docker-registry and skopeo (the image tests' local
-# registry and pushes) and umoci (the image benchmark's reference pipeline).
+# registry and pushes) and umoci (the image benchmark's reference pipeline); and for the fuzz
+# stage (resources/fuzz.sh), rustup's nightly toolchain and cargo-fuzz
+# (`cargo install --locked cargo-fuzz`, about 2 minutes).
 # Needs root only when something is missing.
 set -euo pipefail
 defaults=0
@@ -69,9 +71,21 @@ install_storage_daemon() {
     install_debs qemu-system-common
   fi
 }
+# The fuzz targets build on nightly only (sanitizers); cargo-fuzz drives libFuzzer.
+install_fuzz_tools() {
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "setup-host: installing the nightly Rust toolchain" >&2
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "setup-host: building cargo-fuzz with cargo (about 2 minutes)" >&2
+    cargo install --locked --quiet cargo-fuzz
+  fi
+}
 install_debs "${pkgs[@]}"
 if [ "$defaults" -eq 1 ]; then
   install_virtiofsd
   install_storage_daemon
+  install_fuzz_tools
 fi
 exit 0

@@ -5,7 +5,9 @@
 # formatting and lints, then runs every test binary, even after one fails, and ends with the
 # line "N passed, N failed, N ignored" (resources/cargo-test.sh); then builds, installs and
 # checks the Debian package (resources/test-deb.sh: root only; EMBER_SKIP_DEB_TESTS=1 skips
-# it). Exits non-zero if anything failed.
+# it), and finally fuzzes every fuzz target for 45 s (resources/fuzz.sh: nightly, about 10
+# minutes with the build; EMBER_FUZZ_SECONDS changes the time, EMBER_SKIP_FUZZ=1 skips it).
+# Exits non-zero if anything failed.
 #
 # Kernels: EMBER_TEST_KERNEL (ELF vmlinux) and EMBER_TEST_BZIMAGE (bzImage) boot most Linux
 # tests; EMBER_TEST_ACPI_KERNEL (a kernel with CONFIG_ACPI) the power-off test. Unset ones
@@ -42,6 +44,12 @@ if [ "${EMBER_SKIP_DEB_TESTS:-}" = 1 ]; then
 else
   stage "Debian package (resources/test-deb.sh; the last stage line says which check failed)"
   "$root/resources/test-deb.sh" || status=1
+fi
+if [ "${EMBER_SKIP_FUZZ:-}" = 1 ]; then
+  stage "fuzzing: SKIPPED (EMBER_SKIP_FUZZ=1)"
+else
+  stage "fuzzing (resources/fuzz.sh; a crash's input is kept in fuzz/artifacts/)"
+  "$root/resources/fuzz.sh" "${EMBER_FUZZ_SECONDS:-45}" || status=1
 fi
 stage "done"
 exit $status

@@ -35,6 +35,26 @@ pub use token::{MAX_TOKEN_TTL_SECONDS, MAX_TOKENS, MIN_TOKEN_TTL_SECONDS, TokenE
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
+/// The MMDS HTTP server alone, for the fuzz targets: answers the request at the start of `buf`
+/// from `mmds` at time `now`, as a connection of the stack does. `None` while the request head
+/// is incomplete; otherwise the bytes it took, the response on the wire, and whether the
+/// connection must close.
+#[cfg(feature = "test-utils")]
+pub fn answer_http(
+    buf: &[u8],
+    mmds: &mut Mmds,
+    now: std::time::Instant,
+) -> Option<(usize, Vec<u8>, bool)> {
+    match http::handle(buf, mmds, now) {
+        http::Parsed::Incomplete => None,
+        http::Parsed::Answer {
+            consumed,
+            response,
+            close,
+        } => Some((consumed, response.to_bytes(), close)),
+    }
+}
+
 /// The MMDS data store, shared by the API and every interface's stack.
 pub type SharedMmds = Arc<Mutex<Mmds>>;
 

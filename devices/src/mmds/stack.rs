@@ -484,6 +484,13 @@ fn classify(frame: &[u8], mmds_ip: Ipv4Addr) -> Kind {
             let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
                 return Kind::Bad;
             };
+            // Only a unicast source can be answered: smoltcp panics replying to 0.0.0.0
+            // (a guest's SYN from it killed ember), and no host may send from a broadcast or
+            // multicast address (RFC 1122, 3.2.1.3).
+            let src = ip.src_addr();
+            if src.is_unspecified() || src.is_broadcast() || src.is_multicast() {
+                return Kind::Bad;
+            }
             if ip.next_header() != IpProtocol::Tcp {
                 return Kind::Unusual;
             }

@@ -7,7 +7,9 @@ use serde_json::json;
 use smoltcp::wire::TcpControl;
 
 use super::*;
-use crate::mmds::testing::{GUEST_IP, GUEST_MAC, Segment, arp_request, segment, tcp_frame};
+use crate::mmds::testing::{
+    GUEST_IP, GUEST_MAC, Segment, arp_request, segment, tcp_frame, tcp_frame_from,
+};
 use crate::mmds::{DEFAULT_IPV4, Mmds, MmdsVersion};
 
 fn stack(version: MmdsVersion) -> MmdsStack {
@@ -399,4 +401,30 @@ fn random_frames_to_the_mmds_never_panic_and_state_stays_bounded() {
     for slot in &s.slots {
         assert!(slot.request.len() <= MAX_REQUEST_LEN);
     }
+}
+
+/// Found by the mmds_frames fuzz target: smoltcp panicked answering a SYN from 0.0.0.0, which
+/// killed ember. Segments from addresses that cannot be answered are dropped and counted.
+#[test]
+fn a_tcp_syn_from_a_non_unicast_address_is_dropped() {
+    let mut s = stack(MmdsVersion::V1);
+    let now = Instant::now();
+    let sources = [
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::new(224, 0, 0, 1),
+    ];
+    for src in sources {
+        s.receive(tcp_frame_from(src, 40000, 1000, None, TcpControl::Syn, b""));
+        s.poll(now);
+    }
+    assert!(
+        take(&mut s).is_empty(),
+        "the stack answered a non-unicast source"
+    );
+    assert_eq!(metrics(&mut s).rx_accepted_err, sources.len() as u64);
+    // A unicast source is still answered.
+    s.receive(tcp_frame(40000, 1000, None, TcpControl::Syn, b""));
+    s.poll(now);
+    assert_eq!(take(&mut s).len(), 1);
 }

@@ -44,6 +44,18 @@ pub(crate) fn tcp_frame(
     control: TcpControl,
     payload: &[u8],
 ) -> Vec<u8> {
+    tcp_frame_from(GUEST_IP, port, seq, ack, control, payload)
+}
+
+/// A TCP segment from `src`'s `port` to the MMDS.
+pub(crate) fn tcp_frame_from(
+    src: Ipv4Addr,
+    port: u16,
+    seq: i32,
+    ack: Option<i32>,
+    control: TcpControl,
+    payload: &[u8],
+) -> Vec<u8> {
     let tcp = TcpRepr {
         src_port: port,
         dst_port: MMDS_PORT,
@@ -59,7 +71,7 @@ pub(crate) fn tcp_frame(
         payload,
     };
     let ip = Ipv4Repr {
-        src_addr: GUEST_IP,
+        src_addr: src,
         dst_addr: DEFAULT_IPV4,
         next_header: IpProtocol::Tcp,
         payload_len: tcp.buffer_len(),
@@ -77,7 +89,7 @@ pub(crate) fn tcp_frame(
     ip.emit(&mut packet, &caps);
     tcp.emit(
         &mut TcpPacket::new_unchecked(packet.payload_mut()),
-        &GUEST_IP.into(),
+        &src.into(),
         &DEFAULT_IPV4.into(),
         &caps,
     );

@@ -68,6 +68,11 @@ impl Driver {
         Ok(q)
     }
 
+    /// The head index the next chain made available will have.
+    pub fn next_head(&self) -> u16 {
+        self.next_desc
+    }
+
     /// Makes a chain of (address, length, device-writable) buffers available.
     pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> Result<()> {
         let head = self.next_desc;
