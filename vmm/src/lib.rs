@@ -25,6 +25,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mmds;
 pub mod pause;
+pub mod seccomp;
 pub mod share;
 pub mod spec;
 pub mod vcpu;
