@@ -150,6 +150,11 @@ const VMM: &[Rule] = &[
     sys!(SYS_fsync),
     sys!(SYS_fdatasync),
     sys!(SYS_ftruncate),
+    // A drive's new backing file: its discard probe, and its io_uring with the Async engine.
+    sys!(SYS_fallocate),
+    sys!(SYS_io_uring_setup),
+    sys!(SYS_io_uring_register),
+    sys!(SYS_io_uring_enter),
     sys!(SYS_dup),
     sys!(
         SYS_fcntl,
