@@ -21,7 +21,8 @@ use super::ThreadKind;
 pub(super) enum Args {
     /// Any arguments.
     Any,
-    /// The second argument (an ioctl request, an fcntl command) is one of these.
+    /// The second argument (an ioctl request, an fcntl command, a socket option level) is one
+    /// of these.
     Arg1(&'static [u64]),
     /// The first argument (a socket family) is one of these.
     Arg0(&'static [u64]),
@@ -262,6 +263,8 @@ const VSOCK: &[Rule] = &[
     sys!(SYS_readv),
     sys!(SYS_shutdown),
     sys!(SYS_getsockopt),
+    // Each connection's send buffer (SO_SNDBUF): socket-level options only.
+    sys!(SYS_setsockopt, Arg1(&[libc::SOL_SOCKET as u64])),
     sys!(SYS_ioctl, Arg1(&[libc::FIONBIO as u64])),
     FCNTL,
 ];
