@@ -122,6 +122,9 @@ fn readv(socket: &UnixDatagram, bufs: &mut [IoSliceMut<'_>]) -> usize {
     usize::try_from(n).unwrap()
 }
 
+/// A case's name, the thread kind whose filter it runs under, its loop, and its unit.
+type Case = (&'static str, ThreadKind, fn() -> u64, &'static str);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -138,7 +141,7 @@ fn main() {
     // Just written, so in the page cache: the figures are the threads' CPU cost, not the
     // disk's.
     drop(file);
-    let cases: [(&str, ThreadKind, fn() -> u64, &str); 2] = [
+    let cases: [Case; 2] = [
         (
             "block: 4 KiB preadv",
             ThreadKind::Block,

@@ -10,6 +10,10 @@
 //! `--no-seccomp` under `strace -f`, find the thread (its `prctl(PR_SET_NAME)` line) and add
 //! the syscall here, with its arguments narrowed as far as the code that makes it allows.
 
+// libc's ioctl requests are `c_ulong` with glibc but `c_int` with musl: the casts to u64 are
+// needed on one of them.
+#![allow(clippy::unnecessary_cast)]
+
 use kvm_bindings::{
     kvm_clock_data, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_userspace_memory_region,
 };
