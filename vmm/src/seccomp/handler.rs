@@ -20,7 +20,7 @@ thread_local! {
 /// Records the calling thread's name and filter kind for the handler.
 pub(super) fn name_thread(kind: ThreadKind) {
     let current = std::thread::current();
-    let name = current.name().unwrap_or("main").as_bytes();
+    let name = current.name().unwrap_or("unnamed").as_bytes();
     let len = name.len().min(NAME_LEN);
     let mut buf = [0; NAME_LEN];
     buf[..len].copy_from_slice(&name[..len]);
