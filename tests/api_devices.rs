@@ -59,6 +59,8 @@ fn patching_a_drive_swaps_its_file_and_the_guest_sees_the_new_size() {
     let message = refused(&mut c, "PATCH", "/drives/other", &other);
     assert_eq!(message, "There is no drive 'other'.");
     done(&mut c, "PATCH", "/drives/data", &patch);
+    // The swap ran on the main thread under its filter, which every thread still has.
+    assert_seccomp_on_every_thread(vm.pid(), &["ember_blk_data", "ember_api", "fc_vcpu 0"]);
     let (_, body) = c.request("GET", "/vm/config", None);
     assert_eq!(json(&body)["drives"][0]["path_on_host"], json!(big));
     // Its rate limiter changes at run time too.

@@ -82,15 +82,6 @@ fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     panic!("no line with {needle:?} on the FIFO")
 }
 
-/// The names of `pid`'s threads.
-fn thread_names(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim_end().to_owned())
-        .collect()
-}
-
 /// Kata Containers' Firecracker driver: reads the version, writes a config file with the
 /// root image as a read-only drive, a pool of empty placeholder drives, `smt: false`, empty
 /// rate limiters, and a logger and metrics on FIFOs it reads; starts the VMM with
@@ -155,8 +146,8 @@ fn kata_containers_sequence() {
     let mut c = vmm.client();
     vmm.wait_running(&mut c);
 
-    let names = thread_names(vmm.pid());
-    assert!(names.iter().any(|n| n == "fc_vcpu 0"), "{names:?}");
+    // The vCPU thread is found by its name; every thread runs under its seccomp filter.
+    assert_seccomp_on_every_thread(vmm.pid(), &["fc_vcpu 0", "ember_blk_"]);
     line_with(&logs, "started 1 vCPUs");
 
     let image = dir.join("container.img");
@@ -351,10 +342,8 @@ fn an_empty_entropy_device_and_smt_false() {
         json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
                "track_dirty_pages": false, "huge_pages": "None"})
     );
-    let names = thread_names(vmm.pid());
-    for vcpu in ["fc_vcpu 0", "fc_vcpu 1"] {
-        assert!(names.iter().any(|n| n == vcpu), "{names:?}");
-    }
+    // Found by their names, and each under its seccomp filter.
+    assert_seccomp_on_every_thread(vmm.pid(), &["fc_vcpu 0", "fc_vcpu 1", "ember_api"]);
     assert_eq!(vmm.terminate(), 128 + libc::SIGTERM);
 }
 
@@ -369,10 +358,30 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
     let (log, metrics, filter, metadata) = (
         dir.join("ember.log"),
         dir.join("metrics.json"),
-        dir.join("filter.bpf"),
+        dir.join("filter.json"),
         dir.join("metadata.json"),
     );
-    std::fs::write(&filter, b"").unwrap();
+    // ember reads seccompiler's JSON description (one filter per ember thread kind), not
+    // Firecracker's compiled bincode: here, everything but getppid.
+    let filters: serde_json::Map<String, serde_json::Value> = [
+        "vmm",
+        "api",
+        "vcpu",
+        "block",
+        "net",
+        "vsock",
+        "rng",
+        "fs",
+        "serial_out",
+    ]
+    .iter()
+    .map(|kind| {
+        let filter = json!({"default_action": "allow", "filter_action": "trap",
+                            "filter": [{"syscall": "getppid"}]});
+        (kind.to_string(), filter)
+    })
+    .collect();
+    std::fs::write(&filter, serde_json::Value::Object(filters).to_string()).unwrap();
     std::fs::write(&metadata, br#"{"latest": {}}"#).unwrap();
     let (log, metrics, filter, metadata) = (
         log.to_str().unwrap(),

@@ -163,6 +163,9 @@ fn a_linux_guest_reads_writes_and_survives_a_dead_backend_on_three_shares() {
     let mut started = Vec::new();
     let (log, status, stderr) = run_watching(&mut ember_cmd, LIMIT, |line, pid| {
         if started.is_empty() && line.contains("EMBER-RUN") {
+            // Every thread, the three shares' among them, runs under its seccomp filter.
+            let shares = ["ember_fs_rw", "ember_fs_ro", "ember_fs_ext", "fc_vcpu 0"];
+            assert_seccomp_on_every_thread(pid as u32, &shares);
             started = ["rw", "ro"]
                 .iter()
                 .map(|t| ember_virtiofsd(pid, t).expect("no virtiofsd of ember's"))

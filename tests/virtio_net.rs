@@ -331,7 +331,7 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
             .arg("--metrics-path")
             .arg(&metrics),
         LINUX_LIMIT,
-        |line, _| {
+        |line, pid| {
             if line.starts_with("MMDS GOT:") {
                 // The guest reads the store live: it waits for this change.
                 let patch = r#"{"latest": {"meta-data": {"ami-id": "ami-87654321"}}}"#;
@@ -341,6 +341,9 @@ fn linux_pings_moves_a_mebibyte_each_way_on_two_nics_and_reads_mmds() {
             if line.trim() != "NET-UP" {
                 return;
             }
+            // Every thread, the two NICs' among them, runs under its seccomp filter.
+            let nics = ["ember_net_eth0", "ember_net_eth1", "ember_api", "fc_vcpu 0"];
+            assert_seccomp_on_every_thread(pid as u32, &nics);
             let data = outbound.clone();
             host_side.push(ns.spawn(move || send_to_the_guest(&data)));
             for (size, addr) in [

@@ -56,6 +56,7 @@ fn a_host_connect_reaches_a_tiny_guest_and_exchanges_a_line() {
     let mut pong = [0u8; 5];
     host.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"pong\n");
+    assert_seccomp_on_every_thread(child.id(), &["ember_vsock", "fc_vcpu 0"]);
     let out = wait_with_deadline(child, LIMIT);
     assert_eq!(
         text(&out.stdout),

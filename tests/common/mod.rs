@@ -823,3 +823,58 @@ impl Drop for Terminal {
         let _ = self.child.wait();
     }
 }
+
+/// The names of `pid`'s threads (none once it has ended).
+pub fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim_end().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that every thread of ember `pid` runs under a seccomp filter (`Seccomp: 2` in
+/// /proc/PID/task/TID/status) and that a thread whose name starts with each of `expected`
+/// exists; returns the threads' names. Kernel workers living in the process (KVM's
+/// `kvm-nx-lpage-recovery`, io_uring's `iou-wrk-*`: PF_USER_WORKER or PF_IO_WORKER) run no
+/// ember code and are left out.
+pub fn assert_seccomp_on_every_thread(pid: u32, expected: &[&str]) -> Vec<String> {
+    const KERNEL_WORKER: u64 = 0x4000 | 0x10;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("ember is not running");
+    let mut names = Vec::new();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        // A thread that ended meanwhile has nothing to check.
+        let (Ok(comm), Ok(status), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        // The flags are the 9th field, counted after the parenthesised name.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let flags: u64 = after_name.split(' ').nth(6).unwrap().parse().unwrap();
+        if flags & KERNEL_WORKER != 0 {
+            continue;
+        }
+        let name = comm.trim_end().to_owned();
+        let mode = status.lines().find(|l| l.starts_with("Seccomp:"));
+        assert_eq!(
+            mode.map(|l| l.split_whitespace().nth(1)),
+            Some(Some("2")),
+            "ember thread '{name}' runs without its seccomp filter"
+        );
+        names.push(name);
+    }
+    for prefix in expected {
+        assert!(
+            names.iter().any(|n| n.starts_with(prefix)),
+            "no ember thread named {prefix}*: {names:?}"
+        );
+    }
+    names
+}

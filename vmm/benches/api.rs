@@ -3,6 +3,11 @@
 //! round trip of `GET /` over a keep-alive connection (p50, p99 over 1000 requests). No guest
 //! runs; nothing is emulated.
 //!
+//! The seccomp filters' cost: start to API ready and `InstanceStart` (the request's round trip:
+//! ember's build steps up to running vCPUs, with $EMBER_TEST_KERNEL as the kernel; its boot
+//! is not waited for) are measured with the filters (the default) and with `--no-seccomp`,
+//! alternating, in the same run.
+//!
 //! Run: `cargo bench -p ember --bench api`. With `EMBER_BENCH_BASELINE=/path/to/other/ember`,
 //! the start-up figures are measured for both binaries in the same run, alternating, and shown
 //! side by side.
@@ -16,9 +21,25 @@ use std::time::{Duration, Instant};
 const RUNS: usize = 20;
 const REQUESTS: usize = 1000;
 
-/// Sends one request and reads its response; returns the status.
+/// Sends one GET and reads its response; returns the status.
 fn get(stream: &mut UnixStream, reader: &mut BufReader<UnixStream>, path: &str) -> u16 {
-    write!(stream, "GET {path} HTTP/1.1\r\n\r\n").unwrap();
+    request(stream, reader, "GET", path, "")
+}
+
+/// Sends one request and reads its response; returns the status.
+fn request(
+    stream: &mut UnixStream,
+    reader: &mut BufReader<UnixStream>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> u16 {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let (mut status, mut len) = (0, 0);
     loop {
         let mut line = String::new();
@@ -78,11 +99,13 @@ struct Started {
     child: std::process::Child,
 }
 
-fn start(bin: &str, sock: &std::path::Path) -> Started {
+fn start(bin: &str, sock: &std::path::Path, extra: &[&str]) -> Started {
+    let _ = std::fs::remove_file(sock);
     let begin = Instant::now();
     let child = Command::new(bin)
         .arg("--api-sock")
         .arg(sock)
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -105,6 +128,17 @@ fn start(bin: &str, sock: &std::path::Path) -> Started {
 }
 
 impl Started {
+    /// Configures a VM with `kernel` and times `InstanceStart`'s round trip.
+    fn instance_start(&mut self, kernel: &str) -> Duration {
+        let boot = format!(r#"{{"kernel_image_path": "{kernel}"}}"#);
+        let (stream, reader) = (&mut self.stream, &mut self.reader);
+        assert_eq!(request(stream, reader, "PUT", "/boot-source", &boot), 204);
+        let start = r#"{"action_type": "InstanceStart"}"#;
+        let t = Instant::now();
+        assert_eq!(request(stream, reader, "PUT", "/actions", start), 204);
+        t.elapsed()
+    }
+
     fn stop(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -150,11 +184,11 @@ fn main() {
     let mut latencies = Vec::new();
     for run in 0..RUNS {
         if let Some(bin) = &baseline {
-            let s = start(bin, &sock);
+            let s = start(bin, &sock, &[]);
             old.add(&s);
             s.stop();
         }
-        let mut s = start(this, &sock);
+        let mut s = start(this, &sock, &[]);
         new.add(&s);
         if run == 0 {
             for _ in 0..REQUESTS {
@@ -187,5 +221,46 @@ fn main() {
         percentile(&latencies, 0.99).as_secs_f64() * 1e6,
         latencies.last().unwrap().as_secs_f64() * 1e6,
     );
+    seccomp_cost(this, &sock);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Start to API ready and InstanceStart with the seccomp filters and with `--no-seccomp`,
+/// alternating.
+fn seccomp_cost(this: &str, sock: &std::path::Path) {
+    let kernel = std::env::var("EMBER_TEST_KERNEL").expect(
+        "EMBER_TEST_KERNEL is not set: point it at a Linux vmlinux for the InstanceStart figures",
+    );
+    let (mut on, mut off) = (Figures::default(), Figures::default());
+    let (mut start_on, mut start_off) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        for (extra, figures, starts) in [
+            (&[][..], &mut on, &mut start_on),
+            (&["--no-seccomp"][..], &mut off, &mut start_off),
+        ] {
+            let mut s = start(this, sock, extra);
+            figures.add(&s);
+            starts.push(s.instance_start(&kernel));
+            s.stop();
+        }
+    }
+    let change = |off: f64, on: f64| (on - off) / off * 100.0;
+    let (won, con, _) = on.medians();
+    let (woff, coff, _) = off.medians();
+    println!(
+        "seccomp on / --no-seccomp, start to API ready ({RUNS} runs each): wall p50 {won:.2} / {woff:.2} ms ({:+.1}%); CPU p50 {con:.2} / {coff:.2} ms ({:+.1}%) (target: under 3%)",
+        change(woff, won),
+        change(coff, con),
+    );
+    start_on.sort();
+    start_off.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (son, soff) = (
+        ms(percentile(&start_on, 0.5)),
+        ms(percentile(&start_off, 0.5)),
+    );
+    println!(
+        "seccomp on / --no-seccomp, InstanceStart round trip ({RUNS} runs each): p50 {son:.2} / {soff:.2} ms ({:+.1}%) (target: under 3%)",
+        change(soff, son),
+    );
 }

@@ -14,6 +14,8 @@ use devices::sync::lock;
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::seccomp::{self, ThreadKind};
+
 /// Errors starting the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -48,7 +50,10 @@ pub fn start(path: &Path, max_payload: usize, id: &str) -> Result<Arc<Api>, ApiE
     };
     std::thread::Builder::new()
         .name("ember_api".into())
-        .spawn(move || server::serve(listener, link, Limits::new(max_payload)))
+        .spawn(move || {
+            seccomp::apply_or_exit(ThreadKind::Api);
+            server::serve(listener, link, Limits::new(max_payload));
+        })
         .map_err(ApiError::Thread)?;
     Ok(Arc::new(Api {
         actions: Mutex::new(action_rx),

@@ -5,7 +5,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use devices::ExitNotifier;
 use devices::bus::Bus;
@@ -29,6 +29,7 @@ use crate::lifecycle::{ApiSubscriber, Lifecycle, RunningVm};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{self, FLUSH_PERIOD, Metrics, MetricsError, MetricsTimer};
 use crate::pause::PauseGate;
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::spec::{VirtioTransport, VmSpec};
 use crate::vcpu::{Vcpu, VcpuError, VcpuHandle};
 use crate::vm::{Vm, VmError};
@@ -66,6 +67,9 @@ pub enum BuildError {
     /// A device could not be built.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The VMM thread's seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The metrics file or timer could not be set up.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
@@ -203,16 +207,30 @@ impl Booted {
             StdinKind::Terminal => RawTerminal::enable(&io::stdin()).map_err(host("terminal"))?,
             StdinKind::Background | StdinKind::Stream => None,
         };
+        // The vCPUs wait for this lock before entering the guest, and get it once this thread's
+        // own seccomp filter is in: no guest code runs before every filter is.
+        let hold = Arc::new(RwLock::new(()));
+        let held = devices::sync::write(&hold);
         let mut started = Ok(());
         for vcpu in vcpus {
-            match vcpu.start(tx.clone(), &vcpu_evt, stop.clone(), running.gate.clone()) {
+            let handle = vcpu.start(
+                tx.clone(),
+                &vcpu_evt,
+                stop.clone(),
+                running.gate.clone(),
+                hold.clone(),
+            );
+            match handle {
                 Ok(handle) => devices::sync::lock(&running.vcpus).push(handle),
                 Err(err) => {
-                    started = Err(err);
+                    started = Err(BuildError::from(err));
                     break;
                 }
             }
         }
+        // The last thread this one starts is a vCPU: from here on it needs no clone(2).
+        let started = started.and_then(|()| Ok(seccomp::apply(ThreadKind::Vmm)?));
+        drop(held);
         info!(
             "started {} vCPUs",
             devices::sync::lock(&running.vcpus).len()
@@ -225,9 +243,7 @@ impl Booted {
                 metrics: running.metrics.clone(),
             });
         }
-        let outcome = started
-            .map_err(BuildError::from)
-            .and_then(|()| run_until_stopped(&mut event_loop, &controller));
+        let outcome = started.and_then(|()| run_until_stopped(&mut event_loop, &controller));
         running.stop();
         outcome
     }

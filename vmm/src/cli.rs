@@ -16,6 +16,7 @@ use crate::config::{self, ConfigError, DEFAULT_CMDLINE};
 use crate::console::DEFAULT_SERIAL_FILE_LIMIT;
 use crate::images::ImageCommand;
 use crate::logger;
+use crate::seccomp;
 use crate::share;
 use crate::spec::{RunOptions, VirtioTransport};
 use api_server::server::DEFAULT_MAX_PAYLOAD;
@@ -231,11 +232,12 @@ pub struct VmArgs {
     /// The launcher's own CPU time (microseconds), added to the reported CPU start-up time.
     #[arg(long, value_name = "US")]
     pub parent_cpu_time_us: Option<u64>,
-    /// Firecracker's custom seccomp filter; accepted, but ember installs no seccomp filters
-    /// yet (a warning says so).
+    /// Seccomp filters to install instead of ember's own: a seccompiler JSON description with
+    /// one filter per thread kind (vmm, api, vcpu, block, net, vsock, rng, fs, serial_out).
+    /// Firecracker's compiled (bincode) filter files are not read.
     #[arg(long, value_name = "PATH", conflicts_with = "no_seccomp")]
     pub seccomp_filter: Option<PathBuf>,
-    /// Run without seccomp filtering (ember installs none yet).
+    /// Run without seccomp filters (ember installs one per thread by default).
     #[arg(long, action = ArgAction::SetTrue)]
     pub no_seccomp: bool,
     /// Firecracker's snapshot data format version; ember has no snapshots yet and says so.
@@ -449,6 +451,15 @@ impl VmArgs {
         })
     }
 
+    /// The seccomp filters `--no-seccomp` and `--seccomp-filter` ask for.
+    pub fn seccomp_mode(&self) -> seccomp::Mode {
+        match (&self.seccomp_filter, self.no_seccomp) {
+            (_, true) => seccomp::Mode::Off,
+            (Some(path), false) => seccomp::Mode::File(path.clone()),
+            (None, false) => seccomp::Mode::BuiltIn,
+        }
+    }
+
     /// The options of this run that Firecracker's configuration model has no place for.
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
@@ -611,6 +622,13 @@ mod tests {
         assert!(cli.args().snapshot_request().unwrap().contains("vm.snap"));
         assert!(parse(&["--snapshot-version", "--kernel", "k"]).is_err());
         assert!(parse(&["--no-seccomp", "--seccomp-filter", "f"]).is_err());
+        let mode = |args: &[&str]| parse(args).unwrap().args().seccomp_mode();
+        assert_eq!(mode(&[]), seccomp::Mode::BuiltIn);
+        assert_eq!(mode(&["--no-seccomp"]), seccomp::Mode::Off);
+        assert_eq!(
+            mode(&["--seccomp-filter", "f.json"]),
+            seccomp::Mode::File("f.json".into())
+        );
         assert_eq!(parse(&[]).unwrap().args().snapshot_request(), None);
     }
 

@@ -38,6 +38,7 @@ use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::escape::{self, EscapeKeys};
+use crate::seccomp::{self, ThreadKind};
 
 /// Guest output the sinks may fall behind by before bytes are dropped.
 pub const OUTPUT_BUFFER_LIMIT: usize = 1 << 20;
@@ -156,7 +157,10 @@ pub fn console_output(
     let thread_shared = shared.clone();
     let thread = thread::Builder::new()
         .name("ember_serial_out".into())
-        .spawn(move || drain_loop(&thread_shared, sinks))?;
+        .spawn(move || {
+            seccomp::apply_or_exit(ThreadKind::SerialOut);
+            drain_loop(&thread_shared, sinks);
+        })?;
     let output = ConsoleOutput {
         shared: shared.clone(),
         panic_watch: panics.map(PanicWatch::new),

@@ -20,6 +20,7 @@ use utils::poll::{poll, pollfd};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::pause::{Parker, PauseGate};
+use crate::seccomp::{self, ThreadKind};
 
 /// Index of the stop event and of the pause gate in each round's descriptors; the handler's
 /// watches follow.
@@ -27,16 +28,19 @@ const STOP: usize = 0;
 const GATE: usize = 1;
 const FIRST_WATCH: usize = 2;
 
-/// Starts the thread `name` running `handler` until `stop` is written.
+/// Starts the thread `name`, filtered as a `kind` thread, running `handler` until `stop` is
+/// written.
 pub fn spawn<H: IoHandler + 'static>(
     name: String,
+    kind: ThreadKind,
     handler: H,
     stop: EventFd,
     gate: Arc<PauseGate>,
 ) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || run(handler, &stop, &gate))
+    std::thread::Builder::new().name(name).spawn(move || {
+        seccomp::apply_or_exit(kind);
+        run(handler, &stop, &gate);
+    })
 }
 
 fn run<H: IoHandler>(mut handler: H, stop: &EventFd, gate: &PauseGate) {
@@ -131,6 +135,7 @@ mod tests {
         };
         let thread = spawn(
             "ember_test_worker".into(),
+            ThreadKind::Block,
             handler,
             stop.try_clone().unwrap(),
             gate.clone(),

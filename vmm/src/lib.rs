@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod mmds;
 pub mod pause;
 pub mod run;
+pub mod seccomp;
 pub mod share;
 pub mod spec;
 pub mod vcpu;

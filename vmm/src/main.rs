@@ -54,10 +54,10 @@ fn main() -> ExitCode {
         eprintln!("ember: error: {refusal}");
         return ExitCode::from(ExitStatus::ConfigError.code());
     }
-    if args.seccomp_filter.is_some() {
-        log::warn!(
-            "--seccomp-filter: ember installs no seccomp filters yet; the filter is not applied"
-        );
+    // Before any thread exists: each one installs its filter as it starts.
+    if let Err(err) = vmm::seccomp::init(&args.seccomp_mode()) {
+        eprintln!("ember: error: {}", vmm::error_chain(&err));
+        return ExitCode::from(ExitStatus::ConfigError.code());
     }
     let result = run(args);
     // The end of ember's own teardown; benches/boot.rs reads this line.

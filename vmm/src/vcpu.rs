@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, RwLock};
 use std::thread::{self, JoinHandle};
 
 use devices::bus::Bus;
@@ -24,6 +24,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 use crate::arch::x86_64::cpuid::{self, VcpuTopology};
 use crate::arch::x86_64::regs::{self, RegsError};
 use crate::pause::{Parker, PauseGate};
+use crate::seccomp::{self, ThreadKind};
 
 /// Errors preparing or starting a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -124,13 +125,16 @@ impl Vcpu {
 
     /// Starts the vCPU on its own thread; it runs until `stop` is raised (by the VMM through
     /// the handle, or by a device the guest asked to end the VM). When it ends, the thread
-    /// sends a [`VcpuEvent`] on `events` and writes `exit_evt`.
+    /// sends a [`VcpuEvent`] on `events` and writes `exit_evt`. The thread installs its
+    /// seccomp filter, then waits for a read lock on `hold` before entering the guest: the
+    /// caller holds the write lock until the VMM's own filter is in (see [`crate::seccomp`]).
     pub fn start(
         self,
         events: Sender<VcpuEvent>,
         exit_evt: &EventFd,
         stop: Arc<AtomicBool>,
         gate: Arc<PauseGate>,
+        hold: Arc<RwLock<()>>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
@@ -145,7 +149,9 @@ impl Vcpu {
         let thread = thread::Builder::new()
             .name(format!("fc_vcpu {index}"))
             .spawn(move || {
+                seccomp::apply_or_exit(ThreadKind::Vcpu);
                 let _ = running_tx.send(());
+                drop(devices::sync::read(&hold));
                 let exit = self.run(&thread_stop, &gate);
                 if events.send(VcpuEvent { index, exit }).is_ok() {
                     let _ = exit_evt.write(1);

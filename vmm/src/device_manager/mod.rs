@@ -68,6 +68,7 @@ use crate::console::{ConsoleInput, ConsoleOutput, SharedSerial, StdinKind};
 use crate::io_worker;
 use crate::metrics::Source;
 use crate::pause::PauseGate;
+use crate::seccomp::ThreadKind;
 use crate::share::{FsBackend, FsSpec};
 use crate::spec::{
     CacheType, DriveBacking, DriveSpec, EntropySpec, IoEngine, NetSpec, VirtioTransport, VmSpec,
@@ -492,7 +493,7 @@ impl DeviceManager {
         ring: Option<Uring>,
     ) -> Result<(), DeviceError> {
         let id = drive.id.clone();
-        let name = format!("ember_blk_{id}");
+        let name = (format!("ember_blk_{id}"), ThreadKind::Block);
         let limiter = rate_limiter(drive.rate_limiter)?;
         self.drive_limiters.push((id.clone(), limiter.clone()));
         let block = self.attach(vm, mem, drive.slot, name, 1, |interrupt, queues| {
@@ -519,7 +520,7 @@ impl DeviceManager {
         drive: &DriveSpec,
         backend: Backend,
     ) -> Result<(), DeviceError> {
-        let name = format!("ember_blk_{}", drive.id);
+        let name = (format!("ember_blk_{}", drive.id), ThreadKind::VhostUser);
         let path = match &drive.backing {
             DriveBacking::VhostUser(path) => Some(path.clone()),
             DriveBacking::Image(_) => None,
@@ -555,7 +556,7 @@ impl DeviceManager {
         tap: Tap,
         mmds: Option<MmdsStack>,
     ) -> Result<(), DeviceError> {
-        let name = format!("ember_net_{}", spec.id);
+        let name = (format!("ember_net_{}", spec.id), ThreadKind::Net);
         let limiters = NetLimiters {
             rx: rate_limiter(spec.rx_rate_limiter)?,
             tx: rate_limiter(spec.tx_rate_limiter)?,
@@ -592,7 +593,7 @@ impl DeviceManager {
         mem: &GuestMemoryMmap,
         spec: &EntropySpec,
     ) -> Result<(), DeviceError> {
-        let name = "ember_rng".to_owned();
+        let name = ("ember_rng".to_owned(), ThreadKind::Rng);
         let limiter = rate_limiter(spec.rate_limiter)?;
         let rng = self.attach(vm, mem, spec.slot, name, 1, |interrupt, queues| {
             // The worker is woken by the queue's notification, and by activation.
@@ -616,7 +617,7 @@ impl DeviceManager {
         spec: &VsockSpec,
         listener: UnixListener,
     ) -> Result<(), DeviceError> {
-        let name = "ember_vsock".to_owned();
+        let name = ("ember_vsock".to_owned(), ThreadKind::Vsock);
         let vsock = self.attach(vm, mem, spec.slot, name, 3, |interrupt, queues| {
             let clone = |e: &EventFd| e.try_clone().map_err(host("events"));
             let wake = [clone(&queues[0])?, clone(&queues[1])?];
@@ -647,7 +648,7 @@ impl DeviceManager {
         };
         // Kept before anything can fail, so that it is stopped on every path.
         self.daemons.extend(daemon);
-        let name = format!("ember_fs_{}", spec.id);
+        let name = (format!("ember_fs_{}", spec.id), ThreadKind::VhostUser);
         let queues = FS_QUEUES as u32;
         self.attach(vm, mem, spec.slot, name, queues, |interrupt, queues| {
             let kicks = queues
@@ -669,14 +670,14 @@ impl DeviceManager {
 
     /// Wires a virtio device at `slot` with `queues` queues on the VM's transport (its
     /// interrupt, one ioeventfd per queue, its registers on the MMIO bus), and starts an I/O
-    /// worker named `thread` running the handler. `build` makes the device and its handler
+    /// worker with `thread`'s name and seccomp filter running the handler. `build` makes the device and its handler
     /// from the interrupt and the queues' notification events.
     fn attach<D, H>(
         &mut self,
         vm: &Vm,
         mem: &GuestMemoryMmap,
         slot: Slot,
-        thread: String,
+        thread: (String, ThreadKind),
         queues: u32,
         build: impl FnOnce(Arc<VirtioInterrupt>, &[EventFd]) -> Result<(D, H), DeviceError>,
     ) -> Result<Arc<Mutex<dyn Transport<D>>>, DeviceError>
@@ -694,7 +695,7 @@ impl DeviceManager {
             None => mmio::place(&mut self.mmio, slot, device, mem, wired)?,
         };
         let stop = self.io.stop.try_clone().map_err(host("events"))?;
-        let worker = io_worker::spawn(thread, handler, stop, self.gate.clone());
+        let worker = io_worker::spawn(thread.0, thread.1, handler, stop, self.gate.clone());
         self.io.threads.push(worker.map_err(host("I/O threads"))?);
         Ok(transport)
     }
