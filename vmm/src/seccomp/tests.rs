@@ -31,13 +31,13 @@ fn every_built_in_filter_compiles_and_allows_the_std_runtime() {
 }
 
 #[test]
-fn only_the_vsock_thread_opens_sockets_and_only_unix_ones() {
+fn only_the_vsock_and_vhost_user_threads_open_sockets_and_only_unix_ones() {
     for kind in ThreadKind::ALL {
         let socket: Vec<_> = rules::rules(kind)
             .filter(|r| r.nr == libc::SYS_socket)
             .collect();
         match kind {
-            ThreadKind::Vsock => {
+            ThreadKind::Vsock | ThreadKind::VhostUser => {
                 assert!(
                     matches!(socket[..], [&Rule { args: Args::Arg0(&[f]), .. }] if f == libc::AF_UNIX as u64)
                 );
