@@ -363,24 +363,14 @@ fn every_firecracker_flag_starts_ember_serving_its_api() {
     );
     // ember reads seccompiler's JSON description (one filter per ember thread kind), not
     // Firecracker's compiled bincode: here, everything but getppid.
-    let filters: serde_json::Map<String, serde_json::Value> = [
-        "vmm",
-        "api",
-        "vcpu",
-        "block",
-        "net",
-        "vsock",
-        "rng",
-        "fs",
-        "serial_out",
-    ]
-    .iter()
-    .map(|kind| {
-        let filter = json!({"default_action": "allow", "filter_action": "trap",
+    let filters: serde_json::Map<String, serde_json::Value> = vmm::seccomp::ThreadKind::ALL
+        .iter()
+        .map(|kind| {
+            let filter = json!({"default_action": "allow", "filter_action": "trap",
                             "filter": [{"syscall": "getppid"}]});
-        (kind.to_string(), filter)
-    })
-    .collect();
+            (kind.name().to_string(), filter)
+        })
+        .collect();
     std::fs::write(&filter, serde_json::Value::Object(filters).to_string()).unwrap();
     std::fs::write(&metadata, br#"{"latest": {}}"#).unwrap();
     let (log, metrics, filter, metadata) = (
