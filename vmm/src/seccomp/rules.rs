@@ -5,8 +5,12 @@
 //! number (KVM, TAP, terminal), socket families, `fcntl` commands, `openat` without `O_CREAT`.
 //! A syscall not listed, or listed with arguments that match none of its rules, raises SIGSYS.
 //!
-//! This file is the readable description: [`rules`] gives a kind's list, and `super` compiles
-//! it with seccompiler once at start-up. Adding a rule: run the failing case with
+//! This file is the readable description and the only one: [`rules`] gives a kind's list,
+//! which vmm/build.rs compiles with seccompiler (through `compile.rs`, both included there by
+//! `#[path]`) into the BPF programs ember installs, so it must build on its own: `std`, `libc`
+//! and `kvm_bindings` only, nothing of ember's. The programs are for x86_64, as ember is; the
+//! syscall and ioctl numbers are libc's and kvm-bindings' of the build host, which build.rs
+//! checks is the target's architecture. Adding a rule: run the failing case with
 //! `--no-seccomp` under `strace -f`, find the thread (its `prctl(PR_SET_NAME)` line) and add
 //! the syscall here, with its arguments narrowed as far as the code that makes it allows.
 
@@ -18,9 +22,64 @@ use kvm_bindings::{
     kvm_clock_data, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_userspace_memory_region,
 };
 
-use super::ThreadKind;
+/// The kinds of ember thread, each with its own filter. [`ThreadKind::name`] is the key of its
+/// filter in a `--seccomp-filter` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// The main thread once the VM runs: the event loop, the API's requests, the VM's end.
+    Vmm,
+    /// The API server thread.
+    Api,
+    /// A vCPU thread.
+    Vcpu,
+    /// A block device's I/O thread.
+    Block,
+    /// A network device's I/O thread.
+    Net,
+    /// The vsock device's I/O thread.
+    Vsock,
+    /// The entropy device's I/O thread.
+    Rng,
+    /// A vhost-user device's thread (virtio-fs, vhost-user-blk): its backend's socket.
+    VhostUser,
+    /// The serial console's output thread.
+    SerialOut,
+}
+
+impl ThreadKind {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [ThreadKind; 9] = [
+        Self::Vmm,
+        Self::Api,
+        Self::Vcpu,
+        Self::Block,
+        Self::Net,
+        Self::Vsock,
+        Self::Rng,
+        Self::VhostUser,
+        Self::SerialOut,
+    ];
+
+    /// The filter's name: `vmm`, `api` and `vcpu` as in Firecracker's filter files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vmm => "vmm",
+            Self::Api => "api",
+            Self::Vcpu => "vcpu",
+            Self::Block => "block",
+            Self::Net => "net",
+            Self::Vsock => "vsock",
+            Self::Rng => "rng",
+            Self::VhostUser => "vhost_user",
+            Self::SerialOut => "serial_out",
+        }
+    }
+}
 
 /// What a rule allows of one syscall's arguments.
+// The arguments are read by compile.rs, which vmm/build.rs runs and the library compiles only
+// for its tests: in the library proper, only the names are read (the SIGSYS handler).
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Args {
     /// Any arguments.
@@ -39,6 +98,7 @@ pub(super) enum Args {
 pub(super) struct Rule {
     pub nr: i64,
     pub name: &'static str,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub args: Args,
 }
 
@@ -337,12 +397,10 @@ const NAMED: &[Rule] = &[
 /// The name (`SYS_read`) of syscall `nr`, if a list here names it. Safe in a signal handler:
 /// it only reads static tables.
 pub(super) fn syscall_name(nr: i64) -> Option<&'static str> {
-    [
-        STD, WAIT, VMM, API, VCPU, BLOCK, NET, VSOCK, VHOST_USER, NAMED,
-    ]
-    .into_iter()
-    .flatten()
-    .chain([&FCNTL])
-    .find(|rule| rule.nr == nr)
-    .map(|rule| rule.name)
+    ThreadKind::ALL
+        .into_iter()
+        .flat_map(rules)
+        .chain(NAMED)
+        .find(|rule| rule.nr == nr)
+        .map(|rule| rule.name)
 }
