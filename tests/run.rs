@@ -1,8 +1,9 @@
 //! `ember run IMAGE`: one Linux boot of a busybox image (an OCI layout the test writes, run
 //! through `oci::prepare` and the image cache) checks what a user relies on (the
 //! program's output alone on stdout, its exit status as ember's, the image's Env, WorkingDir and
-//! User with -e and the words after `--` over them, the image's files readable, and the image's
-//! ext4 unchanged by the container's writes); errors ember reports before booting need no boot.
+//! User with -e and the words after `--` over them, the image's files readable, the image's
+//! ext4 unchanged by the container's writes, and with `--rootfs-size` those writes on a disk of
+//! that size that leaves no file behind); errors ember reports before booting need no boot.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -86,33 +87,68 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
         .unwrap_or_else(|| panic!("ember pull names no root filesystem: {stdout}"));
     let rootfs = std::fs::read(rootfs_path).unwrap();
     let _slot = linux_slot();
+    // The --rootfs-size disk is made here, so that the test sees it leaves nothing behind.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     // Each line is one verdict; the program writes into the image's directories (the overlay)
-    // and its own home, then ends with status 3.
+    // and its own home, says what holds the overlay's upper layer (the second disk's size in
+    // sectors, and the root's file system as df sees it: overlayfs reports its upper layer's),
+    // then ends with status 3.
     let script = "echo hello; echo \"env $FROM_IMAGE $OVERRIDDEN $HOME\"; echo \"cwd $(pwd)\"; \
         echo \"ids $(busybox id -u) $(busybox id -g) $(busybox id -G)\"; \
         busybox cat data.txt; echo written > $HOME/new; busybox cat $HOME/new; \
+        echo \"upper $(busybox cat /sys/block/vdb/size) $(busybox df -k / | busybox tail -n 1)\"; \
         echo err >&2; exit 3";
     let out = run(
         ember_in(&cache)
+            .env("TMPDIR", &tmp)
             .args(["run", "--kernel"])
             .arg(&kernel)
-            .args(["-e", "OVERRIDDEN=flag", "--timeout", "300"])
+            .args([
+                "-e",
+                "OVERRIDDEN=flag",
+                "--timeout",
+                "300",
+                "--rootfs-size",
+                "64M",
+            ])
             .arg(&image)
             .args(["--", "sh", "-c", script]),
         Duration::from_secs(360),
     );
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let (upper, rest): (Vec<&str>, Vec<&str>) =
+        stdout.lines().partition(|l| l.starts_with("upper "));
     assert_eq!(
-        stdout,
+        rest.join("\n"),
         "hello\nenv image flag /home/app\ncwd /srv\nids 1000 1001 1001 10\n\
-         from the image\nwritten\nerr\n",
+         from the image\nwritten\nerr",
         "stdout is the program's output, byte for byte (stderr:\n{stderr})"
     );
+    assert!(stdout.ends_with('\n'), "{stdout}");
     assert_eq!(code(&out.status), 3, "stderr:\n{stderr}");
     assert_eq!(stderr, "", "ember says nothing when the program ends");
+    // `upper 131072 overlay <1K-blocks> <used> <available> <use%> /`: a 64 MiB /dev/vdb whose
+    // ext4 (a little smaller, for its metadata) is what the root's writes fill, not a tmpfs
+    // (half the guest's 512 MiB).
+    let fields: Vec<&str> = upper
+        .first()
+        .map_or(vec![], |l| l.split_whitespace().collect());
+    assert_eq!(
+        fields.get(1..3),
+        Some(&["131072", "overlay"][..]),
+        "{stdout}"
+    );
+    let blocks: u64 = fields[3].parse().unwrap();
+    assert!((48 << 10..64 << 10).contains(&blocks), "{stdout}");
     assert!(
         std::fs::read(rootfs_path).unwrap() == rootfs,
         "the container's writes changed the image's ext4"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "the --rootfs-size disk was left in TMPDIR: {left:?}"
     );
 }
 
@@ -178,4 +214,14 @@ fn errors_before_boot_say_what_to_do() {
         "has no ip=",
     );
     fail(&["-x", image], None, "unexpected argument '-x'");
+    fail(
+        &["--kernel", k, "--rootfs-size", "10", image],
+        None,
+        "'--rootfs-size <SIZE>': '10' is less than the smallest size, 16M",
+    );
+    fail(
+        &["--kernel", k, "--rootfs-size", "1.5G", image],
+        None,
+        "'1.5G' is not a size: give a number with K, M, G or T",
+    );
 }

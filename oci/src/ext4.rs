@@ -46,8 +46,9 @@ fn measure(dir: &Path) -> io::Result<(u64, u64)> {
     Ok((bytes, inodes))
 }
 
-/// `mkfs.ext4`: on PATH, else in /usr/sbin or /sbin (not on a user's PATH on Debian).
-fn mkfs() -> Result<PathBuf, Error> {
+/// `mkfs.ext4`: on PATH, else in /usr/sbin or /sbin (not on a user's PATH on Debian). Public
+/// for `ember run --rootfs-size`, which makes an empty ext4 of its own.
+pub fn mkfs() -> Result<PathBuf, Error> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());

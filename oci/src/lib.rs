@@ -20,6 +20,7 @@ mod registry;
 mod unpack;
 
 pub use cache::{CACHE_DIR_ENV, ImageEntry};
+pub use ext4::mkfs as mkfs_ext4;
 pub use pull::{images, prepare, prune, pull, remove};
 
 /// Where images come from and how to reach registries.

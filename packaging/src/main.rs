@@ -19,6 +19,7 @@ use clap_complete::Shell;
 use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, italic, roman};
 use vmm::cli::{CONSOLE_KEYS, Cli, EXAMPLES, EXIT_STATUSES};
+use vmm::run::RunCli;
 
 /// Where the ember-guest-kernel package installs its kernel (resources/build-kernel-deb.sh),
 /// which the example config boots.
@@ -76,14 +77,29 @@ fn generate(out: &Path, date: &str) -> Result<(), String> {
     man_cmd.build();
     let man_dir = out.join("man");
     create_dir(&man_dir)?;
-    for page in std::iter::once(&man_cmd).chain(man_cmd.get_subcommands()) {
+    // `ember run`'s page is the image form's (`ember run IMAGE`), whose description says what
+    // `ember run` without an image is.
+    let mut run_cmd = RunCli::command().disable_help_subcommand(true);
+    run_cmd.build();
+    let run_page = run_cmd.find_subcommand("run").cloned();
+    let pages = man_cmd
+        .get_subcommands()
+        .map(|page| match (&run_page, page.get_name()) {
+            (Some(run), "run") => run,
+            _ => page,
+        });
+    // Every page's header names ember and its version, not the subcommand with none ("pull ").
+    let source = format!("ember {}", man_cmd.get_version().unwrap_or_default());
+    for page in std::iter::once(&man_cmd).chain(pages) {
         // NAME reads "ember - boot a Linux kernel ...", not "ember - ember: boot ...".
         let about = page
             .get_about()
             .map(ToString::to_string)
             .unwrap_or_default();
         let about = about.trim_start_matches("ember: ").to_owned();
-        let man = Man::new(page.clone().about(about)).date(date);
+        let man = Man::new(page.clone().about(about))
+            .date(date)
+            .source(source.clone());
         write(&man_dir.join(man.get_filename()), &man_page(&man, page)?)?;
     }
     let jailer = jailer::Cli::command();
@@ -143,26 +159,38 @@ fn ember_sections(cmd: &Command) -> Roff {
     roff.control("PP", []).text([roman(
         "They work when stdin is a terminal; every other key, Ctrl-C included, goes to the guest.",
     )]);
-    table(&mut roff, "EXIT STATUS", EXIT_STATUSES);
-    roff.control("SH", ["ENVIRONMENT"])
-        .text([roman(
-            "A run is described by its flags or its config file alone. The image commands \
-             (pull, images, rmi, image prune) keep their cache in $EMBER_CACHE_DIR, else \
-             $XDG_CACHE_HOME/ember, else ~/.cache/ember.",
-        )])
-        .control("SH", ["FILES"]);
+    let this = cmd.get_display_name().unwrap_or(cmd.get_name());
+    let image_form = this == "ember-run";
+    if image_form {
+        table(&mut roff, "EXIT STATUS", vmm::run::EXIT_STATUSES);
+        table(&mut roff, "ENVIRONMENT", vmm::run::ENVIRONMENT);
+        roff.control("SH", ["FILES"]);
+    } else {
+        table(&mut roff, "EXIT STATUS", EXIT_STATUSES);
+        roff.control("SH", ["ENVIRONMENT"])
+            .text([roman(
+                "A run is described by its flags or its config file alone. The image commands \
+                 (pull, images, rmi, image prune) keep their cache in $EMBER_CACHE_DIR, else \
+                 $XDG_CACHE_HOME/ember, else ~/.cache/ember.",
+            )])
+            .control("SH", ["FILES"]);
+    }
     for (path, what) in FILES {
         roff.control("TP", [])
             .text([italic(*path)])
             .text([roman(*what)]);
     }
     roff.control("SH", ["EXAMPLES"]);
-    for example in EXAMPLES {
+    let examples = if image_form {
+        vmm::run::EXAMPLES
+    } else {
+        EXAMPLES
+    };
+    for example in examples {
         roff.control("nf", [])
             .text([roman(*example)])
             .control("fi", []);
     }
-    let this = cmd.get_display_name().unwrap_or(cmd.get_name());
     let others: String = std::iter::once("ember".to_owned())
         .chain(
             Cli::command()
@@ -202,10 +230,15 @@ mod tests {
         let out = generated("man");
         for page in ["ember.1", "ember-run.1"] {
             let text = fs::read_to_string(out.join("man").join(page)).unwrap();
-            assert!(text.contains("2026-01-02"), "{page}: no date");
+            assert!(
+                text.contains(&format!(
+                    "2026-01-02 \"ember v{}\"",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                "{page}: no date and version"
+            );
             for needle in [
                 "\\-\\-memory",
-                "\\-\\-config\\-file",
                 ".SH \"EXIT STATUS\"",
                 "panicked",
                 "128+N",
@@ -217,6 +250,24 @@ mod tests {
             }
         }
         let root = fs::read_to_string(out.join("man/ember.1")).unwrap();
+        assert!(root.contains("\\-\\-config\\-file"), "{root}");
+        // ember run's page is the image form's, and says what the older form is.
+        let run = fs::read_to_string(out.join("man/ember-run.1")).unwrap();
+        for needle in [
+            "ember run",
+            "<\\fIIMAGE\\fR>",
+            "COMMAND",
+            "\\-\\-rootfs\\-size",
+            "\\-\\-entrypoint",
+            "\\-\\-volume",
+            "not found",
+            "EMBER_KERNEL",
+            "TMPDIR",
+            "without an image is the same as",
+            "alpine",
+        ] {
+            assert!(run.contains(needle), "ember-run.1 lacks {needle}:\n{run}");
+        }
         assert!(root.contains("ember\\-run(1)"), "{root}");
         let jailer = fs::read_to_string(out.join("man/ember-jailer.1")).unwrap();
         assert!(

@@ -1,7 +1,8 @@
 //! ember's container init: process 1 of an `ember run` guest.
 //!
 //! It reads the configuration ember put in the initramfs (`guest.rs`), mounts the image (the
-//! read-only ext4 on /dev/vda) under an overlay whose upper layer is a tmpfs, mounts proc, sys,
+//! read-only ext4 on /dev/vda) under an overlay whose upper layer is a tmpfs (or, with
+//! `--rootfs-size`, the empty ext4 on the disk ember names), mounts proc, sys,
 //! dev, devpts, /dev/shm and the `-v` shares, sets the host name, /etc/hosts, resolv.conf and
 //! eth0, switches root into the overlay, starts the program as the configured user, forwards
 //! SIGTERM, SIGINT and SIGHUP to it, reaps every orphan, and reports the program's exit status
@@ -31,7 +32,8 @@ use guest::{CONFIG_PATH, GuestConfig};
 /// Exit status when the container cannot be set up (Docker's status for its own errors).
 const SETUP_FAILED: u8 = 125;
 
-/// The image's read-only root, the tmpfs holding the overlay's upper layer, and the overlay.
+/// The image's read-only root, the tmpfs or disk holding the overlay's upper layer, and the
+/// overlay.
 const LOWER: &str = "/lower";
 const RW: &str = "/rw";
 const ROOT: &str = "/newroot";
@@ -70,7 +72,7 @@ fn run() -> Result<u8, String> {
     if cfg.tty {
         default("TERM", "xterm");
     }
-    sys::set_console_mode(cfg.tty)?;
+    sys::set_console_mode(cfg.tty, cfg.term_size)?;
     let cwd = if cfg.cwd.is_empty() { "/" } else { &cfg.cwd };
     // Docker creates a WorkingDir the image does not have.
     std::fs::create_dir_all(cwd)
@@ -114,7 +116,13 @@ fn mount_root(cfg: &GuestConfig) -> Result<(), String> {
     sys::mount("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "")?;
     sys::mount("/dev/vda", LOWER, "ext4", sys::MS_RDONLY, "")
         .map_err(|e| format!("{e} (the image's root filesystem, /dev/vda)"))?;
-    sys::mount("tmpfs", RW, "tmpfs", 0, "mode=0755")?;
+    match &cfg.upper_disk {
+        // The disk is an empty ext4 whose unused blocks read as zeroes: its inode tables need
+        // no initialising; discard hands the blocks of deleted files back to the host.
+        Some(disk) => sys::mount(disk, RW, "ext4", 0, "noinit_itable,discard")
+            .map_err(|e| format!("{e} (the --rootfs-size disk)"))?,
+        None => sys::mount("tmpfs", RW, "tmpfs", 0, "mode=0755")?,
+    }
     for dir in ["/rw/upper", "/rw/work"] {
         mkdir(dir)?;
     }

@@ -21,6 +21,7 @@ const SIG_BLOCK: i32 = 0;
 const WNOHANG: i32 = 1;
 const O_RDWR: i32 = 2;
 const TIOCSCTTY: u64 = 0x540e;
+const TIOCSWINSZ: u64 = 0x5414;
 const OPOST: u32 = 1;
 const ECHO: u32 = 0o10;
 const TCSANOW: i32 = 0;
@@ -134,10 +135,32 @@ pub fn sethostname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The console's mode: an interactive terminal's (echo, CR-LF output) with `-t`; otherwise the
-/// program's bytes pass unchanged, as through a pipe, and what ember forwards is not echoed.
-pub fn set_console_mode(tty: bool) -> Result<(), String> {
+/// `struct winsize`.
+#[repr(C)]
+struct WinSize {
+    rows: u16,
+    cols: u16,
+    xpixel: u16,
+    ypixel: u16,
+}
+
+/// The console's mode: an interactive terminal's (echo, CR-LF output) with `-t`, as large as
+/// `size` (rows, columns: the host terminal's) when known; otherwise the program's bytes pass
+/// unchanged, as through a pipe, and what ember forwards is not echoed.
+pub fn set_console_mode(tty: bool, size: Option<(u16, u16)>) -> Result<(), String> {
     if tty {
+        if let Some((rows, cols)) = size {
+            let size = WinSize {
+                rows,
+                cols,
+                xpixel: 0,
+                ypixel: 0,
+            };
+            // SAFETY: fd 0 is the console; `size` is a valid struct winsize for the call.
+            check(unsafe { c::ioctl(0, TIOCSWINSZ, &size) }, || {
+                "cannot set the console's size".into()
+            })?;
+        }
         return Ok(());
     }
     // SAFETY: Termios is glibc's struct termios; tcgetattr fills it in.

@@ -274,7 +274,8 @@ impl Cli {
     }
 }
 
-fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+/// A `--level` value.
+pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
     logger::parse_level(s).map_err(|e| e.to_string())
 }
 

@@ -114,7 +114,7 @@ fn boot(
 fn run_container(args: &RunArgs) -> ExitCode {
     let log_options = logger::Options {
         id: "ember-run",
-        level: log::LevelFilter::Warn,
+        level: args.level,
         path: None,
         show_level: false,
         show_origin: false,

@@ -42,21 +42,29 @@ pub fn wait_for_line(stream: impl std::io::Read, needle: &str) -> Option<String>
 /// Spawns ember on `kernel` with the `extra` flags (stopping it at its first KVM_RUN) and
 /// returns the setup time.
 pub fn setup_time(binary: &Path, kernel: &Path, extra: &[String]) -> Duration {
+    time_to_first_kvm_run(
+        Command::new(binary)
+            .arg("--kernel")
+            .arg(kernel)
+            .args(extra)
+            .args([
+                "--memory",
+                "128",
+                "--level",
+                "info",
+                "--timeout",
+                "30",
+                "--cmdline",
+                ROOTWAIT,
+            ]),
+    )
+}
+
+/// Spawns `ember` (logging at level info, so that it says when vCPU 0 enters the guest),
+/// kills it at its first KVM_RUN and returns the time from just before the spawn to then.
+pub fn time_to_first_kvm_run(ember: &mut Command) -> Duration {
     let start = monotonic_ns();
-    let mut child = Command::new(binary)
-        .arg("--kernel")
-        .arg(kernel)
-        .args(extra)
-        .args([
-            "--memory",
-            "128",
-            "--level",
-            "info",
-            "--timeout",
-            "30",
-            "--cmdline",
-            ROOTWAIT,
-        ])
+    let mut child = ember
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -57,6 +57,11 @@ pub struct GuestConfig {
     pub hostname: String,
     /// `-t`: the program gets an interactive terminal (echo, line editing, CR-LF output).
     pub tty: bool,
+    /// With `-t` on a terminal: its size, rows and columns, which the init gives the console.
+    pub term_size: Option<(u16, u16)>,
+    /// `--rootfs-size`: the device of the disk that holds the overlay's upper layer instead of
+    /// a tmpfs.
+    pub upper_disk: Option<String>,
     /// The `-v` directories.
     pub volumes: Vec<Volume>,
     /// `--net` settings for eth0.
@@ -127,6 +132,13 @@ impl GuestConfig {
         put("user", &self.user);
         put("hostname", &self.hostname);
         put("tty", if self.tty { "1" } else { "0" });
+        if let Some((rows, cols)) = self.term_size {
+            put("rows", &rows.to_string());
+            put("cols", &cols.to_string());
+        }
+        if let Some(disk) = &self.upper_disk {
+            put("upper-disk", disk);
+        }
         for v in &self.volumes {
             put("volume", &v.tag);
             put("volume-target", &v.target);
@@ -145,6 +157,7 @@ impl GuestConfig {
     /// Reads a configuration [`GuestConfig::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, GuestError> {
         let bad = |why: String| GuestError::Config(why);
+        let number = |v: &str| v.parse().map_err(|_| bad(format!("'{v}' is not a number")));
         let mut cfg = GuestConfig::default();
         let mut fields = bytes.split(|&b| b == 0);
         // The file ends in a NUL, so the split's last piece is empty.
@@ -162,6 +175,12 @@ impl GuestConfig {
                 "user" => cfg.user = value,
                 "hostname" => cfg.hostname = value,
                 "tty" => cfg.tty = value == "1",
+                "rows" => cfg.term_size = Some((number(&value)?, 0)),
+                "cols" => {
+                    let size = cfg.term_size.as_mut().ok_or_else(|| after("the rows"))?;
+                    size.1 = number(&value)?;
+                }
+                "upper-disk" => cfg.upper_disk = Some(value),
                 "volume" => cfg.volumes.push(Volume {
                     tag: value,
                     target: String::new(),
@@ -465,6 +484,8 @@ mod tests {
             user: "app:wheel".into(),
             hostname: "box".into(),
             tty: true,
+            term_size: Some((50, 132)),
+            upper_disk: Some("/dev/vdb".into()),
             volumes: vec![Volume {
                 tag: "vol0".into(),
                 target: "/data".into(),
@@ -481,6 +502,8 @@ mod tests {
             net: None,
             volumes: vec![],
             tty: false,
+            term_size: None,
+            upper_disk: None,
             ..cfg
         };
         assert_eq!(GuestConfig::decode(&plain.encode()), Ok(plain));
@@ -491,6 +514,9 @@ mod tests {
             b"arg\0sh\0color\0red\0",
             b"arg\0sh\0volume-ro\x001\0",
             b"arg\0sh\0dns\x001.1.1.1\0",
+            b"arg\0sh\0cols\x0080\0",
+            b"arg\0sh\0rows\0many\0",
+            b"arg\0sh\0rows\x0070000\0",
         ] {
             assert!(
                 matches!(GuestConfig::decode(bad), Err(GuestError::Config(_))),

@@ -12,6 +12,7 @@
 
 pub mod guest;
 pub mod initramfs;
+pub mod upper;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -26,11 +27,55 @@ use crate::share;
 use crate::spec::RunOptions;
 use guest::{GuestConfig, GuestError, NetSettings, Volume};
 use oci::{PreparedImage, PullOptions};
+use upper::UpperError;
 
 /// Where the Debian package `ember-guest-kernel` installs its kernel.
 pub const PACKAGED_KERNEL: &str = "/usr/lib/ember/vmlinux";
 /// Where resources/build-kernel.sh leaves its kernel, relative to the working directory.
 pub const BUILT_KERNEL: &str = "build/guest/vmlinux";
+/// The `--rootfs-size` disk in the guest: the drive after the image's (/dev/vda).
+pub const UPPER_DISK: &str = "/dev/vdb";
+
+/// `ember run IMAGE`'s exit statuses and what each means; the man page lists them.
+pub const EXIT_STATUSES: &[(&str, &str)] = &[
+    ("N", "the program's exit status"),
+    (
+        "64",
+        "ember's own error: flags, image, kernel, /dev/kvm (the reason is printed)",
+    ),
+    ("123", "the guest kernel panicked"),
+    ("124", "--timeout expired"),
+    (
+        "125",
+        "the container could not be set up (the reason is printed), or the guest crashed",
+    ),
+    ("126", "the program cannot be executed"),
+    ("127", "the program is not found"),
+    ("128+N", "signal N killed the program, or stopped ember"),
+];
+
+/// What `ember run IMAGE` reads from its environment; the man page lists it.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "EMBER_KERNEL",
+        "the guest kernel when --kernel is not given",
+    ),
+    (
+        "EMBER_CACHE_DIR",
+        "the image cache, instead of $XDG_CACHE_HOME/ember or ~/.cache/ember",
+    ),
+    (
+        "TMPDIR",
+        "where the --rootfs-size disk is made (default /var/tmp)",
+    ),
+];
+
+/// `ember run IMAGE` command lines; the man page lists them.
+pub const EXAMPLES: &[&str] = &[
+    "ember run docker.io/library/alpine:3.20 -- sh -c 'echo hello; exit 3'",
+    "ember run -t -v $PWD:/src:ro -w /src --rootfs-size 4G debian:12 bash",
+    "ember run --kernel vmlinux --timeout 60 oci:./layout:v1 make test",
+];
 
 /// `ember run`'s command line, parsed on its own: `ember run IMAGE` is this form, `ember run
 /// --kernel ...` without an image the older spelling of `ember ...` ([`crate::cli::Cli`]).
@@ -46,14 +91,19 @@ enum RunCommand {
     /// Run a container image's program in a microVM and exit with its status.
     ///
     /// The image's root filesystem is attached read-only under an overlay whose writes stay
-    /// in guest memory: nothing persists after the run. Exit status: the program's; 126 if it
+    /// in guest memory (or, with --rootfs-size, on a temporary disk): nothing persists after
+    /// the run. Exit status: the program's; 126 if it
     /// cannot be executed, 127 if it is not found, 128+N if signal N killed it, 125 if the
     /// container could not be set up (the reason is printed), 64 for ember's own errors.
     /// (`ember run --kernel ...` without an image is the same as `ember --kernel ...`.)
-    #[command(
-        after_help = "Example:\n  ember run docker.io/library/alpine:3.20 -- sh -c 'echo hello; exit 3'"
-    )]
+    #[command(after_help = examples_footer())]
     Run(RunArgs),
+}
+
+/// What `ember run --help` shows after the flags.
+fn examples_footer() -> String {
+    let examples: String = EXAMPLES.iter().map(|e| format!("\n  {e}")).collect();
+    format!("Examples:{examples}")
 }
 
 impl RunCli {
@@ -140,9 +190,14 @@ pub struct RunArgs {
     /// build/guest/vmlinux].
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// Guest memory in MiB (the container's writes live in it too).
+    /// Guest memory in MiB (the container's writes live in it too, unless --rootfs-size).
     #[arg(short, long, value_name = "MIB", default_value_t = 512)]
     pub memory: usize,
+    /// Keep the container's writes on a temporary disk of SIZE (512M, 1G: K, M, G or T,
+    /// powers of 1024) instead of in guest memory: a sparse ext4 file in $TMPDIR (default
+    /// /var/tmp) that uses host disk only as it is written and is removed when ember exits.
+    #[arg(long, value_name = "SIZE", value_parser = upper::parse_size)]
+    pub rootfs_size: Option<u64>,
     /// Number of vCPUs (1-32).
     #[arg(long, alias = "cpus", value_name = "N", default_value_t = 1)]
     pub vcpus: u8,
@@ -153,6 +208,9 @@ pub struct RunArgs {
     /// Stop after SECS seconds and exit with status 124.
     #[arg(long, value_name = "SECS", value_parser = cli::parse_timeout)]
     pub timeout: Option<Duration>,
+    /// Log level of ember's own messages on stderr: Off, Error, Warning, Info, Debug or Trace.
+    #[arg(long, value_name = "LEVEL", default_value = "Warning", value_parser = cli::parse_level)]
+    pub level: log::LevelFilter,
 }
 
 /// Why `ember run` cannot start.
@@ -194,6 +252,9 @@ pub enum RunError {
     /// The initramfs cannot be made.
     #[error("cannot create the initramfs in memory")]
     Initramfs(#[source] std::io::Error),
+    /// The `--rootfs-size` disk cannot be made.
+    #[error(transparent)]
+    Upper(#[from] UpperError),
 }
 
 /// The kernel `ember run` boots: `--kernel`, else `$EMBER_KERNEL`, else the first of
@@ -304,6 +365,9 @@ pub struct Prepared {
     pub options: RunOptions,
     /// The initramfs, named in `config` as `/proc/self/fd/N`.
     pub initramfs: std::fs::File,
+    /// The `--rootfs-size` disk, named in `config` as `/proc/self/fd/N`; it has no other name,
+    /// so the host's kernel frees it when ember exits, however it exits.
+    pub upper: Option<std::fs::File>,
 }
 
 impl RunArgs {
@@ -331,6 +395,8 @@ impl RunArgs {
             user,
             hostname: self.hostname.clone(),
             tty: self.tty,
+            term_size: if self.tty { terminal_size() } else { None },
+            upper_disk: self.rootfs_size.map(|_| UPPER_DISK.into()),
             volumes: Vec::new(),
             net: None,
         })
@@ -367,11 +433,19 @@ impl RunArgs {
             ..self.guest_config(&image)?
         };
         let nics = net.into_iter().map(|(nic, _)| nic).collect();
-        self.vm_config(&image, &kernel, &guest, shares, nics)
+        let upper = match self.rootfs_size {
+            Some(size) => Some(upper::create(
+                &upper::dir(std::env::var_os("TMPDIR")),
+                size,
+            )?),
+            None => None,
+        };
+        self.vm_config(&image, &kernel, &guest, shares, nics, upper)
     }
 
     /// The VM: `kernel`, the initramfs carrying `guest`, the image's root filesystem, the
-    /// `-v` shares and the `--net` NIC.
+    /// `--rootfs-size` disk (the file and the path that names it), the `-v` shares and the
+    /// `--net` NIC.
     fn vm_config(
         &self,
         image: &PreparedImage,
@@ -379,9 +453,26 @@ impl RunArgs {
         guest: &GuestConfig,
         shares: Vec<FsConfig>,
         nics: Vec<NetworkInterface>,
+        upper: Option<(std::fs::File, String)>,
     ) -> Result<Prepared, RunError> {
         let (initramfs, initrd_path) =
             initramfs::in_memory(&initramfs::build(guest)).map_err(RunError::Initramfs)?;
+        let mut drives = vec![Drive {
+            drive_id: "rootfs".into(),
+            path_on_host: image.rootfs.display().to_string(),
+            is_read_only: true,
+            ..Default::default()
+        }];
+        let upper = upper.map(|(file, path)| {
+            drives.push(Drive {
+                drive_id: "upper".into(),
+                path_on_host: path,
+                // Nothing on it outlives the run: flushes need not reach the host's disk.
+                cache_type: Some("Unsafe".into()),
+                ..Default::default()
+            });
+            file
+        });
         let config = VmConfig {
             boot_source: Some(BootSource {
                 kernel_image_path: kernel.display().to_string(),
@@ -395,12 +486,7 @@ impl RunArgs {
                 mem_size_mib: self.memory,
                 ..Default::default()
             },
-            drives: vec![Drive {
-                drive_id: "rootfs".into(),
-                path_on_host: image.rootfs.display().to_string(),
-                is_read_only: true,
-                ..Default::default()
-            }],
+            drives,
             network_interfaces: nics,
             fs: shares,
             ..Default::default()
@@ -413,8 +499,22 @@ impl RunArgs {
             config,
             options,
             initramfs,
+            upper,
         })
     }
+}
+
+/// The size of the terminal on stdin, rows and columns, if it is one.
+fn terminal_size() -> Option<(u16, u16)> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a struct winsize, which `size` is; it fails on a non-terminal.
+    let ret = unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (ret == 0 && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
 }
 
 #[cfg(test)]
@@ -534,6 +634,39 @@ mod tests {
             .guest_config(&img)
             .unwrap_err();
         assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn rootfs_size_adds_a_writable_second_drive_for_the_upper_layer() {
+        let img = image(r#"{"Cmd":["true"]}"#);
+        let plain = args(&["img"]).unwrap();
+        assert_eq!(plain.rootfs_size, None);
+        assert_eq!(plain.guest_config(&img).unwrap().upper_disk, None);
+        let err = args(&["--rootfs-size", "1X", "img"]).unwrap_err();
+        assert!(
+            err.contains("--rootfs-size") && err.contains("'1X' is not a size"),
+            "{err}"
+        );
+        let a = args(&["--rootfs-size", "1G", "img"]).unwrap();
+        assert_eq!(a.rootfs_size, Some(1 << 30));
+        let guest = a.guest_config(&img).unwrap();
+        assert_eq!(guest.upper_disk.as_deref(), Some(UPPER_DISK));
+        let disk = std::fs::File::open("/dev/null").unwrap();
+        let upper = Some((disk, "/proc/self/fd/99".to_owned()));
+        let kernel = Path::new("vmlinux");
+        let prepared = a
+            .vm_config(&img, kernel, &guest, vec![], vec![], upper)
+            .unwrap();
+        assert!(prepared.upper.is_some(), "the disk stays open for the run");
+        let drives = &prepared.config.drives;
+        assert_eq!(drives.len(), 2);
+        assert!(drives[0].is_read_only && drives[0].path_on_host == "rootfs.ext4");
+        assert_eq!(drives[1].path_on_host, "/proc/self/fd/99");
+        assert!(!drives[1].is_read_only && !drives[1].is_root_device);
+        let plain = plain
+            .vm_config(&img, kernel, &guest, vec![], vec![], None)
+            .unwrap();
+        assert_eq!(plain.config.drives.len(), 1);
     }
 
     #[test]
