@@ -9,29 +9,15 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::oci::{blob, sha256, tar_of};
+use common::oci::{Registry, blob, free_port, require, sha256, tar_of};
 use common::{code, text};
 
 /// Long enough for a cold pull and mkfs on a loaded CI machine; a hang fails the test.
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Fails the test, naming the package, when a tool it needs is missing.
-fn require(tool: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
-        let path = Path::new(dir).join(tool);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!(
-        "this test needs {tool} (Debian package {package}); resources/setup-host.sh installs it"
-    );
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ember-oci-it-{name}-{}", std::process::id()));
@@ -189,86 +175,6 @@ fn check_rootfs(image: &Path) {
 }
 
 /// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Debian's docker-registry on 127.0.0.1, storing under `dir`; killed when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    storage: PathBuf,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Self {
-        let binary = require("docker-registry", "docker-registry");
-        let port = free_port();
-        let storage = dir.join("storage");
-        let config = dir.join("config.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "docker-registry did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            addr,
-            storage,
-        }
-    }
-
-    /// Pushes `layout`'s `v1` to `repo:v1` with skopeo (the whole index).
-    fn push(&self, layout: &Path, repo: &str) -> String {
-        let reference = format!("{}/{repo}:v1", self.addr);
-        let out = Command::new(require("skopeo", "skopeo"))
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--all",
-                "--dest-tls-verify=false",
-                "-q",
-            ])
-            .arg(format!("oci:{}:v1", layout.display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "skopeo push: {}", text(&out.stderr));
-        reference
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The hex digest of the layout's gzip layer (the one to corrupt).
 fn first_layer(layout: &Path) -> String {
     let index: serde_json::Value =

@@ -1,9 +1,11 @@
-//! `ember run IMAGE`: one Linux boot of a busybox image (an OCI layout the test writes, run
-//! through `oci::prepare` and the image cache) checks what a user relies on (the
-//! program's output alone on stdout, its exit status as ember's, the image's Env, WorkingDir and
-//! User with -e and the words after `--` over them, the image's files readable, the image's
-//! ext4 unchanged by the container's writes, and with `--rootfs-size` those writes on a disk of
-//! that size that leaves no file behind); errors ember reports before booting need no boot.
+//! `ember run IMAGE`: one Linux boot of a busybox image (two layers the test writes as an OCI
+//! layout and pushes with skopeo to Debian's docker-registry on 127.0.0.1, then pulled into the
+//! image cache) checks what a user relies on (the program's output alone on stdout, its exit
+//! status as ember's, the image's Env, WorkingDir and User with -e and the words after `--`
+//! over them, the image's files readable, the second layer's whiteout and opaque directory in
+//! effect, the image's ext4 unchanged by the container's writes, and with `--rootfs-size` those
+//! writes on a disk of that size that leaves no file behind); errors ember reports before
+//! booting need no boot.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -12,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::oci::{one_layer_layout, tar_of};
+use common::oci::{Registry, layout_of, tar_of};
 use common::{EXIT_CONFIG, code, ember, kvm_available, linux_acpi_kernel, linux_slot, run, text};
 
 /// An OCI image layout in `dir` (tag v1): busybox-static, an /etc/passwd and /etc/group naming
-/// `app`, a data file, and a configuration with Env, WorkingDir, User and Cmd.
-fn busybox_image(dir: &Path) -> String {
+/// `app`, a data file, and a configuration with Env, WorkingDir, User and Cmd; a second layer
+/// whites out a file of the first (`/etc/gone`) and makes a directory opaque (`/opq`).
+fn busybox_image(dir: &Path) -> PathBuf {
     use tar::EntryType::{Directory as D, Regular as F, Symlink as S};
     let busybox = std::fs::read("/bin/busybox")
         .expect("this test needs busybox-static (resources/setup-host.sh installs it)");
@@ -40,13 +43,20 @@ fn busybox_image(dir: &Path) -> String {
         ("home/", D, b"", 0, 0o755),
         // The user's home is the user's, so that the container can write there.
         ("home/app/", D, b"", 1000, 0o755),
+        ("etc/gone", F, b"whited out\n", 0, 0o644),
+        ("opq/", D, b"", 0, 0o755),
+        ("opq/old", F, b"lower\n", 0, 0o644),
+    ]);
+    let upper = tar_of(&[
+        ("etc/.wh.gone", F, b"", 0, 0o644),
+        ("opq/.wh..wh..opq", F, b"", 0, 0o644),
+        ("opq/new", F, b"upper\n", 0, 0o644),
     ]);
     let config = serde_json::json!({
         "Env": ["PATH=/bin", "FROM_IMAGE=image", "OVERRIDDEN=image"],
         "WorkingDir": "/srv", "User": "app", "Cmd": ["sh", "-c", "echo default"]
     });
-    let layout = one_layer_layout(&dir.join("layout"), &layer, config);
-    format!("oci:{}:v1", layout.display())
+    layout_of(&dir.join("layout"), &[&layer, &upper], config)
 }
 
 /// ember with its image cache in `cache`.
@@ -72,7 +82,9 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
     }
     let kernel = linux_acpi_kernel();
     let dir = fresh_dir("run-boot");
-    let image = busybox_image(&dir);
+    // Served by a registry on 127.0.0.1, as a user's image comes from one.
+    let registry = Registry::start(&dir.join("registry"));
+    let image = registry.push(&busybox_image(&dir), "test/busybox");
     let cache = dir.join("cache");
     // Pulled first so that the root filesystem's checksum can be taken before the run.
     let pulled = run(
@@ -91,12 +103,14 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
     let tmp = dir.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     // Each line is one verdict; the program writes into the image's directories (the overlay)
-    // and its own home, says what holds the overlay's upper layer (the second disk's size in
+    // and its own home, lists what the second layer left of the first (the opaque directory's
+    // new file only, the whited-out file gone), says what holds the overlay's upper layer (the second disk's size in
     // sectors, and the root's file system as df sees it: overlayfs reports its upper layer's),
     // then ends with status 3.
     let script = "echo hello; echo \"env $FROM_IMAGE $OVERRIDDEN $HOME\"; echo \"cwd $(pwd)\"; \
         echo \"ids $(busybox id -u) $(busybox id -g) $(busybox id -G)\"; \
         busybox cat data.txt; echo written > $HOME/new; busybox cat $HOME/new; \
+        echo \"layers $(busybox ls /opq) $(busybox cat /etc/gone 2>/dev/null || echo none)\"; \
         echo \"upper $(busybox cat /sys/block/vdb/size) $(busybox df -k / | busybox tail -n 1)\"; \
         echo err >&2; exit 3";
     let out = run(
@@ -122,7 +136,7 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
     assert_eq!(
         rest.join("\n"),
         "hello\nenv image flag /home/app\ncwd /srv\nids 1000 1001 1001 10\n\
-         from the image\nwritten\nerr",
+         from the image\nwritten\nlayers new none\nerr",
         "stdout is the program's output, byte for byte (stderr:\n{stderr})"
     );
     assert!(stdout.ends_with('\n'), "{stdout}");
@@ -156,7 +170,7 @@ fn a_program_in_an_image_runs_as_its_user_with_its_env_and_its_status_is_embers(
 #[test]
 fn errors_before_boot_say_what_to_do() {
     let dir = fresh_dir("run-errors");
-    let image = busybox_image(&dir);
+    let image = format!("oci:{}:v1", busybox_image(&dir).display());
     let cache = dir.join("cache");
     let kernel = std::env::current_exe().unwrap();
     let fail = |args: &[&str], env_kernel: Option<&str>, needle: &str| {

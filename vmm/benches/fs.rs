@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{artifact, memory_overhead, setup_time, stats};
+use common::{artifact, memory_overhead, require_kvm, setup_time, stats};
 
 const RUNS: usize = 15;
 const FILES: usize = 1000;
@@ -66,14 +66,7 @@ loop /a share && loop /b blk && echo "FSBENCH done"
 }
 
 fn main() {
-    assert!(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-        "/dev/kvm cannot be opened: this benchmark needs KVM (and the rights to use it)"
-    );
+    require_kvm();
     let kernel = PathBuf::from(
         std::env::var_os("EMBER_TEST_ACPI_KERNEL").unwrap_or_else(|| {
             panic!(

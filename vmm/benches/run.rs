@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use common::{artifact, setup_time, stats, time_to_first_kvm_run};
-use oci_layout::{one_layer_layout, tar_of};
+use common::{artifact, require_kvm, setup_time, stats, time_to_first_kvm_run};
+use oci_layout::{layout_of, tar_of};
 use vmm::run::Invocation;
 
 const RUNS: usize = 15;
@@ -38,14 +38,7 @@ const FRONT_END_RUNS: usize = 50;
 const TARGET_MS: f64 = 20.0;
 
 fn main() {
-    assert!(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-        "/dev/kvm cannot be opened: this benchmark needs KVM (and the rights to use it)"
-    );
+    require_kvm();
     let kernel = artifact("EMBER_TEST_KERNEL", "vmlinux", "build-kernel.sh");
     let ember = PathBuf::from(env!("CARGO_BIN_EXE_ember"));
     let dir = std::env::temp_dir().join(format!("ember-bench-run-{}", std::process::id()));
@@ -137,7 +130,7 @@ fn images(dir: &Path) -> (String, String) {
         ),
     ]);
     let config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["sh"]});
-    let layout = one_layer_layout(&dir.join("layout"), &layer, config);
+    let layout = layout_of(&dir.join("layout"), &[&layer], config);
     let archive = dir.join("image.tar");
     let mut builder = tar::Builder::new(std::fs::File::create(&archive).unwrap());
     builder.append_dir_all(".", &layout).unwrap();

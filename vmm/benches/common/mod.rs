@@ -11,6 +11,19 @@ use vmm::vcpu::monotonic_ns;
 
 pub const ROOTWAIT: &str = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vdz rootwait";
 
+/// Stops the benchmark with a clear message unless /dev/kvm can be opened for reading and
+/// writing.
+pub fn require_kvm() {
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "/dev/kvm cannot be opened: this benchmark needs KVM (and the rights to use it)"
+    );
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
