@@ -51,6 +51,9 @@ fn main() {
 
 /// Sets the container up, runs the program, and returns its exit status.
 fn run() -> Result<u8, String> {
+    // /dev first, so that even a configuration error reaches ember through /dev/port.
+    mkdir("/dev")?;
+    sys::mount("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "")?;
     let bytes =
         std::fs::read(CONFIG_PATH).map_err(|e| format!("cannot read {CONFIG_PATH}: {e}"))?;
     let cfg = GuestConfig::decode(&bytes).map_err(|e| e.to_string())?;
@@ -110,10 +113,9 @@ fn run() -> Result<u8, String> {
 /// Mounts the image under the overlay at [`ROOT`], and the kernel's filesystems and the
 /// volumes inside it.
 fn mount_root(cfg: &GuestConfig) -> Result<(), String> {
-    for dir in ["/dev", LOWER, RW, ROOT] {
+    for dir in [LOWER, RW, ROOT] {
         mkdir(dir)?;
     }
-    sys::mount("devtmpfs", "/dev", "devtmpfs", sys::MS_NOSUID, "")?;
     sys::mount("/dev/vda", LOWER, "ext4", sys::MS_RDONLY, "")
         .map_err(|e| format!("{e} (the image's root filesystem, /dev/vda)"))?;
     match &cfg.upper_disk {

@@ -131,10 +131,11 @@ fn run_container(args: &RunArgs) -> ExitCode {
         });
     match booted {
         Ok(outcome) => {
-            if !matches!(outcome.status, ExitStatus::GuestCode(_)) && !outcome.message.is_empty() {
-                eprintln!("ember: {}", outcome.message);
+            let (status, message) = vmm::run::container_exit(outcome);
+            if let Some(message) = message {
+                eprintln!("ember: {message}");
             }
-            ExitCode::from(outcome.status.code())
+            ExitCode::from(status.code())
         }
         Err(err) => {
             eprintln!("ember: error: {}", vmm::error_chain(err.as_ref()));

@@ -21,8 +21,10 @@ use std::time::Duration;
 use api_server::model::{BootSource, Drive, FsConfig, MachineConfig, NetworkInterface, VmConfig};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::ExitStatus;
 use crate::cli::{self, ArgError};
 use crate::config::DEFAULT_CMDLINE;
+use crate::controller::Outcome;
 use crate::share;
 use crate::spec::RunOptions;
 use guest::{GuestConfig, GuestError, NetSettings, Volume};
@@ -47,7 +49,8 @@ pub const EXIT_STATUSES: &[(&str, &str)] = &[
     ("124", "--timeout expired"),
     (
         "125",
-        "the container could not be set up (the reason is printed), or the guest crashed",
+        "the container could not be set up (the reason is printed), or the guest crashed or \
+         stopped without the program's status",
     ),
     ("126", "the program cannot be executed"),
     ("127", "the program is not found"),
@@ -517,6 +520,21 @@ fn terminal_size() -> Option<(u16, u16)> {
     (ret == 0 && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
 }
 
+/// What `ember run` exits with and says on stderr once the VM has ended. The init always
+/// reports the program's status through the exit port, and only that status stays silent: a
+/// guest that stopped without one lost its init or was powered off from inside the container,
+/// which is not the program's success.
+pub fn container_exit(outcome: Outcome) -> (ExitStatus, Option<String>) {
+    match outcome.status {
+        ExitStatus::GuestCode(_) => (outcome.status, None),
+        ExitStatus::GuestStopped => (
+            ExitStatus::GuestCrash,
+            Some("the guest stopped without reporting the program's exit status".into()),
+        ),
+        status => (status, Some(outcome.message).filter(|m| !m.is_empty())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,6 +652,29 @@ mod tests {
             .guest_config(&img)
             .unwrap_err();
         assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
+
+    #[test]
+    fn only_the_programs_status_is_silent_and_a_guest_stopping_without_one_fails() {
+        let outcome = |status, message: &str| Outcome {
+            status,
+            message: message.into(),
+        };
+        assert_eq!(
+            container_exit(outcome(ExitStatus::GuestCode(3), "")),
+            (ExitStatus::GuestCode(3), None)
+        );
+        let (status, message) = container_exit(outcome(ExitStatus::GuestStopped, ""));
+        assert_eq!(status.code(), 125);
+        assert!(message.unwrap().contains("without reporting"));
+        assert_eq!(
+            container_exit(outcome(ExitStatus::Timeout, "timed out after 5 s")),
+            (ExitStatus::Timeout, Some("timed out after 5 s".into()))
+        );
+        assert_eq!(
+            container_exit(outcome(ExitStatus::GuestPanic, "")),
+            (ExitStatus::GuestPanic, None)
+        );
     }
 
     #[test]
