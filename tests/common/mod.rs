@@ -9,7 +9,10 @@ pub mod oci;
 pub mod openapi;
 mod threads;
 
+// Each test binary uses a different subset, as of everything here.
+#[allow(unused_imports)]
 pub use artifacts::*;
+#[allow(unused_imports)]
 pub use threads::*;
 
 use std::io::{BufRead, BufReader, Read};
