@@ -133,8 +133,7 @@ impl GuestConfig {
         put("hostname", &self.hostname);
         put("tty", if self.tty { "1" } else { "0" });
         if let Some((rows, cols)) = self.term_size {
-            put("rows", &rows.to_string());
-            put("cols", &cols.to_string());
+            put("term-size", &format!("{rows}x{cols}"));
         }
         if let Some(disk) = &self.upper_disk {
             put("upper-disk", disk);
@@ -157,7 +156,12 @@ impl GuestConfig {
     /// Reads a configuration [`GuestConfig::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self, GuestError> {
         let bad = |why: String| GuestError::Config(why);
-        let number = |v: &str| v.parse().map_err(|_| bad(format!("'{v}' is not a number")));
+        let size = |v: &str| {
+            let parsed = v
+                .split_once('x')
+                .and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)));
+            parsed.ok_or_else(|| bad(format!("'{v}' is not a terminal size (ROWSxCOLS)")))
+        };
         let mut cfg = GuestConfig::default();
         let mut fields = bytes.split(|&b| b == 0);
         // The file ends in a NUL, so the split's last piece is empty.
@@ -175,11 +179,7 @@ impl GuestConfig {
                 "user" => cfg.user = value,
                 "hostname" => cfg.hostname = value,
                 "tty" => cfg.tty = value == "1",
-                "rows" => cfg.term_size = Some((number(&value)?, 0)),
-                "cols" => {
-                    let size = cfg.term_size.as_mut().ok_or_else(|| after("the rows"))?;
-                    size.1 = number(&value)?;
-                }
+                "term-size" => cfg.term_size = Some(size(&value)?),
                 "upper-disk" => cfg.upper_disk = Some(value),
                 "volume" => cfg.volumes.push(Volume {
                     tag: value,
@@ -514,9 +514,9 @@ mod tests {
             b"arg\0sh\0color\0red\0",
             b"arg\0sh\0volume-ro\x001\0",
             b"arg\0sh\0dns\x001.1.1.1\0",
-            b"arg\0sh\0cols\x0080\0",
-            b"arg\0sh\0rows\0many\0",
-            b"arg\0sh\0rows\x0070000\0",
+            b"arg\0sh\0term-size\x0080\0",
+            b"arg\0sh\0term-size\0manyx80\0",
+            b"arg\0sh\0term-size\x0070000x80\0",
         ] {
             assert!(
                 matches!(GuestConfig::decode(bad), Err(GuestError::Config(_))),
