@@ -4,9 +4,11 @@
 //! ember with status [`BAD_SYSCALL`], so that a missing rule shows at once.
 //!
 //! The built-in filters are compiled at build time: vmm/build.rs compiles the table of
-//! [`rules`] with seccompiler (`compile.rs`) and writes the BPF programs as static Rust arrays
-//! into `$OUT_DIR/seccomp_filters.rs`, included here; at start ember only takes their
-//! addresses. A unit test compiles the table again and compares.
+//! [`rules`] into binary searches over the syscall numbers (`compile.rs`, which says why it
+//! does not use seccompiler's compiler) and writes the BPF programs as static Rust arrays into
+//! `$OUT_DIR/seccomp_filters.rs`, included here; at start ember only takes their addresses. A
+//! unit test compiles the table again and compares; another requires the same decisions as
+//! seccompiler's program of the same table. seccompiler compiles `--seccomp-filter` files.
 //!
 //! [`init`] runs on the main thread before any other thread exists: it takes the built-in
 //! filters (or compiles a user's, `--seccomp-filter`) and installs the SIGSYS handler. Each

@@ -6,8 +6,8 @@
 //! A syscall not listed, or listed with arguments that match none of its rules, raises SIGSYS.
 //!
 //! This file is the readable description and the only one: [`rules`] gives a kind's list,
-//! which vmm/build.rs compiles with seccompiler (through `compile.rs`, both included there by
-//! `#[path]`) into the BPF programs ember installs, so it must build on its own: `std`, `libc`
+//! which vmm/build.rs compiles (through `compile.rs`, both included there by `#[path]`)
+//! into the BPF programs ember installs, so it must build on its own: `std`, `libc`
 //! and `kvm_bindings` only, nothing of ember's. The programs are for x86_64, as ember is; the
 //! syscall and ioctl numbers are libc's and kvm-bindings' of the build host, which build.rs
 //! checks is the target's architecture. Adding a rule: run the failing case with
