@@ -7,7 +7,8 @@
 //! ember's build steps up to running vCPUs, with $EMBER_TEST_KERNEL as the kernel; its boot
 //! is not waited for) are measured with the filters (the default), with a filter file of one
 //! rule per thread kind (what any filter costs) and with `--no-seccomp`, taking turns, in the
-//! same run.
+//! same run, and compared round by round (the median change, with its 95% confidence
+//! interval).
 //!
 //! Run: `cargo bench -p ember --bench api`. With `EMBER_BENCH_BASELINE=/path/to/other/ember`,
 //! the start-up figures are measured for both binaries in the same run, alternating, and shown
@@ -19,9 +20,14 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::paired_change;
+
+mod common;
+
 const RUNS: usize = 20;
-/// Starts per seccomp variant: the differences are a few percent of a few milliseconds.
-const SECCOMP_RUNS: usize = 40;
+/// Rounds of starts of each seccomp variant: the differences are a few percent of a few
+/// milliseconds, and starts take turns with other processes on the machine.
+const SECCOMP_RUNS: usize = 100;
 const REQUESTS: usize = 1000;
 
 /// Sends one GET and reads its response; returns the status.
@@ -230,7 +236,8 @@ fn main() {
 
 /// Start to API ready and InstanceStart with ember's seccomp filters, with a filter file of one
 /// rule per thread kind (what installing any filter costs: the kernel takes in a program per
-/// thread and runs every syscall through seccomp) and with `--no-seccomp`, taking turns.
+/// thread and runs every syscall through seccomp) and with `--no-seccomp`: in turns, each
+/// round starting with the next variant, and compared round by round.
 fn seccomp_cost(this: &str, sock: &std::path::Path) {
     let kernel = std::env::var("EMBER_TEST_KERNEL").expect(
         "EMBER_TEST_KERNEL is not set: point it at a Linux vmlinux for the InstanceStart figures",
@@ -253,35 +260,33 @@ fn seccomp_cost(this: &str, sock: &std::path::Path) {
         ("one-rule filters", &["--seccomp-filter", one_rule]),
         ("--no-seccomp", &["--no-seccomp"]),
     ];
-    let mut figures: Vec<(Figures, Vec<Duration>)> = variants
-        .iter()
-        .map(|_| (Figures::default(), Vec::new()))
-        .collect();
-    for _ in 0..SECCOMP_RUNS {
-        for ((_, extra), (start_up, instance_starts)) in variants.iter().zip(&mut figures) {
-            let mut s = start(this, sock, extra);
-            start_up.add(&s);
-            instance_starts.push(s.instance_start(&kernel));
+    // Per variant, per round: (start to API ready wall, its CPU, InstanceStart) in ms.
+    let mut rounds = vec![Vec::new(); variants.len()];
+    for round in 0..SECCOMP_RUNS {
+        for turn in 0..variants.len() {
+            let variant = (round + turn) % variants.len();
+            let mut s = start(this, sock, variants[variant].1);
+            let instance_start = s.instance_start(&kernel);
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            rounds[variant].push([ms(s.wall), ms(s.cpu), ms(instance_start)]);
             s.stop();
         }
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let medians: Vec<(f64, f64, f64)> = figures
-        .iter_mut()
-        .map(|(start_up, instance_starts)| {
-            let (wall, cpu, _) = start_up.medians();
-            instance_starts.sort();
-            (wall, cpu, ms(percentile(instance_starts, 0.5)))
-        })
-        .collect();
-    let (woff, coff, ioff) = medians[2];
-    let change = |off: f64, on: f64| (on - off) / off * 100.0;
-    for ((name, _), (wall, cpu, instance_start)) in variants.iter().zip(&medians).take(2) {
+    let figure =
+        |variant: usize, i: usize| -> Vec<f64> { rounds[variant].iter().map(|r| r[i]).collect() };
+    let median = |v: Vec<f64>| common::stats(&v).median;
+    let off = 2;
+    for (variant, (name, _)) in variants.iter().enumerate().take(2) {
+        let [wall, cpu, instance_start] =
+            [0, 1, 2].map(|i| paired_change(&figure(variant, i), &figure(off, i)));
         println!(
-            "{name} / --no-seccomp ({SECCOMP_RUNS} runs each, p50): start to API ready wall {wall:.2} / {woff:.2} ms ({:+.1}%), CPU {cpu:.2} / {coff:.2} ms ({:+.1}%); InstanceStart round trip {instance_start:.2} / {ioff:.2} ms ({:+.1}%) (target: under 3%)",
-            change(woff, *wall),
-            change(coff, *cpu),
-            change(ioff, *instance_start),
+            "{name} / --no-seccomp ({SECCOMP_RUNS} rounds, p50 and the rounds' median change): start to API ready wall {:.2} / {:.2} ms, {wall}; CPU {:.2} / {:.2} ms, {cpu}; InstanceStart round trip {:.2} / {:.2} ms, {instance_start} (target: under 3%)",
+            median(figure(variant, 0)),
+            median(figure(off, 0)),
+            median(figure(variant, 1)),
+            median(figure(off, 1)),
+            median(figure(variant, 2)),
+            median(figure(off, 2)),
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Machinery the VMM benchmarks share: guest artifacts, ember's setup time to its first
-//! KVM_RUN, its memory overhead at a Linux guest's root-device wait, and sample statistics.
+//! KVM_RUN, its memory overhead at a Linux guest's root-device wait, and sample statistics
+//! (a binary's spread, two variants' paired change).
 #![allow(dead_code)] // each benchmark uses a different subset
 
 use std::io::{BufRead, BufReader};
@@ -156,5 +157,45 @@ pub fn stats(samples: &[f64]) -> Stats {
         min: sorted[0],
         max: sorted[sorted.len() - 1],
         n: sorted.len(),
+    }
+}
+
+/// How much `on` differs from `off` when both were measured in the same rounds (in turns,
+/// round by round): the median of the rounds' changes, with a 95% confidence interval of that
+/// median from the order statistics of the changes (no assumption about their distribution),
+/// in percent. Pairing the rounds takes out the machine's drift between them.
+pub struct Change {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+pub fn paired_change(on: &[f64], off: &[f64]) -> Change {
+    assert_eq!(on.len(), off.len(), "paired samples");
+    let mut changes: Vec<f64> = on
+        .iter()
+        .zip(off)
+        .map(|(on, off)| (on / off - 1.0) * 100.0)
+        .collect();
+    changes.sort_by(f64::total_cmp);
+    // The median's rank is Binomial(n, 1/2): n/2 +- 1.96 sqrt(n)/2 covers 95%.
+    let n = changes.len() as f64;
+    let spread = 0.98 * n.sqrt();
+    let low = (n / 2.0 - spread).floor().max(0.0) as usize;
+    let high = ((n / 2.0 + spread).ceil() as usize).min(changes.len() - 1);
+    Change {
+        median: changes[changes.len() / 2],
+        low: changes[low],
+        high: changes[high],
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:+.1}% (95% CI {:+.1}% to {:+.1}%)",
+            self.median, self.low, self.high
+        )
     }
 }

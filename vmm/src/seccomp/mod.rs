@@ -146,6 +146,13 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// The length in instructions of the program [`apply`] installs for `kind`, if it installs
+/// one (for the benchmarks).
+pub fn program_length(kind: ThreadKind) -> Option<usize> {
+    let programs = FILTERS.get()?.programs.as_ref()?;
+    programs.get(&kind).map(|p| p.len())
+}
+
 /// [`apply`] for a thread that has no one to return an error to: a thread that cannot be
 /// filtered must not run, so ember stops, saying why.
 pub fn apply_or_exit(kind: ThreadKind) {
