@@ -310,9 +310,10 @@ const BLOCK: &[Rule] = &[
     FCNTL,
 ];
 
-/// A NIC's I/O thread: frames to and from its TAP descriptor, and the metadata service's
+/// A NIC's I/O thread: frames to and from its TAP descriptor (runs of transmitted frames
+/// through the TAP's io_uring, made before the thread starts), and the metadata service's
 /// timer.
-const NET: &[Rule] = &[sys!(SYS_readv), FCNTL];
+const NET: &[Rule] = &[sys!(SYS_readv), sys!(SYS_io_uring_enter), FCNTL];
 
 /// The vsock device's I/O thread: the host side's Unix sockets (accepting on the listener,
 /// connecting to `uds_path_PORT`, reading and writing streams).

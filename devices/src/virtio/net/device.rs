@@ -519,6 +519,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::super::rx::MAX_HELD_SEGMENTS;
+    use super::super::uring::Outcome;
     use super::super::{VNET_HDR_LEN, frame};
     use super::*;
     use crate::virtio::testing::Driver;
@@ -537,6 +538,14 @@ mod tests {
         direct_reads: usize,
         /// Reads that fail with EIO before frames are handed out again.
         failing_reads: usize,
+        /// Frames the backend takes before it is full (none: no limit).
+        room: Option<usize>,
+        /// The send (counted from 0) that fails with EIO, and the sends so far.
+        eio_on_send: Option<usize>,
+        sends: usize,
+        /// The outcomes the next run of frames gets, as a ring writing each frame on its
+        /// own would give them (frames with `Sent` are sent).
+        run_outcomes: Option<Vec<Outcome>>,
     }
 
     impl Mock {
@@ -581,9 +590,14 @@ mod tests {
         }
 
         unsafe fn send(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize> {
-            if *self.full.lock().unwrap() {
+            if *self.full.lock().unwrap() || self.room == Some(0) {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+            self.sends += 1;
+            if self.eio_on_send == Some(self.sends - 1) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            self.room = self.room.map(|r| r - 1);
             let mut frame = Vec::new();
             for iov in iovecs {
                 // SAFETY: the device built these iovecs over live guest memory.
@@ -593,6 +607,22 @@ mod tests {
             }
             self.sent.lock().unwrap().push(frame);
             Ok(iovecs.iter().map(|i| i.iov_len).sum())
+        }
+
+        unsafe fn send_run(&mut self, frames: &[&[libc::iovec]], outcomes: &mut [Outcome]) {
+            let Some(script) = self.run_outcomes.take() else {
+                // SAFETY: the device built these iovecs over live guest memory.
+                return super::super::uring::send_each(frames, outcomes, |f| unsafe {
+                    self.send(f)
+                });
+            };
+            for ((frame, outcome), scripted) in frames.iter().zip(outcomes).zip(script) {
+                *outcome = scripted;
+                if scripted == Outcome::Sent {
+                    // SAFETY: as above.
+                    let _ = unsafe { self.send(frame) };
+                }
+            }
         }
 
         fn set_offload(&mut self, flags: u32) -> io::Result<()> {
@@ -812,6 +842,80 @@ mod tests {
         );
         let s = rig.stats();
         assert_eq!((s.tx_frames, s.tx_dropped), (1, 8));
+    }
+
+    /// Frames of 60, 61, ... bytes, each in a buffer of its own, made available.
+    fn queue_frames(rig: &mut Rig, count: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let f = frame([0; VNET_HDR_LEN], 60 + i);
+                let addr = BUFS + i as u64 * 2048;
+                rig.mem.write_slice(&f, GuestAddress(addr)).unwrap();
+                rig.tx
+                    .add(&rig.mem, &[(addr, f.len() as u32, false)])
+                    .unwrap();
+                f
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_stops_where_the_tap_fills_and_the_rest_follow_in_order_once_it_drains() {
+        let mut rig = Rig::new(all());
+        let frames = queue_frames(&mut rig, 5);
+        lock(&rig.net.serving).io.backend.room = Some(2);
+        assert!(!rig.server.process_tx(64));
+        assert_eq!(
+            rig.tx.take_used(&rig.mem).unwrap().len(),
+            2,
+            "only what was sent"
+        );
+        assert_eq!(rig.sent.lock().unwrap().as_slice(), &frames[..2]);
+        assert!(rig.server.interest().writable);
+        lock(&rig.net.serving).io.backend.room = None;
+        rig.server.process_tx(64);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 3);
+        assert_eq!(rig.sent.lock().unwrap().as_slice(), &frames[..]);
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_dropped), (5, 0));
+        let bytes: usize = frames.iter().map(|f| f.len() - VNET_HDR_LEN).sum();
+        assert_eq!(s.tx_bytes, bytes as u64);
+    }
+
+    #[test]
+    fn a_frame_the_host_refuses_in_a_run_is_dropped_and_the_frames_after_it_go_out() {
+        let mut rig = Rig::new(all());
+        let frames = queue_frames(&mut rig, 4);
+        lock(&rig.net.serving).io.backend.eio_on_send = Some(1);
+        rig.server.process_tx(64);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 4);
+        let sent = rig.sent.lock().unwrap().clone();
+        assert_eq!(
+            sent,
+            [frames[0].clone(), frames[2].clone(), frames[3].clone()]
+        );
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_dropped), (3, 1));
+    }
+
+    #[test]
+    fn a_frame_that_failed_before_one_that_went_out_is_dropped_not_sent_out_of_order() {
+        use Outcome::*;
+        let mut rig = Rig::new(all());
+        let frames = queue_frames(&mut rig, 6);
+        // The ring found the TAP full at frame 1 and not at frame 2, refused frame 4 and
+        // found the TAP full at frame 5: 0, 2 and 3 go out; 1 is dropped (sending it later
+        // would reorder it), so is 4; 5 is tried again, on its own, and goes out.
+        let script = vec![Sent, Full, Sent, Sent, Refused(libc::EIO), Full];
+        lock(&rig.net.serving).io.backend.run_outcomes = Some(script);
+        rig.server.process_tx(64);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 6);
+        let sent = rig.sent.lock().unwrap().clone();
+        let expected = [0, 2, 3, 5].map(|i| frames[i].clone());
+        assert_eq!(sent, expected);
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_dropped), (4, 2));
+        assert!(!rig.server.interest().writable);
     }
 
     #[test]

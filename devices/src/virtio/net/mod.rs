@@ -14,6 +14,7 @@ mod mmds;
 mod rx;
 pub mod tap;
 mod tx;
+pub mod uring;
 
 pub use device::{Net, NetHandler, NetServer, NetStats};
 pub use tap::{Tap, TapError};

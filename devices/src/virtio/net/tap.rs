@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::VNET_HDR_LEN;
+use super::uring::{self, Outcome, TxRing};
 
 /// Longest interface name Linux accepts (IFNAMSIZ less the terminating NUL).
 const MAX_NAME_LEN: usize = 15;
@@ -110,10 +111,20 @@ fn interface_driver(name: &str) -> io::Result<String> {
 }
 
 /// An open TAP.
-#[derive(Debug)]
 pub struct Tap {
     file: File,
     name: String,
+    /// Runs of transmitted frames go through this ring, when the host has io_uring.
+    ring: Option<TxRing>,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("name", &self.name)
+            .field("ring", &self.ring.is_some())
+            .finish()
+    }
 }
 
 impl Tap {
@@ -168,6 +179,9 @@ impl Tap {
         let tap = Self {
             file,
             name: name.into(),
+            // Made here, on the thread that opens the TAP, before any filter: the device's
+            // thread may only enter it.
+            ring: TxRing::new(),
         };
         let size = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which points at `size`.
@@ -233,6 +247,17 @@ pub trait Backend: Send {
     /// Every iovec must describe readable memory that stays mapped for the call.
     unsafe fn send(&mut self, iovecs: &[libc::iovec]) -> io::Result<usize>;
 
+    /// Writes `frames` (at most [`uring::RUN`]), each gathered from its iovecs, in order,
+    /// each frame's outcome into `outcomes`. One [`Backend::send`] each, stopping at the first
+    /// that fails, unless the backend has a better way.
+    ///
+    /// # Safety
+    /// Every iovec must describe readable memory that stays mapped for the call.
+    unsafe fn send_run(&mut self, frames: &[&[libc::iovec]], outcomes: &mut [Outcome]) {
+        // SAFETY: the caller vouches for every frame's iovecs.
+        uring::send_each(frames, outcomes, |frame| unsafe { self.send(frame) })
+    }
+
     /// Applies the offloads (`TUN_F_*`) the guest can receive.
     fn set_offload(&mut self, flags: u32) -> io::Result<()>;
 }
@@ -270,6 +295,30 @@ impl Backend for Tap {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+
+    unsafe fn send_run(&mut self, frames: &[&[libc::iovec]], outcomes: &mut [Outcome]) {
+        if let (Some(ring), [_, _, ..]) = (self.ring.as_mut(), frames) {
+            // SAFETY: the caller vouches for the iovecs; the descriptor is open.
+            let written = unsafe { ring.write(self.file.as_raw_fd(), frames, outcomes) };
+            // A kernel whose TAP takes no non-blocking writes from io_uring refuses them all.
+            let unsupported = outcomes.first() == Some(&Outcome::Refused(libc::EOPNOTSUPP));
+            match written {
+                Ok(()) if !unsupported => return,
+                // Which frames went out is unknown: they go again, one write each (a frame
+                // sent twice is something networks allow; a lost one is not).
+                Ok(()) | Err(_) => {
+                    let why = written.err().map_or("EOPNOTSUPP".into(), |e| e.to_string());
+                    log::warn!(
+                        "TAP {}: its transmit ring failed ({why}); writing frames one by one",
+                        self.name
+                    );
+                    self.ring = None;
+                }
+            }
+        }
+        // SAFETY: the caller vouches for every frame's iovecs.
+        uring::send_each(frames, outcomes, |frame| unsafe { self.send(frame) })
     }
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
