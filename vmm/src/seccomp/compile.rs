@@ -92,7 +92,19 @@ pub(super) enum Condition {
 /// `kind`'s filter: the syscalls of its rules are allowed (with their arguments checked where
 /// a rule says so), any other raises SIGSYS.
 pub(super) fn compile(kind: ThreadKind) -> Result<Vec<sock_filter>, CompileError> {
-    let allowed: Vec<(u32, Allowed)> = allowed_syscalls(rules::rules(kind))?.into_iter().collect();
+    let program = program(&allowed_syscalls(rules::rules(kind))?);
+    if program.len() > MAX_LENGTH {
+        return Err(CompileError::TooLong {
+            kind: kind.name(),
+            length: program.len(),
+        });
+    }
+    Ok(program)
+}
+
+/// The program that allows `allowed` and traps the rest.
+pub(super) fn program(allowed: &BTreeMap<u32, Allowed>) -> Vec<sock_filter> {
+    let allowed: Vec<(u32, Allowed)> = allowed.clone().into_iter().collect();
     // Classic BPF jumps only forward, so the program is written from its end: each jump's
     // targets are written, and their distances known, before it.
     let mut program = Backwards::default();
@@ -107,13 +119,7 @@ pub(super) fn compile(kind: ThreadKind) -> Result<Vec<sock_filter>, CompileError
     program.push(statement(LOAD, ARCH));
     let Backwards(mut program) = program;
     program.reverse();
-    if program.len() > MAX_LENGTH {
-        return Err(CompileError::TooLong {
-            kind: kind.name(),
-            length: program.len(),
-        });
-    }
-    Ok(program)
+    program
 }
 
 /// The syscalls `rules` allow, by number: with any arguments if one rule allows any, else

@@ -546,6 +546,8 @@ mod tests {
         /// The outcomes the next run of frames gets, as a ring writing each frame on its
         /// own would give them (frames with `Sent` are sent).
         run_outcomes: Option<Vec<Outcome>>,
+        /// Runs handed to `send_run`.
+        runs: usize,
     }
 
     impl Mock {
@@ -610,6 +612,7 @@ mod tests {
         }
 
         unsafe fn send_run(&mut self, frames: &[&[libc::iovec]], outcomes: &mut [Outcome]) {
+            self.runs += 1;
             let Some(script) = self.run_outcomes.take() else {
                 // SAFETY: the device built these iovecs over live guest memory.
                 return super::super::uring::send_each(frames, outcomes, |f| unsafe {
@@ -916,6 +919,21 @@ mod tests {
         let s = rig.stats();
         assert_eq!((s.tx_frames, s.tx_dropped), (4, 2));
         assert!(!rig.server.interest().writable);
+    }
+
+    #[test]
+    fn frames_the_host_refuses_are_dropped_in_one_pass_not_tried_again() {
+        use Outcome::*;
+        let mut rig = Rig::new(all());
+        queue_frames(&mut rig, 6);
+        let script = vec![Refused(libc::EINVAL); 6];
+        lock(&rig.net.serving).io.backend.run_outcomes = Some(script);
+        rig.server.process_tx(64);
+        assert_eq!(rig.tx.take_used(&rig.mem).unwrap().len(), 6);
+        let runs = lock(&rig.net.serving).io.backend.runs;
+        assert_eq!(runs, 1, "each refused frame was submitted once");
+        let s = rig.stats();
+        assert_eq!((s.tx_frames, s.tx_dropped), (0, 6));
     }
 
     #[test]

@@ -298,6 +298,7 @@ impl Backend for Tap {
     }
 
     unsafe fn send_run(&mut self, frames: &[&[libc::iovec]], outcomes: &mut [Outcome]) {
+        let mut from = 0;
         if let (Some(ring), [_, _, ..]) = (self.ring.as_mut(), frames) {
             // SAFETY: the caller vouches for the iovecs; the descriptor is open.
             let written = unsafe { ring.write(self.file.as_raw_fd(), frames, outcomes) };
@@ -305,18 +306,25 @@ impl Backend for Tap {
             let unsupported = outcomes.first() == Some(&Outcome::Refused(libc::EOPNOTSUPP));
             match written {
                 Ok(()) if !unsupported => return,
-                // Which frames went out is unknown: they go again, one write each (a frame
-                // sent twice is something networks allow; a lost one is not).
-                Ok(()) | Err(_) => {
-                    let why = written.err().map_or("EOPNOTSUPP".into(), |e| e.to_string());
-                    log::warn!(
-                        "TAP {}: its transmit ring failed ({why}); writing frames one by one",
-                        self.name
-                    );
-                    self.ring = None;
-                }
+                Ok(()) => log::warn!(
+                    "TAP {}: io_uring cannot write to it; writing frames one by one",
+                    self.name
+                ),
+                Err(err) => log::warn!(
+                    "TAP {}: its transmit ring failed ({err}); writing frames one by one",
+                    self.name
+                ),
             }
+            self.ring = None;
+            // The frames the ring wrote stay written; those after the last it wrote (all of
+            // them, when the kernel refused the first) go one write each.
+            from = outcomes
+                .iter()
+                .take(frames.len())
+                .rposition(|o| *o == Outcome::Sent)
+                .map_or(0, |last| last + 1);
         }
+        let (frames, outcomes) = (&frames[from..], &mut outcomes[from..]);
         // SAFETY: the caller vouches for every frame's iovecs.
         uring::send_each(frames, outcomes, |frame| unsafe { self.send(frame) })
     }

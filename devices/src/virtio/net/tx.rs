@@ -259,9 +259,10 @@ impl Check<'_> {
 
     /// Writes the run to the backend. Each frame has its own outcome: the run is done with
     /// every frame up to the last one sent (a failed one before it is dropped: sending it
-    /// later would reorder the frames) and with a refused or cut frame right after it; from
-    /// a frame the full backend did not take, the frames wait in the ring, refunded to the
-    /// rate limiter (charged again when retried; a dropped frame stays charged).
+    /// later would reorder the frames) and with the refused or cut frames right after it; from
+    /// a frame the full backend did not take (or that was not tried), the frames wait in the
+    /// ring, refunded to the rate limiter (charged again when retried; a dropped frame stays
+    /// charged).
     fn send<B: Backend>(self, backend: &mut B) -> Sent {
         let iovecs = self.iovecs.0.make_contiguous();
         // On the stack: the transmit path allocates nothing.
@@ -280,13 +281,12 @@ impl Check<'_> {
             .iter()
             .rposition(|o| *o == Outcome::Sent)
             .map_or(0, |last| last + 1);
-        let full = match outcomes.get(done) {
-            Some(Outcome::Refused(_) | Outcome::Short(_)) => {
-                done += 1;
-                false
-            }
-            next => next == Some(&Outcome::Full),
-        };
+        // Frames refused after it are dropped too: they never went out, and trying them again
+        // would only have the host refuse them again (a guest could make every run that).
+        while let Some(Outcome::Refused(_) | Outcome::Short(_)) = outcomes.get(done) {
+            done += 1;
+        }
+        let full = outcomes.get(done) == Some(&Outcome::Full);
         let mut sent = Sent {
             done,
             count: 0,
