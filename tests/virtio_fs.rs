@@ -59,10 +59,10 @@ echo "VERDICT ro-dead $status $line"
 read -r line < /a/hello.txt; echo "VERDICT rw-after $line"
 "#;
 
-/// The pid of the virtiofsd ember started for `tag` (a child of `ember`).
-fn ember_virtiofsd(ember: libc::pid_t, tag: &str) -> Option<libc::pid_t> {
-    let want = format!("--tag\0{tag}\0");
-    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+/// The processes whose parent is `parent`, with their command lines.
+fn children(parent: libc::pid_t) -> Vec<(libc::pid_t, String)> {
+    let proc = std::fs::read_dir("/proc").unwrap().flatten();
+    proc.filter_map(|e| {
         let pid: libc::pid_t = e.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
         let ppid: libc::pid_t = stat
@@ -73,8 +73,17 @@ fn ember_virtiofsd(ember: libc::pid_t, tag: &str) -> Option<libc::pid_t> {
             .parse()
             .ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        (ppid == ember && String::from_utf8_lossy(&cmdline).contains(&want)).then_some(pid)
+        (ppid == parent).then(|| (pid, String::from_utf8_lossy(&cmdline).into_owned()))
     })
+    .collect()
+}
+
+/// The pid of the virtiofsd ember started for `tag` (a child of `ember`).
+fn ember_virtiofsd(ember: libc::pid_t, tag: &str) -> Option<libc::pid_t> {
+    let want = format!("--tag\0{tag}\0");
+    children(ember)
+        .into_iter()
+        .find_map(|(pid, cmdline)| cmdline.contains(&want).then_some(pid))
 }
 
 fn alive(pid: libc::pid_t) -> bool {
@@ -336,4 +345,62 @@ fn bad_shares_are_clear_errors_before_the_vm_starts() {
     );
     assert_contains(&failed, "fake virtiofsd: cannot serve");
     assert_contains(&failed, "virtiofsd exited at start (exit status: 3)");
+}
+
+/// A process, killed when dropped (also when the test fails).
+struct Pid(libc::pid_t);
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; a pid that is gone gives ESRCH.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// An ember killed between forking virtiofsd and the child setting its death signal (a debug
+/// build's child waits there for $EMBER_TEST_VIRTIOFSD_PAUSE_MS) leaves no virtiofsd behind:
+/// one did, serving no one for ever, and holding ember's stderr open, until the child learned
+/// to check that ember was still its parent.
+#[test]
+fn a_virtiofsd_starting_as_ember_dies_does_not_outlive_it() {
+    if !cfg!(debug_assertions) {
+        return; // Release builds have no pause to kill ember in.
+    }
+    let dir = tempdir("virtio-fs-orphan");
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let kernel = dir.join("never-loaded");
+    std::fs::write(&kernel, "not a kernel").unwrap();
+    let mut ember = ember()
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--share")
+        .arg(format!("{},tag=orphan", share.display()))
+        .env("EMBER_TEST_VIRTIOFSD_PAUSE_MS", "1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ember_pid = ember.id() as libc::pid_t;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        if let Some((pid, _)) = children(ember_pid).into_iter().next() {
+            break Pid(pid);
+        }
+        assert!(Instant::now() < deadline, "ember never started virtiofsd");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    ember.kill().unwrap();
+    ember.wait().unwrap();
+    // The child's pause ends a second after the fork; it then exits instead of serving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(child.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the virtiofsd ember was starting ({}) outlived it",
+            child.0
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

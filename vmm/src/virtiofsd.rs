@@ -10,7 +10,8 @@
 //! A [`Virtiofsd`] runs in a process group of its own and is owned by the device manager,
 //! which kills the group and reaps virtiofsd when dropped, on every way ember's VM ends.
 //! Should ember itself be killed, the kernel kills virtiofsd too (`PR_SET_PDEATHSIG`, set for
-//! the main thread, which starts it and lives as long as ember); its sandbox is `chroot`
+//! the main thread, which starts it and lives as long as ember; a child that finds ember gone
+//! already, before the signal was set, exits before it execs); its sandbox is `chroot`
 //! (as root), which does not fork, so there is no second process to leave behind. No
 //! virtiofsd outlives ember.
 
@@ -194,6 +195,23 @@ fn start(
     Ok((daemon, stream.map_err(socket_err)?))
 }
 
+/// Debug builds only: how long the child waits after the fork before it ties its life to
+/// ember's ($EMBER_TEST_VIRTIOFSD_PAUSE_MS), so that a test can kill ember in that window.
+/// Read before the fork: the child may not take the environment's lock.
+fn test_pause() -> Option<libc::timespec> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let ms: u32 = std::env::var("EMBER_TEST_VIRTIOFSD_PAUSE_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(libc::timespec {
+        tv_sec: (ms / 1000).into(),
+        tv_nsec: (ms % 1000 * 1_000_000).into(),
+    })
+}
+
 fn spawn(
     binary: &Path,
     listener: &UnixListener,
@@ -229,10 +247,15 @@ fn spawn(
     );
     let mut cmd = Command::new(binary);
     cmd.args(&args);
+    let ember = std::process::id() as libc::pid_t;
+    let pause = test_pause();
     // SAFETY: the closure runs in the child between fork and exec and only makes
     // async-signal-safe system calls, on a descriptor the child inherited and on itself.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(pause) = &pause {
+                libc::nanosleep(pause, std::ptr::null_mut());
+            }
             // The listener is close-on-exec in ember; virtiofsd must keep it. Its own process
             // group lets ember stop it and the processes it forks at once, and keeps a
             // terminal's Ctrl-C (which ember handles) away from it.
@@ -241,6 +264,11 @@ fn spawn(
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            // An ember that died since the fork (killed, or a thread's forbidden syscall)
+            // sends no death signal: the child must not go on to serve no one for ever.
+            if libc::getppid() != ember {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
