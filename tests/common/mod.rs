@@ -138,18 +138,8 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
 
 /// Waits for `child`, collecting its output; kills it and fails the test after `limit`.
 pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
+    let stdout = Reader::spawn(child.stdout.take().unwrap());
+    let stderr = Reader::spawn(child.stderr.take().unwrap());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -158,16 +148,77 @@ pub fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            let out = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
-            let err = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+            let until = Instant::now() + OUTPUT_GRACE;
+            let out = text(&stdout.rest(until).unwrap_or_else(|e| e));
+            let err = text(&stderr.rest(until).unwrap_or_else(|e| e));
             panic!("ember did not exit within {limit:?}\nstdout:\n{out}\nstderr:\n{err}");
         }
         thread::sleep(Duration::from_millis(5));
     };
+    let (stdout, stderr) = rest_of_output(status, &stdout, &stderr);
     Output {
         status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
+        stdout,
+        stderr,
+    }
+}
+
+/// How long a child's stdout and stderr may stay open after it exited. Only a process the
+/// child started and left behind holds them longer.
+const OUTPUT_GRACE: Duration = Duration::from_secs(10);
+
+/// A child's output pipe, read as it arrives on a thread of its own.
+pub struct Reader(mpsc::Receiver<Vec<u8>>);
+
+impl Reader {
+    pub fn spawn(mut from: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self(rx)
+    }
+
+    /// What has arrived so far, without waiting.
+    fn now(&self) -> Vec<u8> {
+        self.0.try_iter().flatten().collect()
+    }
+
+    /// Everything up to the pipe's end, or (as the error) what arrived by `until` if the pipe
+    /// is still open then.
+    fn rest(&self, until: Instant) -> Result<Vec<u8>, Vec<u8>> {
+        let mut all = Vec::new();
+        loop {
+            match self
+                .0
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(bytes) => all.extend(bytes),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(all),
+                Err(mpsc::RecvTimeoutError::Timeout) => return Err(all),
+            }
+        }
+    }
+}
+
+/// The rest of the stdout and stderr of a child that exited with `status`. Fails the test if
+/// either is still open [`OUTPUT_GRACE`] later: a process the child started outlived it (and
+/// without this, the test would wait for it for ever).
+fn rest_of_output(status: ExitStatus, stdout: &Reader, stderr: &Reader) -> (Vec<u8>, Vec<u8>) {
+    let until = Instant::now() + OUTPUT_GRACE;
+    match (stdout.rest(until), stderr.rest(until)) {
+        (Ok(out), Ok(err)) => (out, err),
+        (out, err) => panic!(
+            "ember exited ({status}) but its stdout or stderr was still open {OUTPUT_GRACE:?} \
+             later: a process it started outlived it\nstdout:\n{}\nstderr:\n{}",
+            text(&out.unwrap_or_else(|e| e)),
+            text(&err.unwrap_or_else(|e| e))
+        ),
     }
 }
 
@@ -224,29 +275,13 @@ pub fn run_watching(
         .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start ember");
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        text(&buf)
-    });
-    let (tx, rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        let mut log = String::new();
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let line = text(&line);
-            let _ = tx.send(line.clone());
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
+    let stdout = Reader::spawn(child.stdout.take().unwrap());
+    let stderr = Reader::spawn(child.stderr.take().unwrap());
     let pid = child.id() as libc::pid_t;
+    let mut console = Lines::default();
     let start = Instant::now();
     let status = loop {
-        while let Ok(line) = rx.try_recv() {
+        for line in console.add(&stdout.now()) {
             on_line(&line, pid);
         }
         if let Some(status) = child.try_wait().unwrap() {
@@ -255,15 +290,53 @@ pub fn run_watching(
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            let log = reader.join().unwrap();
+            let until = Instant::now() + OUTPUT_GRACE;
+            console.add(&stdout.rest(until).unwrap_or_else(|e| e));
             panic!(
-                "ember did not finish within {limit:?}\nconsole:\n{log}\nstderr:\n{}",
-                err_reader.join().unwrap()
+                "ember did not finish within {limit:?}\nconsole:\n{}\nstderr:\n{}",
+                console.finish(),
+                text(&stderr.rest(until).unwrap_or_else(|e| e))
             );
         }
         thread::sleep(Duration::from_millis(20));
     };
-    (reader.join().unwrap(), status, err_reader.join().unwrap())
+    // What came after the exit is only kept: `pid` is reaped and may be another process's.
+    let (rest, stderr) = rest_of_output(status, &stdout, &stderr);
+    console.add(&rest);
+    (console.finish(), status, text(&stderr))
+}
+
+/// A console's text, cut into lines as its bytes arrive.
+#[derive(Default)]
+struct Lines {
+    log: String,
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    /// Takes `bytes`; returns the lines they complete.
+    fn add(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(bytes);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let done: Vec<u8> = self.partial.drain(..=end).collect();
+        let lines: Vec<String> = done[..end].split(|&b| b == b'\n').map(text).collect();
+        for line in &lines {
+            self.log.push_str(line);
+            self.log.push('\n');
+        }
+        lines
+    }
+
+    /// The whole text, a last line without a newline ending in one.
+    fn finish(mut self) -> String {
+        if !self.partial.is_empty() {
+            self.log.push_str(&text(&self.partial));
+            self.log.push('\n');
+        }
+        self.log
+    }
 }
 
 /// True if the network tests can run (they need root for namespaces and TAPs). Otherwise the
@@ -603,7 +676,7 @@ pub fn is_root() -> bool {
 pub struct Terminal {
     child: Child,
     keys: std::process::ChildStdin,
-    screen: mpsc::Receiver<Vec<u8>>,
+    screen: Reader,
     /// Everything the terminal has shown so far.
     pub shown: String,
 }
@@ -619,16 +692,7 @@ impl Terminal {
             .spawn()
             .expect("cannot run script (apt-get install util-linux)");
         let keys = child.stdin.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let (tx, screen) = mpsc::channel();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
+        let screen = Reader::spawn(child.stdout.take().unwrap());
         Self {
             child,
             keys,
@@ -650,7 +714,7 @@ impl Terminal {
         let deadline = Instant::now() + limit;
         while !self.shown[from.min(self.shown.len())..].contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.screen.recv_timeout(left) {
+            match self.screen.0.recv_timeout(left) {
                 Ok(bytes) => self.shown.push_str(&String::from_utf8_lossy(&bytes)),
                 Err(_) => panic!(
                     "the terminal did not show {needle:?} within {limit:?}; it shows:\n{}",
@@ -677,9 +741,8 @@ impl Terminal {
             }
             thread::sleep(Duration::from_millis(10));
         };
-        while let Ok(bytes) = self.screen.recv_timeout(Duration::from_secs(1)) {
-            self.shown.push_str(&String::from_utf8_lossy(&bytes));
-        }
+        let rest = self.screen.rest(Instant::now() + Duration::from_secs(1));
+        self.shown.push_str(&text(&rest.unwrap_or_else(|e| e)));
         (code(&status), std::mem::take(&mut self.shown))
     }
 }
