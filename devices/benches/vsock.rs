@@ -382,7 +382,8 @@ impl Guest {
             GUEST_CID,
             listener,
             path.clone(),
-        );
+        )
+        .unwrap();
         let (rx, tx, ev) = (
             Driver::new(RXQ, QUEUE_SIZE),
             Driver::new(TXQ, QUEUE_SIZE),

@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
         GUEST_CID,
         listener,
         path.clone(),
-    );
+    )
+    .expect("a timerfd");
     let features = vsock.features();
     if vsock.activate(guest.queues(), features).is_err() {
         return;

@@ -622,7 +622,8 @@ impl DeviceManager {
             let clone = |e: &EventFd| e.try_clone().map_err(host("events"));
             let wake = [clone(&queues[0])?, clone(&queues[1])?];
             let path = spec.uds_path.clone();
-            let vsock = Vsock::new(mem.clone(), interrupt, wake, spec.guest_cid, listener, path);
+            let vsock = Vsock::new(mem.clone(), interrupt, wake, spec.guest_cid, listener, path)
+                .map_err(host("vsock timer"))?;
             let handler = vsock.server();
             Ok((vsock, handler))
         })?;

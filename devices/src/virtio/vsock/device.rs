@@ -16,22 +16,25 @@
 //! until the driver resets it. The event queue is never written: ember has no snapshots, after
 //! which a TRANSPORT_RESET event would be due.
 
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::{HOST_CID, Key, Muxer, Rx, Target};
 use super::packet::{HDR_LEN, Header, MAX_PAYLOAD};
 use super::{DEVICE_TYPE_VSOCK, QUEUE_SIZE};
 use crate::sync::{Published, lock};
 use crate::virtio::chain::{self, Chain, ChainError, GuestBufs, Segment};
-use crate::virtio::worker::{IoHandler, Ready, Watch};
+use crate::virtio::worker::{IoHandler, Ready, Watch, nonblocking_timer};
 use crate::virtio::{
     ActivateError, Following, Step, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VirtioDevice,
     VirtioInterrupt, serve_chain_runs, serve_chains, signal_used,
@@ -121,6 +124,10 @@ struct Serving {
     rx_chains: Vec<(usize, u64)>,
     /// The guest memory a packet's payload moves through, for vectored socket I/O.
     bufs: GuestBufs,
+    /// Fires when a host-initiated connection the guest has not accepted runs out of time,
+    /// armed for that instant.
+    timer: TimerFd,
+    armed: Option<Instant>,
 }
 
 /// The handle of the thread serving a vsock device, and of its counters.
@@ -136,7 +143,7 @@ pub struct VsockServer {
 impl Vsock {
     /// A device for guest `guest_cid` whose host side listens on `listener` (bound at
     /// `uds_path`). `wake` are the receive and transmit queues' notification events; writing
-    /// either must make the serving thread run a round.
+    /// either must make the serving thread run a round. An error if its timer cannot be made.
     pub fn new(
         mem: GuestMemoryMmap,
         interrupt: Arc<VirtioInterrupt>,
@@ -144,7 +151,7 @@ impl Vsock {
         guest_cid: u64,
         listener: UnixListener,
         uds_path: PathBuf,
-    ) -> Self {
+    ) -> io::Result<Self> {
         let serving = Serving {
             interrupt,
             guest_cid,
@@ -155,13 +162,15 @@ impl Vsock {
             rx_chains: Vec::new(),
             bufs: GuestBufs::new(mem.clone()),
             mem,
+            timer: nonblocking_timer()?,
+            armed: None,
         };
-        Self {
+        Ok(Self {
             config: guest_cid.to_le_bytes(),
             serving: Arc::new(Mutex::new(serving)),
             stats: Arc::default(),
             wake: Arc::new(wake),
-        }
+        })
     }
 
     /// The handle the serving thread uses (also the I/O worker's handler).
@@ -196,14 +205,19 @@ impl VsockServer {
     }
 }
 
-/// The worker waits on both queues' notifications and, once the driver activated the device,
-/// on the host sockets for exactly the readiness the connections can use.
+/// Watches after the queues' notifications and the connection timer.
+const FIXED_WATCHES: usize = 3;
+
+/// The worker waits on both queues' notifications, the connection timer and, once the driver
+/// activated the device, on the host sockets for exactly the readiness the connections can use.
 impl IoHandler for VsockServer {
     fn interest(&mut self, watches: &mut Vec<Watch>) {
         watches.clear();
         self.targets.clear();
         watches.extend(self.wake.iter().map(|e| Watch::readable(e.as_raw_fd())));
-        let s = lock(&self.serving);
+        let s = &mut *lock(&self.serving);
+        watches.push(Watch::readable(s.timer.as_raw_fd()));
+        s.arm_timer();
         if s.queues.is_none() {
             return;
         }
@@ -232,7 +246,14 @@ impl IoHandler for VsockServer {
                     }
                 }
             }
-            for (target, r) in self.targets.iter().zip(ready.iter().skip(2)) {
+            if ready.get(2).is_some_and(Ready::any) {
+                // The timer is one-shot: it is disarmed now, whatever the read says.
+                let _ = s.timer.wait();
+                s.armed = None;
+                s.muxer.expire(Instant::now(), &mut s.stats);
+            }
+            let conns = ready.iter().skip(FIXED_WATCHES);
+            for (target, r) in self.targets.iter().zip(conns) {
                 if r.any() {
                     let readable = r.readable || r.failed;
                     s.muxer
@@ -268,6 +289,26 @@ enum PacketError {
 }
 
 impl Serving {
+    /// Arms the timer for the muxer's next expiry, if that changed.
+    fn arm_timer(&mut self) {
+        let next = self.muxer.next_expiry();
+        if next == self.armed {
+            return;
+        }
+        // A zero time would disarm it: a deadline passed already fires at once.
+        let armed = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                self.timer.reset(wait.max(Duration::from_nanos(1)), None)
+            }
+            None => self.timer.clear(),
+        };
+        match armed {
+            Ok(()) => self.armed = next,
+            Err(err) => warn!("virtio-vsock: cannot arm the connection timer: {err}"),
+        }
+    }
+
     fn process(&mut self, budget: usize) -> bool {
         let Some(queues) = self.queues.as_mut() else {
             return false;

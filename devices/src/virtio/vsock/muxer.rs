@@ -22,7 +22,9 @@
 //! keeps up never makes ember copy. Host data is read only into the guest's receive buffers and only as far as
 //! the guest's credit allows, so a slow guest makes ember read nothing rather than buffer; at
 //! most [`MAX_RESETS`] resets wait for receive buffers (more are dropped: the guest gets a
-//! reset when it next uses the connection).
+//! reset when it next uses the connection). A host-initiated connection the guest has not
+//! accepted [`REQUEST_TIMEOUT`] after its request was delivered is reset and its host socket
+//! closed, as Firecracker does, so a guest that never answers leaves no host client waiting.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -32,6 +34,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use log::warn;
 
@@ -53,6 +56,9 @@ const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
 pub const MAX_RESETS: usize = 256;
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
+/// How long the guest has to accept a host-initiated connection once its request was
+/// delivered (Firecracker's `CONN_REQUEST_TIMEOUT_MS`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first host-side port of a host-initiated connection (Firecracker's choice).
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -73,6 +79,9 @@ struct Conn {
     stream: UnixStream,
     /// Waiting for the guest to accept a host-initiated connection.
     connecting: bool,
+    /// While connecting: when the guest's time to accept runs out, once the request was
+    /// delivered.
+    expires: Option<Instant>,
     /// Control packets owed to the guest (`pending::*`).
     pending: u8,
     /// The host socket said it has data (cleared when a read would block).
@@ -99,6 +108,7 @@ impl Conn {
         Self {
             stream,
             connecting,
+            expires: None,
             pending,
             readable: false,
             host_eof: false,
@@ -575,7 +585,10 @@ impl Muxer {
             let (fwd_cnt, mut flags) = (c.fwd_cnt, 0);
             c.told_fwd_cnt = fwd_cnt;
             let op = match bit {
-                pending::REQUEST => op::REQUEST,
+                pending::REQUEST => {
+                    c.expires = Some(Instant::now() + REQUEST_TIMEOUT);
+                    op::REQUEST
+                }
                 pending::RESPONSE => op::RESPONSE,
                 pending::CREDIT_UPDATE => op::CREDIT_UPDATE,
                 pending::CREDIT_REQUEST => op::CREDIT_REQUEST,
@@ -653,6 +666,26 @@ fn can_send(c: &Conn) -> bool {
 }
 
 impl Muxer {
+    /// When the first host-initiated connection the guest has not accepted runs out of time.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        let connecting = self.conns.values().filter(|c| c.connecting);
+        connecting.filter_map(|c| c.expires).min()
+    }
+
+    /// Resets the host-initiated connections the guest did not accept by `now`; their host
+    /// clients see their sockets close.
+    pub fn expire(&mut self, now: Instant, stats: &mut VsockStats) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.connecting && c.expires.is_some_and(|t| t <= now))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in late {
+            self.kill(key, stats);
+        }
+    }
+
     /// Asks the guest for credit on connections whose host data waits for it, once: the
     /// socket is not read (nor watched) again until the guest's credit grows.
     pub fn request_credit(&mut self) {

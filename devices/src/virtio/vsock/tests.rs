@@ -4,13 +4,13 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Vsock, VsockServer};
-use super::muxer::{BUF_ALLOC, MAX_CONNECTIONS, MAX_RESETS};
+use super::muxer::{BUF_ALLOC, MAX_CONNECTIONS, MAX_RESETS, REQUEST_TIMEOUT};
 use super::packet::{HDR_LEN, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, op};
 use crate::virtio::testing::Driver;
 use crate::virtio::worker::{IoHandler, Ready, Watch};
@@ -79,7 +79,8 @@ impl Rig {
             GUEST_CID,
             listener,
             path.clone(),
-        );
+        )
+        .unwrap();
         let (rx, tx, ev) = (
             Driver::new(0, RING),
             Driver::new(0x4000, RING),
@@ -265,6 +266,38 @@ fn a_host_connect_is_accepted_by_the_guest_and_carries_data_both_ways_until_shut
         (stats.conns_added, stats.conns_removed, stats.conns_killed),
         (1, 1, 0)
     );
+}
+
+#[test]
+fn a_host_connect_the_guest_never_answers_is_reset_and_closed_after_the_request_timeout() {
+    let mut rig = Rig::new("unanswered");
+    let mut host = UnixStream::connect(&rig.path).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    host.write_all(b"CONNECT 9\n").unwrap();
+    rig.pump();
+    let req = rig.received()[0].0;
+    assert_eq!(req.op, op::REQUEST);
+    let asked = Instant::now();
+    // A connection the guest accepted meanwhile has nothing to do with it.
+    let (mut kept, local) = rig.host_connect(10);
+    while rig.server.connections() > 1 {
+        assert!(asked.elapsed() < Duration::from_secs(10), "never reset");
+        rig.pump();
+    }
+    let waited = asked.elapsed();
+    assert!(waited >= REQUEST_TIMEOUT, "reset after {waited:?}");
+    assert_eq!(host.read(&mut [0u8; 8]).unwrap(), 0, "closed");
+    let got = rig.received();
+    assert_eq!(
+        (got[0].0.op, got[0].0.src_port, got[0].0.dst_port),
+        (op::RST, req.src_port, 9)
+    );
+    assert_eq!(rig.server.stats().conns_killed, 1);
+    rig.send(op::RW, 10, local, b"still");
+    let mut buf = [0u8; 5];
+    kept.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still");
 }
 
 #[test]
