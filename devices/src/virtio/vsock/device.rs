@@ -128,6 +128,9 @@ struct Serving {
     /// armed for that instant.
     timer: TimerFd,
     armed: Option<Instant>,
+    /// The timer fired: late connections are ended once the transmit queue was served (a
+    /// guest's answer already there is in time).
+    timer_fired: bool,
 }
 
 /// The handle of the thread serving a vsock device, and of its counters.
@@ -136,7 +139,7 @@ pub struct VsockServer {
     serving: Arc<Mutex<Serving>>,
     stats: Arc<Published<VsockStats>>,
     wake: Arc<[EventFd; 2]>,
-    /// What each watch after the two queue events is, as of the last `interest`.
+    /// What each watch after the [`FIXED_WATCHES`] is, as of the last `interest`.
     targets: Vec<Target>,
 }
 
@@ -164,6 +167,7 @@ impl Vsock {
             mem,
             timer: nonblocking_timer()?,
             armed: None,
+            timer_fired: false,
         };
         Ok(Self {
             config: guest_cid.to_le_bytes(),
@@ -205,7 +209,7 @@ impl VsockServer {
     }
 }
 
-/// Watches after the queues' notifications and the connection timer.
+/// The watches before the connections': the two queues' notifications and the timer.
 const FIXED_WATCHES: usize = 3;
 
 /// The worker waits on both queues' notifications, the connection timer and, once the driver
@@ -250,7 +254,7 @@ impl IoHandler for VsockServer {
                 // The timer is one-shot: it is disarmed now, whatever the read says.
                 let _ = s.timer.wait();
                 s.armed = None;
-                s.muxer.expire(Instant::now(), &mut s.stats);
+                s.timer_fired = true;
             }
             let conns = ready.iter().skip(FIXED_WATCHES);
             for (target, r) in self.targets.iter().zip(conns) {
@@ -265,6 +269,8 @@ impl IoHandler for VsockServer {
     }
 
     fn resumed(&mut self) -> bool {
+        // The guest could not answer while paused: its time to accept starts again.
+        lock(&self.serving).muxer.restart_deadlines(Instant::now());
         true
     }
 }
@@ -345,6 +351,9 @@ impl Serving {
             }
             Err(err) => return self.broken(err),
         };
+        if std::mem::take(&mut self.timer_fired) {
+            muxer.expire(Instant::now(), stats);
+        }
         muxer.request_credit();
         if !muxer.has_rx() {
             return tx_more;

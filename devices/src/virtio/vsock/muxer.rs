@@ -23,8 +23,9 @@
 //! the guest's credit allows, so a slow guest makes ember read nothing rather than buffer; at
 //! most [`MAX_RESETS`] resets wait for receive buffers (more are dropped: the guest gets a
 //! reset when it next uses the connection). A host-initiated connection the guest has not
-//! accepted [`REQUEST_TIMEOUT`] after its request was delivered is reset and its host socket
-//! closed, as Firecracker does, so a guest that never answers leaves no host client waiting.
+//! accepted [`REQUEST_TIMEOUT`] after its request was delivered (or after the VM resumed from
+//! a pause) is reset and its host socket closed, as Firecracker does, so a guest that never
+//! answers leaves no host client waiting.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -670,6 +671,16 @@ impl Muxer {
     pub fn next_expiry(&self) -> Option<Instant> {
         let connecting = self.conns.values().filter(|c| c.connecting);
         connecting.filter_map(|c| c.expires).min()
+    }
+
+    /// Gives every host-initiated connection the guest was asked about its whole time again
+    /// from `now` (after a pause, when the guest could not answer).
+    pub fn restart_deadlines(&mut self, now: Instant) {
+        for c in self.conns.values_mut().filter(|c| c.connecting) {
+            if c.expires.is_some() {
+                c.expires = Some(now + REQUEST_TIMEOUT);
+            }
+        }
     }
 
     /// Resets the host-initiated connections the guest did not accept by `now`; their host

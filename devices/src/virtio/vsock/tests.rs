@@ -271,22 +271,29 @@ fn a_host_connect_is_accepted_by_the_guest_and_carries_data_both_ways_until_shut
 #[test]
 fn a_host_connect_the_guest_never_answers_is_reset_and_closed_after_the_request_timeout() {
     let mut rig = Rig::new("unanswered");
+    // A connection the guest accepted earlier (its own deadline long past) is not touched.
+    let (mut kept, local) = rig.host_connect(10);
     let mut host = UnixStream::connect(&rig.path).unwrap();
     host.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     host.write_all(b"CONNECT 9\n").unwrap();
+    let asked = Instant::now();
     rig.pump();
     let req = rig.received()[0].0;
-    assert_eq!(req.op, op::REQUEST);
-    let asked = Instant::now();
-    // A connection the guest accepted meanwhile has nothing to do with it.
-    let (mut kept, local) = rig.host_connect(10);
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 9));
+    // A pause in between: the guest's time starts again when the VM resumes.
+    std::thread::sleep(REQUEST_TIMEOUT / 2);
+    let resumed = Instant::now();
+    assert!(rig.server.resumed());
     while rig.server.connections() > 1 {
         assert!(asked.elapsed() < Duration::from_secs(10), "never reset");
         rig.pump();
     }
-    let waited = asked.elapsed();
-    assert!(waited >= REQUEST_TIMEOUT, "reset after {waited:?}");
+    let waited = resumed.elapsed();
+    assert!(
+        waited >= REQUEST_TIMEOUT,
+        "reset {waited:?} after the resume"
+    );
     assert_eq!(host.read(&mut [0u8; 8]).unwrap(), 0, "closed");
     let got = rig.received();
     assert_eq!(
@@ -294,10 +301,34 @@ fn a_host_connect_the_guest_never_answers_is_reset_and_closed_after_the_request_
         (op::RST, req.src_port, 9)
     );
     assert_eq!(rig.server.stats().conns_killed, 1);
+    assert_eq!(rig.server.connections(), 1);
     rig.send(op::RW, 10, local, b"still");
     let mut buf = [0u8; 5];
     kept.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still");
+    kept.write_all(b"there").unwrap();
+    rig.pump();
+    assert_eq!(rig.received()[0].1, b"there");
+}
+
+/// The guest's answer, in the transmit queue when the timer fires, is in time.
+#[test]
+fn an_answer_waiting_in_the_transmit_queue_when_the_timer_fires_is_in_time() {
+    let mut rig = Rig::new("late-answer");
+    let mut host = UnixStream::connect(&rig.path).unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    host.write_all(b"CONNECT 11\n").unwrap();
+    rig.pump();
+    let req = rig.received()[0].0;
+    std::thread::sleep(REQUEST_TIMEOUT + Duration::from_millis(100));
+    // The answer and the timer's expiry reach the device in the same round.
+    let mut hdr = rig.hdr();
+    (hdr.op, hdr.src_port, hdr.dst_port) = (op::RESPONSE, 11, req.src_port);
+    rig.send_hdr(hdr, &[]);
+    assert_eq!(read_line(&mut host), format!("OK {}\n", req.src_port));
+    assert_eq!(rig.server.stats().conns_killed, 0);
+    assert!(rig.received().is_empty());
 }
 
 #[test]
