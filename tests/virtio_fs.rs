@@ -360,7 +360,8 @@ impl Drop for Pid {
 /// An ember killed between forking virtiofsd and the child setting its death signal (a debug
 /// build's child waits there for $EMBER_TEST_VIRTIOFSD_PAUSE_MS) leaves no virtiofsd behind:
 /// one did, serving no one for ever, and holding ember's stderr open, until the child learned
-/// to check that ember was still its parent.
+/// to check that ember was still its parent. The virtiofsd here is a stand-in that would sleep
+/// for ten minutes.
 #[test]
 fn a_virtiofsd_starting_as_ember_dies_does_not_outlive_it() {
     if !cfg!(debug_assertions) {
@@ -371,12 +372,18 @@ fn a_virtiofsd_starting_as_ember_dies_does_not_outlive_it() {
     std::fs::create_dir_all(&share).unwrap();
     let kernel = dir.join("never-loaded");
     std::fs::write(&kernel, "not a kernel").unwrap();
+    let fake = dir.join("sleeping-virtiofsd");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut ember = ember()
         .arg("--kernel")
         .arg(&kernel)
         .arg("--share")
         .arg(format!("{},tag=orphan", share.display()))
+        .env("EMBER_VIRTIOFSD", &fake)
         .env("EMBER_TEST_VIRTIOFSD_PAUSE_MS", "1000")
+        // The socket ember makes for virtiofsd, left by the kill.
+        .env("TMPDIR", &dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -384,13 +391,16 @@ fn a_virtiofsd_starting_as_ember_dies_does_not_outlive_it() {
         .unwrap();
     let ember_pid = ember.id() as libc::pid_t;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let child = loop {
-        if let Some((pid, _)) = children(ember_pid).into_iter().next() {
-            break Pid(pid);
+    let (child, cmdline) = loop {
+        if let Some((pid, cmdline)) = children(ember_pid).into_iter().next() {
+            break (Pid(pid), cmdline);
         }
+        assert!(ember.try_wait().unwrap().is_none(), "ember exited");
         assert!(Instant::now() < deadline, "ember never started virtiofsd");
         std::thread::sleep(Duration::from_millis(5));
     };
+    // Still ember's copy, paused before the death signal: the window this test is about.
+    assert!(cmdline.contains("--share"), "{cmdline}");
     ember.kill().unwrap();
     ember.wait().unwrap();
     // The child's pause ends a second after the fork; it then exits instead of serving.

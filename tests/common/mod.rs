@@ -175,9 +175,13 @@ impl Reader {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) if tx.send(buf[..n].to_vec()).is_err() => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
             }
         });

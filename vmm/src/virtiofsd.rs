@@ -267,7 +267,9 @@ fn spawn(
             }
             // An ember that died since the fork (killed, or a thread's forbidden syscall)
             // sends no death signal: the child must not go on to serve no one for ever.
-            if libc::getppid() != ember {
+            // (0: ember is in an outer PID namespace, so the child cannot tell; as before.)
+            let parent = libc::getppid();
+            if parent != ember && parent != 0 {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
