@@ -13,7 +13,7 @@
 //! for a one-rule filter (`cargo bench -p ember --bench seccomp`, on the 2-core test machine),
 //! on the paths to API ready and InstanceStart. The program here is a binary search over the
 //! syscall numbers whose leaves share the program's two final returns: 68-133 instructions,
-//! about log2(n) + 5 of them run for a syscall the table does not list, 41-71 us to install.
+//! about log2(n) + 5 of them run for a syscall the table does not list, 40-71 us to install.
 //! A vCPU's `KVM_RUN`, whose arguments are checked on every exit to ember, runs as few.
 //! libseccomp can emit such a tree but is a C library; no Rust crate does. seccompiler stays
 //! the reference: the unit tests run its program and this one on every syscall number and
