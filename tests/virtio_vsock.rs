@@ -52,11 +52,12 @@ fn a_host_connect_reaches_a_tiny_guest_and_exchanges_a_line() {
     let line = String::from_utf8(line).unwrap();
     let port: u32 = line.strip_prefix("OK ").unwrap().parse().unwrap();
     assert!(port >= 1 << 30, "{line}");
+    // Now, while the guest waits for the ping: after the pong it ends, and its vCPU with it.
+    assert_seccomp_on_every_thread(child.id(), &["ember_vsock", "fc_vcpu 0"]);
     host.write_all(b"ping\n").unwrap();
     let mut pong = [0u8; 5];
     host.read_exact(&mut pong).unwrap();
     assert_eq!(&pong, b"pong\n");
-    assert_seccomp_on_every_thread(child.id(), &["ember_vsock", "fc_vcpu 0"]);
     let out = wait_with_deadline(child, LIMIT);
     assert_eq!(
         text(&out.stdout),
